@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The quickstart: builds junction, installs and starts a local broker, creates
+# the input topic, runs junction with config/junction.toml, feeds it sample
+# workflows, and prints the outcome records and dead letters it publishes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+bash scripts/setup.sh
+
+echo "demo: building junction (the first build compiles RocksDB and librdkafka: ~20 minutes)"
+cargo build --release --bin junction --example demo_client
+BIN="$CARGO_TARGET_DIR/release"
+DEMO="$(mktemp -d "$JUNCTION_CACHE/demo.XXXXXX")"
+PORT=19092
+BOOTSTRAP="127.0.0.1:$PORT"
+
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
+    echo "demo: port $PORT is in use; stop what listens there (an earlier demo?) and retry" >&2
+    exit 1
+fi
+echo "demo: starting the Nisshi broker on $BOOTSTRAP (log: $DEMO/broker.log)"
+(cd "$DEMO" && exec "$JUNCTION_NISSHI" broker --listener-url "tcp://$BOOTSTRAP" \
+    --advertised-listener-url "tcp://$BOOTSTRAP" --storage-engine memory://nisshi/ >"$DEMO/broker.log" 2>&1) &
+pids+=($!)
+for _ in $(seq 1 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
+    sleep 0.2
+done
+
+"$BIN/examples/demo_client" create-topic "$BOOTSTRAP" workflow-steps 3
+"$BIN/junction" validate --config config/junction.toml
+
+echo "demo: starting junction (log: $DEMO/junction.log)"
+JUNCTION_KAFKA_BOOTSTRAP_SERVERS="$BOOTSTRAP" JUNCTION_STATE_DIR="$DEMO/state" \
+    "$BIN/junction" run --config config/junction.toml >"$DEMO/junction.log" 2>&1 &
+JPID=$!
+pids+=($JPID)
+for _ in $(seq 1 300); do
+    curl -fs http://127.0.0.1:9464/readyz >/dev/null 2>&1 && break
+    kill -0 "$JPID" 2>/dev/null || { cat "$DEMO/junction.log"; exit 1; }
+    sleep 0.2
+done
+curl -fs http://127.0.0.1:9464/readyz && echo
+
+"$BIN/examples/demo_client" feed "$BOOTSTRAP" workflow-steps
+echo "demo: waiting for the outcomes (signup-8 times out after its 10s deadline)"
+"$BIN/examples/demo_client" watch "$BOOTSTRAP" workflow-outcomes workflow-dead-letters 5 1
+
+echo
+echo "demo: a few of junction's metrics (http://127.0.0.1:9464/metrics):"
+curl -fs http://127.0.0.1:9464/metrics | grep -E '^junction_(events|outcomes|dead_letters)_total' | grep -v ' 0$'
+kill -TERM "$JPID"
+wait "$JPID" && echo "demo: junction stopped cleanly on SIGTERM (exit 0). Logs: $DEMO"

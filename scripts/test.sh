@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The whole test suite: unit, property, end-to-end, crash and recovery, and
+# exactly-once tests, against a real local broker that each test starts.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+bash scripts/setup.sh
+
+cargo build --release --all-targets
+# Each integration test starts its own broker and junction processes; two at a
+# time suit a 2-core machine.
+cargo test --release --all-targets -- --test-threads=2

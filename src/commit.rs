@@ -1,0 +1,301 @@
+//! The commit protocol: what makes an interval's work durable, in an order
+//! that keeps the guarantees whatever crashes in between.
+//!
+//! `at_least_once`:
+//! 1. outcomes and dead letters are produced and flushed;
+//! 2. then the changelog records, flushed: a changelog record is never
+//!    visible before the outcome it implies, so a restored store never hides
+//!    an outcome that was not published;
+//! 3. then each store's batch, with the changelog offset as checkpoint;
+//! 4. then the input offsets. A crash anywhere repeats input, which the join
+//!    absorbs as duplicates, or repeats an outcome with the same outcome ID.
+//!
+//! `exactly_once`: outcomes, dead letters, changelog records and input offsets
+//! go in one transaction; the stores are written once it has committed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+use tracing::{debug, info_span, warn};
+
+use crate::config::{Config, Guarantee};
+use crate::kafka::{self, DeliveryTracker};
+use crate::metrics::Metrics;
+use crate::names;
+use crate::store::StoreError;
+use crate::task::{Staged, Task};
+
+/// How long one flush or transaction step may take before the commit fails.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error("records were not delivered: {0}")]
+    Delivery(KafkaError),
+    #[error("the transaction was aborted: {0}")]
+    Aborted(KafkaError),
+    #[error("the producer hit a fatal error (fenced by a newer instance, or broken): {0}")]
+    Fatal(KafkaError),
+    #[error("cannot commit input offsets: {0}")]
+    Offsets(KafkaError),
+    #[error("the consumer is not in its group, so its offsets cannot join the transaction")]
+    NotInGroup,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot create the producer: {0}")]
+    Producer(KafkaError),
+}
+
+impl CommitError {
+    /// Whether the producer must be replaced before the next commit.
+    pub fn needs_new_producer(&self) -> bool {
+        matches!(self, CommitError::Fatal(_))
+    }
+}
+
+pub struct Committer {
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    producer: BaseProducer<DeliveryTracker>,
+}
+
+impl Committer {
+    /// Creates the producer; under exactly-once, initialises its transactions,
+    /// which fences any older producer with the same transactional ID and
+    /// aborts what it left open.
+    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> Result<Committer, CommitError> {
+        let tracker = DeliveryTracker::new(config.kafka.changelog_topic());
+        let producer: BaseProducer<DeliveryTracker> =
+            kafka::producer_config(&config.kafka).create_with_context(tracker).map_err(CommitError::Producer)?;
+        if config.kafka.processing_guarantee == Guarantee::ExactlyOnce {
+            producer.init_transactions(COMMIT_TIMEOUT).map_err(transaction_error)?;
+        }
+        Ok(Committer { config, metrics, producer })
+    }
+
+    /// Serves delivery reports; cheap, call it often.
+    pub fn poll(&self) {
+        self.producer.poll(Duration::ZERO);
+    }
+
+    /// Commits every task's staged work and returns the input offsets
+    /// committed. On error, the caller discards what the tasks staged and
+    /// rewinds their partitions to the last commit.
+    pub fn commit<C: ConsumerContext>(
+        &mut self,
+        tasks: &mut [&mut Task],
+        consumer: &BaseConsumer<C>,
+    ) -> Result<Vec<(i32, i64)>, CommitError> {
+        let staged: Vec<(i32, Staged)> = tasks.iter_mut().map(|t| (t.partition, t.stage())).collect();
+        let nothing = staged
+            .iter()
+            .all(|(_, s)| s.next_offset.is_none() && s.outcomes.is_empty() && s.changelog.is_empty() && s.batch.is_empty());
+        if nothing {
+            return Ok(Vec::new());
+        }
+        let committed: Vec<(i32, i64)> = staged.iter().filter_map(|(p, s)| Some((*p, s.next_offset?))).collect();
+        let span = info_span!("commit", guarantee = self.config.kafka.processing_guarantee.as_str(), partitions = staged.len());
+        let _enter = span.enter();
+        let started = Instant::now();
+        let result = match self.config.kafka.processing_guarantee {
+            Guarantee::AtLeastOnce => self.commit_at_least_once(staged, tasks, consumer),
+            Guarantee::ExactlyOnce => self.commit_exactly_once(staged, tasks, consumer),
+        };
+        self.metrics.commit_duration.observe(started.elapsed().as_secs_f64());
+        self.metrics.commit(result.is_ok());
+        result.map(|()| committed)
+    }
+
+    fn commit_at_least_once<C: ConsumerContext>(
+        &mut self,
+        mut staged: Vec<(i32, Staged)>,
+        tasks: &mut [&mut Task],
+        consumer: &BaseConsumer<C>,
+    ) -> Result<(), CommitError> {
+        for (_, s) in &staged {
+            self.send_outputs(s)?;
+        }
+        self.flush()?;
+        for (partition, s) in &staged {
+            self.send_changelog(*partition, s)?;
+        }
+        let changelog_last = self.flush()?;
+        self.save_stores(&mut staged, tasks, &changelog_last)?;
+        let offsets = self.offsets(&staged)?;
+        if offsets.count() > 0 {
+            consumer.commit(&offsets, rdkafka::consumer::CommitMode::Sync).map_err(CommitError::Offsets)?;
+        }
+        self.count_outcomes(&staged);
+        Ok(())
+    }
+
+    fn commit_exactly_once<C: ConsumerContext>(
+        &mut self,
+        mut staged: Vec<(i32, Staged)>,
+        tasks: &mut [&mut Task],
+        consumer: &BaseConsumer<C>,
+    ) -> Result<(), CommitError> {
+        self.producer.begin_transaction().map_err(transaction_error)?;
+        let sent = (|| {
+            for (partition, s) in &staged {
+                self.send_outputs(s)?;
+                self.send_changelog(*partition, s)?;
+            }
+            let offsets = self.offsets(&staged)?;
+            if offsets.count() > 0 {
+                let group = consumer.group_metadata().ok_or(CommitError::NotInGroup)?;
+                self.producer.send_offsets_to_transaction(&offsets, &group, COMMIT_TIMEOUT).map_err(transaction_error)?;
+            }
+            self.producer.commit_transaction(COMMIT_TIMEOUT).map_err(transaction_error)
+        })();
+        if let Err(e) = sent {
+            if !e.needs_new_producer() {
+                if let Err(abort) = self.producer.abort_transaction(COMMIT_TIMEOUT) {
+                    warn!(error = %abort, "aborting the transaction failed");
+                    return Err(transaction_error(abort));
+                }
+            }
+            return Err(e);
+        }
+        let changelog_last = self.drain_deliveries()?;
+        self.save_stores(&mut staged, tasks, &changelog_last)?;
+        self.count_outcomes(&staged);
+        Ok(())
+    }
+
+    fn send_outputs(&self, s: &Staged) -> Result<(), CommitError> {
+        for o in &s.outcomes {
+            let id = o.id();
+            let headers = OwnedHeaders::new_with_capacity(2)
+                .insert(Header { key: names::HEADER_OUTCOME, value: Some(o.outcome.as_str()) })
+                .insert(Header { key: names::HEADER_OUTCOME_ID, value: Some(id.as_str()) });
+            let value = o.to_json();
+            self.send(BaseRecord::to(&self.config.kafka.output_topic).key(o.workflow_id.as_bytes()).payload(&value).headers(headers))?;
+        }
+        for d in &s.dead_letters {
+            let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.config.kafka.dead_letter_topic).headers(d.headers());
+            if let Some(k) = &d.key {
+                record = record.key(k.as_slice());
+            }
+            if let Some(v) = &d.value {
+                record = record.payload(v.as_slice());
+            }
+            if let Some(ts) = d.timestamp_ms {
+                record = record.timestamp(ts);
+            }
+            self.send(record)?;
+        }
+        Ok(())
+    }
+
+    fn send_changelog(&self, partition: i32, s: &Staged) -> Result<(), CommitError> {
+        let topic = self.config.kafka.changelog_topic();
+        for (id, value) in &s.changelog {
+            let mut record: BaseRecord<'_, str, [u8]> = BaseRecord::to(&topic).key(id.as_str()).partition(partition);
+            if let Some(v) = value {
+                record = record.payload(v.as_slice());
+            }
+            self.send(record)?;
+        }
+        Ok(())
+    }
+
+    /// Sends one record, waiting while librdkafka's queue is full.
+    fn send<K: rdkafka::message::ToBytes + ?Sized, P: rdkafka::message::ToBytes + ?Sized>(
+        &self,
+        mut record: BaseRecord<'_, K, P>,
+    ) -> Result<(), CommitError> {
+        let deadline = Instant::now() + COMMIT_TIMEOUT;
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => {
+                    self.producer.context().sent();
+                    return Ok(());
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) if Instant::now() < deadline => {
+                    record = r;
+                    self.producer.poll(Duration::from_millis(10));
+                }
+                Err((e, _)) => return Err(CommitError::Delivery(e)),
+            }
+        }
+    }
+
+    /// Waits for every record in flight; fails if any was not delivered.
+    fn flush(&self) -> Result<HashMap<i32, i64>, CommitError> {
+        self.producer.flush(COMMIT_TIMEOUT).map_err(CommitError::Delivery)?;
+        self.drain_deliveries()
+    }
+
+    fn drain_deliveries(&self) -> Result<HashMap<i32, i64>, CommitError> {
+        let deadline = Instant::now() + COMMIT_TIMEOUT;
+        while self.producer.context().in_flight() > 0 && Instant::now() < deadline {
+            self.producer.poll(Duration::from_millis(5));
+        }
+        let d = self.producer.context().take();
+        if let Some(e) = d.failures.into_iter().next() {
+            return Err(CommitError::Delivery(e));
+        }
+        if d.in_flight > 0 {
+            return Err(CommitError::Delivery(KafkaError::Flush(RDKafkaErrorCode::MessageTimedOut)));
+        }
+        Ok(d.changelog_last)
+    }
+
+    fn save_stores(
+        &self,
+        staged: &mut [(i32, Staged)],
+        tasks: &mut [&mut Task],
+        changelog_last: &HashMap<i32, i64>,
+    ) -> Result<(), CommitError> {
+        for ((partition, s), task) in staged.iter_mut().zip(tasks.iter()) {
+            debug_assert_eq!(*partition, task.partition);
+            let mut batch = std::mem::take(&mut s.batch);
+            if let Some(last) = changelog_last.get(partition) {
+                batch.set_checkpoint(last + 1);
+            }
+            if !batch.is_empty() {
+                task.store.write(batch)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn offsets(&self, staged: &[(i32, Staged)]) -> Result<TopicPartitionList, CommitError> {
+        let mut tpl = TopicPartitionList::new();
+        for (partition, s) in staged {
+            if let Some(next) = s.next_offset {
+                tpl.add_partition_offset(&self.config.kafka.input_topic, *partition, Offset::Offset(next))
+                    .map_err(CommitError::Offsets)?;
+            }
+        }
+        Ok(tpl)
+    }
+
+    fn count_outcomes(&self, staged: &[(i32, Staged)]) {
+        for (_, s) in staged {
+            for o in &s.outcomes {
+                self.metrics.outcome(&o.workflow_type, o.outcome);
+            }
+            debug!(outcomes = s.outcomes.len(), changelog = s.changelog.len(), "committed");
+        }
+    }
+}
+
+/// Sorts a transaction error into the three ways of handling it.
+fn transaction_error(e: KafkaError) -> CommitError {
+    match &e {
+        KafkaError::Transaction(rde) if rde.is_fatal() => CommitError::Fatal(e),
+        KafkaError::Transaction(rde) if rde.code() == RDKafkaErrorCode::Fenced || rde.code() == RDKafkaErrorCode::ProducerFenced => {
+            CommitError::Fatal(e)
+        }
+        _ => CommitError::Aborted(e),
+    }
+}

@@ -1,0 +1,662 @@
+//! The configuration: one TOML file, every scalar overridable from the
+//! environment, checked as a whole so that `junction validate` can list every
+//! mistake at once, each with where it came from, the key and what was expected.
+//!
+//! Environment overrides are `JUNCTION_<SECTION>_<KEY>` (for example
+//! `JUNCTION_KAFKA_BOOTSTRAP_SERVERS`, `JUNCTION_STATE_DIR`), and
+//! `JUNCTION_KAFKA_PROPERTY_<NAME>` sets a librdkafka property, with `_`
+//! standing for `.` (`JUNCTION_KAFKA_PROPERTY_SASL_PASSWORD` is
+//! `sasl.password`).
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::{Table, Value};
+
+use crate::names;
+
+/// How outcomes, changelog records and input offsets are committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guarantee {
+    AtLeastOnce,
+    ExactlyOnce,
+}
+
+impl Guarantee {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Guarantee::AtLeastOnce => "at_least_once",
+            Guarantee::ExactlyOnce => "exactly_once",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    pub bootstrap_servers: String,
+    pub application_id: String,
+    /// Distinguishes this instance's transactional producer from its peers'.
+    pub instance_id: String,
+    pub input_topic: String,
+    pub output_topic: String,
+    pub dead_letter_topic: String,
+    pub processing_guarantee: Guarantee,
+    pub commit_interval: Duration,
+    pub max_event_bytes: usize,
+    /// librdkafka properties, passed through unchanged to every client.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl KafkaConfig {
+    pub fn changelog_topic(&self) -> String {
+        names::changelog_topic(&self.application_id)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StateConfig {
+    pub dir: PathBuf,
+    pub retention: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+}
+
+/// One workflow type and its join condition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkflowSpec {
+    pub workflow_type: String,
+    pub steps: Vec<String>,
+    pub quorum: usize,
+    pub deadline: Option<Duration>,
+}
+
+impl WorkflowSpec {
+    pub fn step_index(&self, step: &str) -> Option<usize> {
+        self.steps.iter().position(|s| s == step)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub state: StateConfig,
+    pub http: HttpConfig,
+    pub workflows: Vec<WorkflowSpec>,
+}
+
+impl Config {
+    pub fn workflow(&self, workflow_type: &str) -> Option<&WorkflowSpec> {
+        self.workflows.iter().find(|w| w.workflow_type == workflow_type)
+    }
+}
+
+/// Where a value came from, so that an error can send the user to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    File(PathBuf),
+    Env(String),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::File(p) => write!(f, "{}", p.display()),
+            Origin::Env(var) => write!(f, "environment variable {var}"),
+        }
+    }
+}
+
+/// One problem with the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub origin: Origin,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.origin, self.message)
+        } else {
+            write!(f, "{}: `{}`: {}", self.origin, self.key, self.message)
+        }
+    }
+}
+
+/// Every problem found, in file order.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        writeln!(f, "{n} configuration error{}:", if n == 1 { "" } else { "s" })?;
+        for e in &self.0 {
+            writeln!(f, "  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+const ENV_PREFIX: &str = "JUNCTION_";
+const ENV_PROPERTY_PREFIX: &str = "JUNCTION_KAFKA_PROPERTY_";
+
+/// The scalar keys that the environment may override, as `section.key`.
+const OVERRIDABLE: &[&str] = &[
+    "kafka.bootstrap_servers",
+    "kafka.application_id",
+    "kafka.instance_id",
+    "kafka.input_topic",
+    "kafka.output_topic",
+    "kafka.dead_letter_topic",
+    "kafka.processing_guarantee",
+    "kafka.commit_interval",
+    "kafka.max_event_bytes",
+    "state.dir",
+    "state.retention",
+    "http.listen",
+];
+
+/// Reads, overrides from the process environment, and checks a configuration file.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            origin: Origin::File(path.to_path_buf()),
+            key: String::new(),
+            message: format!("cannot read the file: {e}"),
+        }])
+    })?;
+    parse(path, &text, std::env::vars())
+}
+
+/// Parses configuration text; `env` supplies the overrides (the process
+/// environment in production, a fixed list in tests).
+pub fn parse(
+    path: &Path,
+    text: &str,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigErrors> {
+    let file = Origin::File(path.to_path_buf());
+    let table: Table = match text.parse() {
+        Ok(t) => t,
+        Err(e) => {
+            return Err(ConfigErrors(vec![ConfigError {
+                origin: file,
+                key: String::new(),
+                message: format!("not valid TOML: {}", e.to_string().trim()),
+            }]))
+        }
+    };
+    let mut reader = Reader { file, table, env_values: BTreeMap::new(), errors: Vec::new() };
+    reader.apply_env(env);
+    let config = reader.read();
+    if reader.errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(reader.errors))
+    }
+}
+
+/// Parses a duration written `100ms`, `30s`, `15m`, `24h` or `7d`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| format!("expected a duration such as 100ms, 30s, 15m, 24h, got {text:?}"))?;
+    let ms = match unit {
+        "ms" => Some(n),
+        "s" => n.checked_mul(1_000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        "d" => n.checked_mul(86_400_000),
+        _ => return Err(format!("expected a duration such as 100ms, 30s, 15m, 24h, got {text:?}")),
+    };
+    ms.map(Duration::from_millis).ok_or_else(|| format!("duration {text:?} is too large"))
+}
+
+struct Reader {
+    file: Origin,
+    table: Table,
+    /// `section.key` → the environment variable that set it.
+    env_values: BTreeMap<String, String>,
+    errors: Vec<ConfigError>,
+}
+
+impl Reader {
+    fn apply_env(&mut self, env: impl IntoIterator<Item = (String, String)>) {
+        let mut env: Vec<(String, String)> = env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
+        env.sort();
+        for (var, value) in env {
+            if let Some(name) = var.strip_prefix(ENV_PROPERTY_PREFIX) {
+                let property = name.to_ascii_lowercase().replace('_', ".");
+                let kafka = section_mut(&mut self.table, "kafka");
+                section_mut(kafka, "properties").insert(property.clone(), Value::String(value));
+                self.env_values.insert(format!("kafka.properties.{property}"), var);
+                continue;
+            }
+            let key = OVERRIDABLE.iter().find(|k| env_name(k) == var);
+            match key {
+                Some(key) => {
+                    let (section, field) = key.split_once('.').expect("overridable keys are section.key");
+                    section_mut(&mut self.table, section).insert(field.to_string(), Value::String(value));
+                    self.env_values.insert(key.to_string(), var);
+                }
+                None => self.errors.push(ConfigError {
+                    origin: Origin::Env(var.clone()),
+                    key: String::new(),
+                    message: format!(
+                        "not a junction setting; the environment may set {}, and JUNCTION_KAFKA_PROPERTY_<NAME> for client properties",
+                        OVERRIDABLE.iter().map(|k| env_name(k)).collect::<Vec<_>>().join(", ")
+                    ),
+                }),
+            }
+        }
+    }
+
+    fn origin(&self, key: &str) -> Origin {
+        match self.env_values.get(key) {
+            Some(var) => Origin::Env(var.clone()),
+            None => self.file.clone(),
+        }
+    }
+
+    fn error(&mut self, key: &str, message: impl Into<String>) {
+        let origin = self.origin(key);
+        self.errors.push(ConfigError { origin, key: key.to_string(), message: message.into() });
+    }
+
+    fn read(&mut self) -> Config {
+        let top = std::mem::take(&mut self.table);
+        self.unknown_keys("", &top, &["kafka", "state", "http", "workflows"]);
+        let kafka = self.section(&top, "kafka");
+        let state = self.section(&top, "state");
+        let http = self.section(&top, "http");
+
+        self.unknown_keys(
+            "kafka",
+            &kafka,
+            &[
+                "bootstrap_servers",
+                "application_id",
+                "instance_id",
+                "input_topic",
+                "output_topic",
+                "dead_letter_topic",
+                "processing_guarantee",
+                "commit_interval",
+                "max_event_bytes",
+                "properties",
+            ],
+        );
+        self.unknown_keys("state", &state, &["dir", "retention"]);
+        self.unknown_keys("http", &http, &["listen"]);
+
+        let application_id = self.string(&kafka, "kafka.application_id", Some("junction"));
+        self.topic_name("kafka.application_id", &application_id);
+        let state_dir = PathBuf::from(self.string(&state, "state.dir", Some("./data")));
+        let input_topic = self.string(&kafka, "kafka.input_topic", None);
+        let output_topic = self.string(&kafka, "kafka.output_topic", None);
+        let dead_letter_topic = self.string(&kafka, "kafka.dead_letter_topic", None);
+        for (key, topic) in [
+            ("kafka.input_topic", &input_topic),
+            ("kafka.output_topic", &output_topic),
+            ("kafka.dead_letter_topic", &dead_letter_topic),
+        ] {
+            self.topic_name(key, topic);
+        }
+        if !input_topic.is_empty() && (input_topic == output_topic || input_topic == dead_letter_topic) {
+            self.error("kafka.input_topic", "must differ from output_topic and dead_letter_topic, or junction would read its own records");
+        }
+        let guarantee = match self.string(&kafka, "kafka.processing_guarantee", Some("at_least_once")).as_str() {
+            "at_least_once" => Guarantee::AtLeastOnce,
+            "exactly_once" => Guarantee::ExactlyOnce,
+            other => {
+                self.error("kafka.processing_guarantee", format!("expected \"at_least_once\" or \"exactly_once\", got {other:?}"));
+                Guarantee::AtLeastOnce
+            }
+        };
+        let commit_interval = self.duration(&kafka, "kafka.commit_interval", "100ms");
+        if commit_interval.is_zero() {
+            self.error("kafka.commit_interval", "expected a duration greater than zero");
+        }
+        let max_event_bytes = self.integer(&kafka, "kafka.max_event_bytes", 256 * 1024);
+        if max_event_bytes == 0 {
+            self.error("kafka.max_event_bytes", "expected a positive number of bytes");
+        }
+        let instance_id = match kafka.get("instance_id") {
+            Some(_) => self.string(&kafka, "kafka.instance_id", None),
+            None => default_instance_id(&state_dir),
+        };
+        let properties = self.properties(&kafka);
+
+        let kafka = KafkaConfig {
+            bootstrap_servers: self.string(&kafka, "kafka.bootstrap_servers", None),
+            application_id,
+            instance_id,
+            input_topic,
+            output_topic,
+            dead_letter_topic,
+            processing_guarantee: guarantee,
+            commit_interval,
+            max_event_bytes: max_event_bytes as usize,
+            properties,
+        };
+        let state = StateConfig { dir: state_dir, retention: self.duration(&state, "state.retention", "24h") };
+        let listen = self.string(&http, "http.listen", Some("127.0.0.1:9464"));
+        let listen = listen.parse().unwrap_or_else(|_| {
+            self.error("http.listen", format!("expected an address such as 127.0.0.1:9464, got {listen:?}"));
+            SocketAddr::from(([127, 0, 0, 1], 9464))
+        });
+        let workflows = self.workflows(&top);
+        Config { kafka, state, http: HttpConfig { listen }, workflows }
+    }
+
+    fn section(&mut self, top: &Table, name: &str) -> Table {
+        match top.get(name) {
+            None => Table::new(),
+            Some(Value::Table(t)) => t.clone(),
+            Some(other) => {
+                self.error(name, format!("expected a table [{name}], got {}", other.type_str()));
+                Table::new()
+            }
+        }
+    }
+
+    fn unknown_keys(&mut self, section: &str, table: &Table, known: &[&str]) {
+        for key in table.keys() {
+            if !known.contains(&key.as_str()) {
+                let full = if section.is_empty() { key.clone() } else { format!("{section}.{key}") };
+                self.error(&full, format!("unknown key; expected one of: {}", known.join(", ")));
+            }
+        }
+    }
+
+    fn string(&mut self, table: &Table, key: &str, default: Option<&str>) -> String {
+        let field = key.rsplit('.').next().expect("non-empty key");
+        match (table.get(field), default) {
+            (Some(Value::String(s)), _) => s.clone(),
+            (Some(other), _) => {
+                self.error(key, format!("expected a string, got {}", other.type_str()));
+                String::new()
+            }
+            (None, Some(d)) => d.to_string(),
+            (None, None) => {
+                self.error(key, "missing; this setting is required");
+                String::new()
+            }
+        }
+    }
+
+    fn integer(&mut self, table: &Table, key: &str, default: u64) -> u64 {
+        let field = key.rsplit('.').next().expect("non-empty key");
+        match table.get(field) {
+            None => default,
+            Some(Value::Integer(n)) if *n >= 0 => *n as u64,
+            Some(Value::String(s)) if s.trim().parse::<u64>().is_ok() => s.trim().parse().expect("checked"),
+            Some(other) => {
+                self.error(key, format!("expected a non-negative integer, got {}", describe(other)));
+                default
+            }
+        }
+    }
+
+    fn duration(&mut self, table: &Table, key: &str, default: &str) -> Duration {
+        let field = key.rsplit('.').next().expect("non-empty key");
+        let text = match table.get(field) {
+            None => default.to_string(),
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => {
+                self.error(key, format!("expected a duration string such as \"30s\", got {}", describe(other)));
+                return parse_duration(default).expect("defaults parse");
+            }
+        };
+        parse_duration(&text).unwrap_or_else(|e| {
+            self.error(key, e);
+            parse_duration(default).expect("defaults parse")
+        })
+    }
+
+    fn topic_name(&mut self, key: &str, name: &str) {
+        let valid = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !name.is_empty() && (!valid || name.len() > 200) {
+            self.error(key, format!("{name:?} is not a valid Kafka topic name (letters, digits, '.', '_', '-'; at most 200)"));
+        }
+    }
+
+    fn properties(&mut self, kafka: &Table) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        let table = match kafka.get("properties") {
+            None => return out,
+            Some(Value::Table(t)) => t,
+            Some(other) => {
+                self.error("kafka.properties", format!("expected a table of librdkafka properties, got {}", other.type_str()));
+                return out;
+            }
+        };
+        for (name, value) in table {
+            let key = format!("kafka.properties.{name}");
+            let text = match value {
+                Value::String(s) => s.clone(),
+                Value::Integer(n) => n.to_string(),
+                Value::Boolean(b) => b.to_string(),
+                Value::Float(f) => f.to_string(),
+                other => {
+                    self.error(&key, format!("expected a string, number or boolean, got {}", other.type_str()));
+                    continue;
+                }
+            };
+            if names::MANAGED_CLIENT_PROPERTIES.contains(&name.as_str()) {
+                self.error(&key, "junction sets this property itself; remove it (see the configuration reference)");
+                continue;
+            }
+            out.insert(name.clone(), text);
+        }
+        out
+    }
+
+    fn workflows(&mut self, top: &Table) -> Vec<WorkflowSpec> {
+        let list = match top.get("workflows") {
+            None => {
+                self.error("workflows", "missing; define at least one [[workflows]] entry");
+                return Vec::new();
+            }
+            Some(Value::Array(a)) => a.clone(),
+            Some(other) => {
+                self.error("workflows", format!("expected an array of tables [[workflows]], got {}", other.type_str()));
+                return Vec::new();
+            }
+        };
+        if list.is_empty() {
+            self.error("workflows", "empty; define at least one [[workflows]] entry");
+        }
+        let mut seen = HashSet::new();
+        let mut specs = Vec::new();
+        for (i, entry) in list.iter().enumerate() {
+            let at = format!("workflows[{i}]");
+            let Value::Table(t) = entry else {
+                self.error(&at, format!("expected a table, got {}", entry.type_str()));
+                continue;
+            };
+            self.unknown_keys(&at, t, &["type", "steps", "quorum", "deadline"]);
+            let workflow_type = self.string(t, &format!("{at}.type"), None);
+            if !workflow_type.is_empty() && !seen.insert(workflow_type.clone()) {
+                self.error(&format!("{at}.type"), format!("workflow type {workflow_type:?} is defined twice"));
+            }
+            let steps = self.steps(t, &at);
+            let quorum = match t.get("quorum") {
+                None => steps.len(),
+                Some(Value::Integer(q)) if *q >= 1 && (*q as usize) <= steps.len().max(1) => *q as usize,
+                Some(other) => {
+                    self.error(
+                        &format!("{at}.quorum"),
+                        format!("expected an integer from 1 to the number of steps ({}), got {}", steps.len(), describe(other)),
+                    );
+                    steps.len()
+                }
+            };
+            let deadline = match t.get("deadline") {
+                None => None,
+                Some(_) => {
+                    let d = self.duration(t, &format!("{at}.deadline"), "0ms");
+                    if d.is_zero() {
+                        self.error(&format!("{at}.deadline"), "expected a duration greater than zero");
+                    }
+                    Some(d)
+                }
+            };
+            specs.push(WorkflowSpec { workflow_type, steps, quorum, deadline });
+        }
+        specs
+    }
+
+    fn steps(&mut self, t: &Table, at: &str) -> Vec<String> {
+        let key = format!("{at}.steps");
+        let Some(Value::Array(items)) = t.get("steps") else {
+            self.error(&key, "expected a non-empty array of step names, such as [\"payment\", \"inventory\"]");
+            return Vec::new();
+        };
+        let mut steps = Vec::new();
+        for item in items {
+            match item {
+                Value::String(s) if !s.is_empty() && !steps.contains(s) => steps.push(s.clone()),
+                Value::String(s) if s.is_empty() => self.error(&key, "step names must not be empty"),
+                Value::String(s) => self.error(&key, format!("step {s:?} is listed twice")),
+                other => self.error(&key, format!("expected step names as strings, got {}", describe(other))),
+            }
+        }
+        if items.is_empty() {
+            self.error(&key, "expected at least one step");
+        }
+        if steps.len() > names::MAX_STEPS {
+            self.error(&key, format!("at most {} steps per workflow type", names::MAX_STEPS));
+        }
+        steps
+    }
+}
+
+fn section_mut<'a>(table: &'a mut Table, name: &str) -> &'a mut Table {
+    let entry = table.entry(name.to_string()).or_insert_with(|| Value::Table(Table::new()));
+    if !entry.is_table() {
+        // The file's own type error is reported when the section is read.
+        *entry = Value::Table(Table::new());
+    }
+    entry.as_table_mut().expect("just made a table")
+}
+
+fn env_name(key: &str) -> String {
+    format!("{ENV_PREFIX}{}", key.replace('.', "_").to_ascii_uppercase())
+}
+
+fn describe(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("{s:?}"),
+        Value::Integer(n) => n.to_string(),
+        other => other.type_str().to_string(),
+    }
+}
+
+/// A stable identity for this instance's transactional producer: the host and
+/// the state directory, since two instances can never share a state directory.
+fn default_instance_id(state_dir: &Path) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into());
+    let dir = std::path::absolute(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
+    // FNV-1a: stable across Rust versions, unlike DefaultHasher.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in dir.to_string_lossy().bytes() {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{}-{:08x}", host.trim(), hash as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[kafka]
+bootstrap_servers = "127.0.0.1:9092"
+input_topic = "steps"
+output_topic = "outcomes"
+dead_letter_topic = "dead"
+
+[[workflows]]
+type = "order"
+steps = ["payment", "inventory", "fraud_check"]
+deadline = "15m"
+"#;
+
+    fn parse_with(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigErrors> {
+        parse(Path::new("junction.toml"), text, env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn a_minimal_file_gets_the_documented_defaults() {
+        let c = parse_with(MINIMAL, &[]).unwrap();
+        assert_eq!(c.kafka.processing_guarantee, Guarantee::AtLeastOnce);
+        assert_eq!(c.kafka.commit_interval, Duration::from_millis(100));
+        assert_eq!(c.kafka.max_event_bytes, 256 * 1024);
+        assert_eq!(c.state.retention, Duration::from_secs(86_400));
+        assert_eq!(c.http.listen.to_string(), "127.0.0.1:9464");
+        assert_eq!(c.workflows[0].quorum, 3);
+        assert_eq!(c.workflows[0].deadline, Some(Duration::from_secs(900)));
+        assert_eq!(c.kafka.changelog_topic(), "junction-state-changelog");
+    }
+
+    #[test]
+    fn the_environment_overrides_the_file_and_sets_client_properties() {
+        let c = parse_with(
+            MINIMAL,
+            &[("JUNCTION_KAFKA_BOOTSTRAP_SERVERS", "10.0.0.1:9092"), ("JUNCTION_KAFKA_PROPERTY_SASL_PASSWORD", "s3cret")],
+        )
+        .unwrap();
+        assert_eq!(c.kafka.bootstrap_servers, "10.0.0.1:9092");
+        assert_eq!(c.kafka.properties.get("sasl.password").map(String::as_str), Some("s3cret"));
+    }
+
+    #[test]
+    fn every_error_is_listed_with_its_origin_key_and_expectation() {
+        let text = MINIMAL.replace("deadline = \"15m\"", "deadline = \"soon\"\nquorum = 7") + "\n[state]\nretention = 5\n";
+        let errors = parse_with(&text, &[("JUNCTION_KAFKA_COMMIT_INTERVAL", "fast")]).unwrap_err().0;
+        let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert!(shown.iter().any(|e| e.starts_with("environment variable JUNCTION_KAFKA_COMMIT_INTERVAL: `kafka.commit_interval`")), "{shown:?}");
+        assert!(shown.iter().any(|e| e.starts_with("junction.toml: `state.retention`: expected a duration")), "{shown:?}");
+        assert!(shown.iter().any(|e| e.contains("`workflows[0].deadline`")), "{shown:?}");
+        assert!(shown.iter().any(|e| e.contains("`workflows[0].quorum`: expected an integer from 1 to the number of steps (3), got 7")), "{shown:?}");
+        assert_eq!(errors.len(), 4, "{shown:?}");
+    }
+
+    #[test]
+    fn a_missing_required_key_and_an_unknown_key_are_errors() {
+        let text = MINIMAL.replace("input_topic = \"steps\"\n", "input_topik = \"steps\"\n");
+        let shown = parse_with(&text, &[]).unwrap_err().to_string();
+        assert!(shown.contains("`kafka.input_topik`: unknown key"), "{shown}");
+        assert!(shown.contains("`kafka.input_topic`: missing; this setting is required"), "{shown}");
+    }
+
+    #[test]
+    fn durations_read_as_documented() {
+        assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert!(parse_duration("1.5s").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn managed_client_properties_are_refused() {
+        let text = MINIMAL.to_string() + "\n[kafka.properties]\n\"enable.auto.commit\" = true\n";
+        let shown = parse_with(&text, &[]).unwrap_err().to_string();
+        assert!(shown.contains("kafka.properties.enable.auto.commit"), "{shown}");
+    }
+}

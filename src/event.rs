@@ -1,0 +1,279 @@
+//! Decoding a step event from an input record, or saying exactly why it is
+//! bad input. Decoding borrows from the record: the workflow ID, event ID and
+//! payload point into the consumer's buffer unless JSON escapes force a copy.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::config::Config;
+use crate::names::{Reason, MAX_WORKFLOW_ID_BYTES};
+
+/// A step's reported status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Succeeded,
+    Failed,
+    Compensated,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+            Status::Compensated => "compensated",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        match s {
+            "succeeded" => Some(Status::Succeeded),
+            "failed" => Some(Status::Failed),
+            "compensated" => Some(Status::Compensated),
+            _ => None,
+        }
+    }
+}
+
+/// A valid step event.
+#[derive(Debug, Clone)]
+pub struct StepEvent<'a> {
+    pub workflow_id: Cow<'a, str>,
+    /// Index into `Config::workflows`.
+    pub workflow: usize,
+    /// Index into the workflow type's steps.
+    pub step: usize,
+    pub status: Status,
+    pub event_id: Option<Cow<'a, str>>,
+    pub occurred_at_ms: i64,
+    pub payload: Option<&'a RawValue>,
+}
+
+/// Why a record is bad input: the stable reason and a human explanation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadInput {
+    pub reason: Reason,
+    pub detail: String,
+}
+
+impl BadInput {
+    fn new(reason: Reason, detail: impl Into<String>) -> BadInput {
+        BadInput { reason, detail: detail.into() }
+    }
+}
+
+/// The fields of an event, each kept raw so that a wrong one can be named.
+#[derive(Deserialize)]
+struct Fields<'a> {
+    #[serde(borrow, default)]
+    workflow_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    workflow_type: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    step: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    status: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    event_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    occurred_at: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    payload: Option<&'a RawValue>,
+}
+
+/// A JSON string that borrows from the input when it has no escapes.
+#[derive(Deserialize)]
+struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+
+/// Decodes one input record. `record_timestamp_ms` stands in for a missing `occurred_at`.
+pub fn decode<'a>(
+    config: &Config,
+    key: Option<&'a [u8]>,
+    value: Option<&'a [u8]>,
+    record_timestamp_ms: i64,
+) -> Result<StepEvent<'a>, BadInput> {
+    let value = match value {
+        Some(v) if !v.is_empty() => v,
+        _ => return Err(BadInput::new(Reason::EmptyValue, "the record has no value")),
+    };
+    if value.len() > config.kafka.max_event_bytes {
+        return Err(BadInput::new(
+            Reason::TooLarge,
+            format!("the value is {} bytes, more than max_event_bytes ({})", value.len(), config.kafka.max_event_bytes),
+        ));
+    }
+    let fields: Fields<'a> = serde_json::from_slice(value).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => BadInput::new(Reason::NotObject, format!("the value is not a JSON object: {e}")),
+        _ => BadInput::new(Reason::NotJson, format!("the value is not valid JSON: {e}")),
+    })?;
+
+    let workflow_id = required_text(fields.workflow_id, "workflow_id")?;
+    if workflow_id.is_empty() {
+        return Err(BadInput::new(Reason::InvalidField, "`workflow_id` must not be empty"));
+    }
+    if workflow_id.len() > MAX_WORKFLOW_ID_BYTES {
+        return Err(BadInput::new(
+            Reason::WorkflowIdTooLong,
+            format!("`workflow_id` is {} bytes, more than {MAX_WORKFLOW_ID_BYTES}", workflow_id.len()),
+        ));
+    }
+    if let Some(key) = key {
+        match std::str::from_utf8(key) {
+            Ok(k) if k == workflow_id => {}
+            Ok(k) => {
+                return Err(BadInput::new(
+                    Reason::KeyMismatch,
+                    format!("the record key {k:?} differs from workflow_id {workflow_id:?}"),
+                ))
+            }
+            Err(_) => return Err(BadInput::new(Reason::KeyMismatch, "the record key is not UTF-8")),
+        }
+    }
+
+    let workflow = match optional_text(fields.workflow_type, "workflow_type")? {
+        Some(t) => config.workflows.iter().position(|w| w.workflow_type == t).ok_or_else(|| {
+            BadInput::new(Reason::UnknownWorkflowType, format!("workflow type {t:?} is not configured"))
+        })?,
+        None if config.workflows.len() == 1 => 0,
+        None => {
+            return Err(BadInput::new(
+                Reason::MissingField,
+                "`workflow_type` is required when more than one workflow type is configured",
+            ))
+        }
+    };
+    let spec = &config.workflows[workflow];
+
+    let step_name = required_text(fields.step, "step")?;
+    let step = spec.step_index(&step_name).ok_or_else(|| {
+        BadInput::new(
+            Reason::UnknownStep,
+            format!("step {step_name:?} is not one of {:?}'s steps {:?}", spec.workflow_type, spec.steps),
+        )
+    })?;
+
+    let status = match optional_text(fields.status, "status")? {
+        None => Status::Succeeded,
+        Some(s) => Status::parse(&s).ok_or_else(|| {
+            BadInput::new(
+                Reason::InvalidField,
+                format!("`status` is {s:?}; expected \"succeeded\", \"failed\" or \"compensated\""),
+            )
+        })?,
+    };
+
+    let event_id = optional_text(fields.event_id, "event_id")?;
+    let occurred_at_ms = match optional_text(fields.occurred_at, "occurred_at")? {
+        None => record_timestamp_ms,
+        Some(t) => parse_time(&t).ok_or_else(|| {
+            BadInput::new(Reason::InvalidField, format!("`occurred_at` is {t:?}; expected an RFC 3339 time"))
+        })?,
+    };
+    let payload = fields.payload.filter(|p| p.get() != "null");
+
+    Ok(StepEvent { workflow_id, workflow, step, status, event_id, occurred_at_ms, payload })
+}
+
+fn optional_text<'a>(raw: Option<&'a RawValue>, field: &str) -> Result<Option<Cow<'a, str>>, BadInput> {
+    match raw {
+        None => Ok(None),
+        Some(r) if r.get() == "null" => Ok(None),
+        Some(r) => serde_json::from_str::<Text<'a>>(r.get())
+            .map(|t| Some(t.0))
+            .map_err(|_| BadInput::new(Reason::InvalidField, format!("`{field}` must be a string, got {}", r.get()))),
+    }
+}
+
+fn required_text<'a>(raw: Option<&'a RawValue>, field: &str) -> Result<Cow<'a, str>, BadInput> {
+    optional_text(raw, field)?.ok_or_else(|| BadInput::new(Reason::MissingField, format!("`{field}` is required")))
+}
+
+/// Milliseconds since the Unix epoch of an RFC 3339 time.
+pub fn parse_time(text: &str) -> Option<i64> {
+    let t = OffsetDateTime::parse(text, &Rfc3339).ok()?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+/// An RFC 3339 UTC time with milliseconds, as outcome records carry it.
+pub fn format_time(ms: i64) -> String {
+    let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+    use std::path::Path;
+
+    fn config_with(types: &str) -> Config {
+        let text = format!(
+            "[kafka]\nbootstrap_servers = \"x:1\"\ninput_topic = \"in\"\noutput_topic = \"out\"\ndead_letter_topic = \"dlq\"\n{types}"
+        );
+        config::parse(Path::new("t.toml"), &text, Vec::new()).unwrap()
+    }
+
+    fn two_types() -> Config {
+        config_with("[[workflows]]\ntype = \"order\"\nsteps = [\"payment\", \"inventory\"]\n[[workflows]]\ntype = \"signup\"\nsteps = [\"email\"]\n")
+    }
+
+    fn reason(key: Option<&[u8]>, value: &[u8]) -> Reason {
+        decode(&two_types(), key, Some(value), 0).unwrap_err().reason
+    }
+
+    #[test]
+    fn a_full_event_decodes_and_borrows() {
+        let c = two_types();
+        let v = br#"{"workflow_id":"order-1","workflow_type":"order","step":"inventory","status":"failed","event_id":"e1","occurred_at":"2026-11-22T10:00:00.123+01:00","payload":{"a":1}}"#;
+        let e = decode(&c, Some(b"order-1"), Some(v), 5).unwrap();
+        assert!(matches!(e.workflow_id, Cow::Borrowed("order-1")));
+        assert_eq!((e.workflow, e.step, e.status), (0, 1, Status::Failed));
+        assert_eq!(e.event_id.as_deref(), Some("e1"));
+        assert_eq!(format_time(e.occurred_at_ms), "2026-11-22T09:00:00.123Z");
+        assert_eq!(e.payload.unwrap().get(), r#"{"a":1}"#);
+    }
+
+    #[test]
+    fn defaults_apply_for_status_time_and_a_single_type() {
+        let c = config_with("[[workflows]]\ntype = \"order\"\nsteps = [\"payment\"]\n");
+        let e = decode(&c, None, Some(br#"{"workflow_id":"w","step":"payment"}"#), 1_700_000_000_000).unwrap();
+        assert_eq!((e.status, e.occurred_at_ms, e.workflow), (Status::Succeeded, 1_700_000_000_000, 0));
+        assert!(e.payload.is_none() && e.event_id.is_none());
+    }
+
+    #[test]
+    fn every_kind_of_bad_input_has_its_reason() {
+        assert_eq!(decode(&two_types(), None, None, 0).unwrap_err().reason, Reason::EmptyValue);
+        assert_eq!(reason(None, b"{not json"), Reason::NotJson);
+        assert_eq!(reason(None, b"\xff\xfe"), Reason::NotJson);
+        assert_eq!(reason(None, b"[1,2]"), Reason::NotObject);
+        assert_eq!(reason(None, br#"{"workflow_type":"order","step":"payment"}"#), Reason::MissingField);
+        assert_eq!(reason(None, br#"{"workflow_id":"w","step":"payment"}"#), Reason::MissingField);
+        assert_eq!(reason(None, br#"{"workflow_id":7,"workflow_type":"order","step":"payment"}"#), Reason::InvalidField);
+        assert_eq!(reason(None, br#"{"workflow_id":"","workflow_type":"order","step":"payment"}"#), Reason::InvalidField);
+        assert_eq!(reason(None, br#"{"workflow_id":"w","workflow_type":"nope","step":"payment"}"#), Reason::UnknownWorkflowType);
+        assert_eq!(reason(None, br#"{"workflow_id":"w","workflow_type":"order","step":"email"}"#), Reason::UnknownStep);
+        assert_eq!(reason(None, br#"{"workflow_id":"w","workflow_type":"order","step":"payment","status":"done"}"#), Reason::InvalidField);
+        assert_eq!(reason(None, br#"{"workflow_id":"w","workflow_type":"order","step":"payment","occurred_at":"yesterday"}"#), Reason::InvalidField);
+        assert_eq!(reason(Some(b"other"), br#"{"workflow_id":"w","workflow_type":"order","step":"payment"}"#), Reason::KeyMismatch);
+        let long = format!(r#"{{"workflow_id":"{}","workflow_type":"order","step":"payment"}}"#, "x".repeat(257));
+        assert_eq!(reason(None, long.as_bytes()), Reason::WorkflowIdTooLong);
+        let mut c = two_types();
+        c.kafka.max_event_bytes = 10;
+        assert_eq!(decode(&c, None, Some(br#"{"workflow_id":"w"}"#), 0).unwrap_err().reason, Reason::TooLarge);
+    }
+}

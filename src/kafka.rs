@@ -1,0 +1,228 @@
+//! The Kafka adapters: client configurations, topic preparation, and the
+//! producer context that tracks deliveries. Everything that knows librdkafka
+//! property names lives here.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{DeliveryResult, ProducerContext};
+use tracing::info;
+
+use crate::config::{Guarantee, KafkaConfig};
+
+/// How long a metadata or admin request may take before start-up fails.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TopicError {
+    #[error("input topic {0:?} does not exist; create it first (its partition count sets junction's parallelism)")]
+    MissingInput(String),
+    #[error(
+        "changelog topic {topic:?} has {actual} partitions but input topic {input:?} has {expected}; \
+         they must match. Delete the changelog topic (junction re-creates it and rebuilds nothing it needs) \
+         or use another application_id"
+    )]
+    ChangelogPartitions { topic: String, input: String, expected: usize, actual: usize },
+    #[error("cannot create topic {topic:?}: {source}")]
+    Create { topic: String, source: KafkaError },
+    #[error("cannot read topic metadata from {servers}: {source}")]
+    Metadata { servers: String, source: KafkaError },
+}
+
+/// Settings shared by every client: the servers and the user's passthrough properties.
+fn base(config: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.bootstrap_servers);
+    for (k, v) in &config.properties {
+        c.set(k, v);
+    }
+    c
+}
+
+/// The group consumer of the input topic. Offsets are committed by junction
+/// only, after the state and outputs they cover are safe.
+pub fn consumer_config(config: &KafkaConfig) -> ClientConfig {
+    let mut c = base(config);
+    c.set("group.id", &config.application_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("isolation.level", "read_committed");
+    c.set_if_absent("auto.offset.reset", "earliest");
+    c
+}
+
+/// The consumer that restores stores from the changelog: no group, and told
+/// when it reaches a partition's end.
+pub fn restore_consumer_config(config: &KafkaConfig) -> ClientConfig {
+    let mut c = base(config);
+    c.set("group.id", format!("{}-restore", config.application_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true");
+    c
+}
+
+/// The producer of outcomes, dead letters and changelog records: idempotent
+/// always, transactional under exactly-once.
+pub fn producer_config(config: &KafkaConfig) -> ClientConfig {
+    let mut c = base(config);
+    c.set("enable.idempotence", "true");
+    c.set_if_absent("compression.type", "lz4");
+    c.set_if_absent("linger.ms", "5");
+    if config.processing_guarantee == Guarantee::ExactlyOnce {
+        c.set("transactional.id", transactional_id(config));
+    }
+    c
+}
+
+pub fn transactional_id(config: &KafkaConfig) -> String {
+    format!("{}-{}", config.application_id, config.instance_id)
+}
+
+trait SetIfAbsent {
+    fn set_if_absent(&mut self, key: &str, value: &str) -> &mut Self;
+}
+
+impl SetIfAbsent for ClientConfig {
+    fn set_if_absent(&mut self, key: &str, value: &str) -> &mut Self {
+        if self.get(key).is_none() {
+            self.set(key, value);
+        }
+        self
+    }
+}
+
+/// Checks the input topic, and creates the changelog, output and dead-letter
+/// topics when they are missing. Returns the input partition count.
+pub fn prepare_topics(config: &KafkaConfig, runtime: &tokio::runtime::Handle) -> Result<usize, TopicError> {
+    let admin: AdminClient<DefaultClientContext> = base(config)
+        .create()
+        .map_err(|source| TopicError::Metadata { servers: config.bootstrap_servers.clone(), source })?;
+    let metadata = admin
+        .inner()
+        .fetch_metadata(None, ADMIN_TIMEOUT)
+        .map_err(|source| TopicError::Metadata { servers: config.bootstrap_servers.clone(), source })?;
+    let partitions_of = |name: &str| {
+        metadata.topics().iter().find(|t| t.name() == name && t.error().is_none()).map(|t| t.partitions().len())
+    };
+    let input = partitions_of(&config.input_topic)
+        .filter(|&n| n > 0)
+        .ok_or_else(|| TopicError::MissingInput(config.input_topic.clone()))?;
+    let replication = metadata.brokers().len().clamp(1, 3) as i32;
+    let changelog = config.changelog_topic();
+
+    let mut to_create = Vec::new();
+    match partitions_of(&changelog) {
+        Some(n) if n != input => {
+            return Err(TopicError::ChangelogPartitions {
+                topic: changelog,
+                input: config.input_topic.clone(),
+                expected: input,
+                actual: n,
+            })
+        }
+        Some(_) => {}
+        None => to_create.push(
+            NewTopic::new(&changelog, input as i32, TopicReplication::Fixed(replication))
+                .set("cleanup.policy", "compact")
+                .set("min.compaction.lag.ms", "0"),
+        ),
+    }
+    for topic in [&config.output_topic, &config.dead_letter_topic] {
+        if partitions_of(topic).is_none() {
+            to_create.push(NewTopic::new(topic, input as i32, TopicReplication::Fixed(replication)));
+        }
+    }
+    if to_create.is_empty() {
+        return Ok(input);
+    }
+    let names: Vec<String> = to_create.iter().map(|t| t.name.to_string()).collect();
+    let results = runtime
+        .block_on(admin.create_topics(&to_create, &AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT))))
+        .map_err(|source| TopicError::Create { topic: names.join(", "), source })?;
+    for result in results {
+        match result {
+            Ok(topic) => info!(topic, partitions = input, "created topic"),
+            // Another instance created it first.
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(TopicError::Create { topic, source: KafkaError::AdminOp(code) }),
+        }
+    }
+    // A topic created concurrently by a peer must still have the right shape.
+    if to_create.iter().any(|t| t.name == changelog) {
+        let metadata = admin
+            .inner()
+            .fetch_metadata(Some(&changelog), ADMIN_TIMEOUT)
+            .map_err(|source| TopicError::Metadata { servers: config.bootstrap_servers.clone(), source })?;
+        let n = metadata.topics().first().map_or(0, |t| t.partitions().len());
+        if n != 0 && n != input {
+            return Err(TopicError::ChangelogPartitions { topic: changelog, input: config.input_topic.clone(), expected: input, actual: n });
+        }
+    }
+    Ok(input)
+}
+
+/// What the producer has delivered since the last `take`.
+#[derive(Debug, Default)]
+pub struct Deliveries {
+    pub in_flight: usize,
+    pub failures: Vec<KafkaError>,
+    /// Changelog partition → the highest offset delivered to it.
+    pub changelog_last: HashMap<i32, i64>,
+}
+
+/// The producer context: counts deliveries and remembers changelog offsets,
+/// which become the stores' checkpoints.
+pub struct DeliveryTracker {
+    changelog_topic: String,
+    deliveries: Mutex<Deliveries>,
+}
+
+impl DeliveryTracker {
+    pub fn new(changelog_topic: String) -> DeliveryTracker {
+        DeliveryTracker { changelog_topic, deliveries: Mutex::new(Deliveries::default()) }
+    }
+
+    pub fn sent(&self) {
+        self.deliveries.lock().expect("tracker lock").in_flight += 1;
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.deliveries.lock().expect("tracker lock").in_flight
+    }
+
+    /// Takes the failures and changelog offsets recorded so far.
+    pub fn take(&self) -> Deliveries {
+        let mut d = self.deliveries.lock().expect("tracker lock");
+        let in_flight = d.in_flight;
+        let taken = std::mem::take(&mut *d);
+        d.in_flight = in_flight;
+        taken
+    }
+}
+
+impl ClientContext for DeliveryTracker {}
+
+impl ProducerContext for DeliveryTracker {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        let mut d = self.deliveries.lock().expect("tracker lock");
+        d.in_flight = d.in_flight.saturating_sub(1);
+        match result {
+            Ok(m) if m.topic() == self.changelog_topic => {
+                let last = d.changelog_last.entry(m.partition()).or_insert(m.offset());
+                *last = (*last).max(m.offset());
+            }
+            Ok(_) => {}
+            Err((e, _)) => d.failures.push(e.clone()),
+        }
+    }
+}

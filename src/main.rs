@@ -1,0 +1,139 @@
+//! The `junction` command: `run` the processor, or `validate` a configuration.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing::{error, info};
+
+use junction::config;
+use junction::metrics::Metrics;
+use junction::processor::{self, Shared};
+
+#[derive(Parser)]
+#[command(name = "junction", version, about = "Joins workflow step events and publishes one outcome per decision")]
+struct Cli {
+    /// Log format; the level comes from RUST_LOG (default: info).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the processor until SIGINT or SIGTERM.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check a configuration file and list every error.
+    Validate {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    match cli.command {
+        Command::Validate { config } => match config::load(&config) {
+            Ok(c) => {
+                println!(
+                    "{}: valid ({} workflow type{}, {})",
+                    config.display(),
+                    c.workflows.len(),
+                    if c.workflows.len() == 1 { "" } else { "s" },
+                    c.kafka.processing_guarantee.as_str()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprint!("{errors}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run { config } => match config::load(&config) {
+            Ok(c) => run(Arc::new(c)),
+            Err(errors) => {
+                eprint!("{errors}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}
+
+fn run(config: Arc<config::Config>) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let shared = Arc::new(Shared::new(Arc::new(Metrics::new())));
+
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let stream_thread = {
+        let (config, shared, handle) = (Arc::clone(&config), Arc::clone(&shared), runtime.handle().clone());
+        std::thread::Builder::new()
+            .name("junction-stream".into())
+            .spawn(move || {
+                let result = processor::run(config, shared, handle);
+                let _ = done_tx.send(());
+                result
+            })
+            .expect("spawn the stream thread")
+    };
+
+    let http = {
+        let app = junction::http::router(Arc::clone(&shared), Arc::clone(&config));
+        let shared = Arc::clone(&shared);
+        let listen = config.http.listen;
+        runtime.spawn(async move {
+            let stop = async move {
+                while !shared.shutdown.load(Ordering::SeqCst) {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            };
+            if let Err(e) = junction::http::serve(listen, app, stop).await {
+                error!(listen = %listen, error = %e, "the HTTP server failed");
+            }
+        })
+    };
+    info!(listen = %config.http.listen, "HTTP endpoints: /metrics /healthz /readyz /workflows/{{id}}");
+
+    runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
+            _ = term.recv() => info!("SIGTERM received"),
+            _ = done_rx => {}
+        }
+    });
+    shared.shutdown.store(true, Ordering::SeqCst);
+    let result = stream_thread.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the stream thread panicked")));
+    let _ = runtime.block_on(http);
+    match result {
+        Ok(()) => {
+            info!("stopped cleanly");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            error!(error = format!("{e:#}"), "junction stopped on an error");
+            ExitCode::FAILURE
+        }
+    }
+}

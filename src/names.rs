@@ -1,0 +1,90 @@
+//! Every name that crosses the process boundary, defined once: topics,
+//! headers, dead-letter reason codes and the limits that produce them.
+
+/// The changelog topic that backs up the state stores of one application.
+pub fn changelog_topic(application_id: &str) -> String {
+    format!("{application_id}-state-changelog")
+}
+
+/// Header on every outcome record: the outcome kind.
+pub const HEADER_OUTCOME: &str = "junction.outcome";
+/// Header on every outcome record: the same value on a repeat of the record.
+pub const HEADER_OUTCOME_ID: &str = "junction.outcome.id";
+/// Dead-letter headers.
+pub const HEADER_ERROR: &str = "junction.error";
+pub const HEADER_ERROR_DETAIL: &str = "junction.error.detail";
+pub const HEADER_SOURCE_TOPIC: &str = "junction.source.topic";
+pub const HEADER_SOURCE_PARTITION: &str = "junction.source.partition";
+pub const HEADER_SOURCE_OFFSET: &str = "junction.source.offset";
+
+/// The longest workflow ID accepted, in bytes.
+pub const MAX_WORKFLOW_ID_BYTES: usize = 256;
+/// The most steps one workflow type may name (a step set is a bitmask).
+pub const MAX_STEPS: usize = 64;
+
+/// Client properties that junction sets itself because its guarantees depend on them.
+pub const MANAGED_CLIENT_PROPERTIES: &[&str] = &[
+    "bootstrap.servers",
+    "group.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "isolation.level",
+    "transactional.id",
+    "enable.idempotence",
+];
+
+/// Why a record went to the dead-letter topic: the stable code in the
+/// `junction.error` header (and, later, the `reason` metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// The record has no value (a tombstone or an empty record).
+    EmptyValue,
+    /// The value is larger than `kafka.max_event_bytes`.
+    TooLarge,
+    /// The value is not valid UTF-8 JSON.
+    NotJson,
+    /// The value is JSON but not an object.
+    NotObject,
+    /// A required field is absent.
+    MissingField,
+    /// A field has the wrong type or an invalid value.
+    InvalidField,
+    /// `workflow_type` names no configured workflow type.
+    UnknownWorkflowType,
+    /// `step` is not one of the workflow type's steps.
+    UnknownStep,
+    /// The record key is not UTF-8 or differs from `workflow_id`.
+    KeyMismatch,
+    /// `workflow_id` is longer than the limit.
+    WorkflowIdTooLong,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 10] = [
+        Reason::EmptyValue,
+        Reason::TooLarge,
+        Reason::NotJson,
+        Reason::NotObject,
+        Reason::MissingField,
+        Reason::InvalidField,
+        Reason::UnknownWorkflowType,
+        Reason::UnknownStep,
+        Reason::KeyMismatch,
+        Reason::WorkflowIdTooLong,
+    ];
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::EmptyValue => "empty_value",
+            Reason::TooLarge => "too_large",
+            Reason::NotJson => "not_json",
+            Reason::NotObject => "not_object",
+            Reason::MissingField => "missing_field",
+            Reason::InvalidField => "invalid_field",
+            Reason::UnknownWorkflowType => "unknown_workflow_type",
+            Reason::UnknownStep => "unknown_step",
+            Reason::KeyMismatch => "key_mismatch",
+            Reason::WorkflowIdTooLong => "workflow_id_too_long",
+        }
+    }
+}

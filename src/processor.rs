@@ -1,0 +1,386 @@
+//! The stream thread: one thread that polls the input topic, hands each
+//! record to its partition's task, steps the restorer, and commits every
+//! `commit_interval`. It owns every task; the rebalance callbacks, which
+//! librdkafka runs inside `poll`, reach the same state through one mutex that
+//! the loop never holds while polling.
+//!
+//! Blocking librdkafka and RocksDB calls run here, never on the async
+//! executor that serves HTTP.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, Context as _};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use serde::Serialize;
+use tracing::{error, info, info_span, warn};
+
+use crate::commit::Committer;
+use crate::config::Config;
+use crate::kafka;
+use crate::metrics::Metrics;
+use crate::restore::Restorer;
+use crate::store::Store;
+use crate::task::{InputRecord, Task};
+
+/// Records handed to the tasks per poll batch.
+const MAX_BATCH: usize = 2_000;
+/// The longest the loop waits in one poll, so that shutdown is prompt.
+const MAX_POLL_WAIT: Duration = Duration::from_millis(100);
+/// Time given to restoring per loop turn while other partitions are active.
+const RESTORE_SLICE: Duration = Duration::from_millis(20);
+const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the HTTP side may see of the stream thread.
+pub struct Shared {
+    pub metrics: Arc<Metrics>,
+    pub shutdown: AtomicBool,
+    pub health: Mutex<Health>,
+    /// The stores of the active partitions, for `GET /workflows/{id}`.
+    pub stores: RwLock<HashMap<i32, Arc<Store>>>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Health {
+    pub in_group: bool,
+    pub input_partitions: usize,
+    pub assigned: Vec<i32>,
+    pub restoring: Vec<i32>,
+    pub failure: Option<String>,
+}
+
+impl Shared {
+    pub fn new(metrics: Arc<Metrics>) -> Shared {
+        Shared { metrics, shutdown: AtomicBool::new(false), health: Mutex::new(Health::default()), stores: RwLock::new(HashMap::new()) }
+    }
+
+    pub fn health(&self) -> Health {
+        self.health.lock().expect("health lock").clone()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Restoring,
+    Active,
+}
+
+struct Slot {
+    task: Task,
+    phase: Phase,
+    /// The first record that arrived while the store was restoring: processing starts there.
+    resume_from: Option<i64>,
+    /// Where to rewind to when a commit fails: the offset after the last commit.
+    replay_from: Option<i64>,
+}
+
+struct Engine {
+    config: Arc<Config>,
+    shared: Arc<Shared>,
+    slots: BTreeMap<i32, Slot>,
+    committer: Committer,
+    restorer: Restorer,
+    failure: Option<anyhow::Error>,
+}
+
+/// The consumer context: librdkafka calls it inside `poll` on a rebalance.
+struct Callbacks {
+    engine: Arc<Mutex<Engine>>,
+}
+
+impl ClientContext for Callbacks {}
+
+impl ConsumerContext for Callbacks {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            lock(&self.engine).on_revoke(consumer, tpl);
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => lock(&self.engine).on_assign(consumer, tpl),
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => warn!(error = %e, "rebalance error"),
+        }
+    }
+}
+
+fn lock(engine: &Mutex<Engine>) -> MutexGuard<'_, Engine> {
+    // A panic while holding the lock already ends the process; the guard is still usable to shut down.
+    engine.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Engine {
+    fn on_assign(&mut self, consumer: &BaseConsumer<Callbacks>, tpl: &TopicPartitionList) {
+        let topic = self.config.kafka.input_topic.clone();
+        for element in tpl.elements_for_topic(&topic) {
+            let partition = element.partition();
+            let dir = self.config.state.dir.join(&self.config.kafka.application_id).join(partition.to_string());
+            let (store, ready) = match self.restorer.open(partition, &dir) {
+                Ok(opened) => opened,
+                Err(e) => {
+                    self.fail(anyhow!(e).context(format!("cannot open the state of partition {partition}")));
+                    return;
+                }
+            };
+            let task = Task::new(partition, Arc::clone(&store), Arc::clone(&self.config), Arc::clone(&self.shared.metrics));
+            let phase = if ready { Phase::Active } else { Phase::Restoring };
+            self.slots.insert(partition, Slot { task, phase, resume_from: None, replay_from: None });
+            if ready {
+                self.shared.stores.write().expect("stores lock").insert(partition, store);
+            } else {
+                self.pause(consumer, partition, true);
+            }
+        }
+        info!(partitions = ?self.slots.keys().collect::<Vec<_>>(), "partitions assigned");
+        self.publish_health(true);
+    }
+
+    fn on_revoke(&mut self, consumer: &BaseConsumer<Callbacks>, tpl: &TopicPartitionList) {
+        // Finish the interval's work before the partitions are given up.
+        self.commit(consumer);
+        for element in tpl.elements_for_topic(&self.config.kafka.input_topic) {
+            let partition = element.partition();
+            self.restorer.cancel(partition);
+            self.shared.stores.write().expect("stores lock").remove(&partition);
+            if let Some(slot) = self.slots.remove(&partition) {
+                if let Err(e) = slot.task.store.flush() {
+                    warn!(partition, error = %e, "cannot flush a revoked partition's store");
+                }
+                // Dropping the last handle closes the store and releases its lock.
+            }
+        }
+        info!(partitions = ?self.slots.keys().collect::<Vec<_>>(), "partitions revoked");
+        self.publish_health(false);
+    }
+
+    fn pause(&self, consumer: &BaseConsumer<Callbacks>, partition: i32, pause: bool) {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.config.kafka.input_topic, partition);
+        let result = if pause { consumer.pause(&tpl) } else { consumer.resume(&tpl) };
+        if let Err(e) = result {
+            warn!(partition, error = %e, pause, "cannot pause or resume a partition");
+        }
+    }
+
+    fn restore_step(&mut self, consumer: &BaseConsumer<Callbacks>, budget: Duration) {
+        match self.restorer.step(budget) {
+            Ok(done) => {
+                for partition in done {
+                    self.activate(consumer, partition);
+                }
+            }
+            Err(e) => self.fail(anyhow!(e).context("restoring state from the changelog")),
+        }
+    }
+
+    fn activate(&mut self, consumer: &BaseConsumer<Callbacks>, partition: i32) {
+        let Some(slot) = self.slots.get_mut(&partition) else { return };
+        slot.phase = Phase::Active;
+        let resume_from = slot.resume_from.take();
+        self.shared.stores.write().expect("stores lock").insert(partition, Arc::clone(&slot.task.store));
+        if let Some(offset) = resume_from {
+            self.seek(consumer, partition, offset);
+        }
+        self.pause(consumer, partition, false);
+        self.publish_health(true);
+    }
+
+    fn seek(&self, consumer: &BaseConsumer<Callbacks>, partition: i32, offset: i64) {
+        if let Err(e) = consumer.seek(&self.config.kafka.input_topic, partition, Offset::Offset(offset), SEEK_TIMEOUT) {
+            self.shared.health.lock().expect("health lock").failure = Some(format!("cannot seek partition {partition}: {e}"));
+            error!(partition, offset, error = %e, "cannot seek the input partition");
+        }
+    }
+
+    fn process(&mut self, messages: &[BorrowedMessage<'_>]) {
+        let _span = info_span!("poll_batch", records = messages.len()).entered();
+        let now = now_ms();
+        for m in messages {
+            let partition = m.partition();
+            let Some(slot) = self.slots.get_mut(&partition) else { continue };
+            if slot.phase != Phase::Active {
+                // Fetched before the pause took hold: processed after the restore, from here.
+                if slot.resume_from.is_none() {
+                    slot.resume_from = Some(m.offset());
+                }
+                continue;
+            }
+            slot.replay_from.get_or_insert(m.offset());
+            let record = InputRecord {
+                key: m.key(),
+                value: m.payload(),
+                timestamp_ms: m.timestamp().to_millis(),
+                topic: m.topic(),
+                offset: m.offset(),
+            };
+            if let Err(e) = slot.task.process(&record, now) {
+                self.fail(anyhow!(e).context(format!("processing partition {partition}")));
+                return;
+            }
+        }
+    }
+
+    /// Fires due timers and commits the active tasks' work. A failed commit
+    /// discards the interval's work and rewinds to the last commit.
+    fn commit(&mut self, consumer: &BaseConsumer<Callbacks>) {
+        let now = now_ms();
+        for slot in self.slots.values_mut().filter(|s| s.phase == Phase::Active) {
+            if let Err(e) = slot.task.punctuate(now) {
+                self.failure.get_or_insert(anyhow!(e).context("firing timers"));
+                return;
+            }
+        }
+        let mut tasks: Vec<&mut Task> =
+            self.slots.values_mut().filter(|s| s.phase == Phase::Active && s.task.is_dirty()).map(|s| &mut s.task).collect();
+        if tasks.is_empty() {
+            return;
+        }
+        match self.committer.commit(&mut tasks, consumer) {
+            Ok(committed) => {
+                for (partition, next) in committed {
+                    if let Some(slot) = self.slots.get_mut(&partition) {
+                        slot.replay_from = Some(next);
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "commit failed; discarding the interval's work and resuming from the last commit");
+                if let crate::commit::CommitError::Store(_) = e {
+                    self.fail(anyhow!(e).context("saving state"));
+                    return;
+                }
+                if e.needs_new_producer() {
+                    match Committer::new(Arc::clone(&self.config), Arc::clone(&self.shared.metrics)) {
+                        Ok(c) => self.committer = c,
+                        Err(e) => {
+                            self.fail(anyhow!(e).context("replacing the producer after a fatal error"));
+                            return;
+                        }
+                    }
+                }
+                self.rewind(consumer);
+            }
+        }
+    }
+
+    fn rewind(&mut self, consumer: &BaseConsumer<Callbacks>) {
+        let mut seeks = Vec::new();
+        for (partition, slot) in &mut self.slots {
+            slot.task.discard();
+            if let Some(offset) = slot.replay_from {
+                seeks.push((*partition, offset));
+            }
+        }
+        for (partition, offset) in seeks {
+            self.seek(consumer, partition, offset);
+        }
+    }
+
+    fn fail(&mut self, e: anyhow::Error) {
+        error!(error = format!("{e:#}"), "the stream thread cannot go on");
+        self.shared.health.lock().expect("health lock").failure = Some(format!("{e:#}"));
+        self.failure.get_or_insert(e);
+    }
+
+    fn publish_health(&self, in_group: bool) {
+        let mut h = self.shared.health.lock().expect("health lock");
+        h.in_group = in_group;
+        h.assigned = self.slots.keys().copied().collect();
+        h.restoring = self.slots.iter().filter(|(_, s)| s.phase == Phase::Restoring).map(|(p, _)| *p).collect();
+        let active = self.slots.len() - h.restoring.len();
+        self.shared.metrics.partitions.with_label_values(&["active"]).set(active as i64);
+        self.shared.metrics.partitions.with_label_values(&["restoring"]).set(h.restoring.len() as i64);
+    }
+}
+
+/// Runs the processor until `shared.shutdown` is set, then commits, closes
+/// the stores and leaves the group. Returns an error when it cannot go on.
+pub fn run(config: Arc<Config>, shared: Arc<Shared>, runtime: tokio::runtime::Handle) -> anyhow::Result<()> {
+    let partitions = kafka::prepare_topics(&config.kafka, &runtime)?;
+    shared.health.lock().expect("health lock").input_partitions = partitions;
+    let metrics = Arc::clone(&shared.metrics);
+    let committer = Committer::new(Arc::clone(&config), Arc::clone(&metrics))?;
+    let restorer = Restorer::new(Arc::clone(&config), metrics).context("creating the changelog consumer")?;
+    let engine = Arc::new(Mutex::new(Engine {
+        config: Arc::clone(&config),
+        shared: Arc::clone(&shared),
+        slots: BTreeMap::new(),
+        committer,
+        restorer,
+        failure: None,
+    }));
+    let consumer: BaseConsumer<Callbacks> = kafka::consumer_config(&config.kafka)
+        .create_with_context(Callbacks { engine: Arc::clone(&engine) })
+        .context("creating the input consumer")?;
+    consumer.subscribe(&[&config.kafka.input_topic]).context("subscribing to the input topic")?;
+    info!(
+        input = %config.kafka.input_topic,
+        partitions,
+        guarantee = config.kafka.processing_guarantee.as_str(),
+        "junction is running"
+    );
+
+    let interval = config.kafka.commit_interval;
+    let mut next_commit = Instant::now() + interval;
+    let result = loop {
+        if shared.shutdown.load(Ordering::SeqCst) {
+            break Ok(());
+        }
+        let restoring = {
+            let mut e = lock(&engine);
+            if let Some(f) = e.failure.take() {
+                break Err(f);
+            }
+            if e.restorer.is_restoring() {
+                let active = e.slots.values().any(|s| s.phase == Phase::Active);
+                e.restore_step(&consumer, if active { RESTORE_SLICE } else { MAX_POLL_WAIT });
+            }
+            e.committer.poll();
+            e.restorer.is_restoring()
+        };
+        let wait = if restoring { Duration::ZERO } else { next_commit.saturating_duration_since(Instant::now()).min(MAX_POLL_WAIT) };
+        let mut messages = Vec::new();
+        let mut polled = consumer.poll(wait);
+        while let Some(result) = polled {
+            match result {
+                Ok(m) => messages.push(m),
+                Err(e) => warn!(error = %e, "input consumer error"),
+            }
+            if messages.len() >= MAX_BATCH {
+                break;
+            }
+            polled = consumer.poll(Duration::ZERO);
+        }
+        if !messages.is_empty() {
+            lock(&engine).process(&messages);
+        }
+        drop(messages);
+        if Instant::now() >= next_commit {
+            lock(&engine).commit(&consumer);
+            next_commit = Instant::now() + interval;
+        }
+    };
+
+    info!("shutting down: committing, closing stores, leaving the group");
+    lock(&engine).commit(&consumer);
+    // Leaving the group runs the revoke callback, which closes the stores.
+    drop(consumer);
+    let mut e = lock(&engine);
+    for (partition, slot) in std::mem::take(&mut e.slots) {
+        if let Err(err) = slot.task.store.flush() {
+            warn!(partition, error = %err, "cannot flush a store at shutdown");
+        }
+    }
+    shared.stores.write().expect("stores lock").clear();
+    result.and(e.failure.take().map_or(Ok(()), Err))
+}

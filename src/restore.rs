@@ -1,0 +1,189 @@
+//! Restoring stores from the changelog. On assignment a task's store is
+//! checked (a store with data but no checkpoint, or a checkpoint beyond the
+//! changelog's end, cannot be trusted and is rebuilt), then caught up from
+//! its checkpoint to the changelog's end in batched writes. The stream thread
+//! steps the restorer between polls, so partitions that are already active
+//! keep processing meanwhile.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use tracing::{info, warn};
+
+use crate::codec;
+use crate::config::Config;
+use crate::kafka;
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreBatch, StoreError};
+
+const WATERMARK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Records per store write while restoring.
+const RESTORE_BATCH: usize = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("changelog {topic} partition {partition}: {source}")]
+    Kafka { topic: String, partition: i32, source: KafkaError },
+}
+
+struct Restoring {
+    store: Arc<Store>,
+    batch: StoreBatch,
+    /// The offset after the last record applied.
+    next: i64,
+    records: u64,
+    started: Instant,
+}
+
+pub struct Restorer {
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    topic: String,
+    consumer: BaseConsumer,
+    active: HashMap<i32, Restoring>,
+}
+
+impl Restorer {
+    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> Result<Restorer, KafkaError> {
+        let consumer: BaseConsumer = kafka::restore_consumer_config(&config.kafka).create()?;
+        let topic = config.kafka.changelog_topic();
+        Ok(Restorer { config, metrics, topic, consumer, active: HashMap::new() })
+    }
+
+    pub fn is_restoring(&self) -> bool {
+        !self.active.is_empty()
+    }
+
+    fn kafka_error(&self, partition: i32) -> impl Fn(KafkaError) -> RestoreError + '_ {
+        move |source| RestoreError::Kafka { topic: self.topic.clone(), partition, source }
+    }
+
+    /// Opens a partition's store, rebuilding it when it cannot be trusted,
+    /// and starts restoring it. Returns the store and whether it is already
+    /// up to date (then there is nothing to restore).
+    pub fn open(&mut self, partition: i32, dir: &Path) -> Result<(Arc<Store>, bool), RestoreError> {
+        let (low, high) = self.consumer.fetch_watermarks(&self.topic, partition, WATERMARK_TIMEOUT).map_err(self.kafka_error(partition))?;
+        let mut store = Store::open(dir)?;
+        let checkpoint = store.checkpoint()?;
+        let untrusted = match checkpoint {
+            None => store.has_state().then(|| "it holds state but no checkpoint".to_string()),
+            Some(c) if c > high => Some(format!("its checkpoint {c} is beyond the changelog's end {high}")),
+            Some(c) if c < low => Some(format!("its checkpoint {c} is before the changelog's start {low}")),
+            Some(_) => None,
+        };
+        if let Some(why) = untrusted {
+            warn!(partition, path = %dir.display(), why, "state store cannot be trusted; rebuilding it from the changelog");
+            drop(store);
+            Store::destroy(dir)?;
+            store = Store::open(dir)?;
+        }
+        let from = store.checkpoint()?.unwrap_or(low);
+        let store = Arc::new(store);
+        if from >= high {
+            info!(partition, checkpoint = from, "state store is up to date");
+            return Ok((store, true));
+        }
+        info!(partition, from, to = high, "restoring state store from the changelog");
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.topic, partition, Offset::Offset(from)).map_err(self.kafka_error(partition))?;
+        self.consumer.incremental_assign(&tpl).map_err(self.kafka_error(partition))?;
+        self.active.insert(
+            partition,
+            Restoring { store: Arc::clone(&store), batch: StoreBatch::default(), next: from, records: 0, started: Instant::now() },
+        );
+        Ok((store, false))
+    }
+
+    /// Stops restoring a partition that was revoked.
+    pub fn cancel(&mut self, partition: i32) {
+        if self.active.remove(&partition).is_some() {
+            self.unassign(partition);
+        }
+    }
+
+    fn unassign(&self, partition: i32) {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.topic, partition);
+        if let Err(e) = self.consumer.incremental_unassign(&tpl) {
+            warn!(partition, error = %e, "cannot unassign a restored changelog partition");
+        }
+    }
+
+    /// Applies changelog records for up to `budget`; returns the partitions
+    /// whose stores reached the changelog's end.
+    pub fn step(&mut self, budget: Duration) -> Result<Vec<i32>, RestoreError> {
+        let deadline = Instant::now() + budget;
+        let mut done = Vec::new();
+        while !self.active.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some(polled) = self.consumer.poll(left) else { break };
+            match polled {
+                Ok(m) => {
+                    let partition = m.partition();
+                    let Some(r) = self.active.get_mut(&partition) else { continue };
+                    let id = String::from_utf8_lossy(m.key().unwrap_or_default());
+                    match m.payload() {
+                        None => r.batch.delete_state(&id),
+                        Some(bytes) => match codec::decode(bytes) {
+                            Ok(state) => {
+                                let timer = state.timer_ms(
+                                    self.config.workflow(&state.workflow_type),
+                                    self.config.state.retention.as_millis() as i64,
+                                );
+                                r.batch.put_state(&id, bytes, timer);
+                            }
+                            Err(e) => warn!(
+                                partition,
+                                offset = m.offset(),
+                                workflow_id = %id,
+                                error = %e,
+                                "garbage record in the changelog; skipped"
+                            ),
+                        },
+                    }
+                    r.next = m.offset() + 1;
+                    r.records += 1;
+                    if r.batch.len() >= RESTORE_BATCH {
+                        let mut batch = std::mem::take(&mut r.batch);
+                        batch.set_checkpoint(r.next);
+                        r.store.write(batch)?;
+                    }
+                    self.metrics.restore_records.inc();
+                }
+                Err(KafkaError::PartitionEOF(partition)) => {
+                    let Some(mut r) = self.active.remove(&partition) else { continue };
+                    let mut batch = std::mem::take(&mut r.batch);
+                    // The end may lie past the last record (a transaction marker): restart from the end.
+                    let end = match self.consumer.position().ok().and_then(|p| p.find_partition(&self.topic, partition)).map(|e| e.offset()) {
+                        Some(Offset::Offset(o)) => o.max(r.next),
+                        _ => r.next,
+                    };
+                    batch.set_checkpoint(end);
+                    r.store.write(batch)?;
+                    self.unassign(partition);
+                    info!(
+                        partition,
+                        records = r.records,
+                        checkpoint = end,
+                        seconds = r.started.elapsed().as_secs_f64(),
+                        "state store restored"
+                    );
+                    done.push(partition);
+                }
+                Err(e) => warn!(error = %e, "changelog consumer error while restoring"),
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+        }
+        Ok(done)
+    }
+}

@@ -1,0 +1,213 @@
+//! The state store of one input partition: a RocksDB database under
+//! `state.dir/<application_id>/<partition>`.
+//!
+//! Three kinds of keys:
+//! - `w<workflow id>`: the encoded workflow state (the same bytes as its changelog record);
+//! - `t<due ms, big-endian u64><workflow id>`: a timer, so that deadlines and
+//!   purges are found by a range scan. Timers are never deleted when a state
+//!   changes; an entry that no longer matches its state's timer is stale and
+//!   is dropped when it comes due, so that writes never read first;
+//! - `m:checkpoint`: the changelog offset up to which this store is known
+//!   good, written in the same batch as the data it covers.
+
+use std::path::{Path, PathBuf};
+
+use rocksdb::{Direction, IteratorMode, Options, WriteBatch, DB};
+
+const STATE_PREFIX: u8 = b'w';
+const TIMER_PREFIX: u8 = b't';
+const CHECKPOINT_KEY: &[u8] = b"m:checkpoint";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the state store at {path}: {source} (is another junction instance using this state directory?)")]
+    Open { path: PathBuf, source: rocksdb::Error },
+    #[error("state store at {path}: {source}")]
+    Io { path: PathBuf, source: rocksdb::Error },
+    #[error("cannot remove the state store at {path}: {source}")]
+    Remove { path: PathBuf, source: std::io::Error },
+}
+
+pub struct Store {
+    db: DB,
+    path: PathBuf,
+}
+
+/// The changes of one commit, applied atomically.
+#[derive(Default)]
+pub struct StoreBatch {
+    batch: WriteBatch,
+}
+
+impl StoreBatch {
+    pub fn put_state(&mut self, workflow_id: &str, encoded: &[u8], timer_ms: Option<i64>) {
+        self.batch.put(state_key(workflow_id), encoded);
+        if let Some(due) = timer_ms {
+            self.batch.put(timer_key(due, workflow_id), []);
+        }
+    }
+
+    pub fn delete_state(&mut self, workflow_id: &str) {
+        self.batch.delete(state_key(workflow_id));
+    }
+
+    pub fn delete_timer(&mut self, timer: &Timer) {
+        self.batch.delete(timer_key(timer.due_ms, &timer.workflow_id));
+    }
+
+    pub fn set_checkpoint(&mut self, changelog_offset: i64) {
+        self.batch.put(CHECKPOINT_KEY, changelog_offset.to_be_bytes());
+    }
+
+    pub fn len(&self) -> usize {
+        self.batch.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.batch.is_empty()
+    }
+}
+
+/// A timer entry found due.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timer {
+    pub due_ms: i64,
+    pub workflow_id: String,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(path).map_err(|e| StoreError::Remove { path: path.to_path_buf(), source: e })?;
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        // Timer scans read prefixes of one key space; point reads dominate otherwise.
+        options.set_max_open_files(256);
+        options.set_keep_log_file_num(2);
+        let db = DB::open(&options, path).map_err(|source| StoreError::Open { path: path.to_path_buf(), source })?;
+        Ok(Store { db, path: path.to_path_buf() })
+    }
+
+    /// Deletes a store's files; it must not be open.
+    pub fn destroy(path: &Path) -> Result<(), StoreError> {
+        match std::fs::remove_dir_all(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(StoreError::Remove { path: path.to_path_buf(), source }),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn io(&self, source: rocksdb::Error) -> StoreError {
+        StoreError::Io { path: self.path.clone(), source }
+    }
+
+    pub fn get_state(&self, workflow_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.db.get(state_key(workflow_id)).map_err(|e| self.io(e))
+    }
+
+    pub fn checkpoint(&self) -> Result<Option<i64>, StoreError> {
+        let value = self.db.get(CHECKPOINT_KEY).map_err(|e| self.io(e))?;
+        Ok(value.and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok()).map(i64::from_be_bytes))
+    }
+
+    /// Whether the store holds any workflow state at all.
+    pub fn has_state(&self) -> bool {
+        let mut it = self.db.iterator(IteratorMode::From(&[STATE_PREFIX], Direction::Forward));
+        matches!(it.next(), Some(Ok((k, _))) if k.first() == Some(&STATE_PREFIX))
+    }
+
+    /// Up to `limit` timers due at or before `now_ms`, earliest first.
+    pub fn due_timers(&self, now_ms: i64, limit: usize) -> Result<Vec<Timer>, StoreError> {
+        let mut out = Vec::new();
+        let it = self.db.iterator(IteratorMode::From(&[TIMER_PREFIX], Direction::Forward));
+        for item in it {
+            let (key, _) = item.map_err(|e| self.io(e))?;
+            if key.first() != Some(&TIMER_PREFIX) || key.len() < 9 || out.len() >= limit {
+                break;
+            }
+            let due = u64::from_be_bytes(key[1..9].try_into().expect("8 bytes")) as i64;
+            if due > now_ms {
+                break;
+            }
+            out.push(Timer { due_ms: due, workflow_id: String::from_utf8_lossy(&key[9..]).into_owned() });
+        }
+        Ok(out)
+    }
+
+    /// Every workflow ID and its encoded state, for inspection and tests.
+    pub fn states(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator(IteratorMode::From(&[STATE_PREFIX], Direction::Forward)) {
+            let (key, value) = item.map_err(|e| self.io(e))?;
+            if key.first() != Some(&STATE_PREFIX) {
+                break;
+            }
+            out.push((String::from_utf8_lossy(&key[1..]).into_owned(), value.into_vec()));
+        }
+        Ok(out)
+    }
+
+    pub fn write(&self, batch: StoreBatch) -> Result<(), StoreError> {
+        self.db.write(batch.batch).map_err(|e| self.io(e))
+    }
+
+    /// Flushes memtables so that a clean close leaves nothing to replay.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map_err(|e| self.io(e))
+    }
+}
+
+fn state_key(workflow_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + workflow_id.len());
+    k.push(STATE_PREFIX);
+    k.extend_from_slice(workflow_id.as_bytes());
+    k
+}
+
+fn timer_key(due_ms: i64, workflow_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9 + workflow_id.len());
+    k.push(TIMER_PREFIX);
+    k.extend_from_slice(&(due_ms.max(0) as u64).to_be_bytes());
+    k.extend_from_slice(workflow_id.as_bytes());
+    k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_timers_and_checkpoint_are_written_together_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.checkpoint().unwrap(), None);
+        assert!(!store.has_state());
+        let mut b = StoreBatch::default();
+        b.put_state("a", b"1", Some(300));
+        b.put_state("b", b"2", Some(100));
+        b.put_state("c", b"3", None);
+        b.set_checkpoint(17);
+        store.write(b).unwrap();
+        assert_eq!(store.checkpoint().unwrap(), Some(17));
+        assert_eq!(store.get_state("b").unwrap().as_deref(), Some(&b"2"[..]));
+        let due: Vec<String> = store.due_timers(300, 10).unwrap().into_iter().map(|t| t.workflow_id).collect();
+        assert_eq!(due, ["b", "a"]);
+        assert_eq!(store.due_timers(299, 10).unwrap().len(), 1);
+        assert_eq!(store.due_timers(300, 1).unwrap().len(), 1);
+        assert_eq!(store.states().unwrap().len(), 3);
+        drop(store);
+        Store::destroy(dir.path()).unwrap();
+        assert!(!dir.path().exists());
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_store_is_refused_while_the_first_is_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Store::open(dir.path()).unwrap();
+        let second = Store::open(dir.path());
+        assert!(matches!(second, Err(StoreError::Open { .. })));
+    }
+}

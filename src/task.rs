@@ -1,0 +1,228 @@
+//! One task per assigned input partition: it owns the partition's store, a
+//! record cache of the states changed since the last commit, and the
+//! outcomes and dead letters waiting for that commit.
+//!
+//! The record cache is why a workflow opened and finished within one commit
+//! interval writes one changelog record: only the last state of each
+//! workflow is written at the commit.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tracing::warn;
+
+use crate::codec;
+use crate::config::Config;
+use crate::dead_letter::DeadLetter;
+use crate::event::{self, BadInput};
+use crate::join::{self, EventResult, TimerResult, WorkflowState};
+use crate::metrics::Metrics;
+use crate::outcome::OutcomeRecord;
+use crate::store::{Store, StoreBatch, StoreError, Timer};
+
+/// The most timers one punctuation fires, so that a backlog cannot stall a commit.
+const TIMERS_PER_PUNCTUATION: usize = 10_000;
+
+/// One input record, as the task needs it.
+pub struct InputRecord<'a> {
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    pub timestamp_ms: Option<i64>,
+    pub topic: &'a str,
+    pub offset: i64,
+}
+
+/// What a commit must publish and save for one task.
+#[derive(Default)]
+pub struct Staged {
+    pub outcomes: Vec<OutcomeRecord>,
+    pub dead_letters: Vec<DeadLetter>,
+    /// Changelog records: workflow ID → encoded state, or `None` for a tombstone.
+    pub changelog: Vec<(String, Option<Vec<u8>>)>,
+    /// The store batch (data and timers; the checkpoint is added by the commit).
+    pub batch: StoreBatch,
+    /// The next input offset to commit, if any record was processed.
+    pub next_offset: Option<i64>,
+}
+
+pub struct Task {
+    pub partition: i32,
+    pub store: Arc<Store>,
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    /// Workflow ID → its state as changed since the last commit (`None`: purged).
+    cache: HashMap<String, Option<WorkflowState>>,
+    /// Stale or fired timers to delete at the commit.
+    spent_timers: Vec<Timer>,
+    outcomes: Vec<OutcomeRecord>,
+    dead_letters: Vec<DeadLetter>,
+    next_offset: Option<i64>,
+}
+
+impl Task {
+    pub fn new(partition: i32, store: Arc<Store>, config: Arc<Config>, metrics: Arc<Metrics>) -> Task {
+        Task {
+            partition,
+            store,
+            config,
+            metrics,
+            cache: HashMap::new(),
+            spent_timers: Vec::new(),
+            outcomes: Vec::new(),
+            dead_letters: Vec::new(),
+            next_offset: None,
+        }
+    }
+
+    /// Whether anything waits for a commit.
+    pub fn is_dirty(&self) -> bool {
+        self.next_offset.is_some()
+            || !self.cache.is_empty()
+            || !self.outcomes.is_empty()
+            || !self.dead_letters.is_empty()
+            || !self.spent_timers.is_empty()
+    }
+
+    pub fn process(&mut self, record: &InputRecord<'_>, now_ms: i64) -> Result<(), StoreError> {
+        self.next_offset = Some(record.offset + 1);
+        let config = Arc::clone(&self.config);
+        let event = match event::decode(&config, record.key, record.value, record.timestamp_ms.unwrap_or(now_ms)) {
+            Ok(e) => e,
+            Err(bad) => {
+                self.dead_letter(record, bad);
+                return Ok(());
+            }
+        };
+        let spec = &config.workflows[event.workflow];
+        let id = event.workflow_id.as_ref();
+        let cached = self.cache.contains_key(id);
+        let mut state = match self.load(id)? {
+            Some(s) if s.workflow_type == spec.workflow_type => s,
+            Some(s) => {
+                let bad = BadInput {
+                    reason: crate::names::Reason::UnknownWorkflowType,
+                    detail: format!("workflow {id:?} is of type {:?}, not {:?}", s.workflow_type, spec.workflow_type),
+                };
+                if cached {
+                    self.cache.insert(id.to_string(), Some(s));
+                }
+                self.dead_letter(record, bad);
+                return Ok(());
+            }
+            None => WorkflowState::new(&spec.workflow_type, event.occurred_at_ms),
+        };
+        let (result, outcomes) = join::apply_event(spec, &mut state, id, &event, now_ms);
+        self.metrics.event(result);
+        // A duplicate or late event leaves the state as it was: no changelog record for it.
+        let unchanged = result != EventResult::Accepted && outcomes.is_empty();
+        if cached || !unchanged {
+            self.cache.insert(id.to_string(), Some(state));
+        }
+        self.outcomes.extend(outcomes);
+        Ok(())
+    }
+
+    /// Fires the timers due at `now_ms`: deadlines and purges.
+    pub fn punctuate(&mut self, now_ms: i64) -> Result<(), StoreError> {
+        let retention = self.config.state.retention.as_millis() as i64;
+        let config = Arc::clone(&self.config);
+        for timer in self.store.due_timers(now_ms, TIMERS_PER_PUNCTUATION)? {
+            let Some(mut state) = self.load(&timer.workflow_id)? else {
+                self.spent_timers.push(timer);
+                continue;
+            };
+            let spec = config.workflow(&state.workflow_type);
+            if state.timer_ms(spec, retention) != Some(timer.due_ms) {
+                // Stale: the state moved on since this timer was written.
+                self.spent_timers.push(timer);
+                continue;
+            }
+            match join::on_timer(spec, &mut state, &timer.workflow_id, now_ms, retention) {
+                TimerResult::NotDue => {}
+                TimerResult::Decided(outcomes) => {
+                    self.outcomes.extend(outcomes);
+                    self.cache.insert(timer.workflow_id.clone(), Some(state));
+                    self.spent_timers.push(timer);
+                }
+                TimerResult::Purge => {
+                    self.cache.insert(timer.workflow_id.clone(), None);
+                    self.spent_timers.push(timer);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The state of a workflow: from the record cache, else from the store.
+    fn load(&mut self, workflow_id: &str) -> Result<Option<WorkflowState>, StoreError> {
+        if let Some(cached) = self.cache.remove(workflow_id) {
+            return Ok(cached);
+        }
+        let Some(bytes) = self.store.get_state(workflow_id)? else { return Ok(None) };
+        match codec::decode(&bytes) {
+            Ok(s) => Ok(Some(s)),
+            Err(e) => {
+                warn!(partition = self.partition, workflow_id, error = %e, "unreadable state in the store; starting the workflow afresh");
+                Ok(None)
+            }
+        }
+    }
+
+    fn dead_letter(&mut self, record: &InputRecord<'_>, error: BadInput) {
+        warn!(
+            partition = self.partition,
+            offset = record.offset,
+            reason = error.reason.code(),
+            detail = %error.detail,
+            "bad input sent to the dead-letter topic"
+        );
+        self.metrics.dead_letter(error.reason);
+        self.dead_letters.push(DeadLetter {
+            key: record.key.map(<[u8]>::to_vec),
+            value: record.value.map(<[u8]>::to_vec),
+            timestamp_ms: record.timestamp_ms,
+            error,
+            source_topic: record.topic.to_string(),
+            source_partition: self.partition,
+            source_offset: record.offset,
+        });
+    }
+
+    /// Takes everything the next commit must publish and save, leaving the task clean.
+    pub fn stage(&mut self) -> Staged {
+        let retention = self.config.state.retention.as_millis() as i64;
+        let mut staged = Staged {
+            outcomes: std::mem::take(&mut self.outcomes),
+            dead_letters: std::mem::take(&mut self.dead_letters),
+            next_offset: self.next_offset.take(),
+            ..Staged::default()
+        };
+        for timer in self.spent_timers.drain(..) {
+            staged.batch.delete_timer(&timer);
+        }
+        for (id, state) in self.cache.drain() {
+            match state {
+                Some(state) => {
+                    let encoded = codec::encode(&state);
+                    let timer = state.timer_ms(self.config.workflow(&state.workflow_type), retention);
+                    staged.batch.put_state(&id, &encoded, timer);
+                    staged.changelog.push((id, Some(encoded)));
+                }
+                None => {
+                    staged.batch.delete_state(&id);
+                    staged.changelog.push((id, None));
+                }
+            }
+        }
+        staged
+    }
+
+    /// Forgets everything since the last commit, after a commit failed.
+    pub fn discard(&mut self) {
+        self.cache.clear();
+        self.spent_timers.clear();
+        self.outcomes.clear();
+        self.dead_letters.clear();
+        self.next_offset = None;
+    }
+}

@@ -1,0 +1,146 @@
+//! Crashes, lost state and lost instances: no outcome is lost, and a repeat
+//! (at-least-once) always carries the same outcome ID.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::{by_workflow, event, Broker, Junction, Record, Setup, PATIENCE};
+use serde_json::Value;
+
+const STEPS: [&str; 3] = ["payment", "inventory", "fraud_check"];
+
+/// Steps of `n` order workflows, interleaved as concurrent services send them.
+fn interleaved_orders(prefix: &str, n: usize, steps: &[&str]) -> Vec<Value> {
+    let mut events = Vec::new();
+    for step in steps {
+        for i in 0..n {
+            events.push(event(&format!("{prefix}-{i}"), "order", step, "succeeded", Some(&format!("{prefix}-{i}-{step}"))));
+        }
+    }
+    events
+}
+
+/// Every workflow has exactly one distinct outcome: any repeat is identical
+/// and carries the same outcome ID.
+fn assert_one_outcome_each(records: &[Record], expected: usize) -> usize {
+    let mut ids: HashMap<String, (String, Value)> = HashMap::new();
+    let mut repeats = 0;
+    for r in records {
+        let v = r.json();
+        let wf = v["workflow_id"].as_str().unwrap().to_string();
+        let id = r.header("junction.outcome.id").to_string();
+        match ids.get(&wf) {
+            Some((seen_id, seen)) => {
+                assert_eq!(seen_id, &id, "a repeat of {wf}'s outcome has another ID");
+                assert_eq!(seen, &v, "a repeat of {wf}'s outcome differs");
+                repeats += 1;
+            }
+            None => {
+                ids.insert(wf, (id, v));
+            }
+        }
+    }
+    assert_eq!(ids.len(), expected, "workflows with an outcome");
+    repeats
+}
+
+#[test]
+fn kill_9_in_the_middle_of_a_load_loses_no_outcome() {
+    let broker = Broker::start();
+    let setup = Setup::new(&broker, 4);
+    let work = tempfile::tempdir().unwrap();
+    let mut junction = Junction::start(&setup, work.path(), "j");
+    junction.wait_ready();
+
+    let n = 3_000;
+    let events = interleaved_orders("load", n, &STEPS);
+    let (first, rest) = events.split_at(events.len() / 2 + 100);
+    broker.produce_events(&setup.input, first);
+    let mut out = broker.reader(&setup.output);
+    out.read_until("some outcomes before the crash", |r| !r.is_empty());
+    junction.kill();
+    broker.produce_events(&setup.input, rest);
+    junction.start_again();
+
+    let records = out.read_until("every outcome after the restart", |r| by_workflow(r).len() >= n).to_vec();
+    let repeats = assert_one_outcome_each(&records, n);
+    assert!(records.iter().all(|r| r.json()["outcome"] == "completed"));
+    eprintln!("kill -9 mid-load: {n} workflows, {} outcome records, {repeats} repeats", records.len());
+}
+
+#[test]
+fn a_restart_with_the_state_directory_deleted_restores_state_from_the_changelog() {
+    let broker = Broker::start();
+    let setup = Setup::new(&broker, 3);
+    let work = tempfile::tempdir().unwrap();
+    let mut junction = Junction::start(&setup, work.path(), "j");
+    junction.wait_ready();
+
+    let n = 500;
+    broker.produce_events(&setup.input, &interleaved_orders("wf", n, &STEPS[..2]));
+    // Wait until every open workflow's state is committed: the last one is visible.
+    let deadline = Instant::now() + PATIENCE;
+    while junction.metric("junction_events_total", "result=\"accepted\"") < (2 * n) as f64 {
+        assert!(Instant::now() < deadline, "events not processed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(junction.terminate());
+    std::fs::remove_dir_all(&junction.state_dir).unwrap();
+
+    junction.start_again();
+    junction.wait_ready();
+    assert!(junction.metric("junction_restore_records_total", "") >= n as f64, "the state came back from the changelog");
+    broker.produce_events(&setup.input, &interleaved_orders("wf", n, &STEPS[2..]));
+    let mut out = broker.reader(&setup.output);
+    let records = out.read_until("every workflow completed", |r| by_workflow(r).len() >= n).to_vec();
+    assert_one_outcome_each(&records, n);
+    assert!(records.iter().all(|r| r.json()["outcome"] == "completed"));
+}
+
+#[test]
+fn two_instances_share_the_partitions_and_a_survivor_finishes_everything() {
+    let broker = Broker::start();
+    let setup = Setup::new(&broker, 4);
+    let work = tempfile::tempdir().unwrap();
+    let mut a = Junction::start(&setup, work.path(), "a");
+    let mut b = Junction::start(&setup, work.path(), "b");
+    let assigned = |j: &Junction| -> Vec<i64> {
+        let body = j.get("/readyz").map(|(_, b)| b).unwrap_or_default();
+        let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        v["assigned"].as_array().map(|a| a.iter().filter_map(Value::as_i64).collect()).unwrap_or_default()
+    };
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (pa, pb) = (assigned(&a), assigned(&b));
+        if !pa.is_empty() && !pb.is_empty() && pa.len() + pb.len() == 4 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the partitions were not shared: a {pa:?}, b {pb:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    a.wait_ready();
+    b.wait_ready();
+
+    let n = 1_000;
+    broker.produce_events(&setup.input, &interleaved_orders("two", n, &STEPS[..2]));
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let processed = a.metric("junction_events_total", "result=\"accepted\"") + b.metric("junction_events_total", "result=\"accepted\"");
+        if processed >= (2 * n) as f64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "events not processed: {processed}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(b.metric("junction_events_total", "result=\"accepted\"") > 0.0, "b did its share");
+    b.kill();
+    broker.produce_events(&setup.input, &interleaved_orders("two", n, &STEPS[2..]));
+
+    let mut out = broker.reader(&setup.output);
+    let records = out.read_until("every workflow completed by the survivor", |r| by_workflow(r).len() >= n).to_vec();
+    assert_one_outcome_each(&records, n);
+    assert!(records.iter().all(|r| r.json()["outcome"] == "completed"), "the survivor restored b's open workflows");
+    a.wait_ready();
+}
