@@ -17,7 +17,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-if ! "$JUNCTION_NISSHI" --version 2>/dev/null | grep -q "$NISSHI_VERSION"; then
+# cargo install records what it installed in the root's .crates.toml.
+if [ ! -x "$JUNCTION_NISSHI" ] || ! grep -q "^\"nisshi $NISSHI_VERSION " "$JUNCTION_CACHE/tools/.crates.toml" 2>/dev/null; then
     echo "setup: installing the Nisshi broker $NISSHI_VERSION into $JUNCTION_CACHE/tools (about 15 minutes, once)"
     # Nisshi's own target dir, so that it never evicts junction's build cache.
     CARGO_TARGET_DIR="$JUNCTION_CACHE/nisshi-target" \

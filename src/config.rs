@@ -408,19 +408,17 @@ impl Reader {
     }
 
     fn duration(&mut self, table: &Table, key: &str, default: &str) -> Duration {
+        self.optional_duration(table, key).flatten().unwrap_or_else(|| parse_duration(default).expect("defaults parse"))
+    }
+
+    /// `None` when absent, `Some(None)` when present but wrong (the error is recorded).
+    fn optional_duration(&mut self, table: &Table, key: &str) -> Option<Option<Duration>> {
         let field = key.rsplit('.').next().expect("non-empty key");
-        let text = match table.get(field) {
-            None => default.to_string(),
-            Some(Value::String(s)) => s.clone(),
-            Some(other) => {
-                self.error(key, format!("expected a duration string such as \"30s\", got {}", describe(other)));
-                return parse_duration(default).expect("defaults parse");
-            }
+        let parsed = match table.get(field)? {
+            Value::String(s) => parse_duration(s),
+            other => Err(format!("expected a duration string such as \"30s\", got {}", describe(other))),
         };
-        parse_duration(&text).unwrap_or_else(|e| {
-            self.error(key, e);
-            parse_duration(default).expect("defaults parse")
-        })
+        Some(parsed.map_err(|e| self.error(key, e)).ok())
     }
 
     fn topic_name(&mut self, key: &str, name: &str) {
@@ -501,16 +499,10 @@ impl Reader {
                     steps.len()
                 }
             };
-            let deadline = match t.get("deadline") {
-                None => None,
-                Some(_) => {
-                    let d = self.duration(t, &format!("{at}.deadline"), "0ms");
-                    if d.is_zero() {
-                        self.error(&format!("{at}.deadline"), "expected a duration greater than zero");
-                    }
-                    Some(d)
-                }
-            };
+            let deadline = self.optional_duration(t, &format!("{at}.deadline")).flatten();
+            if deadline.is_some_and(|d| d.is_zero()) {
+                self.error(&format!("{at}.deadline"), "expected a duration greater than zero");
+            }
             specs.push(WorkflowSpec { workflow_type, steps, quorum, deadline });
         }
         specs

@@ -107,6 +107,13 @@ pub fn decode<'a>(
             format!("the value is {} bytes, more than max_event_bytes ({})", value.len(), config.kafka.max_event_bytes),
         ));
     }
+    // serde would read a JSON array into the struct by position: only an object is an event.
+    if value.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(match serde_json::from_slice::<serde::de::IgnoredAny>(value) {
+            Ok(_) => BadInput::new(Reason::NotObject, "the value is JSON but not an object"),
+            Err(e) => BadInput::new(Reason::NotJson, format!("the value is not valid JSON: {e}")),
+        });
+    }
     let fields: Fields<'a> = serde_json::from_slice(value).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => BadInput::new(Reason::NotObject, format!("the value is not a JSON object: {e}")),
         _ => BadInput::new(Reason::NotJson, format!("the value is not valid JSON: {e}")),

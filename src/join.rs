@@ -19,11 +19,10 @@
 //! compensating, so it joins the set that `compensated` waits for.
 
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 
 use crate::config::WorkflowSpec;
 use crate::event::{Status, StepEvent};
-use crate::outcome::{Outcome, OutcomeRecord, StepView};
+use crate::outcome::{Outcome, OutcomeRecord, Payload, StepView};
 
 /// What one step has reported.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,7 +31,7 @@ pub struct StepState {
     /// The step's work result, `Succeeded` or `Failed`; the first one wins.
     pub work: Option<Status>,
     pub occurred_at_ms: i64,
-    pub payload: Option<Box<RawValue>>,
+    pub payload: Option<Payload>,
     pub compensated_at_ms: Option<i64>,
     /// Statuses seen in events without an event ID, to recognise their repeats.
     pub seen_without_id: u8,
@@ -53,9 +52,10 @@ pub struct Decision {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkflowState {
     pub workflow_type: String,
-    /// The earliest `occurred_at` seen while open.
+    /// The earliest `occurred_at` of the work reports seen while open (of
+    /// the first event, before any work report).
     pub started_at_ms: i64,
-    /// The latest `occurred_at` seen.
+    /// The latest `occurred_at` of the work reports seen while open.
     pub last_event_at_ms: i64,
     pub steps: Vec<StepState>,
     pub event_ids: Vec<String>,
@@ -182,17 +182,24 @@ pub fn apply_event(
         Some(id) => state.event_ids.push(id.to_string()),
         None => state.step_mut(step_name).seen_without_id |= status_bit(event.status),
     }
-    if state.is_open() {
-        state.started_at_ms = state.started_at_ms.min(event.occurred_at_ms);
+    // Start and finish times span the work reports: a compensation
+    // acknowledgement, whenever it arrives, moves neither.
+    if state.is_open() && event.status != Status::Compensated {
+        if state.steps.iter().any(|s| s.work.is_some()) {
+            state.started_at_ms = state.started_at_ms.min(event.occurred_at_ms);
+            state.last_event_at_ms = state.last_event_at_ms.max(event.occurred_at_ms);
+        } else {
+            state.started_at_ms = event.occurred_at_ms;
+            state.last_event_at_ms = event.occurred_at_ms;
+        }
     }
-    state.last_event_at_ms = state.last_event_at_ms.max(event.occurred_at_ms);
 
     let step = state.step_mut(step_name);
     match event.status {
         Status::Succeeded | Status::Failed if step.work.is_none() => {
             step.work = Some(event.status);
             step.occurred_at_ms = event.occurred_at_ms;
-            step.payload = event.payload.map(|p| p.to_owned());
+            step.payload = event.payload.map(Payload::from_raw);
         }
         Status::Compensated if step.compensated_at_ms.is_none() => {
             step.compensated_at_ms = Some(event.occurred_at_ms);

@@ -34,13 +34,30 @@ impl Outcome {
     }
 }
 
+/// A step's JSON payload, kept as the producer wrote it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Payload(pub Box<RawValue>);
+
+impl PartialEq for Payload {
+    fn eq(&self, other: &Payload) -> bool {
+        self.0.get() == other.0.get()
+    }
+}
+
+impl Payload {
+    pub fn from_raw(raw: &RawValue) -> Payload {
+        Payload(raw.to_owned())
+    }
+}
+
 /// One step as the outcome record shows it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepView {
     pub step: String,
     pub status: &'static str,
     pub occurred_at_ms: i64,
-    pub payload: Option<Box<RawValue>>,
+    pub payload: Option<Payload>,
 }
 
 /// One outcome record, ready to be published.
@@ -122,7 +139,7 @@ mod tests {
                     step: "payment".into(),
                     status: "succeeded",
                     occurred_at_ms: 1_763_805_600_123,
-                    payload: Some(RawValue::from_string(r#"{"amount":42}"#.into()).unwrap()),
+                    payload: Some(Payload(RawValue::from_string(r#"{"amount":42}"#.into()).unwrap())),
                 },
                 StepView { step: "inventory".into(), status: "failed", occurred_at_ms: 1_763_805_600_200, payload: None },
             ],

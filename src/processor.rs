@@ -146,8 +146,11 @@ impl Engine {
     }
 
     fn on_revoke(&mut self, consumer: &BaseConsumer<Callbacks>, tpl: &TopicPartitionList) {
-        // Finish the interval's work before the partitions are given up.
-        self.commit(consumer);
+        // Finish the interval's work before the partitions are given up (not
+        // after a failure: what failed must not be committed).
+        if self.failure.is_none() {
+            self.commit(consumer);
+        }
         for element in tpl.elements_for_topic(&self.config.kafka.input_topic) {
             let partition = element.partition();
             self.restorer.cancel(partition);
@@ -372,7 +375,9 @@ pub fn run(config: Arc<Config>, shared: Arc<Shared>, runtime: tokio::runtime::Ha
     };
 
     info!("shutting down: committing, closing stores, leaving the group");
-    lock(&engine).commit(&consumer);
+    if result.is_ok() {
+        lock(&engine).commit(&consumer);
+    }
     // Leaving the group runs the revoke callback, which closes the stores.
     drop(consumer);
     let mut e = lock(&engine);

@@ -162,7 +162,8 @@ impl Restorer {
                     let Some(mut r) = self.active.remove(&partition) else { continue };
                     let mut batch = std::mem::take(&mut r.batch);
                     // The end may lie past the last record (a transaction marker): restart from the end.
-                    let end = match self.consumer.position().ok().and_then(|p| p.find_partition(&self.topic, partition)).map(|e| e.offset()) {
+                    let position = self.consumer.position().ok();
+                    let end = match position.as_ref().and_then(|p| p.find_partition(&self.topic, partition)).map(|e| e.offset()) {
                         Some(Offset::Offset(o)) => o.max(r.next),
                         _ => r.next,
                     };

@@ -83,8 +83,15 @@ impl Task {
             || !self.spent_timers.is_empty()
     }
 
+    /// Processes one record. On a store error the record counts as not
+    /// processed: its offset is not committed.
     pub fn process(&mut self, record: &InputRecord<'_>, now_ms: i64) -> Result<(), StoreError> {
+        self.apply(record, now_ms)?;
         self.next_offset = Some(record.offset + 1);
+        Ok(())
+    }
+
+    fn apply(&mut self, record: &InputRecord<'_>, now_ms: i64) -> Result<(), StoreError> {
         let config = Arc::clone(&self.config);
         let event = match event::decode(&config, record.key, record.value, record.timestamp_ms.unwrap_or(now_ms)) {
             Ok(e) => e,
@@ -224,5 +231,79 @@ impl Task {
         self.outcomes.clear();
         self.dead_letters.clear();
         self.next_offset = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn task(dir: &Path) -> Task {
+        let text = r#"
+[kafka]
+bootstrap_servers = "x:1"
+input_topic = "in"
+output_topic = "out"
+dead_letter_topic = "dlq"
+[[workflows]]
+type = "order"
+steps = ["payment", "inventory"]
+"#;
+        let config = Arc::new(crate::config::parse(Path::new("t.toml"), text, Vec::new()).unwrap());
+        Task::new(0, Arc::new(Store::open(dir).unwrap()), config, Arc::new(Metrics::new()))
+    }
+
+    fn record<'a>(value: &'a [u8], offset: i64) -> InputRecord<'a> {
+        InputRecord { key: None, value: Some(value), timestamp_ms: Some(1_000), topic: "in", offset }
+    }
+
+    #[test]
+    fn a_workflow_opened_and_finished_in_one_interval_writes_one_changelog_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = task(dir.path());
+        t.process(&record(br#"{"workflow_id":"w","step":"payment"}"#, 0), 5_000).unwrap();
+        t.process(&record(br#"{"workflow_id":"w","step":"payment"}"#, 1), 5_000).unwrap();
+        t.process(&record(br#"{"workflow_id":"w","step":"inventory"}"#, 2), 5_000).unwrap();
+        let staged = t.stage();
+        assert_eq!(staged.changelog.len(), 1);
+        assert_eq!(staged.outcomes.len(), 1);
+        assert_eq!(staged.next_offset, Some(3));
+        assert!(!t.is_dirty());
+    }
+
+    #[test]
+    fn a_duplicate_of_committed_state_writes_nothing_and_bad_input_is_dead_lettered() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = task(dir.path());
+        t.process(&record(br#"{"workflow_id":"w","step":"payment"}"#, 0), 5_000).unwrap();
+        let staged = t.stage();
+        t.store.write(staged.batch).unwrap();
+        t.process(&record(br#"{"workflow_id":"w","step":"payment"}"#, 1), 5_000).unwrap();
+        t.process(&record(b"nope", 2), 5_000).unwrap();
+        let staged = t.stage();
+        assert!(staged.changelog.is_empty(), "a duplicate changes no state");
+        assert_eq!(staged.dead_letters.len(), 1);
+        assert_eq!(staged.dead_letters[0].source_offset, 2);
+        assert_eq!(staged.next_offset, Some(3));
+    }
+
+    #[test]
+    fn the_retention_purges_a_decided_workflow_with_a_tombstone() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = task(dir.path());
+        t.process(&record(br#"{"workflow_id":"w","step":"payment"}"#, 0), 5_000).unwrap();
+        t.process(&record(br#"{"workflow_id":"w","step":"inventory"}"#, 1), 5_000).unwrap();
+        let staged = t.stage();
+        t.store.write(staged.batch).unwrap();
+        let retention = 86_400_000;
+        t.punctuate(5_000 + retention - 1).unwrap();
+        assert!(t.stage().changelog.is_empty());
+        t.punctuate(5_000 + retention).unwrap();
+        let staged = t.stage();
+        assert_eq!(staged.changelog, vec![("w".to_string(), None)]);
+        t.store.write(staged.batch).unwrap();
+        assert!(t.store.get_state("w").unwrap().is_none());
+        assert!(t.store.due_timers(i64::MAX, 10).unwrap().is_empty());
     }
 }

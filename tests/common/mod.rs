@@ -356,6 +356,9 @@ commit_interval = "{interval}"
 
 [kafka.properties]
 "topic.metadata.refresh.interval.ms" = "1000"
+# A member killed with -9 leaves the group when its session times out.
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "1000"
 
 [state]
 dir = "{dir}"
