@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, info_span, warn};
@@ -63,7 +63,9 @@ impl CommitError {
 pub struct Committer {
     config: Arc<Config>,
     metrics: Arc<Metrics>,
-    producer: BaseProducer<DeliveryTracker>,
+    /// Delivery reports are served on the producer's own thread, which
+    /// `flush`, `commit_transaction` and `abort_transaction` rely on.
+    producer: ThreadedProducer<DeliveryTracker>,
 }
 
 impl Committer {
@@ -72,17 +74,12 @@ impl Committer {
     /// aborts what it left open.
     pub fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> Result<Committer, CommitError> {
         let tracker = DeliveryTracker::new(config.kafka.changelog_topic());
-        let producer: BaseProducer<DeliveryTracker> =
+        let producer: ThreadedProducer<DeliveryTracker> =
             kafka::producer_config(&config.kafka).create_with_context(tracker).map_err(CommitError::Producer)?;
         if config.kafka.processing_guarantee == Guarantee::ExactlyOnce {
             producer.init_transactions(COMMIT_TIMEOUT).map_err(transaction_error)?;
         }
         Ok(Committer { config, metrics, producer })
-    }
-
-    /// Serves delivery reports; cheap, call it often.
-    pub fn poll(&self) {
-        self.producer.poll(Duration::ZERO);
     }
 
     /// Commits every task's staged work and returns the input offsets
@@ -221,7 +218,7 @@ impl Committer {
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) if Instant::now() < deadline => {
                     record = r;
-                    self.producer.poll(Duration::from_millis(10));
+                    std::thread::sleep(Duration::from_millis(1));
                 }
                 Err((e, _)) => return Err(CommitError::Delivery(e)),
             }
@@ -237,7 +234,7 @@ impl Committer {
     fn drain_deliveries(&self) -> Result<HashMap<i32, i64>, CommitError> {
         let deadline = Instant::now() + COMMIT_TIMEOUT;
         while self.producer.context().in_flight() > 0 && Instant::now() < deadline {
-            self.producer.poll(Duration::from_millis(5));
+            std::thread::sleep(Duration::from_millis(1));
         }
         let d = self.producer.context().take();
         if let Some(e) = d.failures.into_iter().next() {

@@ -348,7 +348,6 @@ pub fn run(config: Arc<Config>, shared: Arc<Shared>, runtime: tokio::runtime::Ha
                 let active = e.slots.values().any(|s| s.phase == Phase::Active);
                 e.restore_step(&consumer, if active { RESTORE_SLICE } else { MAX_POLL_WAIT });
             }
-            e.committer.poll();
             e.restorer.is_restoring()
         };
         let wait = if restoring { Duration::ZERO } else { next_commit.saturating_duration_since(Instant::now()).min(MAX_POLL_WAIT) };

@@ -11,12 +11,15 @@ use serde_json::Value;
 
 const STEPS: [&str; 3] = ["payment", "inventory", "fraud_check"];
 
-/// Steps of `n` order workflows, interleaved as concurrent services send them.
+/// Steps of `n` order workflows, interleaved as concurrent services send
+/// them: within each window of 100 workflows, step by step.
 fn interleaved_orders(prefix: &str, n: usize, steps: &[&str]) -> Vec<Value> {
     let mut events = Vec::new();
-    for step in steps {
-        for i in 0..n {
-            events.push(event(&format!("{prefix}-{i}"), "order", step, "succeeded", Some(&format!("{prefix}-{i}-{step}"))));
+    for window in (0..n).collect::<Vec<_>>().chunks(100) {
+        for step in steps {
+            for i in window {
+                events.push(event(&format!("{prefix}-{i}"), "order", step, "succeeded", Some(&format!("{prefix}-{i}-{step}"))));
+            }
         }
     }
     events
