@@ -20,7 +20,9 @@ use serde_json::{json, Value};
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-        ["create-topic", bootstrap, topic, partitions] => create_topic(bootstrap, topic, partitions.parse().expect("a partition count")),
+        ["create-topic", bootstrap, topic, partitions] => {
+            create_topic(bootstrap, topic, partitions.parse().expect("a partition count"))
+        }
         ["feed", bootstrap, topic] => feed(bootstrap, topic),
         ["watch", bootstrap, output, dlq, outcomes, dead] => {
             watch(bootstrap, output, dlq, outcomes.parse().expect("a count"), dead.parse().expect("a count"))
@@ -82,10 +84,13 @@ fn samples() -> Vec<(String, Vec<u8>)> {
 }
 
 fn feed(bootstrap: &str, topic: &str) -> Result<(), String> {
-    let producer: BaseProducer = client(bootstrap).set("partitioner", "murmur2_random").create().map_err(|e| e.to_string())?;
+    let producer: BaseProducer =
+        client(bootstrap).set("partitioner", "murmur2_random").create().map_err(|e| e.to_string())?;
     let records = samples();
     for (key, value) in &records {
-        producer.send(BaseRecord::to(topic).key(key.as_str()).payload(value.as_slice())).map_err(|(e, _)| e.to_string())?;
+        producer
+            .send(BaseRecord::to(topic).key(key.as_str()).payload(value.as_slice()))
+            .map_err(|(e, _)| e.to_string())?;
     }
     producer.flush(Duration::from_secs(30)).map_err(|e| e.to_string())?;
     println!("fed {} step events for 4 workflows (one duplicate, one bad record) to {topic}", records.len());
@@ -115,14 +120,24 @@ fn watch(bootstrap: &str, output: &str, dlq: &str, outcomes: usize, dead: usize)
         let m = m.map_err(|e| e.to_string())?;
         let header = |name: &str| {
             m.headers()
-                .and_then(|hs| hs.iter().find(|h| h.key == name).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned()))
+                .and_then(|hs| {
+                    hs.iter()
+                        .find(|h| h.key == name)
+                        .and_then(|h| h.value)
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                })
                 .unwrap_or_default()
         };
         let value = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
         if m.topic() == output {
             seen_outcomes += 1;
             let v: Value = serde_json::from_str(&value).map_err(|e| e.to_string())?;
-            println!("\noutcome {:<11} {:<11} (junction.outcome.id = {})", v["outcome"].as_str().unwrap_or("?"), v["workflow_id"].as_str().unwrap_or("?"), header("junction.outcome.id"));
+            println!(
+                "\noutcome {:<11} {:<11} (junction.outcome.id = {})",
+                v["outcome"].as_str().unwrap_or("?"),
+                v["workflow_id"].as_str().unwrap_or("?"),
+                header("junction.outcome.id")
+            );
             println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
         } else {
             seen_dead += 1;

@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 source scripts/env.sh
 bash scripts/setup.sh
 
+cargo fmt --check
+cargo clippy --release --all-targets -- -D warnings
 cargo build --release --all-targets
 # Each integration test starts its own broker and junction processes; two at a
 # time suit a 2-core machine.

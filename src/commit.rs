@@ -91,14 +91,18 @@ impl Committer {
         consumer: &BaseConsumer<C>,
     ) -> Result<Vec<(i32, i64)>, CommitError> {
         let staged: Vec<(i32, Staged)> = tasks.iter_mut().map(|t| (t.partition, t.stage())).collect();
-        let nothing = staged
-            .iter()
-            .all(|(_, s)| s.next_offset.is_none() && s.outcomes.is_empty() && s.changelog.is_empty() && s.batch.is_empty());
+        let nothing = staged.iter().all(|(_, s)| {
+            s.next_offset.is_none() && s.outcomes.is_empty() && s.changelog.is_empty() && s.batch.is_empty()
+        });
         if nothing {
             return Ok(Vec::new());
         }
         let committed: Vec<(i32, i64)> = staged.iter().filter_map(|(p, s)| Some((*p, s.next_offset?))).collect();
-        let span = info_span!("commit", guarantee = self.config.kafka.processing_guarantee.as_str(), partitions = staged.len());
+        let span = info_span!(
+            "commit",
+            guarantee = self.config.kafka.processing_guarantee.as_str(),
+            partitions = staged.len()
+        );
         let _enter = span.enter();
         let started = Instant::now();
         let result = match self.config.kafka.processing_guarantee {
@@ -148,7 +152,9 @@ impl Committer {
             let offsets = self.offsets(&staged)?;
             if offsets.count() > 0 {
                 let group = consumer.group_metadata().ok_or(CommitError::NotInGroup)?;
-                self.producer.send_offsets_to_transaction(&offsets, &group, COMMIT_TIMEOUT).map_err(transaction_error)?;
+                self.producer
+                    .send_offsets_to_transaction(&offsets, &group, COMMIT_TIMEOUT)
+                    .map_err(transaction_error)?;
             }
             self.producer.commit_transaction(COMMIT_TIMEOUT).map_err(transaction_error)
         })();
@@ -174,10 +180,16 @@ impl Committer {
                 .insert(Header { key: names::HEADER_OUTCOME, value: Some(o.outcome.as_str()) })
                 .insert(Header { key: names::HEADER_OUTCOME_ID, value: Some(id.as_str()) });
             let value = o.to_json();
-            self.send(BaseRecord::to(&self.config.kafka.output_topic).key(o.workflow_id.as_bytes()).payload(&value).headers(headers))?;
+            self.send(
+                BaseRecord::to(&self.config.kafka.output_topic)
+                    .key(o.workflow_id.as_bytes())
+                    .payload(&value)
+                    .headers(headers),
+            )?;
         }
         for d in &s.dead_letters {
-            let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.config.kafka.dead_letter_topic).headers(d.headers());
+            let mut record: BaseRecord<'_, [u8], [u8]> =
+                BaseRecord::to(&self.config.kafka.dead_letter_topic).headers(d.headers());
             if let Some(k) = &d.key {
                 record = record.key(k.as_slice());
             }
@@ -290,7 +302,9 @@ impl Committer {
 fn transaction_error(e: KafkaError) -> CommitError {
     match &e {
         KafkaError::Transaction(rde) if rde.is_fatal() => CommitError::Fatal(e),
-        KafkaError::Transaction(rde) if rde.code() == RDKafkaErrorCode::Fenced || rde.code() == RDKafkaErrorCode::ProducerFenced => {
+        KafkaError::Transaction(rde)
+            if rde.code() == RDKafkaErrorCode::Fenced || rde.code() == RDKafkaErrorCode::ProducerFenced =>
+        {
             CommitError::Fatal(e)
         }
         _ => CommitError::Aborted(e),

@@ -178,11 +178,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 
 /// Parses configuration text; `env` supplies the overrides (the process
 /// environment in production, a fixed list in tests).
-pub fn parse(
-    path: &Path,
-    text: &str,
-    env: impl IntoIterator<Item = (String, String)>,
-) -> Result<Config, ConfigErrors> {
+pub fn parse(path: &Path, text: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigErrors> {
     let file = Origin::File(path.to_path_buf());
     let table: Table = match text.parse() {
         Ok(t) => t,
@@ -209,7 +205,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
-    let n: u64 = digits.parse().map_err(|_| format!("expected a duration such as 100ms, 30s, 15m, 24h, got {text:?}"))?;
+    let n: u64 =
+        digits.parse().map_err(|_| format!("expected a duration such as 100ms, 30s, 15m, 24h, got {text:?}"))?;
     let ms = match unit {
         "ms" => Some(n),
         "s" => n.checked_mul(1_000),
@@ -231,7 +228,11 @@ struct Reader {
 
 impl Reader {
     fn apply_env(&mut self, env: impl IntoIterator<Item = (String, String)>) {
-        let mut env: Vec<(String, String)> = env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
+        // Only a section's prefix makes a variable a setting (and a typo in it an
+        // error); other JUNCTION_ variables belong to someone else.
+        let sections = ["KAFKA_", "STATE_", "HTTP_"].map(|s| format!("{ENV_PREFIX}{s}"));
+        let mut env: Vec<(String, String)> =
+            env.into_iter().filter(|(k, _)| sections.iter().any(|s| k.starts_with(s.as_str()))).collect();
         env.sort();
         for (var, value) in env {
             if let Some(name) = var.strip_prefix(ENV_PROPERTY_PREFIX) {
@@ -312,13 +313,19 @@ impl Reader {
             self.topic_name(key, topic);
         }
         if !input_topic.is_empty() && (input_topic == output_topic || input_topic == dead_letter_topic) {
-            self.error("kafka.input_topic", "must differ from output_topic and dead_letter_topic, or junction would read its own records");
+            self.error(
+                "kafka.input_topic",
+                "must differ from output_topic and dead_letter_topic, or junction would read its own records",
+            );
         }
         let guarantee = match self.string(&kafka, "kafka.processing_guarantee", Some("at_least_once")).as_str() {
             "at_least_once" => Guarantee::AtLeastOnce,
             "exactly_once" => Guarantee::ExactlyOnce,
             other => {
-                self.error("kafka.processing_guarantee", format!("expected \"at_least_once\" or \"exactly_once\", got {other:?}"));
+                self.error(
+                    "kafka.processing_guarantee",
+                    format!("expected \"at_least_once\" or \"exactly_once\", got {other:?}"),
+                );
                 Guarantee::AtLeastOnce
             }
         };
@@ -424,7 +431,10 @@ impl Reader {
     fn topic_name(&mut self, key: &str, name: &str) {
         let valid = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
         if !name.is_empty() && (!valid || name.len() > 200) {
-            self.error(key, format!("{name:?} is not a valid Kafka topic name (letters, digits, '.', '_', '-'; at most 200)"));
+            self.error(
+                key,
+                format!("{name:?} is not a valid Kafka topic name (letters, digits, '.', '_', '-'; at most 200)"),
+            );
         }
     }
 
@@ -434,7 +444,10 @@ impl Reader {
             None => return out,
             Some(Value::Table(t)) => t,
             Some(other) => {
-                self.error("kafka.properties", format!("expected a table of librdkafka properties, got {}", other.type_str()));
+                self.error(
+                    "kafka.properties",
+                    format!("expected a table of librdkafka properties, got {}", other.type_str()),
+                );
                 return out;
             }
         };
@@ -494,7 +507,11 @@ impl Reader {
                 Some(other) => {
                     self.error(
                         &format!("{at}.quorum"),
-                        format!("expected an integer from 1 to the number of steps ({}), got {}", steps.len(), describe(other)),
+                        format!(
+                            "expected an integer from 1 to the number of steps ({}), got {}",
+                            steps.len(),
+                            describe(other)
+                        ),
                     );
                     steps.len()
                 }
@@ -608,7 +625,10 @@ deadline = "15m"
     fn the_environment_overrides_the_file_and_sets_client_properties() {
         let c = parse_with(
             MINIMAL,
-            &[("JUNCTION_KAFKA_BOOTSTRAP_SERVERS", "10.0.0.1:9092"), ("JUNCTION_KAFKA_PROPERTY_SASL_PASSWORD", "s3cret")],
+            &[
+                ("JUNCTION_KAFKA_BOOTSTRAP_SERVERS", "10.0.0.1:9092"),
+                ("JUNCTION_KAFKA_PROPERTY_SASL_PASSWORD", "s3cret"),
+            ],
         )
         .unwrap();
         assert_eq!(c.kafka.bootstrap_servers, "10.0.0.1:9092");
@@ -616,14 +636,39 @@ deadline = "15m"
     }
 
     #[test]
+    fn only_section_variables_are_settings_and_a_typo_in_one_is_an_error() {
+        assert!(parse_with(MINIMAL, &[("JUNCTION_CACHE", "/tmp")]).is_ok());
+        let shown = parse_with(MINIMAL, &[("JUNCTION_KAFKA_BOOTSTRAP_SERVER", "x:1")]).unwrap_err().to_string();
+        assert!(
+            shown.contains("environment variable JUNCTION_KAFKA_BOOTSTRAP_SERVER: not a junction setting"),
+            "{shown}"
+        );
+    }
+
+    #[test]
     fn every_error_is_listed_with_its_origin_key_and_expectation() {
-        let text = MINIMAL.replace("deadline = \"15m\"", "deadline = \"soon\"\nquorum = 7") + "\n[state]\nretention = 5\n";
+        let text =
+            MINIMAL.replace("deadline = \"15m\"", "deadline = \"soon\"\nquorum = 7") + "\n[state]\nretention = 5\n";
         let errors = parse_with(&text, &[("JUNCTION_KAFKA_COMMIT_INTERVAL", "fast")]).unwrap_err().0;
         let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        assert!(shown.iter().any(|e| e.starts_with("environment variable JUNCTION_KAFKA_COMMIT_INTERVAL: `kafka.commit_interval`")), "{shown:?}");
-        assert!(shown.iter().any(|e| e.starts_with("junction.toml: `state.retention`: expected a duration")), "{shown:?}");
+        assert!(
+            shown
+                .iter()
+                .any(|e| e.starts_with("environment variable JUNCTION_KAFKA_COMMIT_INTERVAL: `kafka.commit_interval`")),
+            "{shown:?}"
+        );
+        assert!(
+            shown.iter().any(|e| e.starts_with("junction.toml: `state.retention`: expected a duration")),
+            "{shown:?}"
+        );
         assert!(shown.iter().any(|e| e.contains("`workflows[0].deadline`")), "{shown:?}");
-        assert!(shown.iter().any(|e| e.contains("`workflows[0].quorum`: expected an integer from 1 to the number of steps (3), got 7")), "{shown:?}");
+        assert!(
+            shown
+                .iter()
+                .any(|e| e
+                    .contains("`workflows[0].quorum`: expected an integer from 1 to the number of steps (3), got 7")),
+            "{shown:?}"
+        );
         assert_eq!(errors.len(), 4, "{shown:?}");
     }
 

@@ -115,7 +115,9 @@ pub fn decode<'a>(
         });
     }
     let fields: Fields<'a> = serde_json::from_slice(value).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => BadInput::new(Reason::NotObject, format!("the value is not a JSON object: {e}")),
+        serde_json::error::Category::Data => {
+            BadInput::new(Reason::NotObject, format!("the value is not a JSON object: {e}"))
+        }
         _ => BadInput::new(Reason::NotJson, format!("the value is not valid JSON: {e}")),
     })?;
 
@@ -270,13 +272,31 @@ mod tests {
         assert_eq!(reason(None, b"[1,2]"), Reason::NotObject);
         assert_eq!(reason(None, br#"{"workflow_type":"order","step":"payment"}"#), Reason::MissingField);
         assert_eq!(reason(None, br#"{"workflow_id":"w","step":"payment"}"#), Reason::MissingField);
-        assert_eq!(reason(None, br#"{"workflow_id":7,"workflow_type":"order","step":"payment"}"#), Reason::InvalidField);
-        assert_eq!(reason(None, br#"{"workflow_id":"","workflow_type":"order","step":"payment"}"#), Reason::InvalidField);
-        assert_eq!(reason(None, br#"{"workflow_id":"w","workflow_type":"nope","step":"payment"}"#), Reason::UnknownWorkflowType);
+        assert_eq!(
+            reason(None, br#"{"workflow_id":7,"workflow_type":"order","step":"payment"}"#),
+            Reason::InvalidField
+        );
+        assert_eq!(
+            reason(None, br#"{"workflow_id":"","workflow_type":"order","step":"payment"}"#),
+            Reason::InvalidField
+        );
+        assert_eq!(
+            reason(None, br#"{"workflow_id":"w","workflow_type":"nope","step":"payment"}"#),
+            Reason::UnknownWorkflowType
+        );
         assert_eq!(reason(None, br#"{"workflow_id":"w","workflow_type":"order","step":"email"}"#), Reason::UnknownStep);
-        assert_eq!(reason(None, br#"{"workflow_id":"w","workflow_type":"order","step":"payment","status":"done"}"#), Reason::InvalidField);
-        assert_eq!(reason(None, br#"{"workflow_id":"w","workflow_type":"order","step":"payment","occurred_at":"yesterday"}"#), Reason::InvalidField);
-        assert_eq!(reason(Some(b"other"), br#"{"workflow_id":"w","workflow_type":"order","step":"payment"}"#), Reason::KeyMismatch);
+        assert_eq!(
+            reason(None, br#"{"workflow_id":"w","workflow_type":"order","step":"payment","status":"done"}"#),
+            Reason::InvalidField
+        );
+        assert_eq!(
+            reason(None, br#"{"workflow_id":"w","workflow_type":"order","step":"payment","occurred_at":"yesterday"}"#),
+            Reason::InvalidField
+        );
+        assert_eq!(
+            reason(Some(b"other"), br#"{"workflow_id":"w","workflow_type":"order","step":"payment"}"#),
+            Reason::KeyMismatch
+        );
         let long = format!(r#"{{"workflow_id":"{}","workflow_type":"order","step":"payment"}}"#, "x".repeat(257));
         assert_eq!(reason(None, long.as_bytes()), Reason::WorkflowIdTooLong);
         let mut c = two_types();

@@ -31,7 +31,11 @@ pub fn router(shared: Arc<Shared>, config: Arc<Config>) -> Router {
         .with_state(AppState { shared, config })
 }
 
-pub async fn serve(listen: SocketAddr, app: Router, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn serve(
+    listen: SocketAddr,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
@@ -64,7 +68,8 @@ async fn readyz(State(app): State<AppState>) -> Response {
 async fn workflow(State(app): State<AppState>, Path(id): Path<String>) -> Response {
     let partitions = app.shared.health().input_partitions;
     let owner = (partitions > 0).then(|| murmur2_partition(id.as_bytes(), partitions));
-    let stores: Vec<_> = app.shared.stores.read().expect("stores lock").iter().map(|(p, s)| (*p, Arc::clone(s))).collect();
+    let stores: Vec<_> =
+        app.shared.stores.read().expect("stores lock").iter().map(|(p, s)| (*p, Arc::clone(s))).collect();
     let lookup_id = id.clone();
     let found = tokio::task::spawn_blocking(move || {
         for (partition, store) in stores {
@@ -96,7 +101,12 @@ async fn workflow(State(app): State<AppState>, Path(id): Path<String>) -> Respon
                     })
                     .collect();
                 let missing: Vec<&String> = spec
-                    .map(|sp| sp.steps.iter().filter(|n| !state.steps.iter().any(|s| &s.name == *n && s.work.is_some())).collect())
+                    .map(|sp| {
+                        sp.steps
+                            .iter()
+                            .filter(|n| !state.steps.iter().any(|s| &s.name == *n && s.work.is_some()))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 let body = json!({
                     "workflow_id": id,

@@ -253,15 +253,24 @@ pub fn on_timer(
 
 fn time_out(spec: &WorkflowSpec, state: &mut WorkflowState, workflow_id: &str, now_ms: i64) -> Vec<OutcomeRecord> {
     let deadline = state.deadline_ms(Some(spec)).expect("only called with a deadline");
-    state.decision =
-        Some(Decision { outcome: Outcome::TimedOut, finished_at_ms: deadline, decided_at_ms: now_ms, compensated_at_ms: None });
+    state.decision = Some(Decision {
+        outcome: Outcome::TimedOut,
+        finished_at_ms: deadline,
+        decided_at_ms: now_ms,
+        compensated_at_ms: None,
+    });
     let mut out = vec![record(spec, state, workflow_id, Outcome::TimedOut, deadline)];
     out.extend(check_compensated(spec, state, workflow_id, now_ms));
     out
 }
 
 /// After `failed` or `timed_out`: `compensated` once every succeeded step is compensated.
-fn check_compensated(spec: &WorkflowSpec, state: &mut WorkflowState, workflow_id: &str, now_ms: i64) -> Option<OutcomeRecord> {
+fn check_compensated(
+    spec: &WorkflowSpec,
+    state: &mut WorkflowState,
+    workflow_id: &str,
+    now_ms: i64,
+) -> Option<OutcomeRecord> {
     let d = state.decision?;
     if d.outcome == Outcome::Completed || d.compensated_at_ms.is_some() {
         return None;
@@ -277,7 +286,13 @@ fn check_compensated(spec: &WorkflowSpec, state: &mut WorkflowState, workflow_id
 }
 
 /// Builds the outcome record from the state as it is at the decision.
-fn record(spec: &WorkflowSpec, state: &WorkflowState, workflow_id: &str, outcome: Outcome, finished_at_ms: i64) -> OutcomeRecord {
+fn record(
+    spec: &WorkflowSpec,
+    state: &WorkflowState,
+    workflow_id: &str,
+    outcome: Outcome,
+    finished_at_ms: i64,
+) -> OutcomeRecord {
     let by_status = |status: Status| -> Vec<String> {
         ordered(spec, state).filter(|s| s.work == Some(status)).map(|s| s.name.clone()).collect()
     };
@@ -285,10 +300,20 @@ fn record(spec: &WorkflowSpec, state: &WorkflowState, workflow_id: &str, outcome
         .filter_map(|s| {
             if outcome == Outcome::Compensated && s.work == Some(Status::Succeeded) {
                 let at = s.compensated_at_ms?;
-                return Some(StepView { step: s.name.clone(), status: "compensated", occurred_at_ms: at, payload: s.payload.clone() });
+                return Some(StepView {
+                    step: s.name.clone(),
+                    status: "compensated",
+                    occurred_at_ms: at,
+                    payload: s.payload.clone(),
+                });
             }
             let status = s.work?;
-            Some(StepView { step: s.name.clone(), status: status.as_str(), occurred_at_ms: s.occurred_at_ms, payload: s.payload.clone() })
+            Some(StepView {
+                step: s.name.clone(),
+                status: status.as_str(),
+                occurred_at_ms: s.occurred_at_ms,
+                payload: s.payload.clone(),
+            })
         })
         .collect();
     let missing = spec
@@ -357,7 +382,8 @@ mod tests {
     #[test]
     fn all_steps_succeeding_completes_once() {
         let s = spec(None, None);
-        let (_, out) = run(&s, &[ev(0, Succeeded, None, 10), ev(1, Succeeded, None, 30), ev(2, Succeeded, None, 20)], 100);
+        let (_, out) =
+            run(&s, &[ev(0, Succeeded, None, 10), ev(1, Succeeded, None, 30), ev(2, Succeeded, None, 20)], 100);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].outcome, Outcome::Completed);
         assert_eq!((out[0].started_at_ms, out[0].finished_at_ms), (10, 30));
@@ -440,7 +466,9 @@ mod tests {
         assert!(out.is_empty());
         assert_eq!(state.timer_ms(Some(&s), 50_000), Some(1_100));
         assert_eq!(on_timer(Some(&s), &mut state, "w", 1_099, 50_000), TimerResult::NotDue);
-        let TimerResult::Decided(out) = on_timer(Some(&s), &mut state, "w", 1_100, 50_000) else { panic!("deadline not fired") };
+        let TimerResult::Decided(out) = on_timer(Some(&s), &mut state, "w", 1_100, 50_000) else {
+            panic!("deadline not fired")
+        };
         assert_eq!(out[0].outcome, Outcome::TimedOut);
         assert_eq!(out[0].finished_at_ms, 1_100);
         assert_eq!(out[0].missing, ["inventory", "fraud_check"]);

@@ -163,7 +163,12 @@ pub fn prepare_topics(config: &KafkaConfig, runtime: &tokio::runtime::Handle) ->
             .map_err(|source| TopicError::Metadata { servers: config.bootstrap_servers.clone(), source })?;
         let n = metadata.topics().first().map_or(0, |t| t.partitions().len());
         if n != 0 && n != input {
-            return Err(TopicError::ChangelogPartitions { topic: changelog, input: config.input_topic.clone(), expected: input, actual: n });
+            return Err(TopicError::ChangelogPartitions {
+                topic: changelog,
+                input: config.input_topic.clone(),
+                expected: input,
+                actual: n,
+            });
         }
     }
     Ok(input)

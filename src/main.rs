@@ -78,11 +78,8 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Arc<config::Config>) -> ExitCode {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a tokio runtime");
     let shared = Arc::new(Shared::new(Arc::new(Metrics::new())));
 
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
@@ -116,7 +113,8 @@ fn run(config: Arc<config::Config>) -> ExitCode {
     info!(listen = %config.http.listen, "HTTP endpoints: /metrics /healthz /readyz /workflows/{{id}}");
 
     runtime.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
             _ = term.recv() => info!("SIGTERM received"),

@@ -2,7 +2,9 @@
 //! `GET /metrics` renders. Label sets are bounded: results, reason codes,
 //! outcomes and the configured workflow types.
 
-use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 use crate::join::EventResult;
 use crate::names::Reason;
@@ -47,14 +49,14 @@ impl Metrics {
                 .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
         )
         .expect("valid metric");
-        let restore_records =
-            IntCounter::new("junction_restore_records_total", "Changelog records applied to state stores while restoring.")
-                .expect("valid metric");
-        let partitions = IntGaugeVec::new(
-            Opts::new("junction_partitions", "Assigned input partitions, by task state."),
-            &["state"],
+        let restore_records = IntCounter::new(
+            "junction_restore_records_total",
+            "Changelog records applied to state stores while restoring.",
         )
         .expect("valid metric");
+        let partitions =
+            IntGaugeVec::new(Opts::new("junction_partitions", "Assigned input partitions, by task state."), &["state"])
+                .expect("valid metric");
         for c in [&events, &dead_letters, &outcomes, &commits] {
             registry.register(Box::new(c.clone())).expect("unique metric");
         }

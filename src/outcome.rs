@@ -141,7 +141,12 @@ mod tests {
                     occurred_at_ms: 1_763_805_600_123,
                     payload: Some(Payload(RawValue::from_string(r#"{"amount":42}"#.into()).unwrap())),
                 },
-                StepView { step: "inventory".into(), status: "failed", occurred_at_ms: 1_763_805_600_200, payload: None },
+                StepView {
+                    step: "inventory".into(),
+                    status: "failed",
+                    occurred_at_ms: 1_763_805_600_200,
+                    payload: None,
+                },
             ],
             failed_steps: vec!["inventory".into()],
             missing: vec!["fraud_check".into()],

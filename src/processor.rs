@@ -55,7 +55,12 @@ pub struct Health {
 
 impl Shared {
     pub fn new(metrics: Arc<Metrics>) -> Shared {
-        Shared { metrics, shutdown: AtomicBool::new(false), health: Mutex::new(Health::default()), stores: RwLock::new(HashMap::new()) }
+        Shared {
+            metrics,
+            shutdown: AtomicBool::new(false),
+            health: Mutex::new(Health::default()),
+            stores: RwLock::new(HashMap::new()),
+        }
     }
 
     pub fn health(&self) -> Health {
@@ -132,7 +137,8 @@ impl Engine {
                     return;
                 }
             };
-            let task = Task::new(partition, Arc::clone(&store), Arc::clone(&self.config), Arc::clone(&self.shared.metrics));
+            let task =
+                Task::new(partition, Arc::clone(&store), Arc::clone(&self.config), Arc::clone(&self.shared.metrics));
             let phase = if ready { Phase::Active } else { Phase::Restoring };
             self.slots.insert(partition, Slot { task, phase, resume_from: None, replay_from: None });
             if ready {
@@ -200,7 +206,8 @@ impl Engine {
 
     fn seek(&self, consumer: &BaseConsumer<Callbacks>, partition: i32, offset: i64) {
         if let Err(e) = consumer.seek(&self.config.kafka.input_topic, partition, Offset::Offset(offset), SEEK_TIMEOUT) {
-            self.shared.health.lock().expect("health lock").failure = Some(format!("cannot seek partition {partition}: {e}"));
+            self.shared.health.lock().expect("health lock").failure =
+                Some(format!("cannot seek partition {partition}: {e}"));
             error!(partition, offset, error = %e, "cannot seek the input partition");
         }
     }
@@ -243,8 +250,12 @@ impl Engine {
                 return;
             }
         }
-        let mut tasks: Vec<&mut Task> =
-            self.slots.values_mut().filter(|s| s.phase == Phase::Active && s.task.is_dirty()).map(|s| &mut s.task).collect();
+        let mut tasks: Vec<&mut Task> = self
+            .slots
+            .values_mut()
+            .filter(|s| s.phase == Phase::Active && s.task.is_dirty())
+            .map(|s| &mut s.task)
+            .collect();
         if tasks.is_empty() {
             return;
         }
@@ -350,7 +361,11 @@ pub fn run(config: Arc<Config>, shared: Arc<Shared>, runtime: tokio::runtime::Ha
             }
             e.restorer.is_restoring()
         };
-        let wait = if restoring { Duration::ZERO } else { next_commit.saturating_duration_since(Instant::now()).min(MAX_POLL_WAIT) };
+        let wait = if restoring {
+            Duration::ZERO
+        } else {
+            next_commit.saturating_duration_since(Instant::now()).min(MAX_POLL_WAIT)
+        };
         let mut messages = Vec::new();
         let mut polled = consumer.poll(wait);
         while let Some(result) = polled {

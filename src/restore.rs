@@ -70,7 +70,10 @@ impl Restorer {
     /// and starts restoring it. Returns the store and whether it is already
     /// up to date (then there is nothing to restore).
     pub fn open(&mut self, partition: i32, dir: &Path) -> Result<(Arc<Store>, bool), RestoreError> {
-        let (low, high) = self.consumer.fetch_watermarks(&self.topic, partition, WATERMARK_TIMEOUT).map_err(self.kafka_error(partition))?;
+        let (low, high) = self
+            .consumer
+            .fetch_watermarks(&self.topic, partition, WATERMARK_TIMEOUT)
+            .map_err(self.kafka_error(partition))?;
         let mut store = Store::open(dir)?;
         let checkpoint = store.checkpoint()?;
         let untrusted = match checkpoint {
@@ -97,7 +100,13 @@ impl Restorer {
         self.consumer.incremental_assign(&tpl).map_err(self.kafka_error(partition))?;
         self.active.insert(
             partition,
-            Restoring { store: Arc::clone(&store), batch: StoreBatch::default(), next: from, records: 0, started: Instant::now() },
+            Restoring {
+                store: Arc::clone(&store),
+                batch: StoreBatch::default(),
+                next: from,
+                records: 0,
+                started: Instant::now(),
+            },
         );
         Ok((store, false))
     }
@@ -163,7 +172,11 @@ impl Restorer {
                     let mut batch = std::mem::take(&mut r.batch);
                     // The end may lie past the last record (a transaction marker): restart from the end.
                     let position = self.consumer.position().ok();
-                    let end = match position.as_ref().and_then(|p| p.find_partition(&self.topic, partition)).map(|e| e.offset()) {
+                    let end = match position
+                        .as_ref()
+                        .and_then(|p| p.find_partition(&self.topic, partition))
+                        .map(|e| e.offset())
+                    {
                         Some(Offset::Offset(o)) => o.max(r.next),
                         _ => r.next,
                     };

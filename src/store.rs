@@ -20,7 +20,9 @@ const CHECKPOINT_KEY: &[u8] = b"m:checkpoint";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot open the state store at {path}: {source} (is another junction instance using this state directory?)")]
+    #[error(
+        "cannot open the state store at {path}: {source} (is another junction instance using this state directory?)"
+    )]
     Open { path: PathBuf, source: rocksdb::Error },
     #[error("state store at {path}: {source}")]
     Io { path: PathBuf, source: rocksdb::Error },

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{by_workflow, event, Broker, Junction, Setup};
+use common::{by_workflow, event, Broker, Junction, RawRecord, Setup};
 use serde_json::json;
 
 #[test]
@@ -150,18 +150,33 @@ fn every_kind_of_bad_input_goes_to_the_dead_letter_topic_while_good_input_flows(
         (Some(id.as_bytes().to_vec()), Some(serde_json::to_vec(&e).unwrap()))
     };
     let raw = |key: Option<&[u8]>, value: Option<&[u8]>| (key.map(<[u8]>::to_vec), value.map(<[u8]>::to_vec));
-    let too_large = format!(r#"{{"workflow_id":"big","workflow_type":"order","step":"payment","payload":"{}"}}"#, "x".repeat(300_000));
+    let too_large = format!(
+        r#"{{"workflow_id":"big","workflow_type":"order","step":"payment","payload":"{}"}}"#,
+        "x".repeat(300_000)
+    );
     let long_id = format!(r#"{{"workflow_id":"{0}","workflow_type":"order","step":"payment"}}"#, "w".repeat(300));
-    let bad: Vec<(&str, (Option<Vec<u8>>, Option<Vec<u8>>))> = vec![
+    let bad: Vec<(&str, RawRecord)> = vec![
         ("empty_value", raw(Some(b"k1"), None)),
         ("not_json", raw(Some(b"k2"), Some(b"{this is not json"))),
         ("not_json", raw(Some(b"k3"), Some(b"\xff\xfe\x00binary"))),
         ("not_object", raw(Some(b"k4"), Some(b"[1,2,3]"))),
         ("missing_field", raw(Some(b"k5"), Some(br#"{"workflow_type":"order","step":"payment"}"#))),
-        ("invalid_field", raw(Some(b"k6"), Some(br#"{"workflow_id":"k6","workflow_type":"order","step":"payment","status":"maybe"}"#))),
-        ("unknown_workflow_type", raw(Some(b"k7"), Some(br#"{"workflow_id":"k7","workflow_type":"refund","step":"payment"}"#))),
+        (
+            "invalid_field",
+            raw(
+                Some(b"k6"),
+                Some(br#"{"workflow_id":"k6","workflow_type":"order","step":"payment","status":"maybe"}"#),
+            ),
+        ),
+        (
+            "unknown_workflow_type",
+            raw(Some(b"k7"), Some(br#"{"workflow_id":"k7","workflow_type":"refund","step":"payment"}"#)),
+        ),
         ("unknown_step", raw(Some(b"k8"), Some(br#"{"workflow_id":"k8","workflow_type":"order","step":"shipping"}"#))),
-        ("key_mismatch", raw(Some(b"other"), Some(br#"{"workflow_id":"k9","workflow_type":"order","step":"payment"}"#))),
+        (
+            "key_mismatch",
+            raw(Some(b"other"), Some(br#"{"workflow_id":"k9","workflow_type":"order","step":"payment"}"#)),
+        ),
         ("too_large", raw(Some(b"big"), Some(too_large.as_bytes()))),
         ("workflow_id_too_long", raw(None, Some(long_id.as_bytes()))),
     ];

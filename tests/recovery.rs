@@ -18,7 +18,13 @@ fn interleaved_orders(prefix: &str, n: usize, steps: &[&str]) -> Vec<Value> {
     for window in (0..n).collect::<Vec<_>>().chunks(100) {
         for step in steps {
             for i in window {
-                events.push(event(&format!("{prefix}-{i}"), "order", step, "succeeded", Some(&format!("{prefix}-{i}-{step}"))));
+                events.push(event(
+                    &format!("{prefix}-{i}"),
+                    "order",
+                    step,
+                    "succeeded",
+                    Some(&format!("{prefix}-{i}-{step}")),
+                ));
             }
         }
     }
@@ -94,7 +100,10 @@ fn a_restart_with_the_state_directory_deleted_restores_state_from_the_changelog(
 
     junction.start_again();
     junction.wait_ready();
-    assert!(junction.metric("junction_restore_records_total", "") >= n as f64, "the state came back from the changelog");
+    assert!(
+        junction.metric("junction_restore_records_total", "") >= n as f64,
+        "the state came back from the changelog"
+    );
     broker.produce_events(&setup.input, &interleaved_orders("wf", n, &STEPS[2..]));
     let mut out = broker.reader(&setup.output);
     let records = out.read_until("every workflow completed", |r| by_workflow(r).len() >= n).to_vec();
@@ -130,7 +139,8 @@ fn two_instances_share_the_partitions_and_a_survivor_finishes_everything() {
     broker.produce_events(&setup.input, &interleaved_orders("two", n, &STEPS[..2]));
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let processed = a.metric("junction_events_total", "result=\"accepted\"") + b.metric("junction_events_total", "result=\"accepted\"");
+        let processed = a.metric("junction_events_total", "result=\"accepted\"")
+            + b.metric("junction_events_total", "result=\"accepted\"");
         if processed >= (2 * n) as f64 {
             break;
         }

@@ -40,9 +40,16 @@ fn nisshi_binary() -> PathBuf {
     let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
     let cache = std::env::var("JUNCTION_CACHE").unwrap_or_else(|_| format!("{home}/.cache/junction"));
     let p = PathBuf::from(cache).join("tools/bin/nisshi");
-    assert!(p.exists(), "the Nisshi broker is not installed at {}; run scripts/setup.sh (or set JUNCTION_NISSHI)", p.display());
+    assert!(
+        p.exists(),
+        "the Nisshi broker is not installed at {}; run scripts/setup.sh (or set JUNCTION_NISSHI)",
+        p.display()
+    );
     p
 }
+
+/// A record to produce: key and value, either possibly absent.
+pub type RawRecord = (Option<Vec<u8>>, Option<Vec<u8>>);
 
 /// A Nisshi broker on a loopback port, killed when dropped.
 pub struct Broker {
@@ -112,7 +119,11 @@ impl Broker {
         let client: BaseConsumer = self.client_config().create().unwrap();
         loop {
             if let Ok(md) = client.fetch_metadata(Some(name), Duration::from_secs(5)) {
-                if md.topics().first().is_some_and(|t| t.error().is_none() && t.partitions().len() == partitions as usize) {
+                if md
+                    .topics()
+                    .first()
+                    .is_some_and(|t| t.error().is_none() && t.partitions().len() == partitions as usize)
+                {
                     return;
                 }
             }
@@ -128,15 +139,11 @@ impl Broker {
     }
 
     pub fn producer(&self) -> BaseProducer {
-        self.client_config()
-            .set("partitioner", "murmur2_random")
-            .set("linger.ms", "5")
-            .create()
-            .unwrap()
+        self.client_config().set("partitioner", "murmur2_random").set("linger.ms", "5").create().unwrap()
     }
 
     /// Produces records (key, value) to a topic and waits for every delivery.
-    pub fn produce(&self, topic: &str, records: &[(Option<Vec<u8>>, Option<Vec<u8>>)]) {
+    pub fn produce(&self, topic: &str, records: &[RawRecord]) {
         let producer = self.producer();
         for (key, value) in records {
             let mut r: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
@@ -163,7 +170,9 @@ impl Broker {
     pub fn produce_events(&self, topic: &str, events: &[Value]) {
         let records: Vec<_> = events
             .iter()
-            .map(|e| (Some(e["workflow_id"].as_str().unwrap().as_bytes().to_vec()), Some(serde_json::to_vec(e).unwrap())))
+            .map(|e| {
+                (Some(e["workflow_id"].as_str().unwrap().as_bytes().to_vec()), Some(serde_json::to_vec(e).unwrap()))
+            })
             .collect();
         self.produce(topic, &records);
     }
@@ -191,7 +200,15 @@ fn spawn_broker(port: u16, dir: &Path) -> Child {
     let log = std::fs::File::create(dir.join("broker.log")).unwrap();
     let url = format!("tcp://127.0.0.1:{port}");
     Command::new(nisshi_binary())
-        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://nisshi/"])
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+            "--storage-engine",
+            "memory://nisshi/",
+        ])
         .current_dir(dir)
         .stdout(log.try_clone().unwrap())
         .stderr(log)
@@ -238,7 +255,12 @@ impl Reader {
     pub fn read_until(&mut self, what: &str, done: impl Fn(&[Record]) -> bool) -> &[Record] {
         let deadline = Instant::now() + PATIENCE;
         while !done(&self.records) {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; read {} records: {:#?}", self.records.len(), self.summary());
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; read {} records: {:#?}",
+                self.records.len(),
+                self.summary()
+            );
             self.poll(Duration::from_millis(200));
         }
         &self.records
@@ -275,7 +297,12 @@ impl Reader {
     }
 
     fn summary(&self) -> Vec<String> {
-        self.records.iter().rev().take(20).map(|r| String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned()).collect()
+        self.records
+            .iter()
+            .rev()
+            .take(20)
+            .map(|r| String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned())
+            .collect()
     }
 }
 
