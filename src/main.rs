@@ -1,5 +1,6 @@
 //! The `junction` command: `run` the processor, or `validate` a configuration.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
@@ -45,7 +46,10 @@ enum LogFormat {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match cli.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -131,6 +135,7 @@ fn run(config: Arc<config::Config>) -> ExitCode {
         }
         Err(e) => {
             error!(error = format!("{e:#}"), "junction stopped on an error");
+            eprintln!("junction: {e:#}");
             ExitCode::FAILURE
         }
     }

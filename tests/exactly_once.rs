@@ -10,9 +10,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{by_workflow, event, Broker, Junction, Record, Setup, PATIENCE};
+use common::{by_workflow, event, wait_until, Broker, Junction, Record, Setup};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
@@ -63,11 +63,9 @@ fn started_ms(outcome: &Value) -> i64 {
 }
 
 fn wait_for_commits(j: &Junction, result: &str, at_least: f64) {
-    let deadline = Instant::now() + PATIENCE;
-    while j.metric("junction_commits_total", &format!("result=\"{result}\"")) < at_least {
-        assert!(Instant::now() < deadline, "no {result} commit; log:\n{}", j.logs());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(&format!("a {result} commit"), || {
+        j.metric("junction_commits_total", &format!("result=\"{result}\"")) >= at_least
+    });
 }
 
 #[test]

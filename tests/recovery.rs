@@ -4,9 +4,8 @@
 mod common;
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
 
-use common::{by_workflow, event, Broker, Junction, Record, Setup, PATIENCE};
+use common::{by_workflow, event, wait_until, Broker, Junction, Record, Running, Setup};
 use serde_json::Value;
 
 const STEPS: [&str; 3] = ["payment", "inventory", "fraud_check"];
@@ -57,11 +56,7 @@ fn assert_one_outcome_each(records: &[Record], expected: usize) -> usize {
 
 #[test]
 fn kill_9_in_the_middle_of_a_load_loses_no_outcome() {
-    let broker = Broker::start();
-    let setup = Setup::new(&broker, 4);
-    let work = tempfile::tempdir().unwrap();
-    let mut junction = Junction::start(&setup, work.path(), "j");
-    junction.wait_ready();
+    let Running { mut junction, setup, broker, work: _work } = Running::start(4);
 
     let n = 3_000;
     let events = interleaved_orders("load", n, &STEPS);
@@ -81,20 +76,13 @@ fn kill_9_in_the_middle_of_a_load_loses_no_outcome() {
 
 #[test]
 fn a_restart_with_the_state_directory_deleted_restores_state_from_the_changelog() {
-    let broker = Broker::start();
-    let setup = Setup::new(&broker, 3);
-    let work = tempfile::tempdir().unwrap();
-    let mut junction = Junction::start(&setup, work.path(), "j");
-    junction.wait_ready();
+    let Running { mut junction, setup, broker, work: _work } = Running::start(3);
 
     let n = 500;
     broker.produce_events(&setup.input, &interleaved_orders("wf", n, &STEPS[..2]));
-    // Wait until every open workflow's state is committed: the last one is visible.
-    let deadline = Instant::now() + PATIENCE;
-    while junction.metric("junction_events_total", "result=\"accepted\"") < (2 * n) as f64 {
-        assert!(Instant::now() < deadline, "events not processed");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until("every event processed", || {
+        junction.metric("junction_events_total", "result=\"accepted\"") >= (2 * n) as f64
+    });
     assert!(junction.terminate());
     std::fs::remove_dir_all(&junction.state_dir).unwrap();
 
@@ -123,31 +111,18 @@ fn two_instances_share_the_partitions_and_a_survivor_finishes_everything() {
         let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
         v["assigned"].as_array().map(|a| a.iter().filter_map(Value::as_i64).collect()).unwrap_or_default()
     };
-    let deadline = Instant::now() + PATIENCE;
-    loop {
+    wait_until("the partitions shared between a and b", || {
         let (pa, pb) = (assigned(&a), assigned(&b));
-        if !pa.is_empty() && !pb.is_empty() && pa.len() + pb.len() == 4 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the partitions were not shared: a {pa:?}, b {pb:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        !pa.is_empty() && !pb.is_empty() && pa.len() + pb.len() == 4
+    });
     a.wait_ready();
     b.wait_ready();
 
     let n = 1_000;
     broker.produce_events(&setup.input, &interleaved_orders("two", n, &STEPS[..2]));
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let processed = a.metric("junction_events_total", "result=\"accepted\"")
-            + b.metric("junction_events_total", "result=\"accepted\"");
-        if processed >= (2 * n) as f64 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "events not processed: {processed}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(b.metric("junction_events_total", "result=\"accepted\"") > 0.0, "b did its share");
+    let accepted = |j: &Junction| j.metric("junction_events_total", "result=\"accepted\"");
+    wait_until("every event processed by the two", || accepted(&a) + accepted(&b) >= (2 * n) as f64);
+    assert!(accepted(&b) > 0.0, "b did its share");
     b.kill();
     broker.produce_events(&setup.input, &interleaved_orders("two", n, &STEPS[2..]));
 

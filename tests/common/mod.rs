@@ -23,6 +23,15 @@ use serde_json::Value;
 /// How long a test waits for something that should happen, before failing.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
+/// Waits until `done()` holds; fails the test after PATIENCE, naming `what`.
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -511,6 +520,19 @@ impl Junction {
         self.spawn();
     }
 
+    /// Waits for the process to exit by itself; returns its exit code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "junction did not exit; its log:\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
     }
@@ -569,4 +591,24 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 
 pub fn header_list(pairs: &[(&str, &str)]) -> OwnedHeaders {
     pairs.iter().fold(OwnedHeaders::new(), |h, (k, v)| h.insert(Header { key: k, value: Some(*v) }))
+}
+
+/// The common arrangement: a broker, fresh topics, and one ready junction.
+pub struct Running {
+    // Field order is drop order: junction stops before the broker.
+    pub junction: Junction,
+    pub setup: Setup,
+    pub work: tempfile::TempDir,
+    pub broker: Broker,
+}
+
+impl Running {
+    pub fn start(partitions: i32) -> Running {
+        let broker = Broker::start();
+        let setup = Setup::new(&broker, partitions);
+        let work = tempfile::tempdir().unwrap();
+        let mut junction = Junction::start(&setup, work.path(), "j");
+        junction.wait_ready();
+        Running { junction, setup, work, broker }
+    }
 }

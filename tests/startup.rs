@@ -1,0 +1,85 @@
+//! Start-up: a bad configuration or a topic of the wrong shape fails at once,
+//! saying where and what was expected.
+
+mod common;
+
+use std::process::Command;
+
+use common::{Broker, Junction, Setup};
+
+fn validate(path: &std::path::Path) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_junction")).args(["validate", "--config"]).arg(path).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_shipped_configuration_is_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/junction.toml");
+    let (code, stdout, stderr) = validate(&path);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("valid (2 workflow types, at_least_once)"), "{stdout}");
+}
+
+#[test]
+fn validate_lists_every_error_with_the_file_the_key_and_what_was_expected() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        r#"
+[kafka]
+bootstrap_servers = "127.0.0.1:9092"
+input_topic = "in"
+output_topic = "out"
+processing_guarantee = "twice"
+commit_interval = "soon"
+
+[[workflows]]
+type = "order"
+steps = ["payment", "payment"]
+quorum = 0
+"#,
+    )
+    .unwrap();
+    let (code, _, stderr) = validate(&path);
+    assert_eq!(code, Some(2));
+    let file = path.display().to_string();
+    for expected in [
+        "5 configuration errors",
+        "`kafka.dead_letter_topic`: missing; this setting is required",
+        "`kafka.processing_guarantee`: expected \"at_least_once\" or \"exactly_once\", got \"twice\"",
+        "`kafka.commit_interval`: expected a duration such as 100ms",
+        "`workflows[0].steps`: step \"payment\" is listed twice",
+        "`workflows[0].quorum`: expected an integer from 1 to the number of steps (1), got 0",
+    ] {
+        assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
+    }
+    assert!(stderr.lines().skip(1).all(|l| l.trim_start().starts_with(&file)), "every error names the file:\n{stderr}");
+}
+
+#[test]
+fn a_changelog_with_the_wrong_partition_count_is_refused_at_start_up() {
+    let broker = Broker::start();
+    let setup = Setup::new(&broker, 2);
+    broker.create_topic(&format!("{}-state-changelog", setup.app), 3);
+    let work = tempfile::tempdir().unwrap();
+    let mut junction = Junction::start(&setup, work.path(), "j");
+    assert_eq!(junction.wait_exit(), Some(1));
+    let log = junction.logs();
+    assert!(log.contains("has 3 partitions but input topic") && log.contains("has 2"), "{log}");
+}
+
+#[test]
+fn a_missing_input_topic_is_refused_at_start_up() {
+    let broker = Broker::start();
+    let setup = Setup::named(&broker, 2);
+    let work = tempfile::tempdir().unwrap();
+    let mut junction = Junction::start(&setup, work.path(), "j");
+    assert_eq!(junction.wait_exit(), Some(1));
+    let log = junction.logs();
+    assert!(log.contains(&format!("input topic {:?} does not exist", setup.input)), "{log}");
+}
