@@ -100,14 +100,7 @@ async fn workflow(State(app): State<AppState>, Path(id): Path<String>) -> Respon
                         (s.name.clone(), v)
                     })
                     .collect();
-                let missing: Vec<&String> = spec
-                    .map(|sp| {
-                        sp.steps
-                            .iter()
-                            .filter(|n| !state.steps.iter().any(|s| &s.name == *n && s.work.is_some()))
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let missing = spec.map(|sp| state.missing(sp)).unwrap_or_default();
                 let body = json!({
                     "workflow_id": id,
                     "workflow_type": state.workflow_type,

@@ -138,6 +138,15 @@ impl WorkflowState {
         &mut self.steps[i]
     }
 
+    /// The type's steps that have not reported a work status, in its order.
+    pub fn missing(&self, spec: &WorkflowSpec) -> Vec<String> {
+        spec.steps
+            .iter()
+            .filter(|name| !self.steps.iter().any(|s| &s.name == *name && s.work.is_some()))
+            .cloned()
+            .collect()
+    }
+
     fn count(&self, status: Status) -> usize {
         self.steps.iter().filter(|s| s.work == Some(status)).count()
     }
@@ -316,19 +325,13 @@ fn record(
             })
         })
         .collect();
-    let missing = spec
-        .steps
-        .iter()
-        .filter(|name| !state.steps.iter().any(|s| &s.name == *name && s.work.is_some()))
-        .cloned()
-        .collect();
     OutcomeRecord {
         workflow_id: workflow_id.to_string(),
         workflow_type: state.workflow_type.clone(),
         outcome,
         steps,
         failed_steps: by_status(Status::Failed),
-        missing,
+        missing: state.missing(spec),
         compensate: if outcome == Outcome::Completed { Vec::new() } else { by_status(Status::Succeeded) },
         started_at_ms: state.started_at_ms,
         finished_at_ms,

@@ -28,10 +28,6 @@ impl Outcome {
             Outcome::Compensated => "compensated",
         }
     }
-
-    pub fn parse(s: &str) -> Option<Outcome> {
-        Outcome::ALL.into_iter().find(|o| o.as_str() == s)
-    }
 }
 
 /// A step's JSON payload, kept as the producer wrote it.

@@ -26,6 +26,8 @@ pub enum StoreError {
     Open { path: PathBuf, source: rocksdb::Error },
     #[error("state store at {path}: {source}")]
     Io { path: PathBuf, source: rocksdb::Error },
+    #[error("cannot create the state directory {path}: {source}")]
+    Create { path: PathBuf, source: std::io::Error },
     #[error("cannot remove the state store at {path}: {source}")]
     Remove { path: PathBuf, source: std::io::Error },
 }
@@ -79,7 +81,7 @@ pub struct Timer {
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(path).map_err(|e| StoreError::Remove { path: path.to_path_buf(), source: e })?;
+        std::fs::create_dir_all(path).map_err(|source| StoreError::Create { path: path.to_path_buf(), source })?;
         let mut options = Options::default();
         options.create_if_missing(true);
         // Timer scans read prefixes of one key space; point reads dominate otherwise.
@@ -96,10 +98,6 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(source) => Err(StoreError::Remove { path: path.to_path_buf(), source }),
         }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     fn io(&self, source: rocksdb::Error) -> StoreError {
@@ -135,19 +133,6 @@ impl Store {
                 break;
             }
             out.push(Timer { due_ms: due, workflow_id: String::from_utf8_lossy(&key[9..]).into_owned() });
-        }
-        Ok(out)
-    }
-
-    /// Every workflow ID and its encoded state, for inspection and tests.
-    pub fn states(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let mut out = Vec::new();
-        for item in self.db.iterator(IteratorMode::From(&[STATE_PREFIX], Direction::Forward)) {
-            let (key, value) = item.map_err(|e| self.io(e))?;
-            if key.first() != Some(&STATE_PREFIX) {
-                break;
-            }
-            out.push((String::from_utf8_lossy(&key[1..]).into_owned(), value.into_vec()));
         }
         Ok(out)
     }
@@ -199,7 +184,7 @@ mod tests {
         assert_eq!(due, ["b", "a"]);
         assert_eq!(store.due_timers(299, 10).unwrap().len(), 1);
         assert_eq!(store.due_timers(300, 1).unwrap().len(), 1);
-        assert_eq!(store.states().unwrap().len(), 3);
+        assert_eq!(store.get_state("c").unwrap().as_deref(), Some(&b"3"[..]));
         drop(store);
         Store::destroy(dir.path()).unwrap();
         assert!(!dir.path().exists());

@@ -15,7 +15,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
@@ -509,11 +509,6 @@ impl Junction {
         }
     }
 
-    pub fn restart(&mut self) {
-        self.kill();
-        self.spawn();
-    }
-
     /// Starts the process again after a kill, with the same state directory and port.
     pub fn start_again(&mut self) {
         assert!(self.child.is_none(), "still running");
@@ -587,10 +582,6 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let status = response.split(' ').nth(1)?.parse().ok()?;
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Some((status, body))
-}
-
-pub fn header_list(pairs: &[(&str, &str)]) -> OwnedHeaders {
-    pairs.iter().fold(OwnedHeaders::new(), |h, (k, v)| h.insert(Header { key: k, value: Some(*v) }))
 }
 
 /// The common arrangement: a broker, fresh topics, and one ready junction.
