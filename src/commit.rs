@@ -174,7 +174,7 @@ impl Committer {
     }
 
     fn send_outputs(&self, s: &Staged) -> Result<(), CommitError> {
-        for o in &s.outcomes {
+        for o in s.outcomes.iter().map(|d| &d.record) {
             let id = o.id();
             let headers = OwnedHeaders::new_with_capacity(2)
                 .insert(Header { key: names::HEADER_OUTCOME, value: Some(o.outcome.as_str()) })
@@ -289,9 +289,13 @@ impl Committer {
     }
 
     fn count_outcomes(&self, staged: &[(i32, Staged)]) {
+        let now_ms = crate::processor::now_ms();
         for (_, s) in staged {
-            for o in &s.outcomes {
-                self.metrics.outcome(&o.workflow_type, o.outcome);
+            for d in &s.outcomes {
+                let o = &d.record;
+                let duration = (o.finished_at_ms - o.started_at_ms).max(0) as f64 / 1000.0;
+                self.metrics.outcome(&o.workflow_type, o.outcome, duration);
+                self.metrics.outcome_latency.observe((now_ms - d.decided_at_ms).max(0) as f64 / 1000.0);
             }
             debug!(outcomes = s.outcomes.len(), changelog = s.changelog.len(), "committed");
         }

@@ -54,6 +54,8 @@ pub fn consumer_config(config: &KafkaConfig) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("isolation.level", "read_committed");
     c.set_if_absent("auto.offset.reset", "earliest");
+    // Statistics feed junction_consumer_lag.
+    c.set_if_absent("statistics.interval.ms", "5000");
     c
 }
 

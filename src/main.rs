@@ -13,6 +13,9 @@ use junction::config;
 use junction::metrics::Metrics;
 use junction::processor::{self, Shared};
 
+/// How long a SIGTERM or SIGINT may take: commit, close the stores, leave the group.
+const SHUTDOWN_BUDGET: std::time::Duration = std::time::Duration::from_secs(10);
+
 #[derive(Parser)]
 #[command(name = "junction", version, about = "Joins workflow step events and publishes one outcome per decision")]
 struct Cli {
@@ -116,16 +119,25 @@ fn run(config: Arc<config::Config>) -> ExitCode {
     };
     info!(listen = %config.http.listen, "HTTP endpoints: /metrics /healthz /readyz /workflows/{{id}}");
 
-    runtime.block_on(async {
+    let mut done_rx = done_rx;
+    let stopped_by_itself = runtime.block_on(async {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
-            _ = term.recv() => info!("SIGTERM received"),
-            _ = done_rx => {}
+            _ = tokio::signal::ctrl_c() => { info!("SIGINT received"); false }
+            _ = term.recv() => { info!("SIGTERM received"); false }
+            _ = &mut done_rx => true,
         }
     });
     shared.shutdown.store(true, Ordering::SeqCst);
+    if !stopped_by_itself
+        && runtime.block_on(async { tokio::time::timeout(SHUTDOWN_BUDGET, &mut done_rx).await }).is_err()
+    {
+        // What was not committed is processed again after the restart (at-least-once).
+        error!(seconds = SHUTDOWN_BUDGET.as_secs(), "shutdown did not finish in time; exiting without it");
+        eprintln!("junction: shutdown did not finish within {}s", SHUTDOWN_BUDGET.as_secs());
+        return ExitCode::FAILURE;
+    }
     let result = stream_thread.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the stream thread panicked")));
     let _ = runtime.block_on(http);
     match result {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, Context as _};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 use serde::Serialize;
 use tracing::{error, info, info_span, warn};
 
@@ -34,6 +34,8 @@ const MAX_POLL_WAIT: Duration = Duration::from_millis(100);
 /// Time given to restoring per loop turn while other partitions are active.
 const RESTORE_SLICE: Duration = Duration::from_millis(20);
 const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often `junction_state_bytes` is refreshed.
+const STATE_SIZE_REPORT: Duration = Duration::from_secs(5);
 
 /// What the HTTP side may see of the stream thread.
 pub struct Shared {
@@ -92,12 +94,25 @@ struct Engine {
     failure: Option<anyhow::Error>,
 }
 
-/// The consumer context: librdkafka calls it inside `poll` on a rebalance.
+/// The consumer context: librdkafka calls it inside `poll` on a rebalance
+/// and with its statistics.
 struct Callbacks {
     engine: Arc<Mutex<Engine>>,
+    metrics: Arc<Metrics>,
+    input_topic: String,
 }
 
-impl ClientContext for Callbacks {}
+impl ClientContext for Callbacks {
+    fn stats(&self, statistics: Statistics) {
+        let Some(topic) = statistics.topics.get(&self.input_topic) else { return };
+        for (partition, p) in &topic.partitions {
+            // Partition -1 is librdkafka's internal unassigned queue; a lag of -1 is unknown.
+            if *partition >= 0 && p.consumer_lag >= 0 && p.fetch_state == "active" {
+                self.metrics.set_consumer_lag(*partition, p.consumer_lag);
+            }
+        }
+    }
+}
 
 impl ConsumerContext for Callbacks {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -120,7 +135,7 @@ fn lock(engine: &Mutex<Engine>) -> MutexGuard<'_, Engine> {
     engine.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn now_ms() -> i64 {
+pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
@@ -140,10 +155,15 @@ impl Engine {
             let task =
                 Task::new(partition, Arc::clone(&store), Arc::clone(&self.config), Arc::clone(&self.shared.metrics));
             let phase = if ready { Phase::Active } else { Phase::Restoring };
-            self.slots.insert(partition, Slot { task, phase, resume_from: None, replay_from: None });
             if ready {
+                if let Err(e) = task.recount_open() {
+                    self.fail(anyhow!(e).context(format!("reading the state of partition {partition}")));
+                    return;
+                }
                 self.shared.stores.write().expect("stores lock").insert(partition, store);
-            } else {
+            }
+            self.slots.insert(partition, Slot { task, phase, resume_from: None, replay_from: None });
+            if !ready {
                 self.pause(consumer, partition, true);
             }
         }
@@ -160,6 +180,7 @@ impl Engine {
         for element in tpl.elements_for_topic(&self.config.kafka.input_topic) {
             let partition = element.partition();
             self.restorer.cancel(partition);
+            self.shared.metrics.forget_partition(partition);
             self.shared.stores.write().expect("stores lock").remove(&partition);
             if let Some(slot) = self.slots.remove(&partition) {
                 if let Err(e) = slot.task.store.flush() {
@@ -196,6 +217,10 @@ impl Engine {
         let Some(slot) = self.slots.get_mut(&partition) else { return };
         slot.phase = Phase::Active;
         let resume_from = slot.resume_from.take();
+        if let Err(e) = slot.task.recount_open() {
+            self.fail(anyhow!(e).context(format!("reading the restored state of partition {partition}")));
+            return;
+        }
         self.shared.stores.write().expect("stores lock").insert(partition, Arc::clone(&slot.task.store));
         if let Some(offset) = resume_from {
             self.seek(consumer, partition, offset);
@@ -289,14 +314,28 @@ impl Engine {
 
     fn rewind(&mut self, consumer: &BaseConsumer<Callbacks>) {
         let mut seeks = Vec::new();
+        let mut failure = None;
         for (partition, slot) in &mut self.slots {
-            slot.task.discard();
+            if let Err(e) = slot.task.discard() {
+                failure.get_or_insert(anyhow!(e).context(format!("re-reading the state of partition {partition}")));
+            }
             if let Some(offset) = slot.replay_from {
                 seeks.push((*partition, offset));
             }
         }
+        if let Some(e) = failure {
+            self.fail(e);
+            return;
+        }
         for (partition, offset) in seeks {
             self.seek(consumer, partition, offset);
+        }
+    }
+
+    /// Refreshes `junction_state_bytes` from RocksDB's estimates.
+    fn report_state_sizes(&self) {
+        for (partition, slot) in self.slots.iter().filter(|(_, s)| s.phase == Phase::Active) {
+            self.shared.metrics.set_state_bytes(*partition, slot.task.store.estimated_bytes());
         }
     }
 
@@ -311,9 +350,7 @@ impl Engine {
         h.in_group = in_group;
         h.assigned = self.slots.keys().copied().collect();
         h.restoring = self.slots.iter().filter(|(_, s)| s.phase == Phase::Restoring).map(|(p, _)| *p).collect();
-        let active = self.slots.len() - h.restoring.len();
-        self.shared.metrics.partitions.with_label_values(&["active"]).set(active as i64);
-        self.shared.metrics.partitions.with_label_values(&["restoring"]).set(h.restoring.len() as i64);
+        self.shared.metrics.set_partitions(self.slots.len() - h.restoring.len(), h.restoring.len());
     }
 }
 
@@ -323,6 +360,7 @@ pub fn run(config: Arc<Config>, shared: Arc<Shared>, runtime: tokio::runtime::Ha
     let partitions = kafka::prepare_topics(&config.kafka, &runtime)?;
     shared.health.lock().expect("health lock").input_partitions = partitions;
     let metrics = Arc::clone(&shared.metrics);
+    metrics.register_workflow_types(config.workflows.iter().map(|w| w.workflow_type.as_str()));
     let committer = Committer::new(Arc::clone(&config), Arc::clone(&metrics))?;
     let restorer = Restorer::new(Arc::clone(&config), metrics).context("creating the changelog consumer")?;
     let engine = Arc::new(Mutex::new(Engine {
@@ -334,7 +372,11 @@ pub fn run(config: Arc<Config>, shared: Arc<Shared>, runtime: tokio::runtime::Ha
         failure: None,
     }));
     let consumer: BaseConsumer<Callbacks> = kafka::consumer_config(&config.kafka)
-        .create_with_context(Callbacks { engine: Arc::clone(&engine) })
+        .create_with_context(Callbacks {
+            engine: Arc::clone(&engine),
+            metrics: Arc::clone(&shared.metrics),
+            input_topic: config.kafka.input_topic.clone(),
+        })
         .context("creating the input consumer")?;
     consumer.subscribe(&[&config.kafka.input_topic]).context("subscribing to the input topic")?;
     info!(
@@ -346,6 +388,7 @@ pub fn run(config: Arc<Config>, shared: Arc<Shared>, runtime: tokio::runtime::Ha
 
     let interval = config.kafka.commit_interval;
     let mut next_commit = Instant::now() + interval;
+    let mut next_size_report = Instant::now();
     let result = loop {
         if shared.shutdown.load(Ordering::SeqCst) {
             break Ok(());
@@ -385,6 +428,10 @@ pub fn run(config: Arc<Config>, shared: Arc<Shared>, runtime: tokio::runtime::Ha
         if Instant::now() >= next_commit {
             lock(&engine).commit(&consumer);
             next_commit = Instant::now() + interval;
+        }
+        if Instant::now() >= next_size_report {
+            lock(&engine).report_state_sizes();
+            next_size_report = Instant::now() + STATE_SIZE_REPORT;
         }
     };
 

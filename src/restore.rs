@@ -183,6 +183,7 @@ impl Restorer {
                     batch.set_checkpoint(end);
                     r.store.write(batch)?;
                     self.unassign(partition);
+                    self.metrics.restore_duration.observe(r.started.elapsed().as_secs_f64());
                     info!(
                         partition,
                         records = r.records,

@@ -137,6 +137,24 @@ impl Store {
         Ok(out)
     }
 
+    /// Calls `f` with every workflow ID and its encoded state.
+    pub fn for_each_state(&self, mut f: impl FnMut(&[u8], &[u8])) -> Result<(), StoreError> {
+        for item in self.db.iterator(IteratorMode::From(&[STATE_PREFIX], Direction::Forward)) {
+            let (key, value) = item.map_err(|e| self.io(e))?;
+            if key.first() != Some(&STATE_PREFIX) {
+                break;
+            }
+            f(&key[1..], &value);
+        }
+        Ok(())
+    }
+
+    /// RocksDB's estimate of the store's size: live data plus memtables.
+    pub fn estimated_bytes(&self) -> u64 {
+        let property = |name: &str| self.db.property_int_value(name).ok().flatten().unwrap_or(0);
+        property("rocksdb.estimate-live-data-size") + property("rocksdb.cur-size-all-mem-tables")
+    }
+
     pub fn write(&self, batch: StoreBatch) -> Result<(), StoreError> {
         self.db.write(batch.batch).map_err(|e| self.io(e))
     }

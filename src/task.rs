@@ -19,6 +19,7 @@ use crate::join::{self, EventResult, TimerResult, WorkflowState};
 use crate::metrics::Metrics;
 use crate::outcome::OutcomeRecord;
 use crate::store::{Store, StoreBatch, StoreError, Timer};
+use prometheus::IntGauge;
 
 /// The most timers one punctuation fires, so that a backlog cannot stall a commit.
 const TIMERS_PER_PUNCTUATION: usize = 10_000;
@@ -32,10 +33,17 @@ pub struct InputRecord<'a> {
     pub offset: i64,
 }
 
+/// An outcome record and when the input that decided it was written (or the
+/// timer fired), for the outcome latency.
+pub struct Decided {
+    pub record: OutcomeRecord,
+    pub decided_at_ms: i64,
+}
+
 /// What a commit must publish and save for one task.
 #[derive(Default)]
 pub struct Staged {
-    pub outcomes: Vec<OutcomeRecord>,
+    pub outcomes: Vec<Decided>,
     pub dead_letters: Vec<DeadLetter>,
     /// Changelog records: workflow ID → encoded state, or `None` for a tombstone.
     pub changelog: Vec<(String, Option<Vec<u8>>)>,
@@ -54,13 +62,16 @@ pub struct Task {
     cache: HashMap<String, Option<WorkflowState>>,
     /// Stale or fired timers to delete at the commit.
     spent_timers: Vec<Timer>,
-    outcomes: Vec<OutcomeRecord>,
+    outcomes: Vec<Decided>,
     dead_letters: Vec<DeadLetter>,
     next_offset: Option<i64>,
+    /// Workflows waiting for a decision, as `junction_workflows_open` shows.
+    open: IntGauge,
 }
 
 impl Task {
     pub fn new(partition: i32, store: Arc<Store>, config: Arc<Config>, metrics: Arc<Metrics>) -> Task {
+        let open = metrics.workflows_open(partition);
         Task {
             partition,
             store,
@@ -71,7 +82,21 @@ impl Task {
             outcomes: Vec::new(),
             dead_letters: Vec::new(),
             next_offset: None,
+            open,
         }
+    }
+
+    /// Counts the open workflows in the store: once restored, and after a
+    /// failed commit discarded the changes the count had followed.
+    pub fn recount_open(&self) -> Result<(), StoreError> {
+        let mut open = 0;
+        self.store.for_each_state(|_, bytes| {
+            if codec::decode(bytes).is_ok_and(|s| s.is_open()) {
+                open += 1;
+            }
+        })?;
+        self.open.set(open);
+        Ok(())
     }
 
     /// Whether anything waits for a commit.
@@ -103,7 +128,9 @@ impl Task {
         let spec = &config.workflows[event.workflow];
         let id = event.workflow_id.as_ref();
         let cached = self.cache.contains_key(id);
-        let mut state = match self.load(id)? {
+        let loaded = self.load(id)?;
+        let was_open = loaded.as_ref().is_some_and(WorkflowState::is_open);
+        let mut state = match loaded {
             Some(s) if s.workflow_type == spec.workflow_type => s,
             Some(s) => {
                 let bad = BadInput {
@@ -120,12 +147,18 @@ impl Task {
         };
         let (result, outcomes) = join::apply_event(spec, &mut state, id, &event, now_ms);
         self.metrics.event(result);
+        match (was_open, state.is_open()) {
+            (false, true) => self.open.inc(),
+            (true, false) => self.open.dec(),
+            _ => {}
+        }
         // A duplicate or late event leaves the state as it was: no changelog record for it.
         let unchanged = result != EventResult::Accepted && outcomes.is_empty();
         if cached || !unchanged {
             self.cache.insert(id.to_string(), Some(state));
         }
-        self.outcomes.extend(outcomes);
+        let decided_at_ms = record.timestamp_ms.unwrap_or(now_ms);
+        self.outcomes.extend(outcomes.into_iter().map(|record| Decided { record, decided_at_ms }));
         Ok(())
     }
 
@@ -147,7 +180,8 @@ impl Task {
             match join::on_timer(spec, &mut state, &timer.workflow_id, now_ms, retention) {
                 TimerResult::NotDue => {}
                 TimerResult::Decided(outcomes) => {
-                    self.outcomes.extend(outcomes);
+                    self.open.dec();
+                    self.outcomes.extend(outcomes.into_iter().map(|record| Decided { record, decided_at_ms: now_ms }));
                     self.cache.insert(timer.workflow_id.clone(), Some(state));
                     self.spent_timers.push(timer);
                 }
@@ -225,12 +259,13 @@ impl Task {
     }
 
     /// Forgets everything since the last commit, after a commit failed.
-    pub fn discard(&mut self) {
+    pub fn discard(&mut self) -> Result<(), StoreError> {
         self.cache.clear();
         self.spent_timers.clear();
         self.outcomes.clear();
         self.dead_letters.clear();
         self.next_offset = None;
+        self.recount_open()
     }
 }
 

@@ -9,7 +9,7 @@ use serde_json::json;
 
 #[test]
 fn the_join_completes_on_quorum_and_absorbs_duplicates_and_late_events() {
-    let Running { mut junction, setup, broker, work: _work } = Running::start(3);
+    let Running { work: _work, mut junction, setup, broker } = Running::start(3);
 
     broker.produce_events(
         &setup.input,
@@ -65,7 +65,7 @@ fn the_join_completes_on_quorum_and_absorbs_duplicates_and_late_events() {
 
 #[test]
 fn a_failure_lists_what_to_compensate_and_the_acknowledgements_end_in_compensated() {
-    let Running { junction: _junction, setup, broker, work: _work } = Running::start(2);
+    let Running { work: _work, junction: _junction, setup, broker } = Running::start(2);
 
     broker.produce_events(
         &setup.input,
@@ -101,7 +101,7 @@ fn a_failure_lists_what_to_compensate_and_the_acknowledgements_end_in_compensate
 
 #[test]
 fn a_deadline_fires_on_wall_clock_time_without_new_input() {
-    let Running { junction: _junction, setup, broker, work: _work } = Running::start(1);
+    let Running { work: _work, junction: _junction, setup, broker } = Running::start(1);
 
     // The "callback" type has a 2s deadline; its callback never comes.
     broker.produce_events(&setup.input, &[event("cb-1", "callback", "request", "succeeded", None)]);
@@ -127,7 +127,7 @@ fn a_deadline_fires_on_wall_clock_time_without_new_input() {
 
 #[test]
 fn every_kind_of_bad_input_goes_to_the_dead_letter_topic_while_good_input_flows() {
-    let Running { mut junction, setup, broker, work: _work } = Running::start(2);
+    let Running { work: _work, mut junction, setup, broker } = Running::start(2);
 
     let good = |id: &str, step: &str| {
         let e = event(id, "order", step, "succeeded", None);

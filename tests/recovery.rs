@@ -56,7 +56,7 @@ fn assert_one_outcome_each(records: &[Record], expected: usize) -> usize {
 
 #[test]
 fn kill_9_in_the_middle_of_a_load_loses_no_outcome() {
-    let Running { mut junction, setup, broker, work: _work } = Running::start(4);
+    let Running { work: _work, mut junction, setup, broker } = Running::start(4);
 
     let n = 3_000;
     let events = interleaved_orders("load", n, &STEPS);
@@ -76,7 +76,7 @@ fn kill_9_in_the_middle_of_a_load_loses_no_outcome() {
 
 #[test]
 fn a_restart_with_the_state_directory_deleted_restores_state_from_the_changelog() {
-    let Running { mut junction, setup, broker, work: _work } = Running::start(3);
+    let Running { work: _work, mut junction, setup, broker } = Running::start(3);
 
     let n = 500;
     broker.produce_events(&setup.input, &interleaved_orders("wf", n, &STEPS[..2]));

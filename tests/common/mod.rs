@@ -305,6 +305,22 @@ impl Reader {
         }
     }
 
+    /// Per partition: (position, low watermark, high watermark), to tell a
+    /// slow producer from records the broker does not hand out.
+    fn positions(&self) -> Vec<(i32, String, i64, i64)> {
+        let Ok(tpl) = self.consumer.position() else { return Vec::new() };
+        tpl.elements()
+            .iter()
+            .map(|e| {
+                let (lo, hi) = self
+                    .consumer
+                    .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(5))
+                    .unwrap_or((-1, -1));
+                (e.partition(), format!("{:?}", e.offset()), lo, hi)
+            })
+            .collect()
+    }
+
     fn summary(&self) -> Vec<String> {
         self.records
             .iter()
@@ -473,7 +489,8 @@ impl Junction {
         let child = Command::new(env!("CARGO_BIN_EXE_junction"))
             .args(["run", "--config"])
             .arg(&self.config)
-            .env("RUST_LOG", "info,librdkafka=warn")
+            // JUNCTION_TEST_LOG, e.g. "debug", when a failing test needs more of junction's log.
+            .env("RUST_LOG", std::env::var("JUNCTION_TEST_LOG").unwrap_or_else(|_| "info,librdkafka=warn".into()))
             .envs(self.extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
