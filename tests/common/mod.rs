@@ -254,6 +254,31 @@ impl Record {
     }
 }
 
+/// What a fresh consumer gets at `offset`: tells a broker that does not
+/// serve a stored record from a reader that fell behind.
+fn probe(reader: &BaseConsumer, topic: &str, partition: i32, offset: i64) -> String {
+    let servers = reader
+        .client()
+        .fetch_metadata(None, Duration::from_secs(5))
+        .ok()
+        .and_then(|m| m.brokers().first().map(|b| format!("{}:{}", b.host(), b.port())));
+    let Some(servers) = servers else { return "probe: no metadata".into() };
+    let fresh: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .set("group.id", unique("probe"))
+        .set("isolation.level", "read_uncommitted")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(offset)).unwrap();
+    fresh.assign(&tpl).unwrap();
+    match fresh.poll(Duration::from_secs(5)) {
+        Some(Ok(m)) => format!("probe: a fresh consumer got offset {}", m.offset()),
+        Some(Err(e)) => format!("probe: error {e}"),
+        None => "probe: nothing within 5s".into(),
+    }
+}
+
 pub struct Reader {
     consumer: BaseConsumer,
     pub records: Vec<Record>,
@@ -266,8 +291,9 @@ impl Reader {
         while !done(&self.records) {
             assert!(
                 Instant::now() < deadline,
-                "timed out waiting for {what}; read {} records: {:#?}",
+                "timed out waiting for {what}; read {} records; (partition, position, low, high): {:?}; last records: {:#?}",
                 self.records.len(),
+                self.positions(),
                 self.summary()
             );
             self.poll(Duration::from_millis(200));
@@ -316,7 +342,11 @@ impl Reader {
                     .consumer
                     .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(5))
                     .unwrap_or((-1, -1));
-                (e.partition(), format!("{:?}", e.offset()), lo, hi)
+                let probe = match e.offset() {
+                    Offset::Offset(o) if o < hi => probe(&self.consumer, e.topic(), e.partition(), o),
+                    _ => String::new(),
+                };
+                (e.partition(), format!("{:?} {probe}", e.offset()), lo, hi)
             })
             .collect()
     }
