@@ -41,7 +41,6 @@ pub struct StepState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Decision {
     pub outcome: Outcome,
-    pub finished_at_ms: i64,
     /// Wall-clock time of the decision: the retention counts from here.
     pub decided_at_ms: i64,
     /// Wall-clock time the `compensated` record was decided, if it was.
@@ -227,12 +226,7 @@ pub fn apply_event(
             None
         };
         if let Some(outcome) = outcome {
-            state.decision = Some(Decision {
-                outcome,
-                finished_at_ms: state.last_event_at_ms,
-                decided_at_ms: now_ms,
-                compensated_at_ms: None,
-            });
+            state.decision = Some(Decision { outcome, decided_at_ms: now_ms, compensated_at_ms: None });
             outcomes.push(record(spec, state, workflow_id, outcome, state.last_event_at_ms));
         }
     }
@@ -262,12 +256,7 @@ pub fn on_timer(
 
 fn time_out(spec: &WorkflowSpec, state: &mut WorkflowState, workflow_id: &str, now_ms: i64) -> Vec<OutcomeRecord> {
     let deadline = state.deadline_ms(Some(spec)).expect("only called with a deadline");
-    state.decision = Some(Decision {
-        outcome: Outcome::TimedOut,
-        finished_at_ms: deadline,
-        decided_at_ms: now_ms,
-        compensated_at_ms: None,
-    });
+    state.decision = Some(Decision { outcome: Outcome::TimedOut, decided_at_ms: now_ms, compensated_at_ms: None });
     let mut out = vec![record(spec, state, workflow_id, Outcome::TimedOut, deadline)];
     out.extend(check_compensated(spec, state, workflow_id, now_ms));
     out
