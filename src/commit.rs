@@ -2,13 +2,19 @@
 //! that keeps the guarantees whatever crashes in between.
 //!
 //! `at_least_once`:
-//! 1. outcomes and dead letters are produced and flushed;
-//! 2. then the changelog records, flushed: a changelog record is never
+//! 1. outcomes and dead letters are produced, and delivered;
+//! 2. then the changelog records, delivered: a changelog record is never
 //!    visible before the outcome it implies, so a restored store never hides
 //!    an outcome that was not published;
 //! 3. then each store's batch, with the changelog offset as checkpoint;
 //! 4. then the input offsets. A crash anywhere repeats input, which the join
 //!    absorbs as duplicates, or repeats an outcome with the same outcome ID.
+//!
+//! Under `at_least_once` a commit is pipelined: [`Committer::begin`] sends
+//! the outcomes and returns, and the stream thread goes on processing the
+//! next interval while [`Committer::advance`] moves the commit through its
+//! steps as deliveries arrive. One commit is in flight at a time; the tasks
+//! keep its states readable until the stores have them.
 //!
 //! `exactly_once`: outcomes, dead letters, changelog records and input offsets
 //! go in one transaction; the stores are written once it has committed.
@@ -17,13 +23,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
-use tracing::{debug, info_span, warn};
+use tracing::{debug, warn};
 
 use crate::config::{Config, Guarantee};
 use crate::kafka::{self, DeliveryTracker};
@@ -60,12 +66,26 @@ impl CommitError {
     }
 }
 
+/// The input offsets a finished commit covers: (partition, next offset).
+pub type Committed = Vec<(i32, i64)>;
+
+/// An `at_least_once` commit between its first and its last step.
+struct InFlight {
+    staged: Vec<(i32, Staged)>,
+    changelog_sent: bool,
+    /// Changelog partition → the highest offset delivered to it.
+    changelog_last: HashMap<i32, i64>,
+    started: Instant,
+}
+
 pub struct Committer {
     config: Arc<Config>,
     metrics: Arc<Metrics>,
     /// Delivery reports are served on the producer's own thread, which
-    /// `flush`, `commit_transaction` and `abort_transaction` rely on.
+    /// `flush`, `commit_transaction` and `abort_transaction` rely on, and
+    /// which lets a pipelined commit see its deliveries without polling.
     producer: ThreadedProducer<DeliveryTracker>,
+    in_flight: Option<InFlight>,
 }
 
 impl Committer {
@@ -79,70 +99,136 @@ impl Committer {
         if config.kafka.processing_guarantee == Guarantee::ExactlyOnce {
             producer.init_transactions(COMMIT_TIMEOUT).map_err(transaction_error)?;
         }
-        Ok(Committer { config, metrics, producer })
+        Ok(Committer { config, metrics, producer, in_flight: None })
     }
 
-    /// Commits every task's staged work and returns the input offsets
-    /// committed. On error, the caller discards what the tasks staged and
-    /// rewinds their partitions to the last commit.
-    pub fn commit<C: ConsumerContext>(
+    /// Whether a commit is in flight: [`Committer::advance`] must finish it
+    /// before the next one begins.
+    pub fn is_committing(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// Starts committing every task's staged work. Returns the offsets
+    /// committed when the commit is already finished (always under
+    /// exactly-once), `None` while it is in flight. On error, the caller
+    /// discards what the tasks staged and rewinds their partitions to the
+    /// last commit.
+    pub fn begin<C: ConsumerContext>(
         &mut self,
         tasks: &mut [&mut Task],
         consumer: &BaseConsumer<C>,
-    ) -> Result<Vec<(i32, i64)>, CommitError> {
+    ) -> Result<Option<Committed>, CommitError> {
+        assert!(self.in_flight.is_none(), "a commit is already in flight");
         let staged: Vec<(i32, Staged)> = tasks.iter_mut().map(|t| (t.partition, t.stage())).collect();
         let nothing = staged.iter().all(|(_, s)| {
             s.next_offset.is_none() && s.outcomes.is_empty() && s.changelog.is_empty() && s.batch.is_empty()
         });
         if nothing {
-            return Ok(Vec::new());
+            return Ok(Some(Vec::new()));
         }
-        let committed: Vec<(i32, i64)> = staged.iter().filter_map(|(p, s)| Some((*p, s.next_offset?))).collect();
-        let span = info_span!(
-            "commit",
-            guarantee = self.config.kafka.processing_guarantee.as_str(),
-            partitions = staged.len()
-        );
-        let _enter = span.enter();
         let started = Instant::now();
-        let result = match self.config.kafka.processing_guarantee {
-            Guarantee::AtLeastOnce => self.commit_at_least_once(staged, tasks, consumer),
-            Guarantee::ExactlyOnce => self.commit_exactly_once(staged, tasks, consumer),
-        };
-        self.metrics.commit_duration.observe(started.elapsed().as_secs_f64());
-        self.metrics.commit(result.is_ok());
-        result.map(|()| committed)
+        match self.config.kafka.processing_guarantee {
+            Guarantee::ExactlyOnce => {
+                let result = self.commit_exactly_once(staged, consumer);
+                self.finished(started, result.is_ok());
+                result.map(Some)
+            }
+            Guarantee::AtLeastOnce => {
+                let sent = staged.iter().try_for_each(|(_, s)| self.send_outputs(s));
+                self.in_flight =
+                    Some(InFlight { staged, changelog_sent: false, changelog_last: HashMap::new(), started });
+                if let Err(e) = sent {
+                    return Err(self.abandon(e));
+                }
+                self.advance(consumer, false)
+            }
+        }
     }
 
-    fn commit_at_least_once<C: ConsumerContext>(
+    /// Moves the commit in flight on as far as its deliveries allow; with
+    /// `wait`, to its end. Returns the offsets committed once it is finished.
+    pub fn advance<C: ConsumerContext>(
         &mut self,
-        mut staged: Vec<(i32, Staged)>,
-        tasks: &mut [&mut Task],
         consumer: &BaseConsumer<C>,
-    ) -> Result<(), CommitError> {
-        for (_, s) in &staged {
-            self.send_outputs(s)?;
+        wait: bool,
+    ) -> Result<Option<Committed>, CommitError> {
+        let result = self.step(consumer, wait);
+        match result {
+            Err(e) => Err(self.abandon(e)),
+            ok => ok,
         }
-        self.flush()?;
-        for (partition, s) in &staged {
-            self.send_changelog(*partition, s)?;
+    }
+
+    fn step<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        wait: bool,
+    ) -> Result<Option<Committed>, CommitError> {
+        loop {
+            let Some(f) = &self.in_flight else { return Ok(None) };
+            let Some(changelog_last) = self.delivered(f.started, wait)? else { return Ok(None) };
+            let f = self.in_flight.as_mut().expect("in flight");
+            for (partition, offset) in changelog_last {
+                let last = f.changelog_last.entry(partition).or_insert(offset);
+                *last = (*last).max(offset);
+            }
+            if !f.changelog_sent {
+                f.changelog_sent = true;
+                let f = self.in_flight.as_ref().expect("in flight");
+                f.staged.iter().try_for_each(|(partition, s)| self.send_changelog(*partition, s))?;
+                continue;
+            }
+            let mut f = self.in_flight.take().expect("in flight");
+            self.save_stores(&mut f.staged, &f.changelog_last)?;
+            let offsets = self.offsets(&f.staged)?;
+            if offsets.count() > 0 {
+                // Waiting (at a rebalance or shutdown) the offsets must be in before the partitions go;
+                // otherwise a lost asynchronous commit is covered by the next one.
+                let mode = if wait { CommitMode::Sync } else { CommitMode::Async };
+                consumer.commit(&offsets, mode).map_err(CommitError::Offsets)?;
+            }
+            self.count_outcomes(&f.staged);
+            self.finished(f.started, true);
+            return Ok(Some(f.staged.iter().filter_map(|(p, s)| Some((*p, s.next_offset?))).collect()));
         }
-        let changelog_last = self.flush()?;
-        self.save_stores(&mut staged, tasks, &changelog_last)?;
-        let offsets = self.offsets(&staged)?;
-        if offsets.count() > 0 {
-            consumer.commit(&offsets, rdkafka::consumer::CommitMode::Sync).map_err(CommitError::Offsets)?;
+    }
+
+    /// Whether everything sent so far is delivered; with `wait`, waits for
+    /// it. Returns the changelog offsets delivered, or an error for a
+    /// failed delivery or one that took longer than the commit timeout.
+    fn delivered(&self, started: Instant, wait: bool) -> Result<Option<HashMap<i32, i64>>, CommitError> {
+        if wait {
+            return self.flush().map(Some);
         }
-        self.count_outcomes(&staged);
-        Ok(())
+        if self.producer.context().in_flight() > 0 {
+            if started.elapsed() > COMMIT_TIMEOUT {
+                return Err(CommitError::Delivery(KafkaError::Flush(RDKafkaErrorCode::MessageTimedOut)));
+            }
+            return Ok(None);
+        }
+        self.drain_deliveries().map(Some)
+    }
+
+    /// Drops the commit in flight after an error, and waits for what is still
+    /// being delivered, so that the next commit counts only its own records.
+    fn abandon(&mut self, e: CommitError) -> CommitError {
+        if let Some(f) = self.in_flight.take() {
+            let _ = self.flush();
+            self.finished(f.started, false);
+        }
+        e
+    }
+
+    fn finished(&self, started: Instant, ok: bool) {
+        self.metrics.commit_duration.observe(started.elapsed().as_secs_f64());
+        self.metrics.commit(ok);
     }
 
     fn commit_exactly_once<C: ConsumerContext>(
         &mut self,
         mut staged: Vec<(i32, Staged)>,
-        tasks: &mut [&mut Task],
         consumer: &BaseConsumer<C>,
-    ) -> Result<(), CommitError> {
+    ) -> Result<Committed, CommitError> {
         self.producer.begin_transaction().map_err(transaction_error)?;
         let sent = (|| {
             for (partition, s) in &staged {
@@ -168,9 +254,9 @@ impl Committer {
             return Err(e);
         }
         let changelog_last = self.drain_deliveries()?;
-        self.save_stores(&mut staged, tasks, &changelog_last)?;
+        self.save_stores(&mut staged, &changelog_last)?;
         self.count_outcomes(&staged);
-        Ok(())
+        Ok(staged.iter().filter_map(|(p, s)| Some((*p, s.next_offset?))).collect())
     }
 
     fn send_outputs(&self, s: &Staged) -> Result<(), CommitError> {
@@ -221,18 +307,24 @@ impl Committer {
         &self,
         mut record: BaseRecord<'_, K, P>,
     ) -> Result<(), CommitError> {
-        let deadline = Instant::now() + COMMIT_TIMEOUT;
+        let mut deadline = None;
         loop {
+            // Counted before the send: its delivery report may come before `send` returns.
+            self.producer.context().sent();
             match self.producer.send(record) {
-                Ok(()) => {
-                    self.producer.context().sent();
-                    return Ok(());
+                Ok(()) => return Ok(()),
+                Err((e, r)) => {
+                    self.producer.context().unsent();
+                    match e {
+                        KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
+                            if *deadline.get_or_insert_with(|| Instant::now() + COMMIT_TIMEOUT) > Instant::now() =>
+                        {
+                            record = r;
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        e => return Err(CommitError::Delivery(e)),
+                    }
                 }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) if Instant::now() < deadline => {
-                    record = r;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err((e, _)) => return Err(CommitError::Delivery(e)),
             }
         }
     }
@@ -248,30 +340,25 @@ impl Committer {
         while self.producer.context().in_flight() > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
+        let in_flight = self.producer.context().in_flight();
         let d = self.producer.context().take();
         if let Some(e) = d.failures.into_iter().next() {
             return Err(CommitError::Delivery(e));
         }
-        if d.in_flight > 0 {
+        if in_flight > 0 {
             return Err(CommitError::Delivery(KafkaError::Flush(RDKafkaErrorCode::MessageTimedOut)));
         }
         Ok(d.changelog_last)
     }
 
-    fn save_stores(
-        &self,
-        staged: &mut [(i32, Staged)],
-        tasks: &mut [&mut Task],
-        changelog_last: &HashMap<i32, i64>,
-    ) -> Result<(), CommitError> {
-        for ((partition, s), task) in staged.iter_mut().zip(tasks.iter()) {
-            debug_assert_eq!(*partition, task.partition);
+    fn save_stores(&self, staged: &mut [(i32, Staged)], changelog_last: &HashMap<i32, i64>) -> Result<(), CommitError> {
+        for (partition, s) in staged.iter_mut() {
             let mut batch = std::mem::take(&mut s.batch);
             if let Some(last) = changelog_last.get(partition) {
                 batch.set_checkpoint(last + 1);
             }
             if !batch.is_empty() {
-                task.store.write(batch)?;
+                s.store.write(batch)?;
             }
         }
         Ok(())

@@ -3,6 +3,7 @@
 //! property names lives here.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -54,6 +55,10 @@ pub fn consumer_config(config: &KafkaConfig) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("isolation.level", "read_committed");
     c.set_if_absent("auto.offset.reset", "earliest");
+    // A fetch that finds nothing waits at most this long: it bounds the delay
+    // between an event's arrival and its processing on brokers that poll for
+    // new data instead of waking waiting fetches (Nisshi among them).
+    c.set_if_absent("fetch.wait.max.ms", "10");
     // Statistics feed junction_consumer_lag.
     c.set_if_absent("statistics.interval.ms", "5000");
     c
@@ -179,39 +184,45 @@ pub fn prepare_topics(config: &KafkaConfig, runtime: &tokio::runtime::Handle) ->
 /// What the producer has delivered since the last `take`.
 #[derive(Debug, Default)]
 pub struct Deliveries {
-    pub in_flight: usize,
     pub failures: Vec<KafkaError>,
     /// Changelog partition → the highest offset delivered to it.
     pub changelog_last: HashMap<i32, i64>,
 }
 
-/// The producer context: counts deliveries and remembers changelog offsets,
-/// which become the stores' checkpoints.
+/// The producer context: counts the records in flight, and remembers
+/// failures and changelog offsets, which become the stores' checkpoints.
 pub struct DeliveryTracker {
     changelog_topic: String,
+    in_flight: AtomicUsize,
     deliveries: Mutex<Deliveries>,
 }
 
 impl DeliveryTracker {
     pub fn new(changelog_topic: String) -> DeliveryTracker {
-        DeliveryTracker { changelog_topic, deliveries: Mutex::new(Deliveries::default()) }
+        DeliveryTracker {
+            changelog_topic,
+            in_flight: AtomicUsize::new(0),
+            deliveries: Mutex::new(Deliveries::default()),
+        }
     }
 
+    /// Counts a record about to be sent.
     pub fn sent(&self) {
-        self.deliveries.lock().expect("tracker lock").in_flight += 1;
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Takes back a `sent` whose record the producer refused.
+    pub fn unsent(&self) {
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 
     pub fn in_flight(&self) -> usize {
-        self.deliveries.lock().expect("tracker lock").in_flight
+        self.in_flight.load(Ordering::SeqCst)
     }
 
     /// Takes the failures and changelog offsets recorded so far.
     pub fn take(&self) -> Deliveries {
-        let mut d = self.deliveries.lock().expect("tracker lock");
-        let in_flight = d.in_flight;
-        let taken = std::mem::take(&mut *d);
-        d.in_flight = in_flight;
-        taken
+        std::mem::take(&mut *self.deliveries.lock().expect("tracker lock"))
     }
 }
 
@@ -221,15 +232,16 @@ impl ProducerContext for DeliveryTracker {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        let mut d = self.deliveries.lock().expect("tracker lock");
-        d.in_flight = d.in_flight.saturating_sub(1);
         match result {
             Ok(m) if m.topic() == self.changelog_topic => {
+                let mut d = self.deliveries.lock().expect("tracker lock");
                 let last = d.changelog_last.entry(m.partition()).or_insert(m.offset());
                 *last = (*last).max(m.offset());
             }
             Ok(_) => {}
-            Err((e, _)) => d.failures.push(e.clone()),
+            Err((e, _)) => self.deliveries.lock().expect("tracker lock").failures.push(e.clone()),
         }
+        // Last: once nothing is in flight, everything delivered is recorded.
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }

@@ -19,7 +19,7 @@ use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 use serde::Serialize;
 use tracing::{error, info, info_span, warn};
 
-use crate::commit::Committer;
+use crate::commit::{CommitError, Committed, Committer};
 use crate::config::Config;
 use crate::kafka;
 use crate::metrics::Metrics;
@@ -33,6 +33,8 @@ const MAX_BATCH: usize = 2_000;
 const MAX_POLL_WAIT: Duration = Duration::from_millis(100);
 /// Time given to restoring per loop turn while other partitions are active.
 const RESTORE_SLICE: Duration = Duration::from_millis(20);
+/// How often the loop looks at a commit in flight.
+const COMMIT_CHECK: Duration = Duration::from_millis(1);
 const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often `junction_state_bytes` is refreshed.
 const STATE_SIZE_REPORT: Duration = Duration::from_secs(5);
@@ -175,7 +177,7 @@ impl Engine {
         // Finish the interval's work before the partitions are given up (not
         // after a failure: what failed must not be committed).
         if self.failure.is_none() {
-            self.commit(consumer);
+            self.commit(consumer, true);
         }
         for element in tpl.elements_for_topic(&self.config.kafka.input_topic) {
             let partition = element.partition();
@@ -265,9 +267,17 @@ impl Engine {
         }
     }
 
-    /// Fires due timers and commits the active tasks' work. A failed commit
-    /// discards the interval's work and rewinds to the last commit.
-    fn commit(&mut self, consumer: &BaseConsumer<Callbacks>) {
+    /// Fires due timers and starts committing the active tasks' work, after
+    /// finishing the commit still in flight. With `wait` (at a rebalance and
+    /// at shutdown) it returns only once the commit is finished. A failed
+    /// commit discards the work since the last finished one and rewinds there.
+    fn commit(&mut self, consumer: &BaseConsumer<Callbacks>, wait: bool) {
+        if self.committer.is_committing() {
+            self.advance_commit(consumer, true);
+            if self.failure.is_some() {
+                return;
+            }
+        }
         let now = now_ms();
         for slot in self.slots.values_mut().filter(|s| s.phase == Phase::Active) {
             if let Err(e) = slot.task.punctuate(now) {
@@ -284,32 +294,50 @@ impl Engine {
         if tasks.is_empty() {
             return;
         }
-        match self.committer.commit(&mut tasks, consumer) {
-            Ok(committed) => {
-                for (partition, next) in committed {
-                    if let Some(slot) = self.slots.get_mut(&partition) {
-                        slot.replay_from = Some(next);
-                    }
-                }
-            }
-            Err(e) => {
-                warn!(error = %e, "commit failed; discarding the interval's work and resuming from the last commit");
-                if let crate::commit::CommitError::Store(_) = e {
-                    self.fail(anyhow!(e).context("saving state"));
-                    return;
-                }
-                if e.needs_new_producer() {
-                    match Committer::new(Arc::clone(&self.config), Arc::clone(&self.shared.metrics)) {
-                        Ok(c) => self.committer = c,
-                        Err(e) => {
-                            self.fail(anyhow!(e).context("replacing the producer after a fatal error"));
-                            return;
-                        }
-                    }
-                }
-                self.rewind(consumer);
+        match self.committer.begin(&mut tasks, consumer) {
+            Ok(Some(committed)) => self.committed(committed),
+            Ok(None) if wait => self.advance_commit(consumer, true),
+            Ok(None) => {}
+            Err(e) => self.commit_failed(consumer, e),
+        }
+    }
+
+    /// Moves the commit in flight on; with `wait`, to its end.
+    fn advance_commit(&mut self, consumer: &BaseConsumer<Callbacks>, wait: bool) {
+        match self.committer.advance(consumer, wait) {
+            Ok(Some(committed)) => self.committed(committed),
+            Ok(None) => {}
+            Err(e) => self.commit_failed(consumer, e),
+        }
+    }
+
+    fn committed(&mut self, committed: Committed) {
+        for (partition, next) in committed {
+            if let Some(slot) = self.slots.get_mut(&partition) {
+                slot.replay_from = Some(next);
             }
         }
+        for slot in self.slots.values_mut() {
+            slot.task.committed();
+        }
+    }
+
+    fn commit_failed(&mut self, consumer: &BaseConsumer<Callbacks>, e: CommitError) {
+        warn!(error = %e, "commit failed; discarding the work since the last commit and resuming from there");
+        if let CommitError::Store(_) = e {
+            self.fail(anyhow!(e).context("saving state"));
+            return;
+        }
+        if e.needs_new_producer() {
+            match Committer::new(Arc::clone(&self.config), Arc::clone(&self.shared.metrics)) {
+                Ok(c) => self.committer = c,
+                Err(e) => {
+                    self.fail(anyhow!(e).context("replacing the producer after a fatal error"));
+                    return;
+                }
+            }
+        }
+        self.rewind(consumer);
     }
 
     fn rewind(&mut self, consumer: &BaseConsumer<Callbacks>) {
@@ -404,8 +432,12 @@ pub fn run(config: Arc<Config>, shared: Arc<Shared>, runtime: tokio::runtime::Ha
             }
             e.restorer.is_restoring()
         };
+        let committing = lock(&engine).committer.is_committing();
         let wait = if restoring {
             Duration::ZERO
+        } else if committing {
+            // Come back soon to move the commit on as its deliveries arrive.
+            COMMIT_CHECK
         } else {
             next_commit.saturating_duration_since(Instant::now()).min(MAX_POLL_WAIT)
         };
@@ -425,8 +457,11 @@ pub fn run(config: Arc<Config>, shared: Arc<Shared>, runtime: tokio::runtime::Ha
             lock(&engine).process(&messages);
         }
         drop(messages);
+        if committing {
+            lock(&engine).advance_commit(&consumer, false);
+        }
         if Instant::now() >= next_commit {
-            lock(&engine).commit(&consumer);
+            lock(&engine).commit(&consumer, false);
             next_commit = Instant::now() + interval;
         }
         if Instant::now() >= next_size_report {
@@ -437,7 +472,7 @@ pub fn run(config: Arc<Config>, shared: Arc<Shared>, runtime: tokio::runtime::Ha
 
     info!("shutting down: committing, closing stores, leaving the group");
     if result.is_ok() {
-        lock(&engine).commit(&consumer);
+        lock(&engine).commit(&consumer, true);
     }
     // Leaving the group runs the revoke callback, which closes the stores.
     drop(consumer);

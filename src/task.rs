@@ -4,7 +4,9 @@
 //!
 //! The record cache is why a workflow opened and finished within one commit
 //! interval writes one changelog record: only the last state of each
-//! workflow is written at the commit.
+//! workflow is written at the commit. While that commit is in flight its
+//! states stay readable in `pending`, so that processing goes on meanwhile:
+//! a state is read from the cache, else from `pending`, else from the store.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -41,8 +43,9 @@ pub struct Decided {
 }
 
 /// What a commit must publish and save for one task.
-#[derive(Default)]
 pub struct Staged {
+    /// Where `batch` goes.
+    pub store: Arc<Store>,
     pub outcomes: Vec<Decided>,
     pub dead_letters: Vec<DeadLetter>,
     /// Changelog records: workflow ID → encoded state, or `None` for a tombstone.
@@ -60,6 +63,8 @@ pub struct Task {
     metrics: Arc<Metrics>,
     /// Workflow ID → its state as changed since the last commit (`None`: purged).
     cache: HashMap<String, Option<WorkflowState>>,
+    /// The cache of the commit in flight, until the store has it.
+    pending: HashMap<String, Option<WorkflowState>>,
     /// Stale or fired timers to delete at the commit.
     spent_timers: Vec<Timer>,
     outcomes: Vec<Decided>,
@@ -78,6 +83,7 @@ impl Task {
             config,
             metrics,
             cache: HashMap::new(),
+            pending: HashMap::new(),
             spent_timers: Vec::new(),
             outcomes: Vec::new(),
             dead_letters: Vec::new(),
@@ -127,8 +133,7 @@ impl Task {
         };
         let spec = &config.workflows[event.workflow];
         let id = event.workflow_id.as_ref();
-        let cached = self.cache.contains_key(id);
-        let loaded = self.load(id)?;
+        let (loaded, from) = self.load(id)?;
         let was_open = loaded.as_ref().is_some_and(WorkflowState::is_open);
         let mut state = match loaded {
             Some(s) if s.workflow_type == spec.workflow_type => s,
@@ -137,9 +142,7 @@ impl Task {
                     reason: crate::names::Reason::UnknownWorkflowType,
                     detail: format!("workflow {id:?} is of type {:?}, not {:?}", s.workflow_type, spec.workflow_type),
                 };
-                if cached {
-                    self.cache.insert(id.to_string(), Some(s));
-                }
+                self.put_back(id, Some(s), from);
                 self.dead_letter(record, bad);
                 return Ok(());
             }
@@ -153,8 +156,11 @@ impl Task {
             _ => {}
         }
         // A duplicate or late event leaves the state as it was: no changelog record for it.
-        let unchanged = result != EventResult::Accepted && outcomes.is_empty();
-        if cached || !unchanged {
+        if result != EventResult::Accepted && outcomes.is_empty() {
+            if from != Source::Store {
+                self.put_back(id, Some(state), from);
+            }
+        } else {
             self.cache.insert(id.to_string(), Some(state));
         }
         let decided_at_ms = record.timestamp_ms.unwrap_or(now_ms);
@@ -167,18 +173,22 @@ impl Task {
         let retention = self.config.state.retention.as_millis() as i64;
         let config = Arc::clone(&self.config);
         for timer in self.store.due_timers(now_ms, TIMERS_PER_PUNCTUATION)? {
-            let Some(mut state) = self.load(&timer.workflow_id)? else {
+            let id = timer.workflow_id.as_str();
+            let (loaded, from) = self.load(id)?;
+            let Some(mut state) = loaded else {
+                self.put_back(id, None, from);
                 self.spent_timers.push(timer);
                 continue;
             };
             let spec = config.workflow(&state.workflow_type);
             if state.timer_ms(spec, retention) != Some(timer.due_ms) {
                 // Stale: the state moved on since this timer was written.
+                self.put_back(id, Some(state), from);
                 self.spent_timers.push(timer);
                 continue;
             }
-            match join::on_timer(spec, &mut state, &timer.workflow_id, now_ms, retention) {
-                TimerResult::NotDue => {}
+            match join::on_timer(spec, &mut state, id, now_ms, retention) {
+                TimerResult::NotDue => self.put_back(id, Some(state), from),
                 TimerResult::Decided(outcomes) => {
                     self.open.dec();
                     self.outcomes.extend(outcomes.into_iter().map(|record| Decided { record, decided_at_ms: now_ms }));
@@ -194,19 +204,33 @@ impl Task {
         Ok(())
     }
 
-    /// The state of a workflow: from the record cache, else from the store.
-    fn load(&mut self, workflow_id: &str) -> Result<Option<WorkflowState>, StoreError> {
+    /// Takes a workflow's state: from the record cache, else from the commit
+    /// in flight, else from the store. What is taken unchanged goes back with
+    /// [`Task::put_back`].
+    fn load(&mut self, workflow_id: &str) -> Result<(Option<WorkflowState>, Source), StoreError> {
         if let Some(cached) = self.cache.remove(workflow_id) {
-            return Ok(cached);
+            return Ok((cached, Source::Cache));
         }
-        let Some(bytes) = self.store.get_state(workflow_id)? else { return Ok(None) };
+        if let Some(pending) = self.pending.remove(workflow_id) {
+            return Ok((pending, Source::Pending));
+        }
+        let Some(bytes) = self.store.get_state(workflow_id)? else { return Ok((None, Source::Store)) };
         match codec::decode(&bytes) {
-            Ok(s) => Ok(Some(s)),
+            Ok(s) => Ok((Some(s), Source::Store)),
             Err(e) => {
                 warn!(partition = self.partition, workflow_id, error = %e, "unreadable state in the store; starting the workflow afresh");
-                Ok(None)
+                Ok((None, Source::Store))
             }
         }
+    }
+
+    /// Returns an unchanged state to where `load` took it from.
+    fn put_back(&mut self, workflow_id: &str, state: Option<WorkflowState>, from: Source) {
+        match from {
+            Source::Cache => self.cache.insert(workflow_id.to_string(), state),
+            Source::Pending => self.pending.insert(workflow_id.to_string(), state),
+            Source::Store => None,
+        };
     }
 
     fn dead_letter(&mut self, record: &InputRecord<'_>, error: BadInput) {
@@ -229,44 +253,62 @@ impl Task {
         });
     }
 
-    /// Takes everything the next commit must publish and save, leaving the task clean.
+    /// Takes everything the next commit must publish and save, leaving the
+    /// task clean. The states stay readable until [`Task::committed`].
     pub fn stage(&mut self) -> Staged {
         let retention = self.config.state.retention.as_millis() as i64;
         let mut staged = Staged {
+            store: Arc::clone(&self.store),
             outcomes: std::mem::take(&mut self.outcomes),
             dead_letters: std::mem::take(&mut self.dead_letters),
+            changelog: Vec::with_capacity(self.cache.len()),
+            batch: StoreBatch::default(),
             next_offset: self.next_offset.take(),
-            ..Staged::default()
         };
         for timer in self.spent_timers.drain(..) {
             staged.batch.delete_timer(&timer);
         }
         for (id, state) in self.cache.drain() {
-            match state {
+            match &state {
                 Some(state) => {
-                    let encoded = codec::encode(&state);
+                    let encoded = codec::encode(state);
                     let timer = state.timer_ms(self.config.workflow(&state.workflow_type), retention);
                     staged.batch.put_state(&id, &encoded, timer);
-                    staged.changelog.push((id, Some(encoded)));
+                    staged.changelog.push((id.clone(), Some(encoded)));
                 }
                 None => {
                     staged.batch.delete_state(&id);
-                    staged.changelog.push((id, None));
+                    staged.changelog.push((id.clone(), None));
                 }
             }
+            self.pending.insert(id, state);
         }
         staged
     }
 
-    /// Forgets everything since the last commit, after a commit failed.
+    /// The commit of what was staged is saved: the store has its states now.
+    pub fn committed(&mut self) {
+        self.pending.clear();
+    }
+
+    /// Forgets everything since the last finished commit, after a commit failed.
     pub fn discard(&mut self) -> Result<(), StoreError> {
         self.cache.clear();
+        self.pending.clear();
         self.spent_timers.clear();
         self.outcomes.clear();
         self.dead_letters.clear();
         self.next_offset = None;
         self.recount_open()
     }
+}
+
+/// Where [`Task::load`] found a state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Cache,
+    Pending,
+    Store,
 }
 
 #[cfg(test)]
@@ -308,12 +350,31 @@ steps = ["payment", "inventory"]
     }
 
     #[test]
+    fn the_next_interval_reads_the_states_of_the_commit_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = task(dir.path());
+        t.process(&record(br#"{"workflow_id":"w","step":"payment"}"#, 0), 5_000).unwrap();
+        let in_flight = t.stage();
+        assert_eq!(in_flight.changelog.len(), 1);
+        t.process(&record(br#"{"workflow_id":"w","step":"payment"}"#, 1), 5_000).unwrap();
+        t.process(&record(br#"{"workflow_id":"w","step":"inventory"}"#, 2), 5_000).unwrap();
+        let next = t.stage();
+        assert_eq!(next.outcomes.len(), 1, "the second step completes the workflow staged before it");
+        in_flight.store.write(in_flight.batch).unwrap();
+        next.store.write(next.batch).unwrap();
+        t.committed();
+        let stored = codec::decode(&t.store.get_state("w").unwrap().unwrap()).unwrap();
+        assert!(stored.is_final());
+    }
+
+    #[test]
     fn a_duplicate_of_committed_state_writes_nothing_and_bad_input_is_dead_lettered() {
         let dir = tempfile::tempdir().unwrap();
         let mut t = task(dir.path());
         t.process(&record(br#"{"workflow_id":"w","step":"payment"}"#, 0), 5_000).unwrap();
         let staged = t.stage();
         t.store.write(staged.batch).unwrap();
+        t.committed();
         t.process(&record(br#"{"workflow_id":"w","step":"payment"}"#, 1), 5_000).unwrap();
         t.process(&record(b"nope", 2), 5_000).unwrap();
         let staged = t.stage();
@@ -331,6 +392,7 @@ steps = ["payment", "inventory"]
         t.process(&record(br#"{"workflow_id":"w","step":"inventory"}"#, 1), 5_000).unwrap();
         let staged = t.stage();
         t.store.write(staged.batch).unwrap();
+        t.committed();
         let retention = 86_400_000;
         t.punctuate(5_000 + retention - 1).unwrap();
         assert!(t.stage().changelog.is_empty());
@@ -338,6 +400,7 @@ steps = ["payment", "inventory"]
         let staged = t.stage();
         assert_eq!(staged.changelog, vec![("w".to_string(), None)]);
         t.store.write(staged.batch).unwrap();
+        t.committed();
         assert!(t.store.get_state("w").unwrap().is_none());
         assert!(t.store.due_timers(i64::MAX, 10).unwrap().is_empty());
     }

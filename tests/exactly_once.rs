@@ -113,7 +113,11 @@ fn an_aborted_transaction_discards_the_interval_and_resumes_from_the_last_commit
     let records = out.read_until("every outcome after the abort", |r| by_workflow(r).len() >= n).to_vec();
     assert_every_workflow_decided_with_stable_ids(&records, n);
     wait_for_commits(&junction, "failed", 1.0);
-    assert!(junction.logs().contains("commit failed; discarding the interval's work"), "{}", junction.logs());
+    assert!(
+        junction.logs().contains("commit failed; discarding the work since the last commit"),
+        "{}",
+        junction.logs()
+    );
     assert!(junction.is_running(), "an abortable error does not stop junction");
 }
 

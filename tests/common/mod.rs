@@ -110,6 +110,10 @@ impl Broker {
         }
     }
 
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn client_config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.bootstrap);
@@ -573,6 +577,10 @@ impl Junction {
             assert!(Instant::now() < deadline, "junction did not exit; its log:\n{}", self.logs());
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn is_running(&mut self) -> bool {

@@ -1,0 +1,603 @@
+//! The end-to-end benchmark: one junction instance against a local Nisshi
+//! broker (memory engine), measured the way users see it. Run it with
+//! `scripts/bench.sh` (which is `cargo bench --bench end_to_end`); the method
+//! and the last figures are in BENCHMARKS.md.
+//!
+//! In one run it measures:
+//! 1. the **ceiling**: a stateless pass-through with junction's own client
+//!    settings, which consumes the input topic and produces one record per
+//!    event, committing every commit interval;
+//! 2. junction's **throughput** on the same preloaded input: W workflows × 3
+//!    steps, interleaved as concurrent services send them, with duplicates;
+//! 3. **outcome latency** at half that load: from the deciding input
+//!    record's timestamp to the outcome being read by a `read_committed`
+//!    consumer;
+//! 4. the **restore rate** after the state directory is deleted;
+//! 5. **resident memory**: the peak, and with 1 million open workflows.
+//!
+//! Under `cargo test` (no `--bench` argument) it runs the same phases on a
+//! small load and checks the counts, so that the benchmark itself is tested.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Broker, Junction, Setup};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+
+const STEPS: [&str; 3] = ["payment", "inventory", "fraud_check"];
+const WORKFLOWS: &str = r#"
+[[workflows]]
+type = "order"
+steps = ["payment", "inventory", "fraud_check"]
+"#;
+const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
+
+struct Sizes {
+    partitions: i32,
+    /// Workflows in the throughput phase.
+    workflows: usize,
+    /// Workflows left open for the memory figure.
+    open: usize,
+    latency_phase: Duration,
+}
+
+fn sizes(full: bool) -> Sizes {
+    let env = |name: &str, default: usize| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+    if full {
+        Sizes {
+            partitions: env("BENCH_PARTITIONS", 4) as i32,
+            workflows: env("BENCH_WORKFLOWS", 1_000_000),
+            open: env("BENCH_OPEN_WORKFLOWS", 1_000_000),
+            latency_phase: Duration::from_secs(env("BENCH_LATENCY_SECONDS", 20) as u64),
+        }
+    } else {
+        Sizes { partitions: 4, workflows: 3_000, open: 3_000, latency_phase: Duration::from_secs(3) }
+    }
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let sizes = sizes(full);
+    let broker = Broker::start();
+    let work = tempfile::tempdir().unwrap();
+    let mut setup = Setup::new(&broker, sizes.partitions);
+    setup.workflows = WORKFLOWS.to_string();
+    let mut report = Report::default();
+
+    // The input: W workflows × 3 steps, 5% failing, 2% of events sent twice.
+    let load = Load::generate(sizes.workflows, 1_000);
+    let produced = Instant::now();
+    produce_all(&broker, &setup.input, &load.records);
+    report.line("input records", load.records.len() as f64, "");
+    report.line("  of which duplicates", load.duplicates as f64, "");
+    report.line("load producer rate", load.records.len() as f64 / produced.elapsed().as_secs_f64(), "records/s");
+
+    // 1. The ceiling: a pass-through with junction's client settings.
+    let cpu = Cpu::start(&broker, None);
+    let ceiling = pass_through(&broker, &setup, load.records.len());
+    cpu.report(&mut report, "ceiling phase");
+    let ceiling_rate = load.records.len() as f64 / ceiling.as_secs_f64();
+    report.line("ceiling: pass-through", ceiling_rate, "events/s");
+
+    // 2. junction's throughput on the same input.
+    let mut junction = Junction::start(&setup, work.path(), "bench");
+    let offsets = CommittedOffsets::new(&broker, &setup);
+    wait_for(Duration::from_secs(120), "junction to be ready", || {
+        std::thread::sleep(Duration::from_millis(10));
+        matches!(junction.get("/readyz"), Some((200, _)))
+    });
+    let started = Instant::now();
+    let cpu = Cpu::start(&broker, junction.pid());
+    wait_for(Duration::from_secs(600), "junction to commit the whole input", || {
+        std::thread::sleep(Duration::from_millis(20));
+        offsets.total() >= load.records.len() as i64
+    });
+    let rate = load.records.len() as f64 / started.elapsed().as_secs_f64();
+    report.line("junction", rate, "events/s");
+    cpu.report(&mut report, "throughput phase");
+    report.line("junction / ceiling", rate / ceiling_rate, "");
+
+    let outcomes = count_outcomes(&broker, &setup.output, |_| true);
+    report.line("outcomes", outcomes.records as f64, "");
+    report.line("  repeats", (outcomes.records - outcomes.distinct) as f64, "");
+    assert_eq!(outcomes.distinct, sizes.workflows, "every workflow has its outcome");
+    assert_eq!(outcomes.failed, load.failing, "every failing workflow failed");
+
+    // 3. Outcome latency at half the measured maximum.
+    let latency_rate = std::env::var("BENCH_LATENCY_RATE").ok().and_then(|r| r.parse().ok()).unwrap_or(rate / 2.0);
+    let cpu = Cpu::start(&broker, junction.pid());
+    let latency = latency_phase(&broker, &setup, latency_rate, sizes.latency_phase);
+    cpu.report(&mut report, "latency phase");
+    report.line("latency load", latency.events_per_second, "events/s");
+    report.line("latency p50", latency.quantile(0.50), "ms");
+    report.line("latency p99", latency.quantile(0.99), "ms");
+    report.line("latency p99.9", latency.quantile(0.999), "ms");
+    report.line("latency max", latency.quantile(1.0), "ms");
+    report.line("latency samples", latency.samples_ms.len() as f64, "");
+    let peak_before_restore = peak_resident(&junction);
+
+    // 4. The restore rate: delete the state directory and start again.
+    assert!(junction.terminate(), "junction exits 0 on SIGTERM");
+    std::fs::remove_dir_all(&junction.state_dir).unwrap();
+    junction.start_again();
+    junction.wait_ready();
+    let restored = restored_from_log(&junction.logs());
+    report.line("restored records", restored.records as f64, "");
+    report.line("restore rate", restored.records as f64 / restored.seconds, "records/s");
+    assert!(restored.records >= sizes.workflows as u64, "the changelog holds at least one record per workflow");
+
+    // 5. Memory with `open` workflows waiting for their other steps.
+    let before = offsets.total();
+    let open = Load::first_steps(sizes.open);
+    produce_all(&broker, &setup.input, &open);
+    wait_for(Duration::from_secs(600), "junction to take the open workflows", || {
+        std::thread::sleep(Duration::from_millis(50));
+        offsets.total() >= before + open.len() as i64
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let open_gauge = junction.metric("junction_workflows_open", "");
+    assert_eq!(open_gauge as usize, sizes.open, "junction_workflows_open counts the open workflows");
+    report.line("open workflows", open_gauge, "");
+    report.line("resident memory with them", resident(&junction).0 as f64 / MIB, "MiB");
+    report.line("peak resident memory", peak_before_restore.max(peak_resident(&junction)) as f64 / MIB, "MiB");
+    assert!(junction.terminate(), "junction exits 0 on SIGTERM");
+    report.print(full);
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+#[derive(Default)]
+struct Report {
+    lines: Vec<(String, f64, String)>,
+}
+
+impl Report {
+    fn line(&mut self, what: &str, value: f64, unit: &str) {
+        eprintln!("bench: {what}: {value:.2} {unit}");
+        self.lines.push((what.to_string(), value, unit.to_string()));
+    }
+
+    fn print(&self, full: bool) {
+        println!("\n## end-to-end benchmark{}", if full { "" } else { " (small test run)" });
+        println!("| measure | value | unit |\n| --- | ---: | --- |");
+        for (what, value, unit) in &self.lines {
+            let value = if value.fract() == 0.0 || value.abs() >= 1000.0 {
+                format!("{value:.0}")
+            } else {
+                format!("{value:.2}")
+            };
+            println!("| {what} | {value} | {unit} |");
+        }
+    }
+}
+
+fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+    }
+}
+
+/// The input records, keyed by workflow ID.
+struct Load {
+    records: Vec<(Vec<u8>, Vec<u8>)>,
+    duplicates: usize,
+    failing: usize,
+}
+
+/// A small deterministic generator (xorshift), so that every run sends the same input.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn event(workflow: usize, step: &str, status: &str, occurred_ms: i64) -> (Vec<u8>, Vec<u8>) {
+    let id = format!("order-{workflow:09}");
+    let value = format!(
+        r#"{{"workflow_id":"{id}","workflow_type":"order","step":"{step}","status":"{status}","event_id":"{id}-{step}","occurred_at":"{}","payload":{{"amount":{}}}}}"#,
+        junction::event::format_time(occurred_ms),
+        workflow % 10_000
+    );
+    (id.into_bytes(), value.into_bytes())
+}
+
+impl Load {
+    /// `workflows` workflows whose events are shuffled within windows of
+    /// `window` workflows: the steps of one workflow arrive in any order,
+    /// interleaved with those of its neighbours.
+    fn generate(workflows: usize, window: usize) -> Load {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let base = junction::processor::now_ms() - 3_600_000;
+        let mut records = Vec::with_capacity(workflows * 3 + workflows / 10);
+        let (mut duplicates, mut failing) = (0, 0);
+        for start in (0..workflows).step_by(window) {
+            let mut chunk = Vec::new();
+            for w in start..(start + window).min(workflows) {
+                let fails = rng.below(100) < 5;
+                failing += usize::from(fails);
+                for (i, step) in STEPS.iter().enumerate() {
+                    let status = if fails && i == 1 { "failed" } else { "succeeded" };
+                    let e = event(w, step, status, base + (w as i64 % 1000) + i as i64);
+                    if rng.below(100) < 2 {
+                        chunk.push(e.clone());
+                        duplicates += 1;
+                    }
+                    chunk.push(e);
+                }
+            }
+            for i in (1..chunk.len()).rev() {
+                chunk.swap(i, rng.below(i + 1));
+            }
+            records.extend(chunk);
+        }
+        Load { records, duplicates, failing }
+    }
+
+    /// The first step of `n` new workflows, which then stay open.
+    fn first_steps(n: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let now = junction::processor::now_ms();
+        (0..n).map(|w| event(100_000_000 + w, STEPS[0], "succeeded", now)).collect()
+    }
+}
+
+fn load_producer(broker: &Broker, linger_ms: &str) -> BaseProducer {
+    broker
+        .client_config()
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", linger_ms)
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .unwrap()
+}
+
+fn send_waiting(producer: &BaseProducer, mut record: BaseRecord<'_, [u8], [u8]>) {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                producer.poll(Duration::from_millis(1));
+            }
+            Err((e, _)) => panic!("cannot produce: {e}"),
+        }
+    }
+}
+
+fn produce_all(broker: &Broker, topic: &str, records: &[(Vec<u8>, Vec<u8>)]) {
+    let producer = load_producer(broker, "20");
+    for (key, value) in records {
+        send_waiting(&producer, BaseRecord::to(topic).key(key.as_slice()).payload(value.as_slice()));
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(120)).unwrap();
+}
+
+/// The stateless ceiling: consume every input record with junction's
+/// consumer settings and produce it on with junction's producer settings,
+/// flushing and committing every commit interval, as junction does.
+fn pass_through(broker: &Broker, setup: &Setup, n: usize) -> Duration {
+    let config = bench_config(setup);
+    let output = format!("{}-passthrough", setup.app);
+    broker.create_topic(&output, setup.partitions);
+    let consumer: BaseConsumer = junction::kafka::consumer_config(&config.kafka)
+        .set("group.id", format!("{}-passthrough", setup.app))
+        .create()
+        .unwrap();
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        junction::kafka::producer_config(&config.kafka).create().unwrap();
+    consumer.subscribe(&[&setup.input]).unwrap();
+    let mut offsets: HashMap<i32, i64> = HashMap::new();
+    let mut seen = 0;
+    let mut started = None;
+    let mut next_commit = Instant::now() + COMMIT_INTERVAL;
+    let commit = |offsets: &HashMap<i32, i64>| {
+        producer.flush(Duration::from_secs(60)).unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in offsets {
+            tpl.add_partition_offset(&setup.input, *p, Offset::Offset(*o)).unwrap();
+        }
+        if tpl.count() > 0 {
+            consumer.commit(&tpl, CommitMode::Sync).unwrap();
+        }
+    };
+    while seen < n {
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            let m = m.unwrap();
+            started.get_or_insert_with(Instant::now);
+            let mut record: BaseRecord<'_, [u8], [u8]> =
+                BaseRecord::to(&output).key(m.key().unwrap_or_default()).payload(m.payload().unwrap_or_default());
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        record = back;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err((e, _)) => panic!("pass-through cannot produce: {e}"),
+                }
+            }
+            offsets.insert(m.partition(), m.offset() + 1);
+            seen += 1;
+        }
+        if Instant::now() >= next_commit {
+            commit(&offsets);
+            next_commit = Instant::now() + COMMIT_INTERVAL;
+        }
+    }
+    commit(&offsets);
+    started.expect("records were consumed").elapsed()
+}
+
+fn bench_config(setup: &Setup) -> junction::config::Config {
+    let text = setup.config_text(std::path::Path::new("/unused"), 1);
+    junction::config::parse(std::path::Path::new("bench.toml"), &text, Vec::new()).unwrap()
+}
+
+/// The input offsets junction's group has committed.
+struct CommittedOffsets {
+    consumer: BaseConsumer,
+    tpl: TopicPartitionList,
+}
+
+impl CommittedOffsets {
+    fn new(broker: &Broker, setup: &Setup) -> CommittedOffsets {
+        let consumer = broker.client_config().set("group.id", &setup.app).create().unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..setup.partitions {
+            tpl.add_partition(&setup.input, p);
+        }
+        CommittedOffsets { consumer, tpl }
+    }
+
+    fn total(&self) -> i64 {
+        let Ok(committed) = self.consumer.committed_offsets(self.tpl.clone(), Duration::from_secs(5)) else {
+            return 0;
+        };
+        committed.elements().iter().filter_map(|e| e.offset().to_raw()).filter(|o| *o > 0).sum()
+    }
+}
+
+struct OutcomeCount {
+    records: usize,
+    distinct: usize,
+    failed: usize,
+}
+
+/// Reads the whole output topic as a `read_committed` consumer and counts
+/// outcome records, distinct outcome IDs and `failed` outcomes.
+fn count_outcomes(broker: &Broker, topic: &str, keep: impl Fn(&[u8]) -> bool) -> OutcomeCount {
+    let consumer = reader(broker, topic, false);
+    let mut ends = 0;
+    for p in 0..broker.partition_count(topic) as i32 {
+        ends += consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap().1;
+    }
+    let mut ids = std::collections::HashSet::new();
+    let (mut records, mut failed, mut read) = (0, 0, 0);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while read < ends {
+        assert!(Instant::now() < deadline, "timed out reading {topic}: {read} of {ends}");
+        let Some(m) = consumer.poll(Duration::from_millis(500)) else { continue };
+        let m = m.unwrap();
+        read += 1;
+        if !keep(m.key().unwrap_or_default()) {
+            continue;
+        }
+        records += 1;
+        let headers = m.headers().expect("outcome headers");
+        for h in headers.iter() {
+            match (h.key, h.value) {
+                (junction::names::HEADER_OUTCOME_ID, Some(v)) => {
+                    if ids.insert(v.to_vec()) && v.windows(8).any(|w| w == b":failed:") {
+                        failed += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    OutcomeCount { records, distinct: ids.len(), failed }
+}
+
+/// A `read_committed` consumer of every partition of `topic`, from the
+/// beginning or from the current end.
+fn reader(broker: &Broker, topic: &str, from_end: bool) -> BaseConsumer {
+    let consumer: BaseConsumer = broker
+        .client_config()
+        .set("group.id", common::unique("bench-reader"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..broker.partition_count(topic) as i32 {
+        let from = if from_end {
+            Offset::Offset(consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap().1)
+        } else {
+            Offset::Beginning
+        };
+        tpl.add_partition_offset(topic, p, from).unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    consumer
+}
+
+struct Latency {
+    samples_ms: Vec<i64>,
+    events_per_second: f64,
+}
+
+impl Latency {
+    fn quantile(&self, q: f64) -> f64 {
+        let i = ((self.samples_ms.len() as f64 * q).ceil() as usize).clamp(1, self.samples_ms.len()) - 1;
+        self.samples_ms[i] as f64
+    }
+}
+
+/// Sends new workflows at `rate` events/s for `length`, each record stamped
+/// with the time it is sent, and measures for every outcome the time from
+/// its deciding (last) step's timestamp to the moment a `read_committed`
+/// consumer reads it. The first second is warm-up and not counted.
+fn latency_phase(broker: &Broker, setup: &Setup, rate: f64, length: Duration) -> Latency {
+    let workflows = (rate * length.as_secs_f64() / 3.0) as usize + 1;
+    let last_sent: Arc<Vec<AtomicI64>> = Arc::new((0..workflows).map(|_| AtomicI64::new(0)).collect());
+    let done = Arc::new(AtomicBool::new(false));
+    let first_counted = junction::processor::now_ms() + 1_000;
+    let reading = {
+        let consumer = reader(broker, &setup.output, true);
+        let (last_sent, done) = (Arc::clone(&last_sent), Arc::clone(&done));
+        std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            let mut seen = 0;
+            let mut quiet_since = Instant::now();
+            while seen < workflows {
+                let Some(m) = consumer.poll(Duration::from_millis(100)) else {
+                    // After the load ends, stop once nothing has come for 10 s.
+                    if done.load(Ordering::SeqCst) && quiet_since.elapsed() > Duration::from_secs(10) {
+                        break;
+                    }
+                    continue;
+                };
+                let now = junction::processor::now_ms();
+                quiet_since = Instant::now();
+                let m = m.unwrap();
+                let Some(index) = m.key().and_then(|k| k.strip_prefix(b"latency-")).and_then(parse_index) else {
+                    continue;
+                };
+                seen += 1;
+                let sent = last_sent[index].load(Ordering::SeqCst);
+                if sent >= first_counted {
+                    samples.push(now - sent);
+                }
+            }
+            assert_eq!(seen, workflows, "every workflow of the latency phase has its outcome");
+            samples
+        })
+    };
+    let producer = load_producer(broker, "5");
+    let started = Instant::now();
+    let mut sent_events = 0usize;
+    for w in 0..workflows {
+        let target = started.elapsed().as_secs_f64() * rate;
+        if (sent_events as f64) > target {
+            std::thread::sleep(Duration::from_secs_f64((sent_events as f64 - target) / rate));
+        }
+        let id = format!("latency-{w}");
+        for step in STEPS {
+            let now = junction::processor::now_ms();
+            let value = format!(r#"{{"workflow_id":"{id}","workflow_type":"order","step":"{step}"}}"#);
+            send_waiting(
+                &producer,
+                BaseRecord::to(&setup.input).key(id.as_bytes()).payload(value.as_bytes()).timestamp(now),
+            );
+            last_sent[w].store(now, Ordering::SeqCst);
+            sent_events += 1;
+        }
+        producer.poll(Duration::ZERO);
+    }
+    let events_per_second = sent_events as f64 / started.elapsed().as_secs_f64();
+    producer.flush(Duration::from_secs(60)).unwrap();
+    done.store(true, Ordering::SeqCst);
+    let mut samples_ms = reading.join().unwrap();
+    assert!(!samples_ms.is_empty(), "latency samples were taken");
+    samples_ms.sort_unstable();
+    Latency { samples_ms, events_per_second }
+}
+
+fn parse_index(digits: &[u8]) -> Option<usize> {
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+struct Restored {
+    records: u64,
+    seconds: f64,
+}
+
+/// Sums the "state store restored" log lines: every record restored, and
+/// the longest partition restore (partitions restore concurrently).
+fn restored_from_log(log: &str) -> Restored {
+    let field = |line: &str, name: &str| -> Option<f64> {
+        let rest = &line[line.find(&format!("{name}="))? + name.len() + 1..];
+        rest.split(|c: char| c.is_whitespace()).next()?.parse().ok()
+    };
+    let mut r = Restored { records: 0, seconds: 0.0 };
+    for line in log.lines().filter(|l| l.contains("state store restored")) {
+        r.records += field(line, "records").unwrap_or(0.0) as u64;
+        r.seconds = r.seconds.max(field(line, "seconds").unwrap_or(0.0));
+    }
+    assert!(r.seconds > 0.0, "the log shows the restore:\n{log}");
+    r
+}
+
+/// (VmRSS, VmHWM) of the junction process, in bytes.
+fn resident(junction: &Junction) -> (u64, u64) {
+    let pid = junction.pid().expect("junction is running");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib = |name: &str| -> u64 {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (kib("VmRSS:") * 1024, kib("VmHWM:") * 1024)
+}
+
+fn peak_resident(junction: &Junction) -> u64 {
+    resident(junction).1
+}
+
+/// CPU time used by the broker, junction and this benchmark process over a phase.
+struct Cpu {
+    pids: [(&'static str, Option<u32>); 3],
+    at_start: [f64; 3],
+    started: Instant,
+}
+
+impl Cpu {
+    fn start(broker: &Broker, junction: Option<u32>) -> Cpu {
+        let pids = [("broker", broker.pid()), ("junction", junction), ("benchmark", Some(std::process::id()))];
+        Cpu { at_start: pids.map(|(_, p)| cpu_seconds(p)), pids, started: Instant::now() }
+    }
+
+    fn report(&self, report: &mut Report, phase: &str) {
+        let wall = self.started.elapsed().as_secs_f64();
+        for ((name, pid), start) in self.pids.iter().zip(self.at_start) {
+            if pid.is_some() {
+                report.line(&format!("  {phase}: CPU cores used by {name}"), (cpu_seconds(*pid) - start) / wall, "");
+            }
+        }
+    }
+}
+
+/// User and system CPU seconds of a process so far.
+fn cpu_seconds(pid: Option<u32>) -> f64 {
+    let Some(pid) = pid else { return 0.0 };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat[stat.rfind(')').map_or(0, |i| i + 2)..].split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name; 100 ticks per second.
+    (ticks(11) + ticks(12)) / 100.0
+}
