@@ -350,7 +350,8 @@ fn pass_through(broker: &Broker, setup: &Setup, n: usize) -> Duration {
 
 fn bench_config(setup: &Setup) -> junction::config::Config {
     let text = setup.config_text(std::path::Path::new("/unused"), 1);
-    junction::config::parse(std::path::Path::new("bench.toml"), &text, Vec::new()).unwrap()
+    // The same environment as the junction process: JUNCTION_KAFKA_PROPERTY_* tunes both alike.
+    junction::config::parse(std::path::Path::new("bench.toml"), &text, std::env::vars()).unwrap()
 }
 
 /// The input offsets junction's group has committed.

@@ -1,10 +1,43 @@
 //! How a workflow's state is stored: the same bytes go to the RocksDB store
 //! and to the changelog, so that restoring is copying. A leading version byte
 //! lets the format change without misreading old records.
+//!
+//! Version 2, the one written, is a compact binary layout; version 1
+//! (JSON) is still read. Integers are little-endian, lengths and counts are
+//! LEB128 varints, a string is its length then its UTF-8 bytes:
+//!
+//! ```text
+//! u8  version = 2
+//! u8  flags: 1 = decided, 2 = compensated
+//! i64 started_at_ms, i64 last_event_at_ms
+//! if decided:     u8 outcome, i64 decided_at_ms
+//! if compensated: i64 compensated_at_ms
+//! str workflow_type
+//! varint steps, each: str name, u8 work (0 none, 1 succeeded, 2 failed),
+//!     i64 occurred_at_ms, u8 seen_without_id, u8 flags (1 = payload,
+//!     2 = compensated), [str payload JSON], [i64 compensated_at_ms]
+//! varint event IDs, each a str
+//! ```
+//!
+//! Everything a timer or a count needs comes first, so that [`summary`] reads
+//! it without decoding the steps: restoring and counting open workflows stay
+//! cheap.
 
-use crate::join::WorkflowState;
+use std::borrow::Cow;
+
+use serde_json::value::RawValue;
+
+use crate::event::Status;
+use crate::join::{Decision, StepState, WorkflowState};
+use crate::outcome::{Outcome, Payload};
 
 const FORMAT_V1_JSON: u8 = 1;
+const FORMAT_V2_BINARY: u8 = 2;
+
+const DECIDED: u8 = 1;
+const COMPENSATED: u8 = 2;
+const STEP_PAYLOAD: u8 = 1;
+const STEP_COMPENSATED: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -14,20 +47,223 @@ pub enum CodecError {
     UnknownVersion(u8),
     #[error("corrupt state record: {0}")]
     Corrupt(#[from] serde_json::Error),
+    #[error("corrupt state record: {0}")]
+    Malformed(&'static str),
 }
 
 pub fn encode(state: &WorkflowState) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256);
-    out.push(FORMAT_V1_JSON);
-    serde_json::to_writer(&mut out, state).expect("workflow state always serializes");
+    let mut out = Vec::with_capacity(64 + state.steps.len() * 48 + state.event_ids.iter().map(|e| e.len() + 1).sum::<usize>());
+    encode_into(state, &mut out);
     out
+}
+
+/// Appends the encoding of `state` to `out`.
+pub fn encode_into(state: &WorkflowState, out: &mut Vec<u8>) {
+    out.push(FORMAT_V2_BINARY);
+    let mut flags = 0;
+    if let Some(d) = &state.decision {
+        flags |= DECIDED;
+        if d.compensated_at_ms.is_some() {
+            flags |= COMPENSATED;
+        }
+    }
+    out.push(flags);
+    out.extend_from_slice(&state.started_at_ms.to_le_bytes());
+    out.extend_from_slice(&state.last_event_at_ms.to_le_bytes());
+    if let Some(d) = &state.decision {
+        out.push(outcome_code(d.outcome));
+        out.extend_from_slice(&d.decided_at_ms.to_le_bytes());
+        if let Some(at) = d.compensated_at_ms {
+            out.extend_from_slice(&at.to_le_bytes());
+        }
+    }
+    put_str(out, &state.workflow_type);
+    put_varint(out, state.steps.len());
+    for step in &state.steps {
+        put_str(out, &step.name);
+        out.push(match step.work {
+            None => 0,
+            Some(Status::Succeeded) => 1,
+            Some(Status::Failed) => 2,
+            Some(Status::Compensated) => 3,
+        });
+        out.extend_from_slice(&step.occurred_at_ms.to_le_bytes());
+        out.push(step.seen_without_id);
+        let flags = if step.payload.is_some() { STEP_PAYLOAD } else { 0 }
+            | if step.compensated_at_ms.is_some() { STEP_COMPENSATED } else { 0 };
+        out.push(flags);
+        if let Some(p) = &step.payload {
+            put_str(out, p.0.get());
+        }
+        if let Some(at) = step.compensated_at_ms {
+            out.extend_from_slice(&at.to_le_bytes());
+        }
+    }
+    put_varint(out, state.event_ids.len());
+    for id in &state.event_ids {
+        put_str(out, id);
+    }
 }
 
 pub fn decode(bytes: &[u8]) -> Result<WorkflowState, CodecError> {
     match bytes.split_first() {
         None => Err(CodecError::Empty),
         Some((&FORMAT_V1_JSON, rest)) => Ok(serde_json::from_slice(rest)?),
+        Some((&FORMAT_V2_BINARY, rest)) => {
+            let mut r = Reader(rest);
+            let head = r.head()?;
+            let mut steps = Vec::with_capacity(r.count(11)?);
+            for _ in 0..steps.capacity() {
+                let name = r.str()?.to_string();
+                let work = match r.u8()? {
+                    0 => None,
+                    1 => Some(Status::Succeeded),
+                    2 => Some(Status::Failed),
+                    3 => Some(Status::Compensated),
+                    _ => return Err(CodecError::Malformed("unknown step status")),
+                };
+                let occurred_at_ms = r.i64()?;
+                let seen_without_id = r.u8()?;
+                let flags = r.u8()?;
+                let payload = if flags & STEP_PAYLOAD != 0 {
+                    let raw: Box<RawValue> = serde_json::from_str(r.str()?)?;
+                    Some(Payload(raw))
+                } else {
+                    None
+                };
+                let compensated_at_ms = if flags & STEP_COMPENSATED != 0 { Some(r.i64()?) } else { None };
+                steps.push(StepState { name, work, occurred_at_ms, payload, compensated_at_ms, seen_without_id });
+            }
+            let mut event_ids = Vec::with_capacity(r.count(1)?);
+            for _ in 0..event_ids.capacity() {
+                event_ids.push(r.str()?.to_string());
+            }
+            if !r.0.is_empty() {
+                return Err(CodecError::Malformed("trailing bytes"));
+            }
+            Ok(WorkflowState {
+                workflow_type: head.workflow_type.to_string(),
+                started_at_ms: head.started_at_ms,
+                last_event_at_ms: head.last_event_at_ms,
+                steps,
+                event_ids,
+                decision: head.decision,
+            })
+        }
         Some((&v, _)) => Err(CodecError::UnknownVersion(v)),
+    }
+}
+
+/// What timers and counts need of a state, read without decoding the rest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary<'a> {
+    pub workflow_type: Cow<'a, str>,
+    pub started_at_ms: i64,
+    pub last_event_at_ms: i64,
+    pub decision: Option<Decision>,
+}
+
+pub fn summary(bytes: &[u8]) -> Result<Summary<'_>, CodecError> {
+    match bytes.split_first() {
+        Some((&FORMAT_V2_BINARY, rest)) => Reader(rest).head(),
+        // Old records are read whole.
+        _ => decode(bytes).map(|s| Summary {
+            workflow_type: Cow::Owned(s.workflow_type),
+            started_at_ms: s.started_at_ms,
+            last_event_at_ms: s.last_event_at_ms,
+            decision: s.decision,
+        }),
+    }
+}
+
+fn outcome_code(o: Outcome) -> u8 {
+    match o {
+        Outcome::Completed => 1,
+        Outcome::Failed => 2,
+        Outcome::TimedOut => 3,
+        Outcome::Compensated => 4,
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, mut n: usize) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_varint(out, s.len());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// A cursor over a record: every read checks the length, so garbage is an error, never a panic.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
+        if n > self.0.len() {
+            return Err(CodecError::Malformed("truncated"));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, CodecError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn i64(&mut self) -> Result<i64, CodecError> {
+        Ok(i64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+    }
+
+    fn varint(&mut self) -> Result<usize, CodecError> {
+        let mut n: usize = 0;
+        for shift in (0..35).step_by(7) {
+            let b = self.u8()?;
+            n |= usize::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(n);
+            }
+        }
+        Err(CodecError::Malformed("varint too long"))
+    }
+
+    /// A count of items at least `min_bytes` each: no more than the bytes left could hold.
+    fn count(&mut self, min_bytes: usize) -> Result<usize, CodecError> {
+        let n = self.varint()?;
+        if n.saturating_mul(min_bytes) > self.0.len() {
+            return Err(CodecError::Malformed("count beyond the record's end"));
+        }
+        Ok(n)
+    }
+
+    fn str(&mut self) -> Result<&'a str, CodecError> {
+        let n = self.varint()?;
+        std::str::from_utf8(self.take(n)?).map_err(|_| CodecError::Malformed("a string is not UTF-8"))
+    }
+
+    fn head(&mut self) -> Result<Summary<'a>, CodecError> {
+        let flags = self.u8()?;
+        let started_at_ms = self.i64()?;
+        let last_event_at_ms = self.i64()?;
+        let decision = if flags & DECIDED != 0 {
+            let outcome = match self.u8()? {
+                1 => Outcome::Completed,
+                2 => Outcome::Failed,
+                3 => Outcome::TimedOut,
+                4 => Outcome::Compensated,
+                _ => return Err(CodecError::Malformed("unknown outcome")),
+            };
+            let decided_at_ms = self.i64()?;
+            let compensated_at_ms = if flags & COMPENSATED != 0 { Some(self.i64()?) } else { None };
+            Some(Decision { outcome, decided_at_ms, compensated_at_ms })
+        } else {
+            None
+        };
+        Ok(Summary { workflow_type: Cow::Borrowed(self.str()?), started_at_ms, last_event_at_ms, decision })
     }
 }
 
@@ -35,13 +271,68 @@ pub fn decode(bytes: &[u8]) -> Result<WorkflowState, CodecError> {
 mod tests {
     use super::*;
 
+    fn full_state() -> WorkflowState {
+        let mut s = WorkflowState::new("order", 42);
+        s.last_event_at_ms = -7;
+        s.event_ids.push("e\"1".into());
+        s.event_ids.push("é".repeat(100));
+        s.steps.push(StepState {
+            name: "payment".into(),
+            work: Some(Status::Succeeded),
+            occurred_at_ms: 1_700_000_000_000,
+            payload: Some(Payload(serde_json::from_str(r#"{"amount": 12.5, "s": "x\"y"}"#).unwrap())),
+            compensated_at_ms: Some(1_700_000_000_500),
+            seen_without_id: 5,
+        });
+        s.steps.push(StepState {
+            name: "inventory".into(),
+            work: Some(Status::Failed),
+            occurred_at_ms: 3,
+            payload: None,
+            compensated_at_ms: None,
+            seen_without_id: 0,
+        });
+        s.decision =
+            Some(Decision { outcome: Outcome::Failed, decided_at_ms: 99, compensated_at_ms: Some(1_000) });
+        s
+    }
+
     #[test]
     fn state_survives_a_round_trip_and_garbage_is_an_error() {
-        let mut s = WorkflowState::new("order", 42);
-        s.event_ids.push("e\"1".into());
-        assert_eq!(decode(&encode(&s)).unwrap(), s);
+        for s in [WorkflowState::new("order", 42), full_state()] {
+            let bytes = encode(&s);
+            assert_eq!(decode(&bytes).unwrap(), s);
+            let head = summary(&bytes).unwrap();
+            assert_eq!((head.workflow_type.as_ref(), head.started_at_ms, head.decision), ("order", 42, s.decision));
+        }
         assert!(matches!(decode(b""), Err(CodecError::Empty)));
         assert!(matches!(decode(b"\x09abc"), Err(CodecError::UnknownVersion(9))));
         assert!(matches!(decode(b"\x01{"), Err(CodecError::Corrupt(_))));
+        assert!(matches!(decode(b"\x02\x00"), Err(CodecError::Malformed(_))));
+    }
+
+    #[test]
+    fn version_1_json_is_still_read() {
+        let s = full_state();
+        let mut v1 = vec![FORMAT_V1_JSON];
+        serde_json::to_writer(&mut v1, &s).unwrap();
+        assert_eq!(decode(&v1).unwrap(), s);
+        assert_eq!(summary(&v1).unwrap().decision, s.decision);
+    }
+
+    #[test]
+    fn every_truncation_and_every_flipped_byte_is_an_error_or_a_state_never_a_panic() {
+        let bytes = encode(&full_state());
+        for n in 0..bytes.len() {
+            assert!(decode(&bytes[..n]).is_err(), "a record cut at {n} bytes is an error");
+        }
+        for i in 0..bytes.len() {
+            for bit in 0..8 {
+                let mut b = bytes.clone();
+                b[i] ^= 1 << bit;
+                let _ = decode(&b);
+                let _ = summary(&b);
+            }
+        }
     }
 }

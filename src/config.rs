@@ -60,6 +60,10 @@ impl KafkaConfig {
 pub struct StateConfig {
     pub dir: PathBuf,
     pub retention: Duration,
+    /// RocksDB's block cache and memtables together, for all stores of the process.
+    pub memory_bytes: u64,
+    /// The part of `memory_bytes` that memtables may take.
+    pub write_buffer_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -148,6 +152,10 @@ impl fmt::Display for ConfigErrors {
 const ENV_PREFIX: &str = "JUNCTION_";
 const ENV_PROPERTY_PREFIX: &str = "JUNCTION_KAFKA_PROPERTY_";
 
+/// RocksDB's memory for all stores of a process, by default: 128 MiB.
+pub const DEFAULT_MEMORY_BYTES: u64 = 128 << 20;
+const MIN_MEMORY_BYTES: u64 = 16 << 20;
+
 /// The scalar keys that the environment may override, as `section.key`.
 const OVERRIDABLE: &[&str] = &[
     "kafka.bootstrap_servers",
@@ -161,6 +169,8 @@ const OVERRIDABLE: &[&str] = &[
     "kafka.max_event_bytes",
     "state.dir",
     "state.retention",
+    "state.memory_bytes",
+    "state.write_buffer_bytes",
     "http.listen",
 ];
 
@@ -296,7 +306,7 @@ impl Reader {
                 "properties",
             ],
         );
-        self.unknown_keys("state", &state, &["dir", "retention"]);
+        self.unknown_keys("state", &state, &["dir", "retention", "memory_bytes", "write_buffer_bytes"]);
         self.unknown_keys("http", &http, &["listen"]);
 
         let application_id = self.string(&kafka, "kafka.application_id", Some("junction"));
@@ -355,7 +365,23 @@ impl Reader {
             max_event_bytes: max_event_bytes as usize,
             properties,
         };
-        let state = StateConfig { dir: state_dir, retention: self.duration(&state, "state.retention", "24h") };
+        let memory_bytes = self.integer(&state, "state.memory_bytes", DEFAULT_MEMORY_BYTES);
+        if memory_bytes < MIN_MEMORY_BYTES {
+            self.error("state.memory_bytes", format!("expected at least {MIN_MEMORY_BYTES} bytes (16 MiB)"));
+        }
+        let write_buffer_bytes = self.integer(&state, "state.write_buffer_bytes", memory_bytes / 4);
+        if write_buffer_bytes == 0 || write_buffer_bytes >= memory_bytes {
+            self.error(
+                "state.write_buffer_bytes",
+                format!("expected a positive number of bytes below state.memory_bytes ({memory_bytes})"),
+            );
+        }
+        let state = StateConfig {
+            dir: state_dir,
+            retention: self.duration(&state, "state.retention", "24h"),
+            memory_bytes,
+            write_buffer_bytes,
+        };
         let listen = self.string(&http, "http.listen", Some("127.0.0.1:9464"));
         let listen = listen.parse().unwrap_or_else(|_| {
             self.error("http.listen", format!("expected an address such as 127.0.0.1:9464, got {listen:?}"));
@@ -615,6 +641,7 @@ deadline = "15m"
         assert_eq!(c.kafka.commit_interval, Duration::from_millis(100));
         assert_eq!(c.kafka.max_event_bytes, 256 * 1024);
         assert_eq!(c.state.retention, Duration::from_secs(86_400));
+        assert_eq!((c.state.memory_bytes, c.state.write_buffer_bytes), (128 << 20, 32 << 20));
         assert_eq!(c.http.listen.to_string(), "127.0.0.1:9464");
         assert_eq!(c.workflows[0].quorum, 3);
         assert_eq!(c.workflows[0].deadline, Some(Duration::from_secs(900)));

@@ -106,17 +106,13 @@ impl WorkflowState {
     }
 
     pub fn deadline_ms(&self, spec: Option<&WorkflowSpec>) -> Option<i64> {
-        let deadline = spec?.deadline?;
-        Some(self.started_at_ms.saturating_add(deadline.as_millis() as i64))
+        deadline_ms(self.started_at_ms, spec)
     }
 
     /// When `on_timer` must next look at this workflow: its deadline while
     /// open, the end of its retention once decided.
     pub fn timer_ms(&self, spec: Option<&WorkflowSpec>, retention_ms: i64) -> Option<i64> {
-        match self.decision {
-            None => self.deadline_ms(spec),
-            Some(d) => Some(d.decided_at_ms.saturating_add(retention_ms)),
-        }
+        timer_ms(self.started_at_ms, self.decision.as_ref(), spec, retention_ms)
     }
 
     fn step_mut(&mut self, name: &str) -> &mut StepState {
@@ -148,6 +144,25 @@ impl WorkflowState {
 
     fn count(&self, status: Status) -> usize {
         self.steps.iter().filter(|s| s.work == Some(status)).count()
+    }
+}
+
+fn deadline_ms(started_at_ms: i64, spec: Option<&WorkflowSpec>) -> Option<i64> {
+    let deadline = spec?.deadline?;
+    Some(started_at_ms.saturating_add(deadline.as_millis() as i64))
+}
+
+/// [`WorkflowState::timer_ms`] from the fields it needs, which a stored
+/// state's summary gives without decoding it whole.
+pub fn timer_ms(
+    started_at_ms: i64,
+    decision: Option<&Decision>,
+    spec: Option<&WorkflowSpec>,
+    retention_ms: i64,
+) -> Option<i64> {
+    match decision {
+        None => deadline_ms(started_at_ms, spec),
+        Some(d) => Some(d.decided_at_ms.saturating_add(retention_ms)),
     }
 }
 

@@ -59,6 +59,7 @@ pub fn consumer_config(config: &KafkaConfig) -> ClientConfig {
     // between an event's arrival and its processing on brokers that poll for
     // new data instead of waking waiting fetches (Nisshi among them).
     c.set_if_absent("fetch.wait.max.ms", "10");
+    queue_backoff(&mut c);
     // Statistics feed junction_consumer_lag.
     c.set_if_absent("statistics.interval.ms", "5000");
     c
@@ -73,7 +74,15 @@ pub fn restore_consumer_config(config: &KafkaConfig) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true");
+    queue_backoff(&mut c);
     c
+}
+
+/// librdkafka stops fetching while its local queue is full and looks again
+/// only after `fetch.queue.backoff.ms`, 1 s by default: a consumer that
+/// drains its queue faster than that then idles. 10 ms keeps it fed.
+fn queue_backoff(c: &mut ClientConfig) {
+    c.set_if_absent("fetch.queue.backoff.ms", "10");
 }
 
 /// The producer of outcomes, dead letters and changelog records: idempotent

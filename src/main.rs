@@ -13,6 +13,9 @@ use junction::config;
 use junction::metrics::Metrics;
 use junction::processor::{self, Shared};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// How long a SIGTERM or SIGINT may take: commit, close the stores, leave the group.
 const SHUTDOWN_BUDGET: std::time::Duration = std::time::Duration::from_secs(10);
 

@@ -18,6 +18,8 @@ const SECONDS_BUCKETS: &[f64] =
 pub struct Metrics {
     registry: Registry,
     events: IntCounterVec,
+    /// `events` for accepted, duplicate and late.
+    events_by_result: [IntCounter; 3],
     dead_letters: IntCounterVec,
     outcomes: IntCounterVec,
     commits: IntCounterVec,
@@ -46,9 +48,12 @@ fn histogram(name: &str, help: &str) -> Histogram {
 
 impl Metrics {
     pub fn new() -> Metrics {
+        let events =
+            counter("junction_events_total", "Step events read from the input topic, by how they were taken.", &["result"]);
         let m = Metrics {
             registry: Registry::new(),
-            events: counter("junction_events_total", "Step events read from the input topic, by how they were taken.", &["result"]),
+            events_by_result: ["accepted", "duplicate", "late"].map(|r| events.with_label_values(&[r])),
+            events,
             dead_letters: counter(
                 "junction_dead_letters_total",
                 "Input records sent to the dead-letter topic, by reason code (the junction.error header).",
@@ -136,12 +141,13 @@ impl Metrics {
     }
 
     pub fn event(&self, result: EventResult) {
-        let label = match result {
-            EventResult::Accepted => "accepted",
-            EventResult::Duplicate => "duplicate",
-            EventResult::Late => "late",
+        let i = match result {
+            EventResult::Accepted => 0,
+            EventResult::Duplicate => 1,
+            EventResult::Late => 2,
         };
-        self.events.with_label_values(&[label]).inc();
+        // Resolved once: a label lookup per event would cost a hash and a lock.
+        self.events_by_result[i].inc();
     }
 
     pub fn dead_letter(&self, reason: Reason) {

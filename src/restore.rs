@@ -18,9 +18,10 @@ use tracing::{info, warn};
 
 use crate::codec;
 use crate::config::Config;
+use crate::join;
 use crate::kafka;
 use crate::metrics::Metrics;
-use crate::store::{Store, StoreBatch, StoreError};
+use crate::store::{Store, StoreBatch, StoreError, StoreMemory};
 
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(30);
 /// Records per store write while restoring.
@@ -49,13 +50,16 @@ pub struct Restorer {
     topic: String,
     consumer: BaseConsumer,
     active: HashMap<i32, Restoring>,
+    /// Shared by every store this process opens.
+    memory: StoreMemory,
 }
 
 impl Restorer {
     pub fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> Result<Restorer, KafkaError> {
         let consumer: BaseConsumer = kafka::restore_consumer_config(&config.kafka).create()?;
         let topic = config.kafka.changelog_topic();
-        Ok(Restorer { config, metrics, topic, consumer, active: HashMap::new() })
+        let memory = StoreMemory::new(config.state.memory_bytes as usize, config.state.write_buffer_bytes as usize);
+        Ok(Restorer { config, metrics, topic, consumer, active: HashMap::new(), memory })
     }
 
     pub fn is_restoring(&self) -> bool {
@@ -74,7 +78,7 @@ impl Restorer {
             .consumer
             .fetch_watermarks(&self.topic, partition, WATERMARK_TIMEOUT)
             .map_err(self.kafka_error(partition))?;
-        let mut store = Store::open(dir)?;
+        let mut store = Store::open(dir, &self.memory)?;
         let checkpoint = store.checkpoint()?;
         let untrusted = match checkpoint {
             None => store.has_state().then(|| "it holds state but no checkpoint".to_string()),
@@ -86,7 +90,7 @@ impl Restorer {
             warn!(partition, path = %dir.display(), why, "state store cannot be trusted; rebuilding it from the changelog");
             drop(store);
             Store::destroy(dir)?;
-            store = Store::open(dir)?;
+            store = Store::open(dir, &self.memory)?;
         }
         let from = store.checkpoint()?.unwrap_or(low);
         let store = Arc::new(store);
@@ -141,9 +145,11 @@ impl Restorer {
                     let id = String::from_utf8_lossy(m.key().unwrap_or_default());
                     match m.payload() {
                         None => r.batch.delete_state(&id),
-                        Some(bytes) => match codec::decode(bytes) {
+                        Some(bytes) => match codec::summary(bytes) {
                             Ok(state) => {
-                                let timer = state.timer_ms(
+                                let timer = join::timer_ms(
+                                    state.started_at_ms,
+                                    state.decision.as_ref(),
                                     self.config.workflow(&state.workflow_type),
                                     self.config.state.retention.as_millis() as i64,
                                 );

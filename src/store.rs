@@ -9,10 +9,24 @@
 //!   is dropped when it comes due, so that writes never read first;
 //! - `m:checkpoint`: the changelog offset up to which this store is known
 //!   good, written in the same batch as the data it covers.
+//!
+//! Tuned for this access pattern:
+//! - **No write-ahead log.** The changelog is the source of truth. Without
+//!   the WAL a crash loses the memtables, but a batch and its checkpoint are
+//!   always in the same memtable, and memtables are flushed in order, so the
+//!   store on disk is always some earlier commit with its own checkpoint;
+//!   the restore replays the changelog from there.
+//! - **Bounded memory.** One block cache and one write-buffer manager,
+//!   charged to that cache, are shared by every store of the process
+//!   ([`StoreMemory`]): `state.memory_bytes` caps the whole.
+//! - **Bloom filters**, because most reads are for workflows not yet stored.
 
 use std::path::{Path, PathBuf};
 
-use rocksdb::{Direction, IteratorMode, Options, WriteBatch, DB};
+use rocksdb::{
+    BlockBasedOptions, Cache, DBCompressionType, Direction, IteratorMode, Options, WriteBatch, WriteBufferManager,
+    WriteOptions, DB,
+};
 
 const STATE_PREFIX: u8 = b'w';
 const TIMER_PREFIX: u8 = b't';
@@ -35,6 +49,32 @@ pub enum StoreError {
 pub struct Store {
     db: DB,
     path: PathBuf,
+    write_options: WriteOptions,
+}
+
+/// The memory every store of one process shares: a block cache, and a
+/// write-buffer manager whose memtables are charged to it.
+#[derive(Clone)]
+pub struct StoreMemory {
+    cache: Cache,
+    write_buffers: WriteBufferManager,
+    /// One store's memtable size.
+    memtable_bytes: usize,
+}
+
+impl StoreMemory {
+    /// `total` bytes for the block cache and memtables together, of which
+    /// at most `write_buffers` for memtables.
+    pub fn new(total: usize, write_buffers: usize) -> StoreMemory {
+        let cache = Cache::new_lru_cache(total);
+        let manager = WriteBufferManager::new_write_buffer_manager_with_cache(write_buffers, false, cache.clone());
+        StoreMemory { cache, write_buffers: manager, memtable_bytes: (write_buffers / 4).clamp(1 << 20, 64 << 20) }
+    }
+
+    /// Bytes in use: cached blocks and memtables.
+    pub fn usage(&self) -> usize {
+        self.cache.get_usage()
+    }
 }
 
 /// The changes of one commit, applied atomically.
@@ -80,15 +120,26 @@ pub struct Timer {
 }
 
 impl Store {
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
+    pub fn open(path: &Path, memory: &StoreMemory) -> Result<Store, StoreError> {
         std::fs::create_dir_all(path).map_err(|source| StoreError::Create { path: path.to_path_buf(), source })?;
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&memory.cache);
+        table.set_bloom_filter(10.0, false);
+        table.set_cache_index_and_filter_blocks(true);
+        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
         let mut options = Options::default();
         options.create_if_missing(true);
-        // Timer scans read prefixes of one key space; point reads dominate otherwise.
+        options.set_block_based_table_factory(&table);
+        options.set_write_buffer_manager(&memory.write_buffers);
+        options.set_write_buffer_size(memory.memtable_bytes);
+        options.set_compression_type(DBCompressionType::Lz4);
+        options.set_max_background_jobs(2);
         options.set_max_open_files(256);
         options.set_keep_log_file_num(2);
         let db = DB::open(&options, path).map_err(|source| StoreError::Open { path: path.to_path_buf(), source })?;
-        Ok(Store { db, path: path.to_path_buf() })
+        let mut write_options = WriteOptions::default();
+        write_options.disable_wal(true);
+        Ok(Store { db, path: path.to_path_buf(), write_options })
     }
 
     /// Deletes a store's files; it must not be open.
@@ -156,10 +207,10 @@ impl Store {
     }
 
     pub fn write(&self, batch: StoreBatch) -> Result<(), StoreError> {
-        self.db.write(batch.batch).map_err(|e| self.io(e))
+        self.db.write_opt(batch.batch, &self.write_options).map_err(|e| self.io(e))
     }
 
-    /// Flushes memtables so that a clean close leaves nothing to replay.
+    /// Flushes memtables so that a clean close leaves nothing to restore.
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush().map_err(|e| self.io(e))
     }
@@ -187,7 +238,7 @@ mod tests {
     #[test]
     fn data_timers_and_checkpoint_are_written_together_and_read_back() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(dir.path(), &StoreMemory::new(8 << 20, 2 << 20)).unwrap();
         assert_eq!(store.checkpoint().unwrap(), None);
         assert!(!store.has_state());
         let mut b = StoreBatch::default();
@@ -211,8 +262,8 @@ mod tests {
     #[test]
     fn a_second_open_of_the_same_store_is_refused_while_the_first_is_open() {
         let dir = tempfile::tempdir().unwrap();
-        let _first = Store::open(dir.path()).unwrap();
-        let second = Store::open(dir.path());
+        let _first = Store::open(dir.path(), &StoreMemory::new(8 << 20, 2 << 20)).unwrap();
+        let second = Store::open(dir.path(), &StoreMemory::new(8 << 20, 2 << 20));
         assert!(matches!(second, Err(StoreError::Open { .. })));
     }
 }

@@ -97,7 +97,7 @@ impl Task {
     pub fn recount_open(&self) -> Result<(), StoreError> {
         let mut open = 0;
         self.store.for_each_state(|_, bytes| {
-            if codec::decode(bytes).is_ok_and(|s| s.is_open()) {
+            if codec::summary(bytes).is_ok_and(|s| s.decision.is_none()) {
                 open += 1;
             }
         })?;
@@ -328,7 +328,8 @@ type = "order"
 steps = ["payment", "inventory"]
 "#;
         let config = Arc::new(crate::config::parse(Path::new("t.toml"), text, Vec::new()).unwrap());
-        Task::new(0, Arc::new(Store::open(dir).unwrap()), config, Arc::new(Metrics::new()))
+        let memory = crate::store::StoreMemory::new(16 << 20, 4 << 20);
+        Task::new(0, Arc::new(Store::open(dir, &memory).unwrap()), config, Arc::new(Metrics::new()))
     }
 
     fn record<'a>(value: &'a [u8], offset: i64) -> InputRecord<'a> {
