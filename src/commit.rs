@@ -21,6 +21,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
@@ -32,11 +33,12 @@ use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, warn};
 
 use crate::config::{Config, Guarantee};
+use crate::dead_letter::DeadLetter;
 use crate::kafka::{self, DeliveryTracker};
 use crate::metrics::Metrics;
 use crate::names;
-use crate::store::StoreError;
-use crate::task::{Staged, Task};
+use crate::store::{Store, StoreBatch, StoreError};
+use crate::task::{Decided, Staged, Task};
 
 /// How long one flush or transaction step may take before the commit fails.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -75,6 +77,8 @@ struct InFlight {
     changelog_sent: bool,
     /// Changelog partition → the highest offset delivered to it.
     changelog_last: HashMap<i32, i64>,
+    /// The store writes, once the changelog is delivered.
+    saving: Option<JoinHandle<Result<(), CommitError>>>,
     started: Instant,
 }
 
@@ -119,7 +123,20 @@ impl Committer {
         consumer: &BaseConsumer<C>,
     ) -> Result<Option<Committed>, CommitError> {
         assert!(self.in_flight.is_none(), "a commit is already in flight");
-        let staged: Vec<(i32, Staged)> = tasks.iter_mut().map(|t| (t.partition, t.stage())).collect();
+        // Under at-least-once the outcomes go first, and are on their way
+        // while the states are encoded.
+        let outputs: Vec<_> = tasks.iter_mut().map(|t| t.take_outputs()).collect();
+        let at_least_once = self.config.kafka.processing_guarantee == Guarantee::AtLeastOnce;
+        let sent = if at_least_once {
+            outputs.iter().try_for_each(|(outcomes, dead_letters)| self.send_outputs(outcomes, dead_letters))
+        } else {
+            Ok(())
+        };
+        let mut staged: Vec<(i32, Staged)> = tasks.iter_mut().map(|t| (t.partition, t.stage())).collect();
+        for ((_, s), (outcomes, dead_letters)) in staged.iter_mut().zip(outputs) {
+            s.outcomes = outcomes;
+            s.dead_letters = dead_letters;
+        }
         let nothing = staged.iter().all(|(_, s)| {
             s.next_offset.is_none() && s.outcomes.is_empty() && s.changelog.is_empty() && s.batch.is_empty()
         });
@@ -134,9 +151,8 @@ impl Committer {
                 result.map(Some)
             }
             Guarantee::AtLeastOnce => {
-                let sent = staged.iter().try_for_each(|(_, s)| self.send_outputs(s));
                 self.in_flight =
-                    Some(InFlight { staged, changelog_sent: false, changelog_last: HashMap::new(), started });
+                    Some(InFlight { staged, changelog_sent: false, changelog_last: HashMap::new(), saving: None, started });
                 if let Err(e) = sent {
                     return Err(self.abandon(e));
                 }
@@ -165,8 +181,27 @@ impl Committer {
         wait: bool,
     ) -> Result<Option<Committed>, CommitError> {
         loop {
-            let Some(f) = &self.in_flight else { return Ok(None) };
-            let Some(changelog_last) = self.delivered(f.started, wait)? else { return Ok(None) };
+            let Some(f) = &mut self.in_flight else { return Ok(None) };
+            if let Some(saving) = &f.saving {
+                if !wait && !saving.is_finished() {
+                    return Ok(None);
+                }
+                let saving = f.saving.take().expect("saving");
+                saving.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+                let f = self.in_flight.take().expect("in flight");
+                let offsets = self.offsets(&f.staged)?;
+                if offsets.count() > 0 {
+                    // Waiting (at a rebalance or shutdown) the offsets must be in before the partitions go;
+                    // otherwise a lost asynchronous commit is covered by the next one.
+                    let mode = if wait { CommitMode::Sync } else { CommitMode::Async };
+                    consumer.commit(&offsets, mode).map_err(CommitError::Offsets)?;
+                }
+                self.count_outcomes(&f.staged);
+                self.finished(f.started, true);
+                return Ok(Some(f.staged.iter().filter_map(|(p, s)| Some((*p, s.next_offset?))).collect()));
+            }
+            let started = f.started;
+            let Some(changelog_last) = self.delivered(started, wait)? else { return Ok(None) };
             let f = self.in_flight.as_mut().expect("in flight");
             for (partition, offset) in changelog_last {
                 let last = f.changelog_last.entry(partition).or_insert(offset);
@@ -178,18 +213,12 @@ impl Committer {
                 f.staged.iter().try_for_each(|(partition, s)| self.send_changelog(*partition, s))?;
                 continue;
             }
-            let mut f = self.in_flight.take().expect("in flight");
-            self.save_stores(&mut f.staged, &f.changelog_last)?;
-            let offsets = self.offsets(&f.staged)?;
-            if offsets.count() > 0 {
-                // Waiting (at a rebalance or shutdown) the offsets must be in before the partitions go;
-                // otherwise a lost asynchronous commit is covered by the next one.
-                let mode = if wait { CommitMode::Sync } else { CommitMode::Async };
-                consumer.commit(&offsets, mode).map_err(CommitError::Offsets)?;
-            }
-            self.count_outcomes(&f.staged);
-            self.finished(f.started, true);
-            return Ok(Some(f.staged.iter().filter_map(|(p, s)| Some((*p, s.next_offset?))).collect()));
+            // The stores are written on a thread of their own, while the
+            // stream thread goes on; the tasks keep these states readable until then.
+            let batches = take_batches(&mut f.staged, &f.changelog_last);
+            f.saving = Some(std::thread::spawn(move || {
+                batches.into_iter().try_for_each(|(store, batch)| store.write(batch)).map_err(CommitError::from)
+            }));
         }
     }
 
@@ -214,6 +243,10 @@ impl Committer {
     fn abandon(&mut self, e: CommitError) -> CommitError {
         if let Some(f) = self.in_flight.take() {
             let _ = self.flush();
+            // A later commit's write must never land before this one's.
+            if let Some(saving) = f.saving {
+                let _ = saving.join();
+            }
             self.finished(f.started, false);
         }
         e
@@ -232,7 +265,7 @@ impl Committer {
         self.producer.begin_transaction().map_err(transaction_error)?;
         let sent = (|| {
             for (partition, s) in &staged {
-                self.send_outputs(s)?;
+                self.send_outputs(&s.outcomes, &s.dead_letters)?;
                 self.send_changelog(*partition, s)?;
             }
             let offsets = self.offsets(&staged)?;
@@ -259,8 +292,8 @@ impl Committer {
         Ok(staged.iter().filter_map(|(p, s)| Some((*p, s.next_offset?))).collect())
     }
 
-    fn send_outputs(&self, s: &Staged) -> Result<(), CommitError> {
-        for o in s.outcomes.iter().map(|d| &d.record) {
+    fn send_outputs(&self, outcomes: &[Decided], dead_letters: &[DeadLetter]) -> Result<(), CommitError> {
+        for o in outcomes.iter().map(|d| &d.record) {
             let id = o.id();
             let headers = OwnedHeaders::new_with_capacity(2)
                 .insert(Header { key: names::HEADER_OUTCOME, value: Some(o.outcome.as_str()) })
@@ -273,7 +306,7 @@ impl Committer {
                     .headers(headers),
             )?;
         }
-        for d in &s.dead_letters {
+        for d in dead_letters {
             let mut record: BaseRecord<'_, [u8], [u8]> =
                 BaseRecord::to(&self.config.kafka.dead_letter_topic).headers(d.headers());
             if let Some(k) = &d.key {
@@ -352,14 +385,8 @@ impl Committer {
     }
 
     fn save_stores(&self, staged: &mut [(i32, Staged)], changelog_last: &HashMap<i32, i64>) -> Result<(), CommitError> {
-        for (partition, s) in staged.iter_mut() {
-            let mut batch = std::mem::take(&mut s.batch);
-            if let Some(last) = changelog_last.get(partition) {
-                batch.set_checkpoint(last + 1);
-            }
-            if !batch.is_empty() {
-                s.store.write(batch)?;
-            }
+        for (store, batch) in take_batches(staged, changelog_last) {
+            store.write(batch)?;
         }
         Ok(())
     }
@@ -387,6 +414,21 @@ impl Committer {
             debug!(outcomes = s.outcomes.len(), changelog = s.changelog.len(), "committed");
         }
     }
+}
+
+/// Each task's store batch, with the changelog offset it reaches as checkpoint.
+fn take_batches(staged: &mut [(i32, Staged)], changelog_last: &HashMap<i32, i64>) -> Vec<(Arc<Store>, StoreBatch)> {
+    let mut out = Vec::with_capacity(staged.len());
+    for (partition, s) in staged.iter_mut() {
+        let mut batch = std::mem::take(&mut s.batch);
+        if let Some(last) = changelog_last.get(partition) {
+            batch.set_checkpoint(last + 1);
+        }
+        if !batch.is_empty() {
+            out.push((Arc::clone(&s.store), batch));
+        }
+    }
+    out
 }
 
 /// Sorts a transaction error into the three ways of handling it.

@@ -462,7 +462,12 @@ pub fn run(config: Arc<Config>, shared: Arc<Shared>, runtime: tokio::runtime::Ha
         }
         if Instant::now() >= next_commit {
             lock(&engine).commit(&consumer, false);
-            next_commit = Instant::now() + interval;
+            // A fixed rate: the time a commit takes does not stretch the
+            // interval, which bounds how long an outcome waits for it.
+            next_commit += interval;
+            if next_commit < Instant::now() {
+                next_commit = Instant::now() + interval;
+            }
         }
         if Instant::now() >= next_size_report {
             lock(&engine).report_state_sizes();

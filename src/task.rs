@@ -253,6 +253,11 @@ impl Task {
         });
     }
 
+    /// Takes the outcomes and dead letters decided since the last commit.
+    pub fn take_outputs(&mut self) -> (Vec<Decided>, Vec<DeadLetter>) {
+        (std::mem::take(&mut self.outcomes), std::mem::take(&mut self.dead_letters))
+    }
+
     /// Takes everything the next commit must publish and save, leaving the
     /// task clean. The states stay readable until [`Task::committed`].
     pub fn stage(&mut self) -> Staged {
