@@ -115,8 +115,15 @@ fn main() {
     // 3. Outcome latency at half the measured maximum.
     let latency_rate = std::env::var("BENCH_LATENCY_RATE").ok().and_then(|r| r.parse().ok()).unwrap_or(rate / 2.0);
     let cpu = Cpu::start(&broker, junction.pid());
+    let commits_before = commit_totals(&junction);
     let latency = latency_phase(&broker, &setup, latency_rate, sizes.latency_phase);
     cpu.report(&mut report, "latency phase");
+    let commits_after = commit_totals(&junction);
+    report.line(
+        "  latency phase: mean commit duration",
+        1000.0 * (commits_after.0 - commits_before.0) / (commits_after.1 - commits_before.1).max(1.0),
+        "ms",
+    );
     report.line("latency load", latency.events_per_second, "events/s");
     report.line("latency p50", latency.quantile(0.50), "ms");
     report.line("latency p99", latency.quantile(0.99), "ms");
@@ -601,4 +608,12 @@ fn cpu_seconds(pid: Option<u32>) -> f64 {
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name; 100 ticks per second.
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// (sum of seconds, count) of junction_commit_duration_seconds.
+fn commit_totals(junction: &Junction) -> (f64, f64) {
+    (
+        junction.metric("junction_commit_duration_seconds_sum", ""),
+        junction.metric("junction_commit_duration_seconds_count", ""),
+    )
 }

@@ -271,18 +271,22 @@ impl Engine {
     /// finishing the commit still in flight. With `wait` (at a rebalance and
     /// at shutdown) it returns only once the commit is finished. A failed
     /// commit discards the work since the last finished one and rewinds there.
-    fn commit(&mut self, consumer: &BaseConsumer<Callbacks>, wait: bool) {
+    /// Without `wait`, a commit still in flight is left to finish and this
+    /// returns `false`: the next one starts as soon as it has (processing
+    /// goes on meanwhile, so a slow broker stretches the interval instead of
+    /// stopping the stream thread).
+    fn commit(&mut self, consumer: &BaseConsumer<Callbacks>, wait: bool) -> bool {
         if self.committer.is_committing() {
-            self.advance_commit(consumer, true);
-            if self.failure.is_some() {
-                return;
+            self.advance_commit(consumer, wait);
+            if self.failure.is_some() || self.committer.is_committing() {
+                return false;
             }
         }
         let now = now_ms();
         for slot in self.slots.values_mut().filter(|s| s.phase == Phase::Active) {
             if let Err(e) = slot.task.punctuate(now) {
                 self.failure.get_or_insert(anyhow!(e).context("firing timers"));
-                return;
+                return false;
             }
         }
         let mut tasks: Vec<&mut Task> = self
@@ -292,7 +296,7 @@ impl Engine {
             .map(|s| &mut s.task)
             .collect();
         if tasks.is_empty() {
-            return;
+            return true;
         }
         match self.committer.begin(&mut tasks, consumer) {
             Ok(Some(committed)) => self.committed(committed),
@@ -300,6 +304,7 @@ impl Engine {
             Ok(None) => {}
             Err(e) => self.commit_failed(consumer, e),
         }
+        true
     }
 
     /// Moves the commit in flight on; with `wait`, to its end.
@@ -460,8 +465,7 @@ pub fn run(config: Arc<Config>, shared: Arc<Shared>, runtime: tokio::runtime::Ha
         if committing {
             lock(&engine).advance_commit(&consumer, false);
         }
-        if Instant::now() >= next_commit {
-            lock(&engine).commit(&consumer, false);
+        if Instant::now() >= next_commit && lock(&engine).commit(&consumer, false) {
             // A fixed rate: the time a commit takes does not stretch the
             // interval, which bounds how long an outcome waits for it.
             next_commit += interval;
