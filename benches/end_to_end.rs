@@ -502,7 +502,7 @@ fn latency_phase(broker: &Broker, setup: &Setup, rate: f64, length: Duration) ->
             samples
         })
     };
-    let producer = load_producer(broker, "5");
+    let producer = load_producer(broker, "20");
     let started = Instant::now();
     let mut sent_events = 0usize;
     for w in 0..workflows {

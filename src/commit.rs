@@ -2,7 +2,10 @@
 //! that keeps the guarantees whatever crashes in between.
 //!
 //! `at_least_once`:
-//! 1. outcomes and dead letters are produced, and delivered;
+//! 1. outcomes and dead letters are produced as they are decided, in small
+//!    batches ([`Committer::publish`], every [`PUBLISH_INTERVAL`]), so that
+//!    they do not wait for the commit; the commit waits until its
+//!    interval's are delivered;
 //! 2. then the changelog records, delivered: a changelog record is never
 //!    visible before the outcome it implies, so a restored store never hides
 //!    an outcome that was not published;
@@ -10,11 +13,13 @@
 //! 4. then the input offsets. A crash anywhere repeats input, which the join
 //!    absorbs as duplicates, or repeats an outcome with the same outcome ID.
 //!
-//! Under `at_least_once` a commit is pipelined: [`Committer::begin`] sends
-//! the outcomes and returns, and the stream thread goes on processing the
+//! Under `at_least_once` a commit is pipelined: [`Committer::begin`] closes
+//! the interval and returns, and the stream thread goes on processing the
 //! next interval while [`Committer::advance`] moves the commit through its
-//! steps as deliveries arrive. One commit is in flight at a time; the tasks
-//! keep its states readable until the stores have them.
+//! steps as deliveries arrive. Every record is sent tagged with its
+//! interval (its epoch), so that a commit waits for its own records only.
+//! One commit is in flight at a time; the tasks keep its states readable
+//! until the stores have them.
 //!
 //! `exactly_once`: outcomes, dead letters, changelog records and input offsets
 //! go in one transaction; the stores are written once it has committed.
@@ -42,6 +47,11 @@ use crate::task::{Decided, Staged, Task};
 
 /// How long one flush or transaction step may take before the commit fails.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Under `at_least_once`, how often decided outcomes are sent, at most:
+/// often enough that an outcome does not wait for the commit interval, and
+/// seldom enough that each produce request carries a batch.
+pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(20);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommitError {
@@ -73,6 +83,7 @@ pub type Committed = Vec<(i32, i64)>;
 
 /// An `at_least_once` commit between its first and its last step.
 struct InFlight {
+    epoch: usize,
     staged: Vec<(i32, Staged)>,
     changelog_sent: bool,
     /// Changelog partition → the highest offset delivered to it.
@@ -90,6 +101,8 @@ pub struct Committer {
     /// which lets a pipelined commit see its deliveries without polling.
     producer: ThreadedProducer<DeliveryTracker>,
     in_flight: Option<InFlight>,
+    /// The interval that records sent now belong to.
+    epoch: usize,
 }
 
 impl Committer {
@@ -103,7 +116,25 @@ impl Committer {
         if config.kafka.processing_guarantee == Guarantee::ExactlyOnce {
             producer.init_transactions(COMMIT_TIMEOUT).map_err(transaction_error)?;
         }
-        Ok(Committer { config, metrics, producer, in_flight: None })
+        Ok(Committer { config, metrics, producer, in_flight: None, epoch: 0 })
+    }
+
+    /// Under `at_least_once`, sends the outcomes and dead letters decided so
+    /// far; the commit of their interval waits for their delivery. Under
+    /// `exactly_once` they wait for the commit's transaction: this does nothing.
+    pub fn publish(
+        &mut self,
+        outcomes: &mut Vec<Decided>,
+        dead_letters: &mut Vec<DeadLetter>,
+    ) -> Result<(), CommitError> {
+        if self.config.kafka.processing_guarantee == Guarantee::ExactlyOnce {
+            return Ok(());
+        }
+        let sent = self.send_outputs(outcomes, dead_letters);
+        self.count_outcomes(outcomes);
+        outcomes.clear();
+        dead_letters.clear();
+        sent
     }
 
     /// Whether a commit is in flight: [`Committer::advance`] must finish it
@@ -151,8 +182,17 @@ impl Committer {
                 result.map(Some)
             }
             Guarantee::AtLeastOnce => {
-                self.in_flight =
-                    Some(InFlight { staged, changelog_sent: false, changelog_last: HashMap::new(), saving: None, started });
+                staged.iter().for_each(|(_, s)| self.count_outcomes(&s.outcomes));
+                let epoch = self.epoch;
+                self.epoch += 1;
+                self.in_flight = Some(InFlight {
+                    epoch,
+                    staged,
+                    changelog_sent: false,
+                    changelog_last: HashMap::new(),
+                    saving: None,
+                    started,
+                });
                 if let Err(e) = sent {
                     return Err(self.abandon(e));
                 }
@@ -196,12 +236,12 @@ impl Committer {
                     let mode = if wait { CommitMode::Sync } else { CommitMode::Async };
                     consumer.commit(&offsets, mode).map_err(CommitError::Offsets)?;
                 }
-                self.count_outcomes(&f.staged);
                 self.finished(f.started, true);
+                debug!(changelog = f.staged.iter().map(|(_, s)| s.changelog.len()).sum::<usize>(), "committed");
                 return Ok(Some(f.staged.iter().filter_map(|(p, s)| Some((*p, s.next_offset?))).collect()));
             }
-            let started = f.started;
-            let Some(changelog_last) = self.delivered(started, wait)? else { return Ok(None) };
+            let (epoch, started) = (f.epoch, f.started);
+            let Some(changelog_last) = self.delivered(epoch, started, wait)? else { return Ok(None) };
             let f = self.in_flight.as_mut().expect("in flight");
             for (partition, offset) in changelog_last {
                 let last = f.changelog_last.entry(partition).or_insert(offset);
@@ -210,7 +250,7 @@ impl Committer {
             if !f.changelog_sent {
                 f.changelog_sent = true;
                 let f = self.in_flight.as_ref().expect("in flight");
-                f.staged.iter().try_for_each(|(partition, s)| self.send_changelog(*partition, s))?;
+                f.staged.iter().try_for_each(|(partition, s)| self.send_changelog(epoch, *partition, s))?;
                 continue;
             }
             // The stores are written on a thread of their own, while the
@@ -225,11 +265,11 @@ impl Committer {
     /// Whether everything sent so far is delivered; with `wait`, waits for
     /// it. Returns the changelog offsets delivered, or an error for a
     /// failed delivery or one that took longer than the commit timeout.
-    fn delivered(&self, started: Instant, wait: bool) -> Result<Option<HashMap<i32, i64>>, CommitError> {
+    fn delivered(&self, epoch: usize, started: Instant, wait: bool) -> Result<Option<HashMap<i32, i64>>, CommitError> {
         if wait {
             return self.flush().map(Some);
         }
-        if self.producer.context().in_flight() > 0 {
+        if self.producer.context().in_flight(epoch) > 0 {
             if started.elapsed() > COMMIT_TIMEOUT {
                 return Err(CommitError::Delivery(KafkaError::Flush(RDKafkaErrorCode::MessageTimedOut)));
             }
@@ -266,7 +306,7 @@ impl Committer {
         let sent = (|| {
             for (partition, s) in &staged {
                 self.send_outputs(&s.outcomes, &s.dead_letters)?;
-                self.send_changelog(*partition, s)?;
+                self.send_changelog(self.epoch, *partition, s)?;
             }
             let offsets = self.offsets(&staged)?;
             if offsets.count() > 0 {
@@ -288,7 +328,7 @@ impl Committer {
         }
         let changelog_last = self.drain_deliveries()?;
         self.save_stores(&mut staged, &changelog_last)?;
-        self.count_outcomes(&staged);
+        staged.iter().for_each(|(_, s)| self.count_outcomes(&s.outcomes));
         Ok(staged.iter().filter_map(|(p, s)| Some((*p, s.next_offset?))).collect())
     }
 
@@ -300,15 +340,15 @@ impl Committer {
                 .insert(Header { key: names::HEADER_OUTCOME_ID, value: Some(id.as_str()) });
             let value = o.to_json();
             self.send(
-                BaseRecord::to(&self.config.kafka.output_topic)
+                BaseRecord::with_opaque_to(&self.config.kafka.output_topic, self.epoch)
                     .key(o.workflow_id.as_bytes())
                     .payload(&value)
                     .headers(headers),
             )?;
         }
         for d in dead_letters {
-            let mut record: BaseRecord<'_, [u8], [u8]> =
-                BaseRecord::to(&self.config.kafka.dead_letter_topic).headers(d.headers());
+            let mut record: BaseRecord<'_, [u8], [u8], usize> =
+                BaseRecord::with_opaque_to(&self.config.kafka.dead_letter_topic, self.epoch).headers(d.headers());
             if let Some(k) = &d.key {
                 record = record.key(k.as_slice());
             }
@@ -323,10 +363,11 @@ impl Committer {
         Ok(())
     }
 
-    fn send_changelog(&self, partition: i32, s: &Staged) -> Result<(), CommitError> {
+    fn send_changelog(&self, epoch: usize, partition: i32, s: &Staged) -> Result<(), CommitError> {
         let topic = self.config.kafka.changelog_topic();
         for (id, value) in &s.changelog {
-            let mut record: BaseRecord<'_, str, [u8]> = BaseRecord::to(&topic).key(id.as_str()).partition(partition);
+            let mut record: BaseRecord<'_, str, [u8], usize> =
+                BaseRecord::with_opaque_to(&topic, epoch).key(id.as_str()).partition(partition);
             if let Some(v) = value {
                 record = record.payload(v.as_slice());
             }
@@ -338,16 +379,17 @@ impl Committer {
     /// Sends one record, waiting while librdkafka's queue is full.
     fn send<K: rdkafka::message::ToBytes + ?Sized, P: rdkafka::message::ToBytes + ?Sized>(
         &self,
-        mut record: BaseRecord<'_, K, P>,
+        mut record: BaseRecord<'_, K, P, usize>,
     ) -> Result<(), CommitError> {
         let mut deadline = None;
+        let epoch = record.delivery_opaque;
         loop {
             // Counted before the send: its delivery report may come before `send` returns.
-            self.producer.context().sent();
+            self.producer.context().sent(epoch);
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
                 Err((e, r)) => {
-                    self.producer.context().unsent();
+                    self.producer.context().unsent(epoch);
                     match e {
                         KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
                             if *deadline.get_or_insert_with(|| Instant::now() + COMMIT_TIMEOUT) > Instant::now() =>
@@ -370,10 +412,10 @@ impl Committer {
 
     fn drain_deliveries(&self) -> Result<HashMap<i32, i64>, CommitError> {
         let deadline = Instant::now() + COMMIT_TIMEOUT;
-        while self.producer.context().in_flight() > 0 && Instant::now() < deadline {
+        while self.producer.context().in_flight_total() > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
-        let in_flight = self.producer.context().in_flight();
+        let in_flight = self.producer.context().in_flight_total();
         let d = self.producer.context().take();
         if let Some(e) = d.failures.into_iter().next() {
             return Err(CommitError::Delivery(e));
@@ -402,16 +444,13 @@ impl Committer {
         Ok(tpl)
     }
 
-    fn count_outcomes(&self, staged: &[(i32, Staged)]) {
+    fn count_outcomes(&self, outcomes: &[Decided]) {
         let now_ms = crate::processor::now_ms();
-        for (_, s) in staged {
-            for d in &s.outcomes {
-                let o = &d.record;
-                let duration = (o.finished_at_ms - o.started_at_ms).max(0) as f64 / 1000.0;
-                self.metrics.outcome(&o.workflow_type, o.outcome, duration);
-                self.metrics.outcome_latency.observe((now_ms - d.decided_at_ms).max(0) as f64 / 1000.0);
-            }
-            debug!(outcomes = s.outcomes.len(), changelog = s.changelog.len(), "committed");
+        for d in outcomes {
+            let o = &d.record;
+            let duration = (o.finished_at_ms - o.started_at_ms).max(0) as f64 / 1000.0;
+            self.metrics.outcome(&o.workflow_type, o.outcome, duration);
+            self.metrics.outcome_latency.observe((now_ms - d.decided_at_ms).max(0) as f64 / 1000.0);
         }
     }
 }

@@ -198,35 +198,44 @@ pub struct Deliveries {
     pub changelog_last: HashMap<i32, i64>,
 }
 
-/// The producer context: counts the records in flight, and remembers
-/// failures and changelog offsets, which become the stores' checkpoints.
+/// The producer context: counts the records in flight by epoch (the commit
+/// interval they belong to), and remembers failures and changelog offsets,
+/// which become the stores' checkpoints.
 pub struct DeliveryTracker {
     changelog_topic: String,
-    in_flight: AtomicUsize,
+    /// Records in flight, by epoch modulo the slots: at most two epochs,
+    /// the interval being committed and the current one, have records in flight.
+    in_flight: [AtomicUsize; EPOCH_SLOTS],
     deliveries: Mutex<Deliveries>,
 }
+
+const EPOCH_SLOTS: usize = 4;
 
 impl DeliveryTracker {
     pub fn new(changelog_topic: String) -> DeliveryTracker {
         DeliveryTracker {
             changelog_topic,
-            in_flight: AtomicUsize::new(0),
+            in_flight: std::array::from_fn(|_| AtomicUsize::new(0)),
             deliveries: Mutex::new(Deliveries::default()),
         }
     }
 
-    /// Counts a record about to be sent.
-    pub fn sent(&self) {
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
+    /// Counts a record of `epoch` about to be sent.
+    pub fn sent(&self, epoch: usize) {
+        self.in_flight[epoch % EPOCH_SLOTS].fetch_add(1, Ordering::SeqCst);
     }
 
     /// Takes back a `sent` whose record the producer refused.
-    pub fn unsent(&self) {
-        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+    pub fn unsent(&self, epoch: usize) {
+        self.in_flight[epoch % EPOCH_SLOTS].fetch_sub(1, Ordering::SeqCst);
     }
 
-    pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::SeqCst)
+    pub fn in_flight(&self, epoch: usize) -> usize {
+        self.in_flight[epoch % EPOCH_SLOTS].load(Ordering::SeqCst)
+    }
+
+    pub fn in_flight_total(&self) -> usize {
+        self.in_flight.iter().map(|n| n.load(Ordering::SeqCst)).sum()
     }
 
     /// Takes the failures and changelog offsets recorded so far.
@@ -238,9 +247,9 @@ impl DeliveryTracker {
 impl ClientContext for DeliveryTracker {}
 
 impl ProducerContext for DeliveryTracker {
-    type DeliveryOpaque = ();
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    fn delivery(&self, result: &DeliveryResult<'_>, epoch: usize) {
         match result {
             Ok(m) if m.topic() == self.changelog_topic => {
                 let mut d = self.deliveries.lock().expect("tracker lock");
@@ -251,6 +260,6 @@ impl ProducerContext for DeliveryTracker {
             Err((e, _)) => self.deliveries.lock().expect("tracker lock").failures.push(e.clone()),
         }
         // Last: once nothing is in flight, everything delivered is recorded.
-        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.in_flight[epoch % EPOCH_SLOTS].fetch_sub(1, Ordering::SeqCst);
     }
 }

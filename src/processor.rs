@@ -19,7 +19,7 @@ use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 use serde::Serialize;
 use tracing::{error, info, info_span, warn};
 
-use crate::commit::{CommitError, Committed, Committer};
+use crate::commit::{CommitError, Committed, Committer, PUBLISH_INTERVAL};
 use crate::config::Config;
 use crate::kafka;
 use crate::metrics::Metrics;
@@ -307,6 +307,21 @@ impl Engine {
         true
     }
 
+    /// Sends what the active tasks decided since the last time (under
+    /// `at_least_once`; under `exactly_once` it waits for the commit).
+    fn publish(&mut self, consumer: &BaseConsumer<Callbacks>) {
+        for slot in self.slots.values_mut().filter(|s| s.phase == Phase::Active) {
+            let (outcomes, dead_letters) = slot.task.outputs();
+            if outcomes.is_empty() && dead_letters.is_empty() {
+                continue;
+            }
+            if let Err(e) = self.committer.publish(outcomes, dead_letters) {
+                self.commit_failed(consumer, e);
+                return;
+            }
+        }
+    }
+
     /// Moves the commit in flight on; with `wait`, to its end.
     fn advance_commit(&mut self, consumer: &BaseConsumer<Callbacks>, wait: bool) {
         match self.committer.advance(consumer, wait) {
@@ -421,6 +436,7 @@ pub fn run(config: Arc<Config>, shared: Arc<Shared>, runtime: tokio::runtime::Ha
 
     let interval = config.kafka.commit_interval;
     let mut next_commit = Instant::now() + interval;
+    let mut next_publish = Instant::now() + PUBLISH_INTERVAL;
     let mut next_size_report = Instant::now();
     let result = loop {
         if shared.shutdown.load(Ordering::SeqCst) {
@@ -444,7 +460,7 @@ pub fn run(config: Arc<Config>, shared: Arc<Shared>, runtime: tokio::runtime::Ha
             // Come back soon to move the commit on as its deliveries arrive.
             COMMIT_CHECK
         } else {
-            next_commit.saturating_duration_since(Instant::now()).min(MAX_POLL_WAIT)
+            next_commit.min(next_publish).saturating_duration_since(Instant::now()).min(MAX_POLL_WAIT)
         };
         let mut messages = Vec::new();
         let mut polled = consumer.poll(wait);
@@ -464,6 +480,10 @@ pub fn run(config: Arc<Config>, shared: Arc<Shared>, runtime: tokio::runtime::Ha
         drop(messages);
         if committing {
             lock(&engine).advance_commit(&consumer, false);
+        }
+        if Instant::now() >= next_publish {
+            lock(&engine).publish(&consumer);
+            next_publish = Instant::now() + PUBLISH_INTERVAL;
         }
         if Instant::now() >= next_commit && lock(&engine).commit(&consumer, false) {
             // A fixed rate: the time a commit takes does not stretch the

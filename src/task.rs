@@ -253,6 +253,12 @@ impl Task {
         });
     }
 
+    /// The outcomes and dead letters decided and not yet published, for
+    /// [`crate::commit::Committer::publish`], which empties them.
+    pub fn outputs(&mut self) -> (&mut Vec<Decided>, &mut Vec<DeadLetter>) {
+        (&mut self.outcomes, &mut self.dead_letters)
+    }
+
     /// Takes the outcomes and dead letters decided since the last commit.
     pub fn take_outputs(&mut self) -> (Vec<Decided>, Vec<DeadLetter>) {
         (std::mem::take(&mut self.outcomes), std::mem::take(&mut self.dead_letters))
