@@ -40,6 +40,8 @@ type = "order"
 steps = ["payment", "inventory", "fraud_check"]
 "#;
 const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
+/// Rounds of the ceiling and of junction, alternating.
+const ROUNDS: usize = 2;
 
 struct Sizes {
     partitions: i32,
@@ -81,30 +83,35 @@ fn main() {
     report.line("  of which duplicates", load.duplicates as f64, "");
     report.line("load producer rate", load.records.len() as f64 / produced.elapsed().as_secs_f64(), "records/s");
 
-    // 1. The ceiling: a pass-through with junction's client settings.
-    let cpu = Cpu::start(&broker, None);
-    let ceiling = pass_through(&broker, &setup, load.records.len());
-    cpu.report(&mut report, "ceiling phase");
-    let ceiling_rate = load.records.len() as f64 / ceiling.as_secs_f64();
-    report.line("ceiling: pass-through", ceiling_rate, "events/s");
+    // 1 and 2, twice, alternating: the ceiling, a pass-through with
+    // junction's client settings, and junction on the same input, each from
+    // the start of the topic with a group of its own. The best of each counts.
+    let (mut ceiling_rate, mut rate) = (0.0_f64, 0.0_f64);
+    let mut junction = None;
+    for round in 1..=ROUNDS {
+        let ceiling = pass_through(&broker, &setup, round, load.records.len());
+        let r = load.records.len() as f64 / ceiling.as_secs_f64();
+        report.line(&format!("ceiling (round {round}): pass-through"), r, "events/s");
+        ceiling_rate = ceiling_rate.max(r);
 
-    // 2. junction's throughput on the same input.
-    let mut junction = Junction::start(&setup, work.path(), "bench");
-    let offsets = CommittedOffsets::new(&broker, &setup);
-    wait_for(Duration::from_secs(120), "junction to be ready", || {
-        std::thread::sleep(Duration::from_millis(10));
-        matches!(junction.get("/readyz"), Some((200, _)))
-    });
-    let started = Instant::now();
-    let cpu = Cpu::start(&broker, junction.pid());
-    wait_for(Duration::from_secs(600), "junction to commit the whole input", || {
-        std::thread::sleep(Duration::from_millis(20));
-        offsets.total() >= load.records.len() as i64
-    });
-    let rate = load.records.len() as f64 / started.elapsed().as_secs_f64();
-    report.line("junction", rate, "events/s");
-    cpu.report(&mut report, "throughput phase");
+        // The last round's junction goes on to the other phases.
+        if let Some(mut earlier) = junction.take() {
+            assert!(Junction::terminate(&mut earlier), "junction exits 0 on SIGTERM");
+            setup = fresh_application(&broker, &setup);
+        }
+        let (j, r, cpu) = run_junction(&broker, &setup, work.path(), round, load.records.len());
+        report.line(&format!("junction (round {round})"), r, "events/s");
+        if round == ROUNDS {
+            cpu.report(&mut report, "throughput phase");
+        }
+        rate = rate.max(r);
+        junction = Some(j);
+    }
+    let mut junction = junction.expect("a junction ran");
+    report.line("ceiling: pass-through, best", ceiling_rate, "events/s");
+    report.line("junction, best", rate, "events/s");
     report.line("junction / ceiling", rate / ceiling_rate, "");
+    let offsets = CommittedOffsets::new(&broker, &setup);
 
     let outcomes = count_outcomes(&broker, &setup.output, |_| true);
     report.line("outcomes", outcomes.records as f64, "");
@@ -299,15 +306,48 @@ fn produce_all(broker: &Broker, topic: &str, records: &[(Vec<u8>, Vec<u8>)]) {
     producer.flush(Duration::from_secs(120)).unwrap();
 }
 
+/// Starts junction on the preloaded input and measures the events/s until
+/// its committed offsets reach the end of the input.
+fn run_junction(
+    broker: &Broker,
+    setup: &Setup,
+    work: &std::path::Path,
+    round: usize,
+    n: usize,
+) -> (Junction, f64, Cpu) {
+    let junction = Junction::start(setup, work, &format!("bench-{round}"));
+    let offsets = CommittedOffsets::new(broker, setup);
+    wait_for(Duration::from_secs(120), "junction to be ready", || {
+        std::thread::sleep(Duration::from_millis(10));
+        matches!(junction.get("/readyz"), Some((200, _)))
+    });
+    let started = Instant::now();
+    let cpu = Cpu::start(broker, junction.pid());
+    wait_for(Duration::from_secs(600), "junction to commit the whole input", || {
+        std::thread::sleep(Duration::from_millis(20));
+        offsets.total() >= n as i64
+    });
+    (junction, n as f64 / started.elapsed().as_secs_f64(), cpu)
+}
+
+/// The same input topic for a new application: its own group, state,
+/// changelog, output and dead-letter topics.
+fn fresh_application(broker: &Broker, setup: &Setup) -> Setup {
+    let mut fresh = Setup::named(broker, setup.partitions);
+    fresh.input = setup.input.clone();
+    fresh.workflows = setup.workflows.clone();
+    fresh
+}
+
 /// The stateless ceiling: consume every input record with junction's
 /// consumer settings and produce it on with junction's producer settings,
 /// flushing and committing every commit interval, as junction does.
-fn pass_through(broker: &Broker, setup: &Setup, n: usize) -> Duration {
+fn pass_through(broker: &Broker, setup: &Setup, round: usize, n: usize) -> Duration {
     let config = bench_config(setup);
-    let output = format!("{}-passthrough", setup.app);
+    let output = format!("{}-passthrough-{round}", setup.app);
     broker.create_topic(&output, setup.partitions);
     let consumer: BaseConsumer = junction::kafka::consumer_config(&config.kafka)
-        .set("group.id", format!("{}-passthrough", setup.app))
+        .set("group.id", format!("{}-passthrough-{round}", setup.app))
         .create()
         .unwrap();
     let producer: ThreadedProducer<DefaultProducerContext> =
@@ -580,13 +620,20 @@ fn peak_resident(junction: &Junction) -> u64 {
 struct Cpu {
     pids: [(&'static str, Option<u32>); 3],
     at_start: [f64; 3],
+    /// junction's threads by name: CPU seconds at the start.
+    threads_at_start: HashMap<String, f64>,
     started: Instant,
 }
 
 impl Cpu {
     fn start(broker: &Broker, junction: Option<u32>) -> Cpu {
         let pids = [("broker", broker.pid()), ("junction", junction), ("benchmark", Some(std::process::id()))];
-        Cpu { at_start: pids.map(|(_, p)| cpu_seconds(p)), pids, started: Instant::now() }
+        Cpu {
+            at_start: pids.map(|(_, p)| cpu_seconds(p)),
+            threads_at_start: thread_cpu_seconds(junction),
+            pids,
+            started: Instant::now(),
+        }
     }
 
     fn report(&self, report: &mut Report, phase: &str) {
@@ -596,7 +643,35 @@ impl Cpu {
                 report.line(&format!("  {phase}: CPU cores used by {name}"), (cpu_seconds(*pid) - start) / wall, "");
             }
         }
+        let mut threads: Vec<(String, f64)> = thread_cpu_seconds(self.pids[1].1)
+            .into_iter()
+            .map(|(name, now)| {
+                let used = (now - self.threads_at_start.get(&name).copied().unwrap_or(0.0)) / wall;
+                (name, used)
+            })
+            .filter(|(_, used)| *used >= 0.01)
+            .collect();
+        threads.sort_by(|a, b| b.1.total_cmp(&a.1));
+        for (name, used) in threads {
+            report.line(&format!("  {phase}: CPU cores used by junction's {name} threads"), used, "");
+        }
     }
+}
+
+/// CPU seconds of a process's threads so far, summed by thread name.
+fn thread_cpu_seconds(pid: Option<u32>) -> HashMap<String, f64> {
+    let mut out = HashMap::new();
+    let Some(pid) = pid else { return out };
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return out };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let name = stat[open + 1..close].trim_end_matches(|c: char| c.is_ascii_digit()).to_string();
+        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        *out.entry(name).or_insert(0.0) += (ticks(11) + ticks(12)) / 100.0;
+    }
+    out
 }
 
 /// User and system CPU seconds of a process so far.

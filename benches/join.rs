@@ -1,4 +1,5 @@
-//! Microbenchmarks of the pure path: decoding an event and the join decision.
+//! Microbenchmarks of the pure path: decoding an event, the join decision,
+//! and both together.
 //! Run with `cargo bench --bench join`.
 
 use std::hint::black_box;
@@ -41,6 +42,19 @@ fn benches(c: &mut Criterion) {
             for wf in &inputs {
                 for e in wf {
                     black_box(decode(&config, None, Some(e), 0).unwrap());
+                }
+            }
+        })
+    });
+    let decoded: Vec<Vec<_>> =
+        inputs.iter().map(|wf| wf.iter().map(|e| decode(&config, None, Some(e), 0).unwrap()).collect()).collect();
+    group.bench_function("decide", |b| {
+        b.iter(|| {
+            for wf in &decoded {
+                let spec = &config.workflows[wf[0].workflow];
+                let mut state = WorkflowState::new(&spec.workflow_type, wf[0].occurred_at_ms);
+                for event in wf {
+                    black_box(apply_event(spec, &mut state, &event.workflow_id, event, 0));
                 }
             }
         })

@@ -52,7 +52,8 @@ pub enum CodecError {
 }
 
 pub fn encode(state: &WorkflowState) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + state.steps.len() * 48 + state.event_ids.iter().map(|e| e.len() + 1).sum::<usize>());
+    let mut out =
+        Vec::with_capacity(64 + state.steps.len() * 48 + state.event_ids.iter().map(|e| e.len() + 1).sum::<usize>());
     encode_into(state, &mut out);
     out
 }
@@ -292,8 +293,7 @@ mod tests {
             compensated_at_ms: None,
             seen_without_id: 0,
         });
-        s.decision =
-            Some(Decision { outcome: Outcome::Failed, decided_at_ms: 99, compensated_at_ms: Some(1_000) });
+        s.decision = Some(Decision { outcome: Outcome::Failed, decided_at_ms: 99, compensated_at_ms: Some(1_000) });
         s
     }
 

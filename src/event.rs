@@ -235,7 +235,7 @@ pub fn format_time(ms: i64) -> String {
     put(14, 2, in_day / 60_000 % 60);
     put(17, 2, in_day / 1_000 % 60);
     put(20, 3, in_day % 1_000);
-    text.iter().map(|&b| b as char).collect()
+    String::from_utf8(text.to_vec()).expect("ASCII digits and separators")
 }
 
 /// (year, month, day) of a day counted from 1970-01-01, in the proleptic

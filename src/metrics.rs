@@ -48,8 +48,11 @@ fn histogram(name: &str, help: &str) -> Histogram {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let events =
-            counter("junction_events_total", "Step events read from the input topic, by how they were taken.", &["result"]);
+        let events = counter(
+            "junction_events_total",
+            "Step events read from the input topic, by how they were taken.",
+            &["result"],
+        );
         let m = Metrics {
             registry: Registry::new(),
             events_by_result: ["accepted", "duplicate", "late"].map(|r| events.with_label_values(&[r])),

@@ -24,8 +24,8 @@
 use std::path::{Path, PathBuf};
 
 use rocksdb::{
-    BlockBasedOptions, Cache, DBCompressionType, Direction, IteratorMode, Options, WriteBatch, WriteBufferManager,
-    WriteOptions, DB,
+    BlockBasedOptions, Cache, DBCompactionStyle, DBCompressionType, Direction, IteratorMode, Options, WriteBatch,
+    WriteBufferManager, WriteOptions, DB,
 };
 
 const STATE_PREFIX: u8 = b'w';
@@ -68,7 +68,7 @@ impl StoreMemory {
     pub fn new(total: usize, write_buffers: usize) -> StoreMemory {
         let cache = Cache::new_lru_cache(total);
         let manager = WriteBufferManager::new_write_buffer_manager_with_cache(write_buffers, false, cache.clone());
-        StoreMemory { cache, write_buffers: manager, memtable_bytes: (write_buffers / 4).clamp(1 << 20, 64 << 20) }
+        StoreMemory { cache, write_buffers: manager, memtable_bytes: (write_buffers / 2).clamp(1 << 20, 64 << 20) }
     }
 
     /// Bytes in use: cached blocks and memtables.
@@ -133,6 +133,9 @@ impl Store {
         options.set_write_buffer_manager(&memory.write_buffers);
         options.set_write_buffer_size(memory.memtable_bytes);
         options.set_compression_type(DBCompressionType::Lz4);
+        // Write-heavy: every commit rewrites its workflows' states. Universal
+        // compaction rewrites each byte fewer times than levels.
+        options.set_compaction_style(DBCompactionStyle::Universal);
         options.set_max_background_jobs(2);
         options.set_max_open_files(256);
         options.set_keep_log_file_num(2);
