@@ -136,6 +136,8 @@ fn main() {
     report.line("latency p99", latency.quantile(0.99), "ms");
     report.line("latency p99.9", latency.quantile(0.999), "ms");
     report.line("latency max", latency.quantile(1.0), "ms");
+    report.line("  of which until junction sent the outcome, p50", quantile(&latency.to_junction_ms, 0.5), "ms");
+    report.line("  of which until junction sent the outcome, p99", quantile(&latency.to_junction_ms, 0.99), "ms");
     report.line("latency samples", latency.samples_ms.len() as f64, "");
     let peak_before_restore = peak_resident(&junction);
 
@@ -453,13 +455,10 @@ fn count_outcomes(broker: &Broker, topic: &str, keep: impl Fn(&[u8]) -> bool) ->
         records += 1;
         let headers = m.headers().expect("outcome headers");
         for h in headers.iter() {
-            match (h.key, h.value) {
-                (junction::names::HEADER_OUTCOME_ID, Some(v)) => {
-                    if ids.insert(v.to_vec()) && v.windows(8).any(|w| w == b":failed:") {
-                        failed += 1;
-                    }
+            if let (junction::names::HEADER_OUTCOME_ID, Some(v)) = (h.key, h.value) {
+                if ids.insert(v.to_vec()) && v.windows(8).any(|w| w == b":failed:") {
+                    failed += 1;
                 }
-                _ => {}
             }
         }
     }
@@ -492,14 +491,21 @@ fn reader(broker: &Broker, topic: &str, from_end: bool) -> BaseConsumer {
 
 struct Latency {
     samples_ms: Vec<i64>,
+    /// The part of each sample up to junction sending the outcome (the
+    /// outcome record's own timestamp), sorted on its own.
+    to_junction_ms: Vec<i64>,
     events_per_second: f64,
 }
 
 impl Latency {
     fn quantile(&self, q: f64) -> f64 {
-        let i = ((self.samples_ms.len() as f64 * q).ceil() as usize).clamp(1, self.samples_ms.len()) - 1;
-        self.samples_ms[i] as f64
+        quantile(&self.samples_ms, q)
     }
+}
+
+fn quantile(sorted: &[i64], q: f64) -> f64 {
+    let i = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i] as f64
 }
 
 /// Sends new workflows at `rate` events/s for `length`, each record stamped
@@ -535,7 +541,8 @@ fn latency_phase(broker: &Broker, setup: &Setup, rate: f64, length: Duration) ->
                 seen += 1;
                 let sent = last_sent[index].load(Ordering::SeqCst);
                 if sent >= first_counted {
-                    samples.push(now - sent);
+                    let produced = m.timestamp().to_millis().unwrap_or(now);
+                    samples.push((now - sent, produced - sent));
                 }
             }
             assert_eq!(seen, workflows, "every workflow of the latency phase has its outcome");
@@ -566,10 +573,12 @@ fn latency_phase(broker: &Broker, setup: &Setup, rate: f64, length: Duration) ->
     let events_per_second = sent_events as f64 / started.elapsed().as_secs_f64();
     producer.flush(Duration::from_secs(60)).unwrap();
     done.store(true, Ordering::SeqCst);
-    let mut samples_ms = reading.join().unwrap();
-    assert!(!samples_ms.is_empty(), "latency samples were taken");
+    let samples = reading.join().unwrap();
+    assert!(!samples.is_empty(), "latency samples were taken");
+    let (mut samples_ms, mut to_junction_ms): (Vec<i64>, Vec<i64>) = samples.into_iter().unzip();
     samples_ms.sort_unstable();
-    Latency { samples_ms, events_per_second }
+    to_junction_ms.sort_unstable();
+    Latency { samples_ms, to_junction_ms, events_per_second }
 }
 
 fn parse_index(digits: &[u8]) -> Option<usize> {
