@@ -69,6 +69,8 @@ pub enum CommitError {
     Store(#[from] StoreError),
     #[error("cannot create the producer: {0}")]
     Producer(KafkaError),
+    #[error("cannot start a thread: {0}")]
+    Thread(String),
 }
 
 impl CommitError {
@@ -85,9 +87,7 @@ pub type Committed = Vec<(i32, i64)>;
 struct InFlight {
     epoch: usize,
     staged: Vec<(i32, Staged)>,
-    changelog_sent: bool,
-    /// Changelog partition → the highest offset delivered to it.
-    changelog_last: HashMap<i32, i64>,
+    changelog_records: usize,
     /// The store writes, once the changelog is delivered.
     saving: Option<JoinHandle<Result<(), CommitError>>>,
     started: Instant,
@@ -99,7 +99,7 @@ pub struct Committer {
     /// Delivery reports are served on the producer's own thread, which
     /// `flush`, `commit_transaction` and `abort_transaction` rely on, and
     /// which lets a pipelined commit see its deliveries without polling.
-    producer: ThreadedProducer<DeliveryTracker>,
+    producer: Arc<ThreadedProducer<DeliveryTracker>>,
     in_flight: Option<InFlight>,
     /// The interval that records sent now belong to.
     epoch: usize,
@@ -116,7 +116,7 @@ impl Committer {
         if config.kafka.processing_guarantee == Guarantee::ExactlyOnce {
             producer.init_transactions(COMMIT_TIMEOUT).map_err(transaction_error)?;
         }
-        Ok(Committer { config, metrics, producer, in_flight: None, epoch: 0 })
+        Ok(Committer { config, metrics, producer: Arc::new(producer), in_flight: None, epoch: 0 })
     }
 
     /// Under `at_least_once`, sends the outcomes and dead letters decided so
@@ -188,8 +188,7 @@ impl Committer {
                 self.in_flight = Some(InFlight {
                     epoch,
                     staged,
-                    changelog_sent: false,
-                    changelog_last: HashMap::new(),
+                    changelog_records: 0,
                     saving: None,
                     started,
                 });
@@ -237,28 +236,37 @@ impl Committer {
                     consumer.commit(&offsets, mode).map_err(CommitError::Offsets)?;
                 }
                 self.finished(f.started, true);
-                debug!(changelog = f.staged.iter().map(|(_, s)| s.changelog.len()).sum::<usize>(), "committed");
+                debug!(changelog = f.changelog_records, "committed");
                 return Ok(Some(f.staged.iter().filter_map(|(p, s)| Some((*p, s.next_offset?))).collect()));
             }
             let (epoch, started) = (f.epoch, f.started);
-            let Some(changelog_last) = self.delivered(epoch, started, wait)? else { return Ok(None) };
+            if self.delivered(epoch, started, wait)?.is_none() {
+                return Ok(None);
+            }
+            // The interval's outcomes are delivered. The changelog records
+            // are sent, awaited and the stores written on a thread of their
+            // own while the stream thread goes on; the tasks keep these
+            // states readable until then.
             let f = self.in_flight.as_mut().expect("in flight");
-            for (partition, offset) in changelog_last {
-                let last = f.changelog_last.entry(partition).or_insert(offset);
-                *last = (*last).max(offset);
-            }
-            if !f.changelog_sent {
-                f.changelog_sent = true;
-                let f = self.in_flight.as_ref().expect("in flight");
-                f.staged.iter().try_for_each(|(partition, s)| self.send_changelog(epoch, *partition, s))?;
-                continue;
-            }
-            // The stores are written on a thread of their own, while the
-            // stream thread goes on; the tasks keep these states readable until then.
-            let batches = take_batches(&mut f.staged, &f.changelog_last);
-            f.saving = Some(std::thread::spawn(move || {
-                batches.into_iter().try_for_each(|(store, batch)| store.write(batch)).map_err(CommitError::from)
-            }));
+            let work: Vec<SaveWork> = f
+                .staged
+                .iter_mut()
+                .map(|(partition, s)| SaveWork {
+                    partition: *partition,
+                    changelog: std::mem::take(&mut s.changelog),
+                    store: Arc::clone(&s.store),
+                    batch: std::mem::take(&mut s.batch),
+                })
+                .collect();
+            f.changelog_records = work.iter().map(|w| w.changelog.len()).sum();
+            let producer = Arc::clone(&self.producer);
+            let topic = self.config.kafka.changelog_topic();
+            f.saving = Some(
+                std::thread::Builder::new()
+                    .name("junction-save".into())
+                    .spawn(move || save(&producer, &topic, epoch, started, work))
+                    .map_err(|e| CommitError::Thread(e.to_string()))?,
+            );
         }
     }
 
@@ -304,9 +312,10 @@ impl Committer {
     ) -> Result<Committed, CommitError> {
         self.producer.begin_transaction().map_err(transaction_error)?;
         let sent = (|| {
+            let topic = self.config.kafka.changelog_topic();
             for (partition, s) in &staged {
                 self.send_outputs(&s.outcomes, &s.dead_letters)?;
-                self.send_changelog(self.epoch, *partition, s)?;
+                send_changelog(&topic, &self.producer, self.epoch, *partition, &s.changelog)?;
             }
             let offsets = self.offsets(&staged)?;
             if offsets.count() > 0 {
@@ -363,45 +372,11 @@ impl Committer {
         Ok(())
     }
 
-    fn send_changelog(&self, epoch: usize, partition: i32, s: &Staged) -> Result<(), CommitError> {
-        let topic = self.config.kafka.changelog_topic();
-        for (id, value) in &s.changelog {
-            let mut record: BaseRecord<'_, str, [u8], usize> =
-                BaseRecord::with_opaque_to(&topic, epoch).key(id.as_str()).partition(partition);
-            if let Some(v) = value {
-                record = record.payload(v.as_slice());
-            }
-            self.send(record)?;
-        }
-        Ok(())
-    }
-
-    /// Sends one record, waiting while librdkafka's queue is full.
     fn send<K: rdkafka::message::ToBytes + ?Sized, P: rdkafka::message::ToBytes + ?Sized>(
         &self,
-        mut record: BaseRecord<'_, K, P, usize>,
+        record: BaseRecord<'_, K, P, usize>,
     ) -> Result<(), CommitError> {
-        let mut deadline = None;
-        let epoch = record.delivery_opaque;
-        loop {
-            // Counted before the send: its delivery report may come before `send` returns.
-            self.producer.context().sent(epoch);
-            match self.producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((e, r)) => {
-                    self.producer.context().unsent(epoch);
-                    match e {
-                        KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
-                            if *deadline.get_or_insert_with(|| Instant::now() + COMMIT_TIMEOUT) > Instant::now() =>
-                        {
-                            record = r;
-                            std::thread::sleep(Duration::from_millis(1));
-                        }
-                        e => return Err(CommitError::Delivery(e)),
-                    }
-                }
-            }
-        }
+        send(&self.producer, record)
     }
 
     /// Waits for every record in flight; fails if any was not delivered.
@@ -451,6 +426,94 @@ impl Committer {
             let duration = (o.finished_at_ms - o.started_at_ms).max(0) as f64 / 1000.0;
             self.metrics.outcome(&o.workflow_type, o.outcome, duration);
             self.metrics.outcome_latency.observe((now_ms - d.decided_at_ms).max(0) as f64 / 1000.0);
+        }
+    }
+}
+
+/// One task's part of a commit, for the thread that saves it.
+struct SaveWork {
+    partition: i32,
+    changelog: Vec<(String, Option<Vec<u8>>)>,
+    store: Arc<Store>,
+    batch: StoreBatch,
+}
+
+/// The end of an `at_least_once` commit, on its own thread: sends the
+/// changelog records, waits for their delivery, and writes each store with
+/// the changelog offset it reaches as checkpoint.
+fn save(
+    producer: &ThreadedProducer<DeliveryTracker>,
+    topic: &str,
+    epoch: usize,
+    started: Instant,
+    work: Vec<SaveWork>,
+) -> Result<(), CommitError> {
+    for w in &work {
+        send_changelog(topic, producer, epoch, w.partition, &w.changelog)?;
+    }
+    while producer.context().in_flight(epoch) > 0 {
+        if started.elapsed() > COMMIT_TIMEOUT {
+            return Err(CommitError::Delivery(KafkaError::Flush(RDKafkaErrorCode::MessageTimedOut)));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let d = producer.context().take();
+    if let Some(e) = d.failures.into_iter().next() {
+        return Err(CommitError::Delivery(e));
+    }
+    for mut w in work {
+        if let Some(last) = d.changelog_last.get(&w.partition) {
+            w.batch.set_checkpoint(last + 1);
+        }
+        if !w.batch.is_empty() {
+            w.store.write(w.batch)?;
+        }
+    }
+    Ok(())
+}
+
+fn send_changelog(
+    topic: &str,
+    producer: &ThreadedProducer<DeliveryTracker>,
+    epoch: usize,
+    partition: i32,
+    changelog: &[(String, Option<Vec<u8>>)],
+) -> Result<(), CommitError> {
+    for (id, value) in changelog {
+        let mut record: BaseRecord<'_, str, [u8], usize> =
+            BaseRecord::with_opaque_to(topic, epoch).key(id.as_str()).partition(partition);
+        if let Some(v) = value {
+            record = record.payload(v.as_slice());
+        }
+        send(producer, record)?;
+    }
+    Ok(())
+}
+
+/// Sends one record, waiting while librdkafka's queue is full.
+fn send<K: rdkafka::message::ToBytes + ?Sized, P: rdkafka::message::ToBytes + ?Sized>(
+    producer: &ThreadedProducer<DeliveryTracker>,
+    mut record: BaseRecord<'_, K, P, usize>,
+) -> Result<(), CommitError> {
+    let mut deadline = None;
+    let epoch = record.delivery_opaque;
+    loop {
+        // Counted before the send: its delivery report may come before `send` returns.
+        producer.context().sent(epoch);
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((e, r)) => {
+                producer.context().unsent(epoch);
+                match e {
+                    KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
+                        if *deadline.get_or_insert_with(|| Instant::now() + COMMIT_TIMEOUT) > Instant::now() =>
+                    {
+                        record = r;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    e => return Err(CommitError::Delivery(e)),
+                }
+            }
         }
     }
 }
