@@ -543,6 +543,9 @@ fn latency_phase(broker: &Broker, setup: &Setup, rate: f64, length: Duration) ->
                 if sent >= first_counted {
                     let produced = m.timestamp().to_millis().unwrap_or(now);
                     samples.push((now - sent, produced - sent));
+                    if std::env::var_os("BENCH_LATENCY_TRACE").is_some() && now - sent > 150 {
+                        eprintln!("slow outcome: sent {sent} produced {produced} read {now} ({} ms)", now - sent);
+                    }
                 }
             }
             assert_eq!(seen, workflows, "every workflow of the latency phase has its outcome");

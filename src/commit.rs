@@ -185,13 +185,7 @@ impl Committer {
                 staged.iter().for_each(|(_, s)| self.count_outcomes(&s.outcomes));
                 let epoch = self.epoch;
                 self.epoch += 1;
-                self.in_flight = Some(InFlight {
-                    epoch,
-                    staged,
-                    changelog_records: 0,
-                    saving: None,
-                    started,
-                });
+                self.in_flight = Some(InFlight { epoch, staged, changelog_records: 0, saving: None, started });
                 if let Err(e) = sent {
                     return Err(self.abandon(e));
                 }

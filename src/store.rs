@@ -24,7 +24,7 @@
 use std::path::{Path, PathBuf};
 
 use rocksdb::{
-    BlockBasedOptions, Cache, DBCompactionStyle, DBCompressionType, Direction, IteratorMode, Options, WriteBatch,
+    BlockBasedOptions, Cache, DBCompactionStyle, DBCompressionType, Direction, Env, IteratorMode, Options, WriteBatch,
     WriteBufferManager, WriteOptions, DB,
 };
 
@@ -56,6 +56,9 @@ pub struct Store {
 /// write-buffer manager whose memtables are charged to it.
 #[derive(Clone)]
 pub struct StoreMemory {
+    /// RocksDB's environment, its compaction threads at the lowest CPU
+    /// priority: a large compaction must not starve the stream thread.
+    env: Option<Env>,
     cache: Cache,
     write_buffers: WriteBufferManager,
     /// One store's memtable size.
@@ -68,7 +71,11 @@ impl StoreMemory {
     pub fn new(total: usize, write_buffers: usize) -> StoreMemory {
         let cache = Cache::new_lru_cache(total);
         let manager = WriteBufferManager::new_write_buffer_manager_with_cache(write_buffers, false, cache.clone());
-        StoreMemory { cache, write_buffers: manager, memtable_bytes: (write_buffers / 2).clamp(1 << 20, 64 << 20) }
+        let env = Env::new().ok().map(|mut env| {
+            env.lower_thread_pool_cpu_priority();
+            env
+        });
+        StoreMemory { env, cache, write_buffers: manager, memtable_bytes: (write_buffers / 2).clamp(1 << 20, 64 << 20) }
     }
 
     /// Bytes in use: cached blocks and memtables.
@@ -131,6 +138,9 @@ impl Store {
         options.create_if_missing(true);
         options.set_block_based_table_factory(&table);
         options.set_write_buffer_manager(&memory.write_buffers);
+        if let Some(env) = &memory.env {
+            options.set_env(env);
+        }
         options.set_write_buffer_size(memory.memtable_bytes);
         options.set_compression_type(DBCompressionType::Lz4);
         // Write-heavy: every commit rewrites its workflows' states. Universal
