@@ -15,11 +15,13 @@
 //!
 //! Under `at_least_once` a commit is pipelined: [`Committer::begin`] closes
 //! the interval and returns, and the stream thread goes on processing the
-//! next interval while [`Committer::advance`] moves the commit through its
-//! steps as deliveries arrive. Every record is sent tagged with its
-//! interval (its epoch), so that a commit waits for its own records only.
-//! One commit is in flight at a time; the tasks keep its states readable
-//! until the stores have them.
+//! next interval while [`Committer::advance`] moves the commit on between
+//! polls. Once the interval's outcomes are delivered, a `junction-save`
+//! thread sends the changelog records, waits for them and writes the stores
+//! (steps 2 and 3); the stream thread then commits the offsets. Every record
+//! is sent tagged with its interval (its epoch), so that a commit waits for
+//! its own records only. One commit is in flight at a time; the tasks keep
+//! its states readable until the stores have them.
 //!
 //! `exactly_once`: outcomes, dead letters, changelog records and input offsets
 //! go in one transaction; the stores are written once it has committed.
@@ -442,6 +444,7 @@ fn save(
     started: Instant,
     work: Vec<SaveWork>,
 ) -> Result<(), CommitError> {
+    lower_priority();
     for w in &work {
         send_changelog(topic, producer, epoch, w.partition, &w.changelog)?;
     }
@@ -465,6 +468,20 @@ fn save(
     }
     Ok(())
 }
+
+/// Lowers the calling thread's CPU priority (Linux's nice is per thread):
+/// under contention the stream thread, which publishes outcomes, goes
+/// first; a commit only takes longer.
+fn lower_priority() {
+    // SAFETY: setpriority takes plain integers; `who` 0 is the calling thread.
+    let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, SAVE_NICE) };
+    if result != 0 {
+        debug!(error = %std::io::Error::last_os_error(), "cannot lower the commit thread's priority");
+    }
+}
+
+/// The commit thread's nice value.
+const SAVE_NICE: libc::c_int = 10;
 
 fn send_changelog(
     topic: &str,

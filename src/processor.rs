@@ -1,11 +1,19 @@
 //! The stream thread: one thread that polls the input topic, hands each
-//! record to its partition's task, steps the restorer, and commits every
-//! `commit_interval`. It owns every task; the rebalance callbacks, which
-//! librdkafka runs inside `poll`, reach the same state through one mutex that
-//! the loop never holds while polling.
+//! record to its partition's task, steps the restorer, publishes outcomes
+//! every [`PUBLISH_INTERVAL`], and starts a commit every `commit_interval`.
+//! It owns every task; the rebalance callbacks, which librdkafka runs inside
+//! `poll`, reach the same state through one mutex that the loop never holds
+//! while polling.
 //!
-//! Blocking librdkafka and RocksDB calls run here, never on the async
-//! executor that serves HTTP.
+//! The threads of a junction process, and who may block:
+//! - this stream thread: librdkafka and RocksDB calls, never for long
+//!   (a commit in flight is moved on between polls, not waited for);
+//! - one `junction-save` thread per commit (see [`crate::commit`]): sends the
+//!   changelog, waits for it and writes the stores, at a lower priority;
+//! - librdkafka's own threads (network, delivery reports), RocksDB's
+//!   (flushes; compactions at the lowest priority);
+//! - the tokio runtime, which serves HTTP and signals and never blocks on
+//!   Kafka or RocksDB.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
