@@ -64,6 +64,8 @@ pub struct StateConfig {
     pub memory_bytes: u64,
     /// The part of `memory_bytes` that memtables may take.
     pub write_buffer_bytes: u64,
+    /// The deadline of a workflow type that sets none, so that no workflow waits forever.
+    pub default_deadline: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -171,6 +173,7 @@ const OVERRIDABLE: &[&str] = &[
     "state.retention",
     "state.memory_bytes",
     "state.write_buffer_bytes",
+    "state.default_deadline",
     "http.listen",
 ];
 
@@ -306,7 +309,11 @@ impl Reader {
                 "properties",
             ],
         );
-        self.unknown_keys("state", &state, &["dir", "retention", "memory_bytes", "write_buffer_bytes"]);
+        self.unknown_keys(
+            "state",
+            &state,
+            &["dir", "retention", "memory_bytes", "write_buffer_bytes", "default_deadline"],
+        );
         self.unknown_keys("http", &http, &["listen"]);
 
         let application_id = self.string(&kafka, "kafka.application_id", Some("junction"));
@@ -376,18 +383,27 @@ impl Reader {
                 format!("expected a positive number of bytes below state.memory_bytes ({memory_bytes})"),
             );
         }
+        let default_deadline = self.duration(&state, "state.default_deadline", "7d");
+        if default_deadline.is_zero() {
+            self.error("state.default_deadline", "expected a duration greater than zero");
+        }
         let state = StateConfig {
             dir: state_dir,
             retention: self.duration(&state, "state.retention", "24h"),
             memory_bytes,
             write_buffer_bytes,
+            default_deadline,
         };
         let listen = self.string(&http, "http.listen", Some("127.0.0.1:9464"));
         let listen = listen.parse().unwrap_or_else(|_| {
             self.error("http.listen", format!("expected an address such as 127.0.0.1:9464, got {listen:?}"));
             SocketAddr::from(([127, 0, 0, 1], 9464))
         });
-        let workflows = self.workflows(&top);
+        let mut workflows = self.workflows(&top);
+        // No workflow lives forever: a type without a deadline gets the default.
+        for w in workflows.iter_mut().filter(|w| w.deadline.is_none()) {
+            w.deadline = Some(state.default_deadline);
+        }
         Config { kafka, state, http: HttpConfig { listen }, workflows }
     }
 
@@ -635,6 +651,19 @@ deadline = "15m"
     }
 
     #[test]
+    fn a_type_without_a_deadline_gets_the_default_deadline() {
+        let without = MINIMAL.replace("deadline = \"15m\"\n", "");
+        let c = parse_with(&without, &[]).unwrap();
+        assert_eq!(c.workflows[0].deadline, Some(Duration::from_secs(7 * 86_400)));
+        let c = parse_with(&without, &[("JUNCTION_STATE_DEFAULT_DEADLINE", "2s")]).unwrap();
+        assert_eq!(c.workflows[0].deadline, Some(Duration::from_secs(2)));
+        let c = parse_with(MINIMAL, &[("JUNCTION_STATE_DEFAULT_DEADLINE", "2s")]).unwrap();
+        assert_eq!(c.workflows[0].deadline, Some(Duration::from_secs(900)), "a type's own deadline wins");
+        let zero = parse_with(&without, &[("JUNCTION_STATE_DEFAULT_DEADLINE", "0s")]).unwrap_err();
+        assert!(zero.to_string().contains("state.default_deadline"), "{zero}");
+    }
+
+    #[test]
     fn a_minimal_file_gets_the_documented_defaults() {
         let c = parse_with(MINIMAL, &[]).unwrap();
         assert_eq!(c.kafka.processing_guarantee, Guarantee::AtLeastOnce);
@@ -645,6 +674,7 @@ deadline = "15m"
         assert_eq!(c.http.listen.to_string(), "127.0.0.1:9464");
         assert_eq!(c.workflows[0].quorum, 3);
         assert_eq!(c.workflows[0].deadline, Some(Duration::from_secs(900)));
+        assert_eq!(c.state.default_deadline, Duration::from_secs(7 * 86_400));
         assert_eq!(c.kafka.changelog_topic(), "junction-state-changelog");
     }
 

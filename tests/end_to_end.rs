@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{by_workflow, event, RawRecord, Running};
+use common::{by_workflow, event, Broker, Junction, RawRecord, Running, Setup};
 use serde_json::json;
 
 #[test]
@@ -123,6 +123,24 @@ fn a_deadline_fires_on_wall_clock_time_without_new_input() {
     );
     let records = out.read_until("the compensated outcome", |r| r.len() >= 2).to_vec();
     assert_eq!(records[1].json()["outcome"], "compensated");
+}
+
+#[test]
+fn a_type_without_a_deadline_times_out_at_the_default_deadline() {
+    let broker = Broker::start();
+    let mut setup = Setup::new(&broker, 1);
+    setup.default_deadline = "2s";
+    let work = tempfile::tempdir().unwrap();
+    let mut junction = Junction::start(&setup, work.path(), "j");
+    junction.wait_ready();
+
+    // "order" sets no deadline of its own: no workflow waits forever.
+    broker.produce_events(&setup.input, &[event("o-1", "order", "payment", "succeeded", None)]);
+    let mut out = broker.reader(&setup.output);
+    let v = out.read_until("the timed_out outcome", |r| !r.is_empty())[0].json();
+    assert_eq!(v["outcome"], "timed_out");
+    assert_eq!(v["missing"], json!(["inventory", "fraud_check"]));
+    assert_eq!(v["duration_ms"], 2000);
 }
 
 #[test]

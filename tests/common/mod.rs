@@ -399,6 +399,7 @@ pub struct Setup {
     pub guarantee: &'static str,
     pub commit_interval: &'static str,
     pub retention: &'static str,
+    pub default_deadline: &'static str,
     pub workflows: String,
     pub bootstrap: String,
 }
@@ -423,6 +424,7 @@ impl Setup {
             guarantee: "at_least_once",
             commit_interval: "100ms",
             retention: "24h",
+            default_deadline: "7d",
             workflows: DEFAULT_WORKFLOWS.to_string(),
             bootstrap: broker.bootstrap.clone(),
         }
@@ -449,6 +451,7 @@ commit_interval = "{interval}"
 [state]
 dir = "{dir}"
 retention = "{retention}"
+default_deadline = "{default_deadline}"
 
 [http]
 listen = "127.0.0.1:{http_port}"
@@ -464,6 +467,7 @@ listen = "127.0.0.1:{http_port}"
             interval = self.commit_interval,
             dir = state_dir.display(),
             retention = self.retention,
+            default_deadline = self.default_deadline,
             workflows = self.workflows,
         )
     }
