@@ -98,6 +98,14 @@ pub fn producer_config(config: &KafkaConfig) -> ClientConfig {
     c
 }
 
+/// The largest key or value junction copies into a dead letter: the
+/// producer's `message.max.bytes` (librdkafka's default 1,000,000) less
+/// room for the headers.
+pub fn max_record_bytes(config: &KafkaConfig) -> usize {
+    let max = config.properties.get("message.max.bytes").and_then(|v| v.parse::<usize>().ok()).unwrap_or(1_000_000);
+    max.saturating_sub(64 * 1024)
+}
+
 pub fn transactional_id(config: &KafkaConfig) -> String {
     format!("{}-{}", config.application_id, config.instance_id)
 }

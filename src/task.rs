@@ -233,7 +233,22 @@ impl Task {
         };
     }
 
-    fn dead_letter(&mut self, record: &InputRecord<'_>, error: BadInput) {
+    fn dead_letter(&mut self, record: &InputRecord<'_>, mut error: BadInput) {
+        // A key or value too large for the producer is not copied: a dead
+        // letter that can never be delivered would fail every commit.
+        let limit = crate::kafka::max_record_bytes(&self.config.kafka);
+        let copy = |bytes: Option<&[u8]>, what: &str, error: &mut BadInput| match bytes {
+            Some(b) if b.len() > limit => {
+                error.detail.push_str(&format!(
+                    "; the {what} ({} bytes) is not copied here: it stays at the source offset",
+                    b.len()
+                ));
+                None
+            }
+            other => other.map(<[u8]>::to_vec),
+        };
+        let key = copy(record.key, "key", &mut error);
+        let value = copy(record.value, "value", &mut error);
         warn!(
             partition = self.partition,
             offset = record.offset,
@@ -243,8 +258,8 @@ impl Task {
         );
         self.metrics.dead_letter(error.reason);
         self.dead_letters.push(DeadLetter {
-            key: record.key.map(<[u8]>::to_vec),
-            value: record.value.map(<[u8]>::to_vec),
+            key,
+            value,
             timestamp_ms: record.timestamp_ms,
             error,
             source_topic: record.topic.to_string(),
@@ -394,6 +409,22 @@ steps = ["payment", "inventory"]
         assert_eq!(staged.dead_letters.len(), 1);
         assert_eq!(staged.dead_letters[0].source_offset, 2);
         assert_eq!(staged.next_offset, Some(3));
+    }
+
+    #[test]
+    fn a_dead_letter_never_copies_more_than_the_producer_can_send() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = task(dir.path());
+        let large = vec![b'x'; 300_000];
+        t.process(&record(&large, 0), 5_000).unwrap();
+        let huge = vec![b'x'; 2_000_000];
+        t.process(&record(&huge, 1), 5_000).unwrap();
+        let staged = t.take_outputs().1;
+        assert_eq!(staged.len(), 2);
+        assert!(staged.iter().all(|d| d.error.reason == crate::names::Reason::TooLarge));
+        assert_eq!(staged[0].value.as_deref(), Some(&large[..]), "what the producer can send is copied");
+        assert!(staged[1].value.is_none(), "the rest is left at its source offset");
+        assert!(staged[1].error.detail.contains("2000000 bytes"), "{}", staged[1].error.detail);
     }
 
     #[test]
