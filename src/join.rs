@@ -201,8 +201,16 @@ pub fn apply_event(
         return (EventResult::Late, outcomes);
     }
 
+    let changes_step = state.steps.iter().find(|s| &s.name == step_name).is_none_or(|s| match event.status {
+        Status::Succeeded | Status::Failed => s.work.is_none(),
+        Status::Compensated => s.compensated_at_ms.is_none(),
+    });
     match &event.event_id {
-        Some(id) => state.event_ids.push(id.to_string()),
+        // Only an event that changes its step is remembered by its ID: any
+        // other is answered the same way again, and the IDs kept stay
+        // bounded by twice the steps, whatever a producer sends.
+        Some(id) if changes_step => state.event_ids.push(id.to_string()),
+        Some(_) => {}
         None => state.step_mut(step_name).seen_without_id |= status_bit(event.status),
     }
     // Start and finish times span the work reports: a compensation
@@ -464,6 +472,18 @@ mod tests {
         assert_eq!(state, before);
         let (mut state, _) = run(&s, &[ev(0, Succeeded, None, 1)], 9);
         assert_eq!(apply_event(&s, &mut state, "w", &ev(0, Succeeded, None, 7), 9).0, EventResult::Duplicate);
+    }
+
+    #[test]
+    fn event_ids_stay_bounded_whatever_a_producer_sends() {
+        let s = spec(None, None);
+        let (mut state, _) = run(&s, &[ev(0, Succeeded, Some("a"), 1)], 9);
+        for i in 0..1_000 {
+            let id = format!("retry-{i}");
+            apply_event(&s, &mut state, "w", &ev(0, if i % 2 == 0 { Succeeded } else { Failed }, Some(&id), 2), 9);
+        }
+        assert_eq!(state.event_ids, ["a"], "reports that change nothing are not remembered");
+        assert_eq!(state.steps[0].work, Some(Succeeded), "the first report still counts");
     }
 
     #[test]
