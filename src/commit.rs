@@ -156,20 +156,7 @@ impl Committer {
         consumer: &BaseConsumer<C>,
     ) -> Result<Option<Committed>, CommitError> {
         assert!(self.in_flight.is_none(), "a commit is already in flight");
-        // Under at-least-once the outcomes go first, and are on their way
-        // while the states are encoded.
-        let outputs: Vec<_> = tasks.iter_mut().map(|t| t.take_outputs()).collect();
-        let at_least_once = self.config.kafka.processing_guarantee == Guarantee::AtLeastOnce;
-        let sent = if at_least_once {
-            outputs.iter().try_for_each(|(outcomes, dead_letters)| self.send_outputs(outcomes, dead_letters))
-        } else {
-            Ok(())
-        };
-        let mut staged: Vec<(i32, Staged)> = tasks.iter_mut().map(|t| (t.partition, t.stage())).collect();
-        for ((_, s), (outcomes, dead_letters)) in staged.iter_mut().zip(outputs) {
-            s.outcomes = outcomes;
-            s.dead_letters = dead_letters;
-        }
+        let staged: Vec<(i32, Staged)> = tasks.iter_mut().map(|t| (t.partition, t.stage())).collect();
         let nothing = staged.iter().all(|(_, s)| {
             s.next_offset.is_none() && s.outcomes.is_empty() && s.changelog.is_empty() && s.batch.is_empty()
         });
@@ -184,6 +171,8 @@ impl Committer {
                 result.map(Some)
             }
             Guarantee::AtLeastOnce => {
+                // What was not yet published (outcomes of timers fired for this commit) goes now.
+                let sent = staged.iter().try_for_each(|(_, s)| self.send_outputs(&s.outcomes, &s.dead_letters));
                 staged.iter().for_each(|(_, s)| self.count_outcomes(&s.outcomes));
                 let epoch = self.epoch;
                 self.epoch += 1;
@@ -233,10 +222,10 @@ impl Committer {
                 }
                 self.finished(f.started, true);
                 debug!(changelog = f.changelog_records, "committed");
-                return Ok(Some(f.staged.iter().filter_map(|(p, s)| Some((*p, s.next_offset?))).collect()));
+                return Ok(Some(committed(&f.staged)));
             }
             let (epoch, started) = (f.epoch, f.started);
-            if self.delivered(epoch, started, wait)?.is_none() {
+            if !self.delivered(epoch, started, wait)? {
                 return Ok(None);
             }
             // The interval's outcomes are delivered. The changelog records
@@ -266,20 +255,20 @@ impl Committer {
         }
     }
 
-    /// Whether everything sent so far is delivered; with `wait`, waits for
-    /// it. Returns the changelog offsets delivered, or an error for a
-    /// failed delivery or one that took longer than the commit timeout.
-    fn delivered(&self, epoch: usize, started: Instant, wait: bool) -> Result<Option<HashMap<i32, i64>>, CommitError> {
+    /// Whether the records of `epoch` are delivered; with `wait`, waits for
+    /// everything in flight. An error for a failed delivery, or one that
+    /// took longer than the commit timeout.
+    fn delivered(&self, epoch: usize, started: Instant, wait: bool) -> Result<bool, CommitError> {
         if wait {
-            return self.flush().map(Some);
+            return self.flush().map(|_| true);
         }
         if self.producer.context().in_flight(epoch) > 0 {
             if started.elapsed() > COMMIT_TIMEOUT {
                 return Err(CommitError::Delivery(KafkaError::Flush(RDKafkaErrorCode::MessageTimedOut)));
             }
-            return Ok(None);
+            return Ok(false);
         }
-        self.drain_deliveries().map(Some)
+        self.drain_deliveries().map(|_| true)
     }
 
     /// Drops the commit in flight after an error, and waits for what is still
@@ -334,7 +323,7 @@ impl Committer {
         let changelog_last = self.drain_deliveries()?;
         self.save_stores(&mut staged, &changelog_last)?;
         staged.iter().for_each(|(_, s)| self.count_outcomes(&s.outcomes));
-        Ok(staged.iter().filter_map(|(p, s)| Some((*p, s.next_offset?))).collect())
+        Ok(committed(&staged))
     }
 
     fn send_outputs(&self, outcomes: &[Decided], dead_letters: &[DeadLetter]) -> Result<(), CommitError> {
@@ -382,26 +371,13 @@ impl Committer {
     }
 
     fn drain_deliveries(&self) -> Result<HashMap<i32, i64>, CommitError> {
-        let deadline = Instant::now() + COMMIT_TIMEOUT;
-        while self.producer.context().in_flight_total() > 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        let in_flight = self.producer.context().in_flight_total();
-        let d = self.producer.context().take();
-        if let Some(e) = d.failures.into_iter().next() {
-            return Err(CommitError::Delivery(e));
-        }
-        if in_flight > 0 {
-            return Err(CommitError::Delivery(KafkaError::Flush(RDKafkaErrorCode::MessageTimedOut)));
-        }
-        Ok(d.changelog_last)
+        let tracker = self.producer.context();
+        await_deliveries(tracker, || tracker.in_flight_total(), Instant::now() + COMMIT_TIMEOUT)
     }
 
     fn save_stores(&self, staged: &mut [(i32, Staged)], changelog_last: &HashMap<i32, i64>) -> Result<(), CommitError> {
-        for (store, batch) in take_batches(staged, changelog_last) {
-            store.write(batch)?;
-        }
-        Ok(())
+        let batches = staged.iter_mut().map(|(p, s)| (*p, Arc::clone(&s.store), std::mem::take(&mut s.batch)));
+        write_stores(batches, changelog_last)
     }
 
     fn offsets(&self, staged: &[(i32, Staged)]) -> Result<TopicPartitionList, CommitError> {
@@ -448,25 +424,52 @@ fn save(
     for w in &work {
         send_changelog(topic, producer, epoch, w.partition, &w.changelog)?;
     }
-    while producer.context().in_flight(epoch) > 0 {
-        if started.elapsed() > COMMIT_TIMEOUT {
-            return Err(CommitError::Delivery(KafkaError::Flush(RDKafkaErrorCode::MessageTimedOut)));
-        }
+    let tracker = producer.context();
+    let changelog_last = await_deliveries(tracker, || tracker.in_flight(epoch), started + COMMIT_TIMEOUT)?;
+    write_stores(work.into_iter().map(|w| (w.partition, w.store, w.batch)), &changelog_last)
+}
+
+/// Waits until `pending()` is zero or the deadline passes, then takes what
+/// was delivered: the changelog offsets, or the first failure, or a timeout.
+fn await_deliveries(
+    tracker: &DeliveryTracker,
+    pending: impl Fn() -> usize,
+    deadline: Instant,
+) -> Result<HashMap<i32, i64>, CommitError> {
+    while pending() > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(1));
     }
-    let d = producer.context().take();
+    let still_pending = pending();
+    let d = tracker.take();
     if let Some(e) = d.failures.into_iter().next() {
         return Err(CommitError::Delivery(e));
     }
-    for mut w in work {
-        if let Some(last) = d.changelog_last.get(&w.partition) {
-            w.batch.set_checkpoint(last + 1);
+    if still_pending > 0 {
+        return Err(CommitError::Delivery(KafkaError::Flush(RDKafkaErrorCode::MessageTimedOut)));
+    }
+    Ok(d.changelog_last)
+}
+
+/// Writes each partition's store batch, with the changelog offset it
+/// reaches as checkpoint.
+fn write_stores(
+    batches: impl IntoIterator<Item = (i32, Arc<Store>, StoreBatch)>,
+    changelog_last: &HashMap<i32, i64>,
+) -> Result<(), CommitError> {
+    for (partition, store, mut batch) in batches {
+        if let Some(last) = changelog_last.get(&partition) {
+            batch.set_checkpoint(last + 1);
         }
-        if !w.batch.is_empty() {
-            w.store.write(w.batch)?;
+        if !batch.is_empty() {
+            store.write(batch)?;
         }
     }
     Ok(())
+}
+
+/// The input offsets a commit of `staged` covers.
+fn committed(staged: &[(i32, Staged)]) -> Committed {
+    staged.iter().filter_map(|(p, s)| Some((*p, s.next_offset?))).collect()
 }
 
 /// Lowers the calling thread's CPU priority (Linux's nice is per thread):
@@ -527,21 +530,6 @@ fn send<K: rdkafka::message::ToBytes + ?Sized, P: rdkafka::message::ToBytes + ?S
             }
         }
     }
-}
-
-/// Each task's store batch, with the changelog offset it reaches as checkpoint.
-fn take_batches(staged: &mut [(i32, Staged)], changelog_last: &HashMap<i32, i64>) -> Vec<(Arc<Store>, StoreBatch)> {
-    let mut out = Vec::with_capacity(staged.len());
-    for (partition, s) in staged.iter_mut() {
-        let mut batch = std::mem::take(&mut s.batch);
-        if let Some(last) = changelog_last.get(partition) {
-            batch.set_checkpoint(last + 1);
-        }
-        if !batch.is_empty() {
-            out.push((Arc::clone(&s.store), batch));
-        }
-    }
-    out
 }
 
 /// Sorts a transaction error into the three ways of handling it.

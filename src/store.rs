@@ -77,11 +77,6 @@ impl StoreMemory {
         });
         StoreMemory { env, cache, write_buffers: manager, memtable_bytes: (write_buffers / 2).clamp(1 << 20, 64 << 20) }
     }
-
-    /// Bytes in use: cached blocks and memtables.
-    pub fn usage(&self) -> usize {
-        self.cache.get_usage()
-    }
 }
 
 /// The changes of one commit, applied atomically.

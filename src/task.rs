@@ -274,11 +274,6 @@ impl Task {
         (&mut self.outcomes, &mut self.dead_letters)
     }
 
-    /// Takes the outcomes and dead letters decided since the last commit.
-    pub fn take_outputs(&mut self) -> (Vec<Decided>, Vec<DeadLetter>) {
-        (std::mem::take(&mut self.outcomes), std::mem::take(&mut self.dead_letters))
-    }
-
     /// Takes everything the next commit must publish and save, leaving the
     /// task clean. The states stay readable until [`Task::committed`].
     pub fn stage(&mut self) -> Staged {
@@ -419,7 +414,7 @@ steps = ["payment", "inventory"]
         t.process(&record(&large, 0), 5_000).unwrap();
         let huge = vec![b'x'; 2_000_000];
         t.process(&record(&huge, 1), 5_000).unwrap();
-        let staged = t.take_outputs().1;
+        let staged = t.stage().dead_letters;
         assert_eq!(staged.len(), 2);
         assert!(staged.iter().all(|d| d.error.reason == crate::names::Reason::TooLarge));
         assert_eq!(staged[0].value.as_deref(), Some(&large[..]), "what the producer can send is copied");
