@@ -66,6 +66,8 @@ pub struct StateConfig {
     pub write_buffer_bytes: u64,
     /// The deadline of a workflow type that sets none, so that no workflow waits forever.
     pub default_deadline: Duration,
+    /// The largest step payload kept in state (and repeated in the outcome).
+    pub max_payload_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -156,6 +158,7 @@ const ENV_PROPERTY_PREFIX: &str = "JUNCTION_KAFKA_PROPERTY_";
 
 /// RocksDB's memory for all stores of a process, by default: 128 MiB.
 pub const DEFAULT_MEMORY_BYTES: u64 = 128 << 20;
+pub const DEFAULT_MAX_PAYLOAD_BYTES: u64 = 64 << 10;
 const MIN_MEMORY_BYTES: u64 = 16 << 20;
 
 /// The scalar keys that the environment may override, as `section.key`.
@@ -174,6 +177,7 @@ const OVERRIDABLE: &[&str] = &[
     "state.memory_bytes",
     "state.write_buffer_bytes",
     "state.default_deadline",
+    "state.max_payload_bytes",
     "http.listen",
 ];
 
@@ -312,7 +316,7 @@ impl Reader {
         self.unknown_keys(
             "state",
             &state,
-            &["dir", "retention", "memory_bytes", "write_buffer_bytes", "default_deadline"],
+            &["dir", "retention", "memory_bytes", "write_buffer_bytes", "default_deadline", "max_payload_bytes"],
         );
         self.unknown_keys("http", &http, &["listen"]);
 
@@ -387,12 +391,17 @@ impl Reader {
         if default_deadline.is_zero() {
             self.error("state.default_deadline", "expected a duration greater than zero");
         }
+        let max_payload_bytes = self.integer(&state, "state.max_payload_bytes", DEFAULT_MAX_PAYLOAD_BYTES) as usize;
+        if max_payload_bytes == 0 {
+            self.error("state.max_payload_bytes", "expected a positive number of bytes");
+        }
         let state = StateConfig {
             dir: state_dir,
             retention: self.duration(&state, "state.retention", "24h"),
             memory_bytes,
             write_buffer_bytes,
             default_deadline,
+            max_payload_bytes,
         };
         let listen = self.string(&http, "http.listen", Some("127.0.0.1:9464"));
         let listen = listen.parse().unwrap_or_else(|_| {
@@ -400,11 +409,34 @@ impl Reader {
             SocketAddr::from(([127, 0, 0, 1], 9464))
         });
         let mut workflows = self.workflows(&top);
+        self.outcomes_fit(&workflows, &kafka, state.max_payload_bytes);
         // No workflow lives forever: a type without a deadline gets the default.
         for w in workflows.iter_mut().filter(|w| w.deadline.is_none()) {
             w.deadline = Some(state.default_deadline);
         }
         Config { kafka, state, http: HttpConfig { listen }, workflows }
+    }
+
+    /// Every outcome record must fit in what the producer can send: a type's
+    /// steps, each with a payload of up to `max_payload_bytes`, bound its size.
+    fn outcomes_fit(&mut self, workflows: &[WorkflowSpec], kafka: &KafkaConfig, max_payload_bytes: usize) {
+        let limit = crate::kafka::max_record_bytes(kafka);
+        for (i, w) in workflows.iter().enumerate() {
+            let largest = names::OUTCOME_OVERHEAD_BYTES
+                + w.steps.len() * (max_payload_bytes.saturating_add(names::OUTCOME_STEP_OVERHEAD_BYTES));
+            if largest > limit {
+                self.error(
+                    &format!("workflows[{i}].steps"),
+                    format!(
+                        "{} steps with payloads of up to state.max_payload_bytes ({max_payload_bytes}) make outcome \
+                         records of up to {largest} bytes, more than the producer can send ({limit}: \
+                         message.max.bytes less 64 KiB); use fewer steps, a smaller state.max_payload_bytes or a \
+                         larger kafka.properties.\"message.max.bytes\"",
+                        w.steps.len()
+                    ),
+                );
+            }
+        }
     }
 
     fn section(&mut self, top: &Table, name: &str) -> Table {
@@ -661,6 +693,20 @@ deadline = "15m"
         assert_eq!(c.workflows[0].deadline, Some(Duration::from_secs(900)), "a type's own deadline wins");
         let zero = parse_with(&without, &[("JUNCTION_STATE_DEFAULT_DEADLINE", "0s")]).unwrap_err();
         assert!(zero.to_string().contains("state.default_deadline"), "{zero}");
+    }
+
+    #[test]
+    fn the_steps_of_a_type_and_the_payload_limit_must_fit_an_outcome_record() {
+        let steps: Vec<String> = (0..64).map(|i| format!("\"s{i}\"")).collect();
+        let many = MINIMAL.replace(r#"["payment", "inventory", "fraud_check"]"#, &format!("[{}]", steps.join(", ")));
+        let e = parse_with(&many, &[]).unwrap_err().to_string();
+        assert!(e.contains("workflows[0].steps") && e.contains("state.max_payload_bytes (65536)"), "{e}");
+        let c = parse_with(&many, &[("JUNCTION_STATE_MAX_PAYLOAD_BYTES", "8192")]).unwrap();
+        assert_eq!(c.state.max_payload_bytes, 8192);
+        let c = parse_with(&many, &[("JUNCTION_KAFKA_PROPERTY_MESSAGE_MAX_BYTES", "8000000")]);
+        assert!(c.is_ok(), "a larger producer limit makes room: {:?}", c.err().map(|e| e.to_string()));
+        let zero = parse_with(MINIMAL, &[("JUNCTION_STATE_MAX_PAYLOAD_BYTES", "0")]).unwrap_err().to_string();
+        assert!(zero.contains("state.max_payload_bytes"), "{zero}");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::config::Config;
-use crate::names::{Reason, MAX_WORKFLOW_ID_BYTES};
+use crate::names::{Reason, MAX_EVENT_ID_BYTES, MAX_WORKFLOW_ID_BYTES};
 
 /// A step's reported status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, Deserialize)]
@@ -177,6 +177,12 @@ pub fn decode<'a>(
     };
 
     let event_id = optional_text(fields.event_id, "event_id")?;
+    if let Some(id) = event_id.as_ref().filter(|id| id.len() > MAX_EVENT_ID_BYTES) {
+        return Err(BadInput::new(
+            Reason::InvalidField,
+            format!("`event_id` is {} bytes, more than {MAX_EVENT_ID_BYTES}", id.len()),
+        ));
+    }
     let occurred_at_ms = match optional_text(fields.occurred_at, "occurred_at")? {
         None => record_timestamp_ms,
         Some(t) => parse_time(&t).ok_or_else(|| {
@@ -184,6 +190,17 @@ pub fn decode<'a>(
         })?,
     };
     let payload = fields.payload.filter(|p| p.get() != "null");
+    // The payload is kept in state and repeated in the outcome: its size is bounded.
+    if let Some(p) = payload.filter(|p| p.get().len() > config.state.max_payload_bytes) {
+        return Err(BadInput::new(
+            Reason::PayloadTooLarge,
+            format!(
+                "`payload` is {} bytes, more than state.max_payload_bytes ({})",
+                p.get().len(),
+                config.state.max_payload_bytes
+            ),
+        ));
+    }
 
     Ok(StepEvent { workflow_id, workflow, step, status, event_id, occurred_at_ms, payload })
 }
@@ -355,7 +372,17 @@ mod tests {
         );
         let long = format!(r#"{{"workflow_id":"{}","workflow_type":"order","step":"payment"}}"#, "x".repeat(257));
         assert_eq!(reason(None, long.as_bytes()), Reason::WorkflowIdTooLong);
+        let long_event_id = format!(
+            r#"{{"workflow_id":"w","workflow_type":"order","step":"payment","event_id":"{}"}}"#,
+            "e".repeat(257)
+        );
+        assert_eq!(reason(None, long_event_id.as_bytes()), Reason::InvalidField);
         let mut c = two_types();
+        c.state.max_payload_bytes = 8;
+        let payload = br#"{"workflow_id":"w","workflow_type":"order","step":"payment","payload":"123456789"}"#;
+        assert_eq!(decode(&c, None, Some(payload), 0).unwrap_err().reason, Reason::PayloadTooLarge);
+        let small = br#"{"workflow_id":"w","workflow_type":"order","step":"payment","payload":"123456"}"#;
+        assert!(decode(&c, None, Some(small), 0).is_ok(), "a payload within the limit is kept");
         c.kafka.max_event_bytes = 10;
         assert_eq!(decode(&c, None, Some(br#"{"workflow_id":"w"}"#), 0).unwrap_err().reason, Reason::TooLarge);
     }

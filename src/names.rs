@@ -21,6 +21,12 @@ pub const HEADER_SOURCE_OFFSET: &str = "junction.source.offset";
 pub const MAX_WORKFLOW_ID_BYTES: usize = 256;
 /// The most steps one workflow type may name (a step set is a bitmask).
 pub const MAX_STEPS: usize = 64;
+/// The longest event ID kept in state, in bytes.
+pub const MAX_EVENT_ID_BYTES: usize = 256;
+/// What an outcome record takes besides its steps' payloads, at most: the
+/// fixed fields, and per step its name, status, time and event ID.
+pub const OUTCOME_OVERHEAD_BYTES: usize = 4 * 1024;
+pub const OUTCOME_STEP_OVERHEAD_BYTES: usize = 1024;
 
 /// Client properties that junction sets itself because its guarantees depend on them.
 pub const MANAGED_CLIENT_PROPERTIES: &[&str] = &[
@@ -57,10 +63,12 @@ pub enum Reason {
     KeyMismatch,
     /// `workflow_id` is longer than the limit.
     WorkflowIdTooLong,
+    /// `payload` is larger than `state.max_payload_bytes`.
+    PayloadTooLarge,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 11] = [
         Reason::EmptyValue,
         Reason::TooLarge,
         Reason::NotJson,
@@ -71,6 +79,7 @@ impl Reason {
         Reason::UnknownStep,
         Reason::KeyMismatch,
         Reason::WorkflowIdTooLong,
+        Reason::PayloadTooLarge,
     ];
 
     pub fn code(self) -> &'static str {
@@ -85,6 +94,7 @@ impl Reason {
             Reason::UnknownStep => "unknown_step",
             Reason::KeyMismatch => "key_mismatch",
             Reason::WorkflowIdTooLong => "workflow_id_too_long",
+            Reason::PayloadTooLarge => "payload_too_large",
         }
     }
 }

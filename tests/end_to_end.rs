@@ -156,6 +156,10 @@ fn every_kind_of_bad_input_goes_to_the_dead_letter_topic_while_good_input_flows(
         r#"{{"workflow_id":"big","workflow_type":"order","step":"payment","payload":"{}"}}"#,
         "x".repeat(300_000)
     );
+    let fat_payload = format!(
+        r#"{{"workflow_id":"fat","workflow_type":"order","step":"payment","payload":"{}"}}"#,
+        "x".repeat(100_000)
+    );
     let long_id = format!(r#"{{"workflow_id":"{0}","workflow_type":"order","step":"payment"}}"#, "w".repeat(300));
     let bad: Vec<(&str, RawRecord)> = vec![
         ("empty_value", raw(Some(b"k1"), None)),
@@ -181,6 +185,7 @@ fn every_kind_of_bad_input_goes_to_the_dead_letter_topic_while_good_input_flows(
         ),
         ("too_large", raw(Some(b"big"), Some(too_large.as_bytes()))),
         ("workflow_id_too_long", raw(None, Some(long_id.as_bytes()))),
+        ("payload_too_large", raw(Some(b"fat"), Some(fat_payload.as_bytes()))),
     ];
     let mut records = vec![good("good-1", "payment"), good("good-2", "payment")];
     for (_, r) in &bad {
