@@ -34,7 +34,7 @@ impl Guarantee {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct KafkaConfig {
     pub bootstrap_servers: String,
     pub application_id: String,
@@ -53,6 +53,35 @@ pub struct KafkaConfig {
 impl KafkaConfig {
     pub fn changelog_topic(&self) -> String {
         names::changelog_topic(&self.application_id)
+    }
+}
+
+/// Whether a client property holds a secret (a password, a private key, a
+/// token), which must never be printed.
+pub fn is_secret_property(name: &str) -> bool {
+    ["password", "secret", "jaas", "key.pem", "token", "credentials"].iter().any(|s| name.contains(s))
+}
+
+/// Printing a configuration never prints a secret: such properties show as `[redacted]`.
+impl fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let properties: BTreeMap<&str, &str> = self
+            .properties
+            .iter()
+            .map(|(k, v)| (k.as_str(), if is_secret_property(k) { "[redacted]" } else { v.as_str() }))
+            .collect();
+        f.debug_struct("KafkaConfig")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("application_id", &self.application_id)
+            .field("instance_id", &self.instance_id)
+            .field("input_topic", &self.input_topic)
+            .field("output_topic", &self.output_topic)
+            .field("dead_letter_topic", &self.dead_letter_topic)
+            .field("processing_guarantee", &self.processing_guarantee)
+            .field("commit_interval", &self.commit_interval)
+            .field("max_event_bytes", &self.max_event_bytes)
+            .field("properties", &properties)
+            .finish()
     }
 }
 
@@ -736,6 +765,8 @@ deadline = "15m"
         .unwrap();
         assert_eq!(c.kafka.bootstrap_servers, "10.0.0.1:9092");
         assert_eq!(c.kafka.properties.get("sasl.password").map(String::as_str), Some("s3cret"));
+        let printed = format!("{c:?}");
+        assert!(!printed.contains("s3cret") && printed.contains("[redacted]"), "{printed}");
     }
 
     #[test]

@@ -48,6 +48,8 @@ async fn readyz(State(app): State<AppState>) -> Response {
     let h = app.shared.health();
     let reason = if let Some(f) = &h.failure {
         Some(format!("the processor failed: {f}"))
+    } else if let Some(why) = &h.unreachable {
+        Some(format!("the Kafka cluster is unreachable: {why}"))
     } else if !h.in_group {
         Some("not a member of the consumer group yet".to_string())
     } else if !h.restoring.is_empty() {

@@ -10,15 +10,22 @@ use std::time::Duration;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{DeliveryResult, ProducerContext};
-use tracing::info;
+use tracing::{debug, info};
 
 use crate::config::{Guarantee, KafkaConfig};
 
 /// How long a metadata or admin request may take before start-up fails.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the start-up probe waits for librdkafka's events after a failure.
+const PROBE_EVENTS_WAIT: Duration = Duration::from_millis(200);
+/// The first metadata request at start-up: a cluster that does not answer
+/// within this is reported unreachable and tried again.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TopicError {
@@ -34,6 +41,38 @@ pub enum TopicError {
     Create { topic: String, source: KafkaError },
     #[error("cannot read topic metadata from {servers}: {source}")]
     Metadata { servers: String, source: KafkaError },
+    #[error(
+        "the Kafka cluster at {servers} refused the connection: {reason}; check the security settings in \
+         kafka.properties (security.protocol, sasl.*, ssl.*)"
+    )]
+    Refused { servers: String, reason: String },
+}
+
+impl TopicError {
+    /// Whether trying again may succeed: the cluster was unreachable, not
+    /// misconfigured. A refused login is not retried: it needs a new configuration.
+    pub fn is_transient(&self) -> bool {
+        let source = match self {
+            TopicError::Metadata { source, .. } | TopicError::Create { source, .. } => source,
+            TopicError::MissingInput(_) | TopicError::ChangelogPartitions { .. } | TopicError::Refused { .. } => {
+                return false
+            }
+        };
+        !matches!(
+            source.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::Authentication
+                    | RDKafkaErrorCode::SaslAuthenticationFailed
+                    | RDKafkaErrorCode::TopicAuthorizationFailed
+                    | RDKafkaErrorCode::ClusterAuthorizationFailed
+                    | RDKafkaErrorCode::SSL
+                    | RDKafkaErrorCode::InvalidConfig
+                    | RDKafkaErrorCode::InvalidReplicationFactor
+                    | RDKafkaErrorCode::InvalidPartitions
+                    | RDKafkaErrorCode::PolicyViolation
+            )
+        )
+    }
 }
 
 /// Settings shared by every client: the servers and the user's passthrough properties.
@@ -126,13 +165,22 @@ impl SetIfAbsent for ClientConfig {
 /// Checks the input topic, and creates the changelog, output and dead-letter
 /// topics when they are missing. Returns the input partition count.
 pub fn prepare_topics(config: &KafkaConfig, runtime: &tokio::runtime::Handle) -> Result<usize, TopicError> {
-    let admin: AdminClient<DefaultClientContext> = base(config)
-        .create()
-        .map_err(|source| TopicError::Metadata { servers: config.bootstrap_servers.clone(), source })?;
-    let metadata = admin
-        .inner()
-        .fetch_metadata(None, ADMIN_TIMEOUT)
-        .map_err(|source| TopicError::Metadata { servers: config.bootstrap_servers.clone(), source })?;
+    let unreachable = |source| TopicError::Metadata { servers: config.bootstrap_servers.clone(), source };
+    // A consumer, because its poll serves librdkafka's error and log events.
+    let probe: BaseConsumer<ProbeContext> = base(config)
+        .set_log_level(RDKafkaLogLevel::Error)
+        .create_with_context(ProbeContext::default())
+        .map_err(unreachable)?;
+    let metadata = probe.fetch_metadata(None, METADATA_TIMEOUT).map_err(|source| {
+        // librdkafka reports a refused login or handshake as an error event;
+        // the request itself only fails as a transport failure.
+        let _ = probe.poll(PROBE_EVENTS_WAIT);
+        match probe.context().refusal.lock().expect("refusal lock").take() {
+            Some(reason) => TopicError::Refused { servers: config.bootstrap_servers.clone(), reason },
+            None => unreachable(source),
+        }
+    })?;
+    let admin: AdminClient<DefaultClientContext> = base(config).create().map_err(unreachable)?;
     let partitions_of = |name: &str| {
         metadata.topics().iter().find(|t| t.name() == name && t.error().is_none()).map(|t| t.partitions().len())
     };
@@ -196,6 +244,32 @@ pub fn prepare_topics(config: &KafkaConfig, runtime: &tokio::runtime::Handle) ->
         }
     }
     Ok(input)
+}
+
+/// The start-up probe's context: remembers why the cluster refused a
+/// connection (authentication, TLS), which no request result carries.
+#[derive(Default)]
+struct ProbeContext {
+    refusal: Mutex<Option<String>>,
+}
+
+impl ConsumerContext for ProbeContext {}
+
+impl ClientContext for ProbeContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        debug!(?level, fac, message, "librdkafka");
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        debug!(error = %error, reason, "start-up probe error");
+        let refused = matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed | RDKafkaErrorCode::SSL)
+        );
+        if refused {
+            *self.refusal.lock().expect("refusal lock") = Some(reason.to_string());
+        }
+    }
 }
 
 /// What the producer has delivered since the last `take`.

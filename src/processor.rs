@@ -22,6 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Context as _};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 use serde::Serialize;
@@ -44,6 +45,9 @@ const RESTORE_SLICE: Duration = Duration::from_millis(20);
 /// How often the loop looks at a commit in flight.
 const COMMIT_CHECK: Duration = Duration::from_millis(1);
 const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
+/// The pauses between attempts to reach the cluster at start-up: doubling up to the maximum.
+const STARTUP_RETRY_FIRST: Duration = Duration::from_millis(500);
+const STARTUP_RETRY_MAX: Duration = Duration::from_secs(10);
 /// How often `junction_state_bytes` is refreshed.
 const STATE_SIZE_REPORT: Duration = Duration::from_secs(5);
 
@@ -63,6 +67,8 @@ pub struct Health {
     pub assigned: Vec<i32>,
     pub restoring: Vec<i32>,
     pub failure: Option<String>,
+    /// Set while the Kafka cluster cannot be reached: why.
+    pub unreachable: Option<String>,
 }
 
 impl Shared {
@@ -77,6 +83,17 @@ impl Shared {
 
     pub fn health(&self) -> Health {
         self.health.lock().expect("health lock").clone()
+    }
+
+    fn set_unreachable(&self, why: Option<String>) {
+        let mut h = self.health.lock().expect("health lock");
+        if h.unreachable.is_some() != why.is_some() {
+            match &why {
+                Some(why) => warn!(reason = %why, "the Kafka cluster is unreachable; librdkafka keeps retrying"),
+                None => info!("the Kafka cluster is reachable again"),
+            }
+        }
+        h.unreachable = why;
     }
 }
 
@@ -104,16 +121,28 @@ struct Engine {
     failure: Option<anyhow::Error>,
 }
 
-/// The consumer context: librdkafka calls it inside `poll` on a rebalance
-/// and with its statistics.
+/// The consumer context: librdkafka calls it inside `poll` on a rebalance,
+/// with its statistics and with client-wide errors.
 struct Callbacks {
     engine: Arc<Mutex<Engine>>,
+    shared: Arc<Shared>,
     metrics: Arc<Metrics>,
     input_topic: String,
 }
 
 impl ClientContext for Callbacks {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.shared.set_unreachable(Some(reason.to_string()));
+        } else {
+            warn!(error = %error, reason, "Kafka client error");
+        }
+    }
+
     fn stats(&self, statistics: Statistics) {
+        if statistics.brokers.values().any(|b| b.state == "UP") {
+            self.shared.set_unreachable(None);
+        }
         let Some(topic) = statistics.topics.get(&self.input_topic) else { return };
         for (partition, p) in &topic.partitions {
             // Partition -1 is librdkafka's internal unassigned queue; a lag of -1 is unknown.
@@ -410,10 +439,42 @@ impl Engine {
     }
 }
 
+/// Checks and creates the topics, trying again with a growing pause while
+/// the cluster cannot be reached (`/readyz` says so meanwhile). `None`: shut
+/// down before the cluster answered.
+fn prepare_topics(
+    config: &Config,
+    shared: &Shared,
+    runtime: &tokio::runtime::Handle,
+) -> Result<Option<usize>, kafka::TopicError> {
+    let mut pause = STARTUP_RETRY_FIRST;
+    loop {
+        match kafka::prepare_topics(&config.kafka, runtime) {
+            Ok(partitions) => {
+                shared.set_unreachable(None);
+                return Ok(Some(partitions));
+            }
+            Err(e) if e.is_transient() => {
+                warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "cannot reach the Kafka cluster at start-up");
+                shared.set_unreachable(Some(e.to_string()));
+            }
+            Err(e) => return Err(e),
+        }
+        let until = Instant::now() + pause;
+        while Instant::now() < until {
+            if shared.shutdown.load(Ordering::SeqCst) {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        pause = (pause * 2).min(STARTUP_RETRY_MAX);
+    }
+}
+
 /// Runs the processor until `shared.shutdown` is set, then commits, closes
 /// the stores and leaves the group. Returns an error when it cannot go on.
 pub fn run(config: Arc<Config>, shared: Arc<Shared>, runtime: tokio::runtime::Handle) -> anyhow::Result<()> {
-    let partitions = kafka::prepare_topics(&config.kafka, &runtime)?;
+    let Some(partitions) = prepare_topics(&config, &shared, &runtime)? else { return Ok(()) };
     shared.health.lock().expect("health lock").input_partitions = partitions;
     let metrics = Arc::clone(&shared.metrics);
     metrics.register_workflow_types(config.workflows.iter().map(|w| w.workflow_type.as_str()));
@@ -430,6 +491,7 @@ pub fn run(config: Arc<Config>, shared: Arc<Shared>, runtime: tokio::runtime::Ha
     let consumer: BaseConsumer<Callbacks> = kafka::consumer_config(&config.kafka)
         .create_with_context(Callbacks {
             engine: Arc::clone(&engine),
+            shared: Arc::clone(&shared),
             metrics: Arc::clone(&shared.metrics),
             input_topic: config.kafka.input_topic.clone(),
         })
@@ -483,6 +545,7 @@ pub fn run(config: Arc<Config>, shared: Arc<Shared>, runtime: tokio::runtime::Ha
             polled = consumer.poll(Duration::ZERO);
         }
         if !messages.is_empty() {
+            shared.set_unreachable(None);
             lock(&engine).process(&messages);
         }
         drop(messages);

@@ -60,28 +60,101 @@ fn nisshi_binary() -> PathBuf {
 /// A record to produce: key and value, either possibly absent.
 pub type RawRecord = (Option<Vec<u8>>, Option<Vec<u8>>);
 
+/// Where a broker keeps its records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Storage {
+    /// Lost when the broker stops.
+    Memory,
+    /// An SQLite file in the broker's directory: survives a restart.
+    Sqlite,
+}
+
+/// The password of the SCRAM user of a secure broker: tests check that it never leaks.
+pub const SECRET_PASSWORD: &str = "s3cret-Pa55word-never-logged";
+
 /// A Nisshi broker on a loopback port, killed when dropped.
 pub struct Broker {
     child: Option<Child>,
     pub port: u16,
     pub bootstrap: String,
     pub dir: tempfile::TempDir,
+    storage: Storage,
+    /// Serve TLS only and require SCRAM authentication.
+    secure: bool,
+    /// The client properties every client of this broker needs (security).
+    pub properties: Vec<(String, String)>,
     runtime: tokio::runtime::Runtime,
 }
 
 impl Broker {
     pub fn start() -> Broker {
+        Broker::start_with(Storage::Memory)
+    }
+
+    pub fn start_with(storage: Storage) -> Broker {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let mut b = Broker {
-            child: Some(spawn_broker(port, dir.path())),
+            child: None,
             port,
             bootstrap: format!("127.0.0.1:{port}"),
             dir,
+            storage,
+            secure: false,
+            properties: Vec::new(),
             runtime: tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
         };
-        b.wait_ready();
+        b.resume();
         b
+    }
+
+    /// A broker that serves only TLS (a self-signed certificate made here) and
+    /// requires SASL/SCRAM-SHA-256 as user `junction` with [`SECRET_PASSWORD`].
+    pub fn start_secure() -> Broker {
+        let mut b = Broker::start_with(Storage::Sqlite);
+        // Users are stored through a broker that does not yet require logging in.
+        let created = Command::new(nisshi_binary())
+            .args(["user", "create", "--broker", &format!("tcp://{}", b.bootstrap), "--mechanism", "scram256"])
+            .args(["junction", SECRET_PASSWORD])
+            .output()
+            .expect("run nisshi user create");
+        assert!(created.status.success(), "nisshi user create: {}", String::from_utf8_lossy(&created.stderr));
+        b.stop();
+        let made = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost"])
+            .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", "key.pem", "-out", "cert.pem"])
+            .current_dir(b.dir.path())
+            .output()
+            .expect("run openssl (scripts/setup.sh installs it)");
+        assert!(made.status.success(), "openssl: {}", String::from_utf8_lossy(&made.stderr));
+        b.secure = true;
+        b.properties = [
+            ("security.protocol", "SASL_SSL".to_string()),
+            ("sasl.mechanisms", "SCRAM-SHA-256".to_string()),
+            ("sasl.username", "junction".to_string()),
+            ("sasl.password", SECRET_PASSWORD.to_string()),
+            ("ssl.ca.location", b.dir.path().join("cert.pem").display().to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        b.resume();
+        b
+    }
+
+    /// Stops the broker (SIGKILL); clients see it as unavailable.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the broker again on the same port and storage.
+    pub fn resume(&mut self) {
+        assert!(self.child.is_none(), "the broker is running");
+        self.child = Some(spawn_broker(self.port, self.dir.path(), self.storage, self.secure));
+        self.wait_ready();
     }
 
     /// Clients for a broker this harness did not start (librdkafka's mock cluster).
@@ -91,6 +164,9 @@ impl Broker {
             port: 0,
             bootstrap,
             dir: tempfile::tempdir().unwrap(),
+            storage: Storage::Memory,
+            secure: false,
+            properties: Vec::new(),
             runtime: tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
         }
     }
@@ -117,6 +193,9 @@ impl Broker {
     pub fn client_config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.bootstrap);
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
         c
     }
 
@@ -209,32 +288,25 @@ impl Broker {
     }
 }
 
-fn spawn_broker(port: u16, dir: &Path) -> Child {
-    let log = std::fs::File::create(dir.join("broker.log")).unwrap();
+fn spawn_broker(port: u16, dir: &Path, storage: Storage, secure: bool) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("broker.log")).unwrap();
     let url = format!("tcp://127.0.0.1:{port}");
-    Command::new(nisshi_binary())
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-            "--storage-engine",
-            "memory://nisshi/",
-        ])
-        .current_dir(dir)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("start the Nisshi broker")
+    let engine = match storage {
+        Storage::Memory => "memory://nisshi/",
+        // Relative to the broker's working directory.
+        Storage::Sqlite => "sqlite://broker.db",
+    };
+    let mut command = Command::new(nisshi_binary());
+    command.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", engine]);
+    if secure {
+        command.args(["--cert", "cert.pem", "--key", "key.pem", "--authentication"]);
+    }
+    command.current_dir(dir).stdout(log.try_clone().unwrap()).stderr(log).spawn().expect("start the Nisshi broker")
 }
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        if let Some(c) = self.child.as_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.stop();
     }
 }
 
@@ -402,6 +474,8 @@ pub struct Setup {
     pub default_deadline: &'static str,
     pub workflows: String,
     pub bootstrap: String,
+    /// Client properties for junction, beyond the harness's own: the broker's security settings.
+    pub properties: Vec<(String, String)>,
 }
 
 impl Setup {
@@ -427,6 +501,7 @@ impl Setup {
             default_deadline: "7d",
             workflows: DEFAULT_WORKFLOWS.to_string(),
             bootstrap: broker.bootstrap.clone(),
+            properties: broker.properties.clone(),
         }
     }
 
@@ -447,7 +522,7 @@ commit_interval = "{interval}"
 # A member killed with -9 leaves the group when its session times out.
 "session.timeout.ms" = "6000"
 "heartbeat.interval.ms" = "1000"
-
+{properties}
 [state]
 dir = "{dir}"
 retention = "{retention}"
@@ -469,6 +544,7 @@ listen = "127.0.0.1:{http_port}"
             retention = self.retention,
             default_deadline = self.default_deadline,
             workflows = self.workflows,
+            properties = self.properties.iter().map(|(k, v)| format!("{k:?} = {v:?}\n")).collect::<String>(),
         )
     }
 }
