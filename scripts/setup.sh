@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs what building and testing junction needs, once: libclang (RocksDB's
-# bindings), Prometheus and promtool (the observability tests), and the Nisshi broker (into the cache directory, ~15 minutes the
+# bindings), OpenSSL (TLS and SASL/SCRAM in librdkafka; the CLI makes the
+# secure tests' certificate), Prometheus and promtool (the observability tests), and the Nisshi broker (into the cache directory, ~15 minutes the
 # first time). Safe to run again: it skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 
 need_apt=()
-for pkg in libclang-dev build-essential pkg-config curl prometheus; do
+for pkg in libclang-dev build-essential pkg-config curl prometheus libssl-dev openssl; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -1,0 +1,103 @@
+//! The broker unavailable: at start-up, and in the middle of a run. junction
+//! retries, `/readyz` says why it is not ready, work resumes when the broker
+//! returns, and nothing is lost. The broker keeps its data (SQLite engine).
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+
+fn steps_of(ids: &[String], steps: &[&str]) -> Vec<serde_json::Value> {
+    let mut events = Vec::new();
+    for step in steps {
+        for id in ids {
+            events.push(event(id, "order", step, "succeeded", Some(&format!("{id}-{step}"))));
+        }
+    }
+    events
+}
+
+/// Waits until `/readyz` answers 503 naming the unreachable cluster.
+fn wait_unready_for_the_broker(junction: &Junction) {
+    wait_until(
+        "/readyz to report the unreachable cluster",
+        || matches!(junction.get("/readyz"), Some((503, body)) if body.contains("unreachable")),
+    );
+}
+
+/// Every workflow completed, and any repeat is the same record.
+fn assert_one_outcome_each(records: &[Record], ids: &[String]) -> usize {
+    let mut by_id: HashMap<String, Vec<&Record>> = HashMap::new();
+    for r in records {
+        by_id.entry(r.json()["workflow_id"].as_str().unwrap().to_string()).or_default().push(r);
+    }
+    assert_eq!(by_id.len(), ids.len(), "every workflow has its outcome");
+    let mut repeats = 0;
+    for (id, rs) in &by_id {
+        assert_eq!(rs[0].json()["outcome"], "completed", "{id}");
+        for r in &rs[1..] {
+            assert_eq!(r.value, rs[0].value, "{id}: a repeat is the same record");
+            assert_eq!(r.header("junction.outcome.id"), rs[0].header("junction.outcome.id"));
+            repeats += 1;
+        }
+    }
+    repeats
+}
+
+#[test]
+fn junction_waits_for_a_broker_that_is_down_at_start_up() {
+    let mut broker = Broker::start_with(Storage::Sqlite);
+    let setup = Setup::new(&broker, 2);
+    broker.stop();
+    let work = tempfile::tempdir().unwrap();
+    let mut junction = Junction::start(&setup, work.path(), "j");
+    wait_unready_for_the_broker(&junction);
+    assert!(junction.is_running(), "junction keeps trying");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(junction.is_running(), "junction keeps trying");
+
+    broker.resume();
+    junction.wait_ready();
+    let ids: Vec<String> = (0..50).map(|i| format!("late-broker-{i}")).collect();
+    broker.produce_events(&setup.input, &steps_of(&ids, &["payment", "inventory", "fraud_check"]));
+    let mut output = broker.reader(&setup.output);
+    let records = output.read_until("every outcome", |r| by_workflow(r).len() == ids.len()).to_vec();
+    assert_eq!(assert_one_outcome_each(&records, &ids), 0, "no repeats without a crash");
+    assert!(junction.logs().contains("cannot reach the Kafka cluster at start-up"), "the log says why it waits");
+}
+
+#[test]
+fn a_broker_restart_in_the_middle_of_a_run_loses_nothing() {
+    let mut broker = Broker::start_with(Storage::Sqlite);
+    let setup = Setup::new(&broker, 4);
+    let work = tempfile::tempdir().unwrap();
+    let mut junction = Junction::start(&setup, work.path(), "j");
+    junction.wait_ready();
+
+    let ids: Vec<String> = (0..300).map(|i| format!("outage-{i}")).collect();
+    let (first, second) = ids.split_at(150);
+    // The first half completes before the outage; the second half is open across it.
+    broker.produce_events(&setup.input, &steps_of(first, &["payment", "inventory", "fraud_check"]));
+    broker.produce_events(&setup.input, &steps_of(second, &["payment", "inventory"]));
+    let mut output = broker.reader(&setup.output);
+    output.read_until("the first half's outcomes", |r| by_workflow(r).len() >= first.len());
+    wait_until("the open workflows to be committed", || {
+        junction.metric("junction_workflows_open", "") == second.len() as f64
+    });
+
+    broker.stop();
+    wait_unready_for_the_broker(&junction);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(junction.is_running(), "junction rides out the outage");
+    broker.resume();
+
+    broker.produce_events(&setup.input, &steps_of(second, &["fraud_check"]));
+    let mut output = broker.reader(&setup.output);
+    let records = output.read_until("every outcome", |r| by_workflow(r).len() == ids.len()).to_vec();
+    let repeats = assert_one_outcome_each(&records, &ids);
+    junction.wait_ready();
+    assert_eq!(junction.metric("junction_workflows_open", ""), 0.0);
+    println!("outage: {} workflows, {} outcomes, {repeats} repeats, 0 lost", ids.len(), records.len());
+}
