@@ -78,7 +78,16 @@ impl Restorer {
             .consumer
             .fetch_watermarks(&self.topic, partition, WATERMARK_TIMEOUT)
             .map_err(self.kafka_error(partition))?;
-        let mut store = Store::open(dir, &self.memory)?;
+        let opened = Store::open(dir, &self.memory).and_then(|s| s.verify().map(|()| s));
+        let mut store = match opened {
+            Ok(store) => store,
+            Err(e) if e.is_damage() => {
+                warn!(partition, path = %dir.display(), error = %e, "state store is damaged; rebuilding it from the changelog");
+                Store::destroy(dir)?;
+                Store::open(dir, &self.memory)?
+            }
+            Err(e) => return Err(e.into()),
+        };
         let checkpoint = store.checkpoint()?;
         let untrusted = match checkpoint {
             None => store.has_state().then(|| "it holds state but no checkpoint".to_string()),

@@ -46,6 +46,23 @@ pub enum StoreError {
     Remove { path: PathBuf, source: std::io::Error },
 }
 
+impl StoreError {
+    /// Whether the store's files are damaged (corrupt, truncated, missing),
+    /// so that rebuilding it from the changelog is the cure. A store locked
+    /// by another process is not damaged and must never be deleted.
+    pub fn is_damage(&self) -> bool {
+        let (StoreError::Open { source, .. } | StoreError::Io { source, .. }) = self else { return false };
+        match source.kind() {
+            rocksdb::ErrorKind::Corruption => true,
+            rocksdb::ErrorKind::IOError => {
+                let message = source.to_string();
+                !message.contains("lock") && !message.contains("No space left")
+            }
+            _ => false,
+        }
+    }
+}
+
 pub struct Store {
     db: DB,
     path: PathBuf,
@@ -204,6 +221,15 @@ impl Store {
                 break;
             }
             f(&key[1..], &value);
+        }
+        Ok(())
+    }
+
+    /// Reads every entry, checking every block's checksum: damage that
+    /// opening the store does not notice shows up here, before processing.
+    pub fn verify(&self) -> Result<(), StoreError> {
+        for item in self.db.iterator(IteratorMode::Start) {
+            item.map_err(|e| self.io(e))?;
         }
         Ok(())
     }

@@ -132,3 +132,73 @@ fn two_instances_share_the_partitions_and_a_survivor_finishes_everything() {
     assert!(records.iter().all(|r| r.json()["outcome"] == "completed"), "the survivor restored b's open workflows");
     a.wait_ready();
 }
+
+/// The SST files of a store, to damage them.
+fn sst_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "sst"))
+        .collect()
+}
+
+#[test]
+fn damaged_stores_and_garbage_in_the_changelog_are_reported_and_rebuilt() {
+    let Running { work: _work, mut junction, setup, broker } = Running::start(3);
+    let n = 300;
+    broker.produce_events(&setup.input, &interleaved_orders("done", n, &STEPS));
+    broker.produce_events(&setup.input, &interleaved_orders("open", n, &STEPS[..2]));
+    let mut out = broker.reader(&setup.output);
+    out.read_until("the finished half's outcomes", |r| by_workflow(r).len() >= n);
+    wait_until("the open half to be committed", || junction.metric("junction_workflows_open", "") == n as f64);
+    assert!(junction.terminate(), "a clean stop flushes every store to its files");
+
+    let stores = junction.state_dir.join(&setup.app);
+    // Partition 0: every SST file truncated to half.
+    let files = sst_files(&stores.join("0"));
+    assert!(!files.is_empty(), "the flushed store has SST files");
+    for f in &files {
+        let len = std::fs::metadata(f).unwrap().len();
+        std::fs::OpenOptions::new().write(true).open(f).unwrap().set_len(len / 2).unwrap();
+    }
+    // Partition 1: bytes in the middle of every SST file overwritten.
+    for f in sst_files(&stores.join("1")) {
+        let mut bytes = std::fs::read(&f).unwrap();
+        let (middle, end) = (bytes.len() / 3, (bytes.len() / 3 + 64).min(bytes.len()));
+        for b in &mut bytes[middle..end] {
+            *b ^= 0x5a;
+        }
+        std::fs::write(&f, bytes).unwrap();
+    }
+    // Partition 2: a checkpoint beyond the changelog's end.
+    {
+        let memory = junction::store::StoreMemory::new(16 << 20, 4 << 20);
+        let store = junction::store::Store::open(&stores.join("2"), &memory).unwrap();
+        let mut batch = junction::store::StoreBatch::default();
+        batch.set_checkpoint(1_000_000_000);
+        store.write(batch).unwrap();
+        store.flush().unwrap();
+        drop(store);
+    }
+    // And records that are no state at all, in every changelog partition.
+    let changelog = format!("{}-state-changelog", setup.app);
+    let garbage: Vec<_> = (0..30)
+        .map(|i| (Some(format!("garbage-{i}").into_bytes()), Some(b"\x00\xffthis is not a state".to_vec())))
+        .collect();
+    broker.produce(&changelog, &garbage);
+
+    junction.start_again();
+    junction.wait_ready();
+    let log = junction.logs();
+    let damaged = log.matches("state store is damaged; rebuilding it from the changelog").count();
+    assert_eq!(damaged, 2, "the truncated and the overwritten store are both found damaged:\n{log}");
+    assert!(log.contains("beyond the changelog's end"), "{log}");
+    assert!(log.contains("garbage record in the changelog; skipped"), "{log}");
+    assert_eq!(junction.metric("junction_workflows_open", ""), n as f64, "the open workflows came back");
+
+    broker.produce_events(&setup.input, &interleaved_orders("open", n, &STEPS[2..]));
+    let records = out.read_until("every workflow's outcome", |r| by_workflow(r).len() >= 2 * n).to_vec();
+    assert_eq!(assert_one_outcome_each(&records, 2 * n), 0, "a clean stop repeats nothing");
+    assert!(records.iter().all(|r| r.json()["outcome"] == "completed"));
+    assert!(!log.contains("panicked"), "{log}");
+}
