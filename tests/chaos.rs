@@ -1,0 +1,189 @@
+//! Chaos: three instances in one group under a load of 100,000 workflows,
+//! with random `kill -9`s, SIGTERMs and restarts of instances and a restart
+//! of the broker (SQLite engine, so it keeps its data). Afterwards every
+//! workflow has its outcome, a repeat carries the same outcome ID, the dead
+//! letters are exactly the bad records, and no log holds a panic.
+//!
+//! `CHAOS_WORKFLOWS` and `CHAOS_SEED` change the size and the random choices.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::*;
+
+const STEPS: [&str; 3] = ["payment", "inventory", "fraud_check"];
+const INSTANCES: usize = 3;
+const PARTITIONS: i32 = 6;
+/// How long the whole run may take before the test fails.
+const RUN_LIMIT: Duration = Duration::from_secs(600);
+
+/// A small deterministic generator (xorshift), so that a seed replays a run.
+struct Random(u64);
+
+impl Random {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}
+
+/// The load: every workflow's three steps, 5% of them failing one step, 1%
+/// of the events sent twice, interleaved within windows of 1,000 workflows;
+/// and one bad record every 1,000 workflows.
+fn load(workflows: usize, random: &mut Random) -> (Vec<RawRecord>, usize) {
+    let mut records = Vec::new();
+    let mut bad = 0;
+    for window in (0..workflows).collect::<Vec<_>>().chunks(1_000) {
+        let mut batch: Vec<RawRecord> = Vec::new();
+        for &w in window {
+            let id = format!("chaos-{w}");
+            for (s, step) in STEPS.iter().enumerate() {
+                let status = if w % 20 == 7 && s == 1 { "failed" } else { "succeeded" };
+                let e = event(&id, "order", step, status, Some(&format!("{id}-{step}")));
+                let record = (Some(id.clone().into_bytes()), Some(serde_json::to_vec(&e).unwrap()));
+                if random.below(100) == 0 {
+                    batch.push(record.clone());
+                }
+                batch.push(record);
+            }
+        }
+        batch.push((Some(format!("bad-{bad}").into_bytes()), Some(b"{not json".to_vec())));
+        bad += 1;
+        for i in (1..batch.len()).rev() {
+            batch.swap(i, random.below(i + 1));
+        }
+        records.extend(batch);
+    }
+    (records, bad)
+}
+
+#[test]
+fn three_instances_survive_kills_restarts_and_a_broker_restart() {
+    let workflows: usize = std::env::var("CHAOS_WORKFLOWS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let seed: u64 = std::env::var("CHAOS_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64 | 1);
+    println!("chaos: seed {seed} (CHAOS_SEED replays it), {workflows} workflows, {INSTANCES} instances");
+    let mut random = Random(seed);
+    let started = Instant::now();
+
+    let mut broker = Broker::start_with(Storage::Sqlite);
+    let setup = Setup::new(&broker, PARTITIONS);
+    let work = tempfile::tempdir().unwrap();
+    let mut instances: Vec<Junction> =
+        (0..INSTANCES).map(|i| Junction::start(&setup, work.path(), &format!("j{i}"))).collect();
+    for j in &mut instances {
+        j.wait_ready();
+    }
+    let (input, bad) = load(workflows, &mut random);
+    let chunks: Vec<&[RawRecord]> = input.chunks(input.len().div_ceil(12)).collect();
+
+    // Produce the load in 12 parts; between parts, one act of chaos.
+    let (mut kills, mut terms, mut broker_restarts) = (0, 0, 0);
+    for (i, chunk) in chunks.iter().enumerate() {
+        broker.produce(&setup.input, chunk);
+        if i == chunks.len() / 2 {
+            broker.stop();
+            std::thread::sleep(Duration::from_secs(2));
+            broker.resume();
+            broker_restarts += 1;
+            println!("chaos: broker restarted");
+            continue;
+        }
+        let victim = random.below(INSTANCES);
+        if random.below(2) == 0 {
+            instances[victim].kill();
+            kills += 1;
+            println!("chaos: kill -9 of j{victim}");
+        } else {
+            assert!(instances[victim].terminate(), "j{victim} exits 0 on SIGTERM");
+            terms += 1;
+            println!("chaos: SIGTERM to j{victim}");
+        }
+        std::thread::sleep(Duration::from_millis(500 + 250 * random.below(8) as u64));
+        instances[victim].start_again();
+    }
+    let restarts = kills + terms;
+
+    let mut output = broker.reader(&setup.output);
+    let deadline = started + RUN_LIMIT;
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut read = 0;
+    while seen.len() < workflows {
+        assert!(Instant::now() < deadline, "only {} of {workflows} workflows have an outcome", seen.len());
+        let records = output.read_for(Duration::from_secs(1));
+        for r in &records[read..] {
+            seen.insert(r.json()["workflow_id"].as_str().unwrap().to_string());
+        }
+        read = records.len();
+    }
+    let records = output.read_for(Duration::from_secs(2)).to_vec();
+
+    // One distinct outcome per workflow; a repeat is the same record with the same ID.
+    let mut first: HashMap<String, (String, Vec<u8>)> = HashMap::new();
+    let mut repeats = 0;
+    let mut failed = 0;
+    for r in &records {
+        let v = r.json();
+        let id = v["workflow_id"].as_str().unwrap().to_string();
+        let outcome_id = r.header("junction.outcome.id").to_string();
+        let kind = v["outcome"].as_str().unwrap().to_string();
+        if kind == "compensated" {
+            continue;
+        }
+        match first.get(&id) {
+            Some((seen_id, value)) => {
+                assert_eq!(seen_id, &outcome_id, "{id}: a repeat has another outcome ID");
+                assert_eq!(value, r.value.as_ref().unwrap(), "{id}: a repeat differs");
+                repeats += 1;
+            }
+            None => {
+                let index: usize = id.strip_prefix("chaos-").unwrap().parse().unwrap();
+                let expected = if index % 20 == 7 { "failed" } else { "completed" };
+                assert_eq!(kind, expected, "{id}");
+                failed += usize::from(kind == "failed");
+                first.insert(id, (outcome_id, r.value.clone().unwrap()));
+            }
+        }
+    }
+    let lost = workflows - first.len();
+    assert_eq!(lost, 0, "lost outcomes");
+    assert_eq!(failed, (0..workflows).filter(|w| w % 20 == 7).count());
+
+    // Dead letters: exactly the bad records, each named by its source offset.
+    let mut dlq = broker.reader(&setup.dead_letters);
+    let dead = dlq.read_until("every dead letter", |r| {
+        r.iter()
+            .map(|d| (d.header("junction.source.partition").to_string(), d.header("junction.source.offset").to_string()))
+            .collect::<HashSet<_>>()
+            .len()
+            >= bad
+    });
+    let distinct_dead: HashSet<(String, String)> = dead
+        .iter()
+        .map(|d| (d.header("junction.source.partition").to_string(), d.header("junction.source.offset").to_string()))
+        .collect();
+    assert_eq!(distinct_dead.len(), bad, "dead letters, by source offset");
+    assert!(dead.iter().all(|d| d.header("junction.error") == "not_json"));
+
+    for (i, j) in instances.iter().enumerate() {
+        let log = j.logs();
+        assert!(!log.contains("panicked"), "j{i}'s log holds a panic:\n{log}");
+    }
+    println!(
+        "chaos: {workflows} workflows ({} input records), {kills} kill -9, {terms} SIGTERM, {restarts} instance \
+         restarts, {broker_restarts} broker restart; {} outcome records: {} workflows with an outcome, {repeats} \
+         repeats (same ID), {lost} lost; {} dead letters for {bad} bad records ({} distinct); {:.0} s",
+        input.len(),
+        records.len(),
+        first.len(),
+        dead.len(),
+        distinct_dead.len(),
+        started.elapsed().as_secs_f64()
+    );
+}
