@@ -94,6 +94,9 @@ pub fn consumer_config(config: &KafkaConfig) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("isolation.level", "read_committed");
     c.set_if_absent("auto.offset.reset", "earliest");
+    // Incremental rebalancing: a member joining or leaving moves only the
+    // partitions that change owner; the others keep being processed.
+    c.set_if_absent("partition.assignment.strategy", "cooperative-sticky");
     // A fetch that finds nothing waits at most this long: it bounds the delay
     // between an event's arrival and its processing on brokers that poll for
     // new data instead of waking waiting fetches (Nisshi among them).

@@ -228,7 +228,9 @@ impl Engine {
                 // Dropping the last handle closes the store and releases its lock.
             }
         }
-        info!(partitions = ?self.slots.keys().collect::<Vec<_>>(), "partitions revoked");
+        let revoked: Vec<i32> =
+            tpl.elements_for_topic(&self.config.kafka.input_topic).iter().map(|e| e.partition()).collect();
+        info!(?revoked, keeping = ?self.slots.keys().collect::<Vec<_>>(), "partitions revoked");
         self.publish_health(false);
     }
 

@@ -159,7 +159,9 @@ fn three_instances_survive_kills_restarts_and_a_broker_restart() {
     let mut dlq = broker.reader(&setup.dead_letters);
     let dead = dlq.read_until("every dead letter", |r| {
         r.iter()
-            .map(|d| (d.header("junction.source.partition").to_string(), d.header("junction.source.offset").to_string()))
+            .map(|d| {
+                (d.header("junction.source.partition").to_string(), d.header("junction.source.offset").to_string())
+            })
             .collect::<HashSet<_>>()
             .len()
             >= bad

@@ -1,0 +1,114 @@
+//! Cooperative rebalancing: an instance joining under load takes over only
+//! some partitions; the first instance keeps the others and keeps processing
+//! them. The pause of each partition is measured and printed.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use rdkafka::message::Message;
+
+const PARTITIONS: usize = 6;
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+#[test]
+fn a_joining_instance_moves_only_some_partitions_and_the_others_keep_going() {
+    let broker = Arc::new(Broker::start());
+    let setup = Setup::new(&broker, PARTITIONS as i32);
+    let work = tempfile::tempdir().unwrap();
+    let mut first = Junction::start(&setup, work.path(), "j0");
+    first.wait_ready();
+
+    // A steady load: 30 complete workflows every 50 ms, until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (broker, stop, input) = (Arc::clone(&broker), Arc::clone(&stop), setup.input.clone());
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let mut events = Vec::new();
+                for w in n..n + 30 {
+                    for step in ["payment", "inventory", "fraud_check"] {
+                        events.push(event(&format!("rb-{w}"), "order", step, "succeeded", None));
+                    }
+                }
+                broker.produce_events(&input, &events);
+                n += 30;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            n
+        })
+    };
+    std::thread::sleep(Duration::from_secs(4));
+    let joined_ms = now_ms();
+    let mut second = Junction::start(&setup, work.path(), "j1");
+    second.wait_ready();
+    let ready_ms = now_ms();
+    std::thread::sleep(Duration::from_secs(4));
+    stop.store(true, Ordering::SeqCst);
+    let workflows = load.join().unwrap();
+
+    let mut output = broker.reader(&setup.output);
+    let records = output.read_until("every outcome", |r| by_workflow(r).len() >= workflows).to_vec();
+    assert_eq!(by_workflow(&records).len(), workflows, "every workflow has its outcome");
+
+    // Who held what: the first instance gave up some partitions, never all.
+    let log = first.logs();
+    let revokes: Vec<&str> = log.lines().filter(|l| l.contains("partitions revoked")).collect();
+    assert!(!revokes.is_empty(), "the first instance gave partitions to the second:\n{log}");
+    for line in &revokes {
+        assert!(!line.contains("keeping=[]"), "the first instance gave up every partition: {line}");
+    }
+    let second_log = second.logs();
+    assert!(second_log.contains("partitions assigned"), "{second_log}");
+
+    // Each input partition's longest gap between outcomes around the join,
+    // from the outcome records' timestamps (set when junction sends them).
+    let consumer = output_timestamps(&broker, &setup.output);
+    let mut by_partition: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+    for (key, ts) in consumer {
+        let p = junction::http::murmur2_partition(&key, PARTITIONS);
+        by_partition.entry(p).or_default().push(ts);
+    }
+    println!("rebalance: the second instance started at +0 ms and was ready at +{} ms", ready_ms - joined_ms);
+    for (p, mut ts) in by_partition {
+        ts.sort_unstable();
+        let window: Vec<i64> = ts.into_iter().filter(|t| *t >= joined_ms - 1_000 && *t <= ready_ms + 3_000).collect();
+        let pause = window.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+        println!("rebalance: input partition {p}: longest pause between outcomes {pause} ms");
+    }
+    println!("rebalance: {}", revokes.join("\nrebalance: "));
+}
+
+/// (key, timestamp) of every record of a topic.
+fn output_timestamps(broker: &Broker, topic: &str) -> Vec<(Vec<u8>, i64)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = broker
+        .client_config()
+        .set("group.id", unique("timestamps"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..broker.partition_count(topic) as i32 {
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning).unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let mut idle = Instant::now();
+    while idle.elapsed() < Duration::from_secs(3) {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            out.push((m.key().unwrap_or_default().to_vec(), m.timestamp().to_millis().unwrap_or(0)));
+            idle = Instant::now();
+        }
+    }
+    out
+}
