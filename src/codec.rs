@@ -164,6 +164,12 @@ pub struct Summary<'a> {
     pub decision: Option<Decision>,
 }
 
+/// Whether an encoded state is a workflow waiting for its decision, as
+/// `junction_workflows_open` counts it (an unreadable state is not).
+pub fn is_open(bytes: &[u8]) -> bool {
+    summary(bytes).is_ok_and(|s| s.decision.is_none())
+}
+
 pub fn summary(bytes: &[u8]) -> Result<Summary<'_>, CodecError> {
     match bytes.split_first() {
         Some((&FORMAT_V2_BINARY, rest)) => Reader(rest).head(),

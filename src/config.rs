@@ -451,8 +451,9 @@ impl Reader {
     fn outcomes_fit(&mut self, workflows: &[WorkflowSpec], kafka: &KafkaConfig, max_payload_bytes: usize) {
         let limit = crate::kafka::max_record_bytes(kafka);
         for (i, w) in workflows.iter().enumerate() {
-            let largest = names::OUTCOME_OVERHEAD_BYTES
-                + w.steps.len() * (max_payload_bytes.saturating_add(names::OUTCOME_STEP_OVERHEAD_BYTES));
+            let largest = names::OUTCOME_OVERHEAD_BYTES.saturating_add(
+                w.steps.len().saturating_mul(max_payload_bytes.saturating_add(names::OUTCOME_STEP_OVERHEAD_BYTES)),
+            );
             if largest > limit {
                 self.error(
                     &format!("workflows[{i}].steps"),

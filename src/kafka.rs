@@ -58,21 +58,29 @@ impl TopicError {
                 return false
             }
         };
-        !matches!(
-            source.rdkafka_error_code(),
-            Some(
-                RDKafkaErrorCode::Authentication
-                    | RDKafkaErrorCode::SaslAuthenticationFailed
-                    | RDKafkaErrorCode::TopicAuthorizationFailed
-                    | RDKafkaErrorCode::ClusterAuthorizationFailed
-                    | RDKafkaErrorCode::SSL
-                    | RDKafkaErrorCode::InvalidConfig
-                    | RDKafkaErrorCode::InvalidReplicationFactor
-                    | RDKafkaErrorCode::InvalidPartitions
-                    | RDKafkaErrorCode::PolicyViolation
+        let code = source.rdkafka_error_code();
+        !refuses_connection(code)
+            && !matches!(
+                code,
+                Some(
+                    RDKafkaErrorCode::TopicAuthorizationFailed
+                        | RDKafkaErrorCode::ClusterAuthorizationFailed
+                        | RDKafkaErrorCode::InvalidConfig
+                        | RDKafkaErrorCode::InvalidReplicationFactor
+                        | RDKafkaErrorCode::InvalidPartitions
+                        | RDKafkaErrorCode::PolicyViolation
+                )
             )
-        )
     }
+}
+
+/// Whether the cluster refused the login or the TLS handshake: a matter of
+/// configuration, not of waiting.
+fn refuses_connection(code: Option<RDKafkaErrorCode>) -> bool {
+    matches!(
+        code,
+        Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed | RDKafkaErrorCode::SSL)
+    )
 }
 
 /// Settings shared by every client: the servers and the user's passthrough properties.
@@ -265,11 +273,7 @@ impl ClientContext for ProbeContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         debug!(error = %error, reason, "start-up probe error");
-        let refused = matches!(
-            error.rdkafka_error_code(),
-            Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed | RDKafkaErrorCode::SSL)
-        );
-        if refused {
+        if refuses_connection(error.rdkafka_error_code()) {
             *self.refusal.lock().expect("refusal lock") = Some(reason.to_string());
         }
     }

@@ -184,7 +184,7 @@ impl Engine {
         for element in tpl.elements_for_topic(&topic) {
             let partition = element.partition();
             let dir = self.config.state.dir.join(&self.config.kafka.application_id).join(partition.to_string());
-            let (store, ready) = match self.restorer.open(partition, &dir) {
+            let (store, open) = match self.restorer.open(partition, &dir) {
                 Ok(opened) => opened,
                 Err(e) => {
                     self.fail(anyhow!(e).context(format!("cannot open the state of partition {partition}")));
@@ -193,12 +193,10 @@ impl Engine {
             };
             let task =
                 Task::new(partition, Arc::clone(&store), Arc::clone(&self.config), Arc::clone(&self.shared.metrics));
+            let ready = open.is_some();
             let phase = if ready { Phase::Active } else { Phase::Restoring };
-            if ready {
-                if let Err(e) = task.recount_open() {
-                    self.fail(anyhow!(e).context(format!("reading the state of partition {partition}")));
-                    return;
-                }
+            if let Some(open) = open {
+                task.set_open(open);
                 self.shared.stores.write().expect("stores lock").insert(partition, store);
             }
             self.slots.insert(partition, Slot { task, phase, resume_from: None, replay_from: None });

@@ -71,19 +71,23 @@ impl Restorer {
     }
 
     /// Opens a partition's store, rebuilding it when it cannot be trusted,
-    /// and starts restoring it. Returns the store and whether it is already
-    /// up to date (then there is nothing to restore).
-    pub fn open(&mut self, partition: i32, dir: &Path) -> Result<(Arc<Store>, bool), RestoreError> {
+    /// and starts restoring it. Returns the store and, when it is already up
+    /// to date (nothing to restore), its number of open workflows.
+    pub fn open(&mut self, partition: i32, dir: &Path) -> Result<(Arc<Store>, Option<i64>), RestoreError> {
         let (low, high) = self
             .consumer
             .fetch_watermarks(&self.topic, partition, WATERMARK_TIMEOUT)
             .map_err(self.kafka_error(partition))?;
-        let opened = Store::open(dir, &self.memory).and_then(|s| s.verify().map(|()| s));
+        // The verifying read counts the open workflows on the way.
+        let mut open = 0;
+        let opened = Store::open(dir, &self.memory)
+            .and_then(|s| s.verify(|state| open += i64::from(codec::is_open(state))).map(|()| s));
         let mut store = match opened {
             Ok(store) => store,
             Err(e) if e.is_damage() => {
                 warn!(partition, path = %dir.display(), error = %e, "state store is damaged; rebuilding it from the changelog");
                 Store::destroy(dir)?;
+                open = 0;
                 Store::open(dir, &self.memory)?
             }
             Err(e) => return Err(e.into()),
@@ -99,13 +103,14 @@ impl Restorer {
             warn!(partition, path = %dir.display(), why, "state store cannot be trusted; rebuilding it from the changelog");
             drop(store);
             Store::destroy(dir)?;
+            open = 0;
             store = Store::open(dir, &self.memory)?;
         }
         let from = store.checkpoint()?.unwrap_or(low);
         let store = Arc::new(store);
         if from >= high {
             info!(partition, checkpoint = from, "state store is up to date");
-            return Ok((store, true));
+            return Ok((store, Some(open)));
         }
         info!(partition, from, to = high, "restoring state store from the changelog");
         let mut tpl = TopicPartitionList::new();
@@ -121,7 +126,7 @@ impl Restorer {
                 started: Instant::now(),
             },
         );
-        Ok((store, false))
+        Ok((store, None))
     }
 
     /// Stops restoring a partition that was revoked.

@@ -227,9 +227,13 @@ impl Store {
 
     /// Reads every entry, checking every block's checksum: damage that
     /// opening the store does not notice shows up here, before processing.
-    pub fn verify(&self) -> Result<(), StoreError> {
+    /// `state` sees every encoded state on the way.
+    pub fn verify(&self, mut state: impl FnMut(&[u8])) -> Result<(), StoreError> {
         for item in self.db.iterator(IteratorMode::Start) {
-            item.map_err(|e| self.io(e))?;
+            let (key, value) = item.map_err(|e| self.io(e))?;
+            if key.first() == Some(&STATE_PREFIX) {
+                state(&value);
+            }
         }
         Ok(())
     }

@@ -96,13 +96,14 @@ impl Task {
     /// failed commit discarded the changes the count had followed.
     pub fn recount_open(&self) -> Result<(), StoreError> {
         let mut open = 0;
-        self.store.for_each_state(|_, bytes| {
-            if codec::summary(bytes).is_ok_and(|s| s.decision.is_none()) {
-                open += 1;
-            }
-        })?;
+        self.store.for_each_state(|_, bytes| open += i64::from(codec::is_open(bytes)))?;
         self.open.set(open);
         Ok(())
+    }
+
+    /// Sets the open-workflow count from a count already taken (when the store was opened).
+    pub fn set_open(&self, open: i64) {
+        self.open.set(open);
     }
 
     /// Whether anything waits for a commit.
