@@ -61,6 +61,14 @@ fn load(workflows: usize, random: &mut Random) -> (Vec<RawRecord>, usize) {
     (records, bad)
 }
 
+/// The input records that dead letters name: (partition, offset).
+fn source_offsets(dead_letters: &[Record]) -> HashSet<(String, String)> {
+    dead_letters
+        .iter()
+        .map(|d| (d.header("junction.source.partition").to_string(), d.header("junction.source.offset").to_string()))
+        .collect()
+}
+
 #[test]
 fn three_instances_survive_kills_restarts_and_a_broker_restart() {
     let workflows: usize = std::env::var("CHAOS_WORKFLOWS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
@@ -157,19 +165,8 @@ fn three_instances_survive_kills_restarts_and_a_broker_restart() {
 
     // Dead letters: exactly the bad records, each named by its source offset.
     let mut dlq = broker.reader(&setup.dead_letters);
-    let dead = dlq.read_until("every dead letter", |r| {
-        r.iter()
-            .map(|d| {
-                (d.header("junction.source.partition").to_string(), d.header("junction.source.offset").to_string())
-            })
-            .collect::<HashSet<_>>()
-            .len()
-            >= bad
-    });
-    let distinct_dead: HashSet<(String, String)> = dead
-        .iter()
-        .map(|d| (d.header("junction.source.partition").to_string(), d.header("junction.source.offset").to_string()))
-        .collect();
+    let dead = dlq.read_until("every dead letter", |r| source_offsets(r).len() >= bad);
+    let distinct_dead = source_offsets(dead);
     assert_eq!(distinct_dead.len(), bad, "dead letters, by source offset");
     assert!(dead.iter().all(|d| d.header("junction.error") == "not_json"));
 

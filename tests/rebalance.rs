@@ -7,10 +7,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
-use rdkafka::message::Message;
 
 const PARTITIONS: usize = 6;
 
@@ -71,11 +70,10 @@ fn a_joining_instance_moves_only_some_partitions_and_the_others_keep_going() {
 
     // Each input partition's longest gap between outcomes around the join,
     // from the outcome records' timestamps (set when junction sends them).
-    let consumer = output_timestamps(&broker, &setup.output);
     let mut by_partition: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
-    for (key, ts) in consumer {
-        let p = junction::http::murmur2_partition(&key, PARTITIONS);
-        by_partition.entry(p).or_default().push(ts);
+    for r in &records {
+        let p = junction::http::murmur2_partition(r.key.as_deref().unwrap_or_default(), PARTITIONS);
+        by_partition.entry(p).or_default().push(r.timestamp_ms);
     }
     println!("rebalance: the second instance started at +0 ms and was ready at +{} ms", ready_ms - joined_ms);
     for (p, mut ts) in by_partition {
@@ -85,30 +83,4 @@ fn a_joining_instance_moves_only_some_partitions_and_the_others_keep_going() {
         println!("rebalance: input partition {p}: longest pause between outcomes {pause} ms");
     }
     println!("rebalance: {}", revokes.join("\nrebalance: "));
-}
-
-/// (key, timestamp) of every record of a topic.
-fn output_timestamps(broker: &Broker, topic: &str) -> Vec<(Vec<u8>, i64)> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let consumer: BaseConsumer = broker
-        .client_config()
-        .set("group.id", unique("timestamps"))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    for p in 0..broker.partition_count(topic) as i32 {
-        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning).unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
-    let mut out = Vec::new();
-    let mut idle = Instant::now();
-    while idle.elapsed() < Duration::from_secs(3) {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            out.push((m.key().unwrap_or_default().to_vec(), m.timestamp().to_millis().unwrap_or(0)));
-            idle = Instant::now();
-        }
-    }
-    out
 }

@@ -3,9 +3,7 @@
 
 mod common;
 
-use std::collections::HashMap;
-
-use common::{by_workflow, event, wait_until, Broker, Junction, Record, Running, Setup};
+use common::{assert_one_outcome_each, by_workflow, event, wait_until, Broker, Junction, Running, Setup};
 use serde_json::Value;
 
 const STEPS: [&str; 3] = ["payment", "inventory", "fraud_check"];
@@ -28,30 +26,6 @@ fn interleaved_orders(prefix: &str, n: usize, steps: &[&str]) -> Vec<Value> {
         }
     }
     events
-}
-
-/// Every workflow has exactly one distinct outcome: any repeat is identical
-/// and carries the same outcome ID.
-fn assert_one_outcome_each(records: &[Record], expected: usize) -> usize {
-    let mut ids: HashMap<String, (String, Value)> = HashMap::new();
-    let mut repeats = 0;
-    for r in records {
-        let v = r.json();
-        let wf = v["workflow_id"].as_str().unwrap().to_string();
-        let id = r.header("junction.outcome.id").to_string();
-        match ids.get(&wf) {
-            Some((seen_id, seen)) => {
-                assert_eq!(seen_id, &id, "a repeat of {wf}'s outcome has another ID");
-                assert_eq!(seen, &v, "a repeat of {wf}'s outcome differs");
-                repeats += 1;
-            }
-            None => {
-                ids.insert(wf, (id, v));
-            }
-        }
-    }
-    assert_eq!(ids.len(), expected, "workflows with an outcome");
-    repeats
 }
 
 #[test]

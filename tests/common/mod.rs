@@ -318,6 +318,8 @@ pub struct Record {
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
     pub headers: HashMap<String, String>,
+    /// The record's timestamp (for an outcome: when junction sent it).
+    pub timestamp_ms: i64,
 }
 
 impl Record {
@@ -403,6 +405,7 @@ impl Reader {
                 key: m.key().map(<[u8]>::to_vec),
                 value: m.payload().map(<[u8]>::to_vec),
                 headers,
+                timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
             });
         }
     }
@@ -435,6 +438,30 @@ impl Reader {
             .map(|r| String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned())
             .collect()
     }
+}
+
+/// Every workflow has exactly one distinct outcome: any repeat is identical
+/// and carries the same outcome ID.
+pub fn assert_one_outcome_each(records: &[Record], expected: usize) -> usize {
+    let mut ids: HashMap<String, (String, Value)> = HashMap::new();
+    let mut repeats = 0;
+    for r in records {
+        let v = r.json();
+        let wf = v["workflow_id"].as_str().unwrap().to_string();
+        let id = r.header("junction.outcome.id").to_string();
+        match ids.get(&wf) {
+            Some((seen_id, seen)) => {
+                assert_eq!(seen_id, &id, "a repeat of {wf}'s outcome has another ID");
+                assert_eq!(seen, &v, "a repeat of {wf}'s outcome differs");
+                repeats += 1;
+            }
+            None => {
+                ids.insert(wf, (id, v));
+            }
+        }
+    }
+    assert_eq!(ids.len(), expected, "workflows with an outcome");
+    repeats
 }
 
 /// Outcome records grouped by workflow ID.
