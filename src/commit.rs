@@ -10,8 +10,14 @@
 //!    visible before the outcome it implies, so a restored store never hides
 //!    an outcome that was not published;
 //! 3. then each store's batch, with the changelog offset as checkpoint;
-//! 4. then the input offsets. A crash anywhere repeats input, which the join
-//!    absorbs as duplicates, or repeats an outcome with the same outcome ID.
+//! 4. then the input offsets of the partitions whose stores took their
+//!    batch. A crash anywhere repeats input, which the join absorbs as
+//!    duplicates, or repeats an outcome with the same outcome ID.
+//!
+//! A store that fails its write (disk full, an I/O error) fails only its own
+//! partition: that partition's offsets are not committed, and the commit
+//! reports it ([`Committed::failed`]) so that the processor stops the
+//! partition. The other partitions' commits go through.
 //!
 //! Under `at_least_once` a commit is pipelined: [`Committer::begin`] closes
 //! the interval and returns, and the stream thread goes on processing the
@@ -24,7 +30,10 @@
 //! its states readable until the stores have them.
 //!
 //! `exactly_once`: outcomes, dead letters, changelog records and input offsets
-//! go in one transaction; the stores are written once it has committed.
+//! go in one transaction; the stores are written once it has committed. A
+//! store that fails its write then is behind a changelog that holds its
+//! state: the partition is stopped, and its store is caught up from the
+//! changelog when it is opened again.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -67,8 +76,6 @@ pub enum CommitError {
     Offsets(KafkaError),
     #[error("the consumer is not in its group, so its offsets cannot join the transaction")]
     NotInGroup,
-    #[error(transparent)]
-    Store(#[from] StoreError),
     #[error("cannot create the producer: {0}")]
     Producer(KafkaError),
     #[error("cannot start a thread: {0}")]
@@ -82,8 +89,18 @@ impl CommitError {
     }
 }
 
-/// The input offsets a finished commit covers: (partition, next offset).
-pub type Committed = Vec<(i32, i64)>;
+/// What a finished commit did.
+#[derive(Debug, Default)]
+pub struct Committed {
+    /// The input offsets committed: (partition, next offset).
+    pub offsets: Vec<(i32, i64)>,
+    /// The partitions whose stores failed to take their batch, and why.
+    /// Under `at_least_once` their offsets were not committed.
+    pub failed: StoreFailures,
+}
+
+/// The stores that failed to take their batch: (partition, why).
+type StoreFailures = Vec<(i32, StoreError)>;
 
 /// An `at_least_once` commit between its first and its last step.
 struct InFlight {
@@ -91,7 +108,7 @@ struct InFlight {
     staged: Vec<(i32, Staged)>,
     changelog_records: usize,
     /// The store writes, once the changelog is delivered.
-    saving: Option<JoinHandle<Result<(), CommitError>>>,
+    saving: Option<JoinHandle<Result<StoreFailures, CommitError>>>,
     started: Instant,
 }
 
@@ -161,7 +178,7 @@ impl Committer {
             s.next_offset.is_none() && s.outcomes.is_empty() && s.changelog.is_empty() && s.batch.is_empty()
         });
         if nothing {
-            return Ok(Some(Vec::new()));
+            return Ok(Some(Committed::default()));
         }
         let started = Instant::now();
         match self.config.kafka.processing_guarantee {
@@ -211,9 +228,10 @@ impl Committer {
                     return Ok(None);
                 }
                 let saving = f.saving.take().expect("saving");
-                saving.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+                let failed = saving.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
                 let f = self.in_flight.take().expect("in flight");
-                let offsets = self.offsets(&f.staged)?;
+                // A partition whose state was not saved keeps its offset where it was.
+                let offsets = self.offsets(&f.staged, &failed)?;
                 if offsets.count() > 0 {
                     // Waiting (at a rebalance or shutdown) the offsets must be in before the partitions go;
                     // otherwise a lost asynchronous commit is covered by the next one.
@@ -222,7 +240,7 @@ impl Committer {
                 }
                 self.finished(f.started, true);
                 debug!(changelog = f.changelog_records, "committed");
-                return Ok(Some(committed(&f.staged)));
+                return Ok(Some(committed(&f.staged, failed)));
             }
             let (epoch, started) = (f.epoch, f.started);
             if !self.delivered(epoch, started, wait)? {
@@ -302,7 +320,7 @@ impl Committer {
                 self.send_outputs(&s.outcomes, &s.dead_letters)?;
                 send_changelog(&topic, &self.producer, self.epoch, *partition, &s.changelog)?;
             }
-            let offsets = self.offsets(&staged)?;
+            let offsets = self.offsets(&staged, &[])?;
             if offsets.count() > 0 {
                 let group = consumer.group_metadata().ok_or(CommitError::NotInGroup)?;
                 self.producer
@@ -321,9 +339,9 @@ impl Committer {
             return Err(e);
         }
         let changelog_last = self.drain_deliveries()?;
-        self.save_stores(&mut staged, &changelog_last)?;
+        let failed = self.save_stores(&mut staged, &changelog_last);
         staged.iter().for_each(|(_, s)| self.count_outcomes(&s.outcomes));
-        Ok(committed(&staged))
+        Ok(committed(&staged, failed))
     }
 
     fn send_outputs(&self, outcomes: &[Decided], dead_letters: &[DeadLetter]) -> Result<(), CommitError> {
@@ -375,14 +393,19 @@ impl Committer {
         await_deliveries(tracker, || tracker.in_flight_total(), Instant::now() + COMMIT_TIMEOUT)
     }
 
-    fn save_stores(&self, staged: &mut [(i32, Staged)], changelog_last: &HashMap<i32, i64>) -> Result<(), CommitError> {
+    fn save_stores(&self, staged: &mut [(i32, Staged)], changelog_last: &HashMap<i32, i64>) -> StoreFailures {
         let batches = staged.iter_mut().map(|(p, s)| (*p, Arc::clone(&s.store), std::mem::take(&mut s.batch)));
         write_stores(batches, changelog_last)
     }
 
-    fn offsets(&self, staged: &[(i32, Staged)]) -> Result<TopicPartitionList, CommitError> {
+    /// The input offsets to commit for `staged`, leaving out the `failed` partitions.
+    fn offsets(
+        &self,
+        staged: &[(i32, Staged)],
+        failed: &[(i32, StoreError)],
+    ) -> Result<TopicPartitionList, CommitError> {
         let mut tpl = TopicPartitionList::new();
-        for (partition, s) in staged {
+        for (partition, s) in staged.iter().filter(|(p, _)| failed.iter().all(|(f, _)| f != p)) {
             if let Some(next) = s.next_offset {
                 tpl.add_partition_offset(&self.config.kafka.input_topic, *partition, Offset::Offset(next))
                     .map_err(CommitError::Offsets)?;
@@ -412,21 +435,22 @@ struct SaveWork {
 
 /// The end of an `at_least_once` commit, on its own thread: sends the
 /// changelog records, waits for their delivery, and writes each store with
-/// the changelog offset it reaches as checkpoint.
+/// the changelog offset it reaches as checkpoint. Returns the stores that
+/// failed their write.
 fn save(
     producer: &ThreadedProducer<DeliveryTracker>,
     topic: &str,
     epoch: usize,
     started: Instant,
     work: Vec<SaveWork>,
-) -> Result<(), CommitError> {
+) -> Result<StoreFailures, CommitError> {
     lower_priority();
     for w in &work {
         send_changelog(topic, producer, epoch, w.partition, &w.changelog)?;
     }
     let tracker = producer.context();
     let changelog_last = await_deliveries(tracker, || tracker.in_flight(epoch), started + COMMIT_TIMEOUT)?;
-    write_stores(work.into_iter().map(|w| (w.partition, w.store, w.batch)), &changelog_last)
+    Ok(write_stores(work.into_iter().map(|w| (w.partition, w.store, w.batch)), &changelog_last))
 }
 
 /// Waits until `pending()` is zero or the deadline passes, then takes what
@@ -451,25 +475,36 @@ fn await_deliveries(
 }
 
 /// Writes each partition's store batch, with the changelog offset it
-/// reaches as checkpoint.
+/// reaches as checkpoint. One store's failure does not stop the others';
+/// returns the failures.
 fn write_stores(
     batches: impl IntoIterator<Item = (i32, Arc<Store>, StoreBatch)>,
     changelog_last: &HashMap<i32, i64>,
-) -> Result<(), CommitError> {
+) -> StoreFailures {
+    let mut failed = Vec::new();
     for (partition, store, mut batch) in batches {
         if let Some(last) = changelog_last.get(&partition) {
             batch.set_checkpoint(last + 1);
         }
         if !batch.is_empty() {
-            store.write(batch)?;
+            if let Err(e) = store.write(batch) {
+                failed.push((partition, e));
+            }
         }
     }
-    Ok(())
+    failed
 }
 
-/// The input offsets a commit of `staged` covers.
-fn committed(staged: &[(i32, Staged)]) -> Committed {
-    staged.iter().filter_map(|(p, s)| Some((*p, s.next_offset?))).collect()
+/// What a commit of `staged` did: the input offsets it covers, but for the
+/// `failed` partitions, whose offsets it did not commit under
+/// `at_least_once`, and which it reports.
+fn committed(staged: &[(i32, Staged)], failed: StoreFailures) -> Committed {
+    let offsets = staged
+        .iter()
+        .filter(|(p, _)| failed.iter().all(|(f, _)| f != p))
+        .filter_map(|(p, s)| Some((*p, s.next_offset?)))
+        .collect();
+    Committed { offsets, failed }
 }
 
 /// Lowers the calling thread's CPU priority (Linux's nice is per thread):

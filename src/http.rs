@@ -48,6 +48,16 @@ async fn readyz(State(app): State<AppState>) -> Response {
     let h = app.shared.health();
     let reason = if let Some(f) = &h.failure {
         Some(format!("the processor failed: {f}"))
+    } else if let Some((_, why)) = h.stopped.iter().next() {
+        Some(if h.stopped.len() == 1 {
+            why.clone()
+        } else {
+            format!(
+                "{} partitions stopped {:?}; the first: {why}",
+                h.stopped.len(),
+                h.stopped.keys().collect::<Vec<_>>()
+            )
+        })
     } else if let Some(why) = &h.unreachable {
         Some(format!("the Kafka cluster is unreachable: {why}"))
     } else if !h.in_group {
@@ -61,7 +71,13 @@ async fn readyz(State(app): State<AppState>) -> Response {
         None => (StatusCode::OK, Json(json!({"ready": true, "assigned": h.assigned}))).into_response(),
         Some(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"ready": false, "reason": reason, "assigned": h.assigned, "restoring": h.restoring})),
+            Json(json!({
+                "ready": false,
+                "reason": reason,
+                "assigned": h.assigned,
+                "restoring": h.restoring,
+                "stopped": h.stopped,
+            })),
         )
             .into_response(),
     }

@@ -28,6 +28,7 @@ pub struct Metrics {
     pub commit_duration: Histogram,
     pub restore_records: IntCounter,
     pub restore_duration: Histogram,
+    store_failures: IntCounter,
     partitions: IntGaugeVec,
     workflows_open: IntGaugeVec,
     consumer_lag: IntGaugeVec,
@@ -91,6 +92,11 @@ impl Metrics {
                 "junction_restore_duration_seconds",
                 "Time to restore one partition's store from the changelog.",
             ),
+            store_failures: IntCounter::new(
+                "junction_store_failures_total",
+                "Times a partition stopped because its state store failed: a write refused (disk full), an I/O error, a store that cannot be opened.",
+            )
+            .expect("valid metric"),
             partitions: gauge("junction_partitions", "Assigned input partitions, by task state.", &["state"]),
             workflows_open: gauge("junction_workflows_open", "Workflows waiting for a decision, by input partition.", &["partition"]),
             consumer_lag: gauge(
@@ -115,6 +121,7 @@ impl Metrics {
         }
         m.registry.register(Box::new(m.workflow_duration.clone())).expect("unique metric");
         m.registry.register(Box::new(m.restore_records.clone())).expect("unique metric");
+        m.registry.register(Box::new(m.store_failures.clone())).expect("unique metric");
         m.registry
             .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
             .expect("unique metric");
@@ -128,7 +135,7 @@ impl Metrics {
         for r in ["ok", "failed"] {
             m.commits.with_label_values(&[r]);
         }
-        for s in ["restoring", "active"] {
+        for s in ["restoring", "active", "stopped"] {
             m.partitions.with_label_values(&[s]);
         }
         m
@@ -167,9 +174,15 @@ impl Metrics {
         self.commits.with_label_values(&[if ok { "ok" } else { "failed" }]).inc();
     }
 
-    pub fn set_partitions(&self, active: usize, restoring: usize) {
+    pub fn set_partitions(&self, active: usize, restoring: usize, stopped: usize) {
         self.partitions.with_label_values(&["active"]).set(active as i64);
         self.partitions.with_label_values(&["restoring"]).set(restoring as i64);
+        self.partitions.with_label_values(&["stopped"]).set(stopped as i64);
+    }
+
+    /// A partition stopped because its state store failed.
+    pub fn partition_stopped(&self) {
+        self.store_failures.inc();
     }
 
     pub fn workflows_open(&self, partition: i32) -> IntGauge {

@@ -14,6 +14,16 @@
 //!   (flushes; compactions at the lowest priority);
 //! - the tokio runtime, which serves HTTP and signals and never blocks on
 //!   Kafka or RocksDB.
+//!
+//! A partition whose store fails (a write refused for lack of space, an I/O
+//! error, a store that cannot be opened) is stopped alone: it is paused, its
+//! offsets stay at the last commit whose state was saved, `/readyz` names it,
+//! and the other partitions go on. It is opened again after a pause that
+//! doubles while it keeps failing ([`PARK_RETRY_FIRST`] up to
+//! [`PARK_RETRY_MAX`]), through the same path as an assignment: the store is
+//! checked and caught up from the changelog; then it is flushed, which proves
+//! that it can write to disk again, and its input is replayed from the last
+//! commit.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,7 +42,7 @@ use crate::commit::{CommitError, Committed, Committer, PUBLISH_INTERVAL};
 use crate::config::Config;
 use crate::kafka;
 use crate::metrics::Metrics;
-use crate::restore::Restorer;
+use crate::restore::{RestoreError, Restorer};
 use crate::store::Store;
 use crate::task::{InputRecord, Task};
 
@@ -50,6 +60,9 @@ const STARTUP_RETRY_FIRST: Duration = Duration::from_millis(500);
 const STARTUP_RETRY_MAX: Duration = Duration::from_secs(10);
 /// How often `junction_state_bytes` is refreshed.
 const STATE_SIZE_REPORT: Duration = Duration::from_secs(5);
+/// The pauses before a stopped partition's store is opened again: doubling up to the maximum.
+pub const PARK_RETRY_FIRST: Duration = Duration::from_secs(1);
+pub const PARK_RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// What the HTTP side may see of the stream thread.
 pub struct Shared {
@@ -66,6 +79,8 @@ pub struct Health {
     pub input_partitions: usize,
     pub assigned: Vec<i32>,
     pub restoring: Vec<i32>,
+    /// Partitions stopped because their state store failed, and why.
+    pub stopped: BTreeMap<i32, String>,
     pub failure: Option<String>,
     /// Set while the Kafka cluster cannot be reached: why.
     pub unreachable: Option<String>,
@@ -110,12 +125,28 @@ struct Slot {
     resume_from: Option<i64>,
     /// Where to rewind to when a commit fails: the offset after the last commit.
     replay_from: Option<i64>,
+    /// Opened again after its store failed: it must prove it can write before it resumes.
+    reopened: bool,
+}
+
+/// A partition stopped because its store failed: assigned, paused, and
+/// waiting to be opened again.
+struct Parked {
+    error: String,
+    /// Where its input resumes: the offset after its last commit, or the
+    /// first record that arrived since (`None`: the committed offset).
+    from: Option<i64>,
+    retry_at: Instant,
 }
 
 struct Engine {
     config: Arc<Config>,
     shared: Arc<Shared>,
     slots: BTreeMap<i32, Slot>,
+    parked: BTreeMap<i32, Parked>,
+    /// Each partition's last stop and the pause it got, so that a partition
+    /// that fails again soon after it resumed waits longer.
+    stops: HashMap<i32, (Instant, Duration)>,
     committer: Committer,
     restorer: Restorer,
     failure: Option<anyhow::Error>,
@@ -182,30 +213,106 @@ impl Engine {
     fn on_assign(&mut self, consumer: &BaseConsumer<Callbacks>, tpl: &TopicPartitionList) {
         let topic = self.config.kafka.input_topic.clone();
         for element in tpl.elements_for_topic(&topic) {
-            let partition = element.partition();
-            let dir = self.config.state.dir.join(&self.config.kafka.application_id).join(partition.to_string());
-            let (store, open) = match self.restorer.open(partition, &dir) {
-                Ok(opened) => opened,
-                Err(e) => {
-                    self.fail(anyhow!(e).context(format!("cannot open the state of partition {partition}")));
-                    return;
-                }
-            };
-            let task =
-                Task::new(partition, Arc::clone(&store), Arc::clone(&self.config), Arc::clone(&self.shared.metrics));
-            let ready = open.is_some();
-            let phase = if ready { Phase::Active } else { Phase::Restoring };
-            if let Some(open) = open {
-                task.set_open(open);
-                self.shared.stores.write().expect("stores lock").insert(partition, store);
-            }
-            self.slots.insert(partition, Slot { task, phase, resume_from: None, replay_from: None });
-            if !ready {
-                self.pause(consumer, partition, true);
+            if let Err(e) = self.open(consumer, element.partition(), None) {
+                self.fail(e);
+                return;
             }
         }
         info!(partitions = ?self.slots.keys().collect::<Vec<_>>(), "partitions assigned");
         self.publish_health(true);
+    }
+
+    /// Opens a partition's store and makes its task: active at once when
+    /// the store is up to date, restoring otherwise (paused meanwhile). A
+    /// stopped partition opened again (`reopen`) processes from where it
+    /// stopped, once its store has proved it can write. A store that fails
+    /// stops the partition; an error only for what stops the whole processor.
+    fn open(
+        &mut self,
+        consumer: &BaseConsumer<Callbacks>,
+        partition: i32,
+        reopen: Option<&Parked>,
+    ) -> anyhow::Result<()> {
+        let from = reopen.and_then(|p| p.from);
+        let dir = self.config.state.dir.join(&self.config.kafka.application_id).join(partition.to_string());
+        let (store, open) = match self.restorer.open(partition, &dir) {
+            Ok(opened) => opened,
+            Err(RestoreError::Store(e)) => {
+                self.park(consumer, partition, &e, from);
+                return Ok(());
+            }
+            Err(e) => return Err(anyhow!(e).context(format!("cannot open the state of partition {partition}"))),
+        };
+        let task = Task::new(partition, Arc::clone(&store), Arc::clone(&self.config), Arc::clone(&self.shared.metrics));
+        let phase = if open.is_some() { Phase::Active } else { Phase::Restoring };
+        if let Some(open) = open {
+            task.set_open(open);
+        }
+        let reopened = reopen.is_some();
+        self.slots.insert(partition, Slot { task, phase, resume_from: from, replay_from: from, reopened });
+        match phase {
+            Phase::Restoring => self.pause(consumer, partition, true),
+            // Paused since it stopped: resumes once its store proves it can write.
+            Phase::Active if reopened => self.activate(consumer, partition),
+            Phase::Active => {
+                self.shared.stores.write().expect("stores lock").insert(partition, store);
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops a partition whose store failed: pauses its input, drops its
+    /// task and closes its store (what it decided since its last saved
+    /// commit is replayed), and tries it again after a pause.
+    fn park(
+        &mut self,
+        consumer: &BaseConsumer<Callbacks>,
+        partition: i32,
+        error: &dyn std::fmt::Display,
+        from: Option<i64>,
+    ) {
+        self.pause(consumer, partition, true);
+        self.restorer.cancel(partition);
+        self.shared.stores.write().expect("stores lock").remove(&partition);
+        let from = match self.slots.remove(&partition) {
+            Some(slot) => slot.replay_from.or(slot.resume_from).or(from),
+            None => from,
+        };
+        let now = Instant::now();
+        let backoff = match self.stops.get(&partition) {
+            // Failed again soon after its last attempt: wait longer.
+            Some((at, last)) if now.duration_since(*at) < *last + PARK_RETRY_MAX => (*last * 2).min(PARK_RETRY_MAX),
+            _ => PARK_RETRY_FIRST,
+        };
+        self.stops.insert(partition, (now, backoff));
+        error!(
+            partition,
+            error = %error,
+            resume_from = from,
+            retry_in_s = backoff.as_secs(),
+            "partition stopped: its state store failed; its offsets stay at the last saved commit, and the other partitions go on"
+        );
+        self.shared.metrics.partition_stopped();
+        self.parked.insert(
+            partition,
+            Parked { error: format!("partition {partition} stopped: {error}"), from, retry_at: now + backoff },
+        );
+        self.publish_health(true);
+    }
+
+    /// Opens the stopped partitions whose pause is over.
+    fn retry_parked(&mut self, consumer: &BaseConsumer<Callbacks>) {
+        let now = Instant::now();
+        let due: Vec<i32> = self.parked.iter().filter(|(_, p)| p.retry_at <= now).map(|(p, _)| *p).collect();
+        for partition in due {
+            let parked = self.parked.remove(&partition).expect("parked");
+            info!(partition, "opening a stopped partition's state store again");
+            if let Err(e) = self.open(consumer, partition, Some(&parked)) {
+                self.fail(e);
+                return;
+            }
+            self.publish_health(true);
+        }
     }
 
     fn on_revoke(&mut self, consumer: &BaseConsumer<Callbacks>, tpl: &TopicPartitionList) {
@@ -216,6 +323,8 @@ impl Engine {
         }
         for element in tpl.elements_for_topic(&self.config.kafka.input_topic) {
             let partition = element.partition();
+            self.parked.remove(&partition);
+            self.stops.remove(&partition);
             self.restorer.cancel(partition);
             self.shared.metrics.forget_partition(partition);
             self.shared.stores.write().expect("stores lock").remove(&partition);
@@ -242,22 +351,31 @@ impl Engine {
     }
 
     fn restore_step(&mut self, consumer: &BaseConsumer<Callbacks>, budget: Duration) {
-        match self.restorer.step(budget) {
-            Ok(done) => {
-                for partition in done {
-                    self.activate(consumer, partition);
-                }
-            }
-            Err(e) => self.fail(anyhow!(e).context("restoring state from the changelog")),
+        let restored = self.restorer.step(budget);
+        for (partition, e) in restored.failed {
+            self.park(consumer, partition, &e, None);
+        }
+        for partition in restored.done {
+            self.activate(consumer, partition);
         }
     }
 
+    /// Starts processing a partition whose store is up to date: restored,
+    /// or opened again after it stopped.
     fn activate(&mut self, consumer: &BaseConsumer<Callbacks>, partition: i32) {
         let Some(slot) = self.slots.get_mut(&partition) else { return };
         slot.phase = Phase::Active;
         let resume_from = slot.resume_from.take();
-        if let Err(e) = slot.task.recount_open() {
-            self.fail(anyhow!(e).context(format!("reading the restored state of partition {partition}")));
+        let reopened = std::mem::take(&mut slot.reopened);
+        let ready = slot.task.recount_open().and_then(|()| {
+            // A store that failed proves it can write to disk again before its partition resumes.
+            if reopened {
+                slot.task.store.flush()?;
+            }
+            Ok(())
+        });
+        if let Err(e) = ready {
+            self.park(consumer, partition, &e, resume_from);
             return;
         }
         self.shared.stores.write().expect("stores lock").insert(partition, Arc::clone(&slot.task.store));
@@ -265,6 +383,9 @@ impl Engine {
             self.seek(consumer, partition, offset);
         }
         self.pause(consumer, partition, false);
+        if reopened {
+            info!(partition, resume_from, "stopped partition resumed");
+        }
         self.publish_health(true);
     }
 
@@ -276,12 +397,18 @@ impl Engine {
         }
     }
 
-    fn process(&mut self, messages: &[BorrowedMessage<'_>]) {
+    fn process(&mut self, consumer: &BaseConsumer<Callbacks>, messages: &[BorrowedMessage<'_>]) {
         let _span = info_span!("poll_batch", records = messages.len()).entered();
         let now = now_ms();
         for m in messages {
             let partition = m.partition();
-            let Some(slot) = self.slots.get_mut(&partition) else { continue };
+            let Some(slot) = self.slots.get_mut(&partition) else {
+                // Fetched before a stopped partition's pause took hold: processed when it resumes, from here.
+                if let Some(parked) = self.parked.get_mut(&partition) {
+                    parked.from.get_or_insert(m.offset());
+                }
+                continue;
+            };
             if slot.phase != Phase::Active {
                 // Fetched before the pause took hold: processed after the restore, from here.
                 if slot.resume_from.is_none() {
@@ -298,8 +425,7 @@ impl Engine {
                 offset: m.offset(),
             };
             if let Err(e) = slot.task.process(&record, now) {
-                self.fail(anyhow!(e).context(format!("processing partition {partition}")));
-                return;
+                self.park(consumer, partition, &e, None);
             }
         }
     }
@@ -320,11 +446,14 @@ impl Engine {
             }
         }
         let now = now_ms();
+        let mut failed = Vec::new();
         for slot in self.slots.values_mut().filter(|s| s.phase == Phase::Active) {
             if let Err(e) = slot.task.punctuate(now) {
-                self.failure.get_or_insert(anyhow!(e).context("firing timers"));
-                return false;
+                failed.push((slot.task.partition, e));
             }
+        }
+        for (partition, e) in failed {
+            self.park(consumer, partition, &e, None);
         }
         let mut tasks: Vec<&mut Task> = self
             .slots
@@ -336,7 +465,7 @@ impl Engine {
             return true;
         }
         match self.committer.begin(&mut tasks, consumer) {
-            Ok(Some(committed)) => self.committed(committed),
+            Ok(Some(committed)) => self.committed(consumer, committed),
             Ok(None) if wait => self.advance_commit(consumer, true),
             Ok(None) => {}
             Err(e) => self.commit_failed(consumer, e),
@@ -362,17 +491,20 @@ impl Engine {
     /// Moves the commit in flight on; with `wait`, to its end.
     fn advance_commit(&mut self, consumer: &BaseConsumer<Callbacks>, wait: bool) {
         match self.committer.advance(consumer, wait) {
-            Ok(Some(committed)) => self.committed(committed),
+            Ok(Some(committed)) => self.committed(consumer, committed),
             Ok(None) => {}
             Err(e) => self.commit_failed(consumer, e),
         }
     }
 
-    fn committed(&mut self, committed: Committed) {
-        for (partition, next) in committed {
+    fn committed(&mut self, consumer: &BaseConsumer<Callbacks>, committed: Committed) {
+        for (partition, next) in committed.offsets {
             if let Some(slot) = self.slots.get_mut(&partition) {
                 slot.replay_from = Some(next);
             }
+        }
+        for (partition, e) in committed.failed {
+            self.park(consumer, partition, &e, None);
         }
         for slot in self.slots.values_mut() {
             slot.task.committed();
@@ -381,10 +513,6 @@ impl Engine {
 
     fn commit_failed(&mut self, consumer: &BaseConsumer<Callbacks>, e: CommitError) {
         warn!(error = %e, "commit failed; discarding the work since the last commit and resuming from there");
-        if let CommitError::Store(_) = e {
-            self.fail(anyhow!(e).context("saving state"));
-            return;
-        }
         if e.needs_new_producer() {
             match Committer::new(Arc::clone(&self.config), Arc::clone(&self.shared.metrics)) {
                 Ok(c) => self.committer = c,
@@ -399,18 +527,15 @@ impl Engine {
 
     fn rewind(&mut self, consumer: &BaseConsumer<Callbacks>) {
         let mut seeks = Vec::new();
-        let mut failure = None;
+        let mut failed = Vec::new();
         for (partition, slot) in &mut self.slots {
-            if let Err(e) = slot.task.discard() {
-                failure.get_or_insert(anyhow!(e).context(format!("re-reading the state of partition {partition}")));
-            }
-            if let Some(offset) = slot.replay_from {
-                seeks.push((*partition, offset));
+            match slot.task.discard() {
+                Err(e) => failed.push((*partition, e)),
+                Ok(()) => seeks.extend(slot.replay_from.map(|offset| (*partition, offset))),
             }
         }
-        if let Some(e) = failure {
-            self.fail(e);
-            return;
+        for (partition, e) in failed {
+            self.park(consumer, partition, &e, None);
         }
         for (partition, offset) in seeks {
             self.seek(consumer, partition, offset);
@@ -434,8 +559,11 @@ impl Engine {
         let mut h = self.shared.health.lock().expect("health lock");
         h.in_group = in_group;
         h.assigned = self.slots.keys().copied().collect();
+        h.assigned.extend(self.parked.keys());
+        h.assigned.sort_unstable();
         h.restoring = self.slots.iter().filter(|(_, s)| s.phase == Phase::Restoring).map(|(p, _)| *p).collect();
-        self.shared.metrics.set_partitions(self.slots.len() - h.restoring.len(), h.restoring.len());
+        h.stopped = self.parked.iter().map(|(p, parked)| (*p, parked.error.clone())).collect();
+        self.shared.metrics.set_partitions(self.slots.len() - h.restoring.len(), h.restoring.len(), self.parked.len());
     }
 }
 
@@ -484,6 +612,8 @@ pub fn run(config: Arc<Config>, shared: Arc<Shared>, runtime: tokio::runtime::Ha
         config: Arc::clone(&config),
         shared: Arc::clone(&shared),
         slots: BTreeMap::new(),
+        parked: BTreeMap::new(),
+        stops: HashMap::new(),
         committer,
         restorer,
         failure: None,
@@ -517,6 +647,9 @@ pub fn run(config: Arc<Config>, shared: Arc<Shared>, runtime: tokio::runtime::Ha
             if let Some(f) = e.failure.take() {
                 break Err(f);
             }
+            if !e.parked.is_empty() {
+                e.retry_parked(&consumer);
+            }
             if e.restorer.is_restoring() {
                 let active = e.slots.values().any(|s| s.phase == Phase::Active);
                 e.restore_step(&consumer, if active { RESTORE_SLICE } else { MAX_POLL_WAIT });
@@ -546,7 +679,7 @@ pub fn run(config: Arc<Config>, shared: Arc<Shared>, runtime: tokio::runtime::Ha
         }
         if !messages.is_empty() {
             shared.set_unreachable(None);
-            lock(&engine).process(&messages);
+            lock(&engine).process(&consumer, &messages);
         }
         drop(messages);
         if committing {

@@ -144,11 +144,12 @@ impl Restorer {
         }
     }
 
-    /// Applies changelog records for up to `budget`; returns the partitions
-    /// whose stores reached the changelog's end.
-    pub fn step(&mut self, budget: Duration) -> Result<Vec<i32>, RestoreError> {
+    /// Applies changelog records for up to `budget`. Returns the partitions
+    /// whose stores reached the changelog's end, and those whose stores
+    /// failed a write: they are no longer restored.
+    pub fn step(&mut self, budget: Duration) -> Restored {
         let deadline = Instant::now() + budget;
-        let mut done = Vec::new();
+        let mut restored = Restored::default();
         while !self.active.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
             let Some(polled) = self.consumer.poll(left) else { break };
@@ -180,12 +181,16 @@ impl Restorer {
                     }
                     r.next = m.offset() + 1;
                     r.records += 1;
+                    self.metrics.restore_records.inc();
                     if r.batch.len() >= RESTORE_BATCH {
                         let mut batch = std::mem::take(&mut r.batch);
                         batch.set_checkpoint(r.next);
-                        r.store.write(batch)?;
+                        if let Err(e) = r.store.write(batch) {
+                            self.active.remove(&partition);
+                            self.unassign(partition);
+                            restored.failed.push((partition, e));
+                        }
                     }
-                    self.metrics.restore_records.inc();
                 }
                 Err(KafkaError::PartitionEOF(partition)) => {
                     let Some(mut r) = self.active.remove(&partition) else { continue };
@@ -201,8 +206,11 @@ impl Restorer {
                         _ => r.next,
                     };
                     batch.set_checkpoint(end);
-                    r.store.write(batch)?;
                     self.unassign(partition);
+                    if let Err(e) = r.store.write(batch) {
+                        restored.failed.push((partition, e));
+                        continue;
+                    }
                     self.metrics.restore_duration.observe(r.started.elapsed().as_secs_f64());
                     info!(
                         partition,
@@ -211,7 +219,7 @@ impl Restorer {
                         seconds = r.started.elapsed().as_secs_f64(),
                         "state store restored"
                     );
-                    done.push(partition);
+                    restored.done.push(partition);
                 }
                 Err(e) => warn!(error = %e, "changelog consumer error while restoring"),
             }
@@ -219,6 +227,15 @@ impl Restorer {
                 break;
             }
         }
-        Ok(done)
+        restored
     }
+}
+
+/// What one [`Restorer::step`] finished.
+#[derive(Debug, Default)]
+pub struct Restored {
+    /// Partitions whose stores reached the changelog's end.
+    pub done: Vec<i32>,
+    /// Partitions whose stores failed a write, and why.
+    pub failed: Vec<(i32, StoreError)>,
 }

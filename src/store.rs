@@ -34,9 +34,7 @@ const CHECKPOINT_KEY: &[u8] = b"m:checkpoint";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error(
-        "cannot open the state store at {path}: {source} (is another junction instance using this state directory?)"
-    )]
+    #[error("cannot open the state store at {path}: {source}{}", open_hint(.source))]
     Open { path: PathBuf, source: rocksdb::Error },
     #[error("state store at {path}: {source}")]
     Io { path: PathBuf, source: rocksdb::Error },
@@ -60,6 +58,15 @@ impl StoreError {
             }
             _ => false,
         }
+    }
+}
+
+/// What to look at when a store cannot be opened because it is locked.
+fn open_hint(source: &rocksdb::Error) -> &'static str {
+    if source.to_string().contains("lock") {
+        " (is another junction instance using this state directory?)"
+    } else {
+        ""
     }
 }
 
@@ -302,6 +309,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let _first = Store::open(dir.path(), &StoreMemory::new(8 << 20, 2 << 20)).unwrap();
         let second = Store::open(dir.path(), &StoreMemory::new(8 << 20, 2 << 20));
-        assert!(matches!(second, Err(StoreError::Open { .. })));
+        let Err(e @ StoreError::Open { .. }) = second else { panic!("the second open must fail") };
+        assert!(e.to_string().contains("is another junction instance using this state directory?"), "{e}");
+        assert!(!e.is_damage(), "a locked store is never deleted");
     }
 }

@@ -230,6 +230,28 @@ impl Broker {
         md.topics().first().map_or(0, |t| t.partitions().len())
     }
 
+    /// The offsets `group` has committed on each partition of `topic` (-1: none).
+    pub fn committed_offsets(&self, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+        let client: BaseConsumer = self.client_config().set("group.id", group).create().unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition(topic, p);
+        }
+        let committed = client.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+        (0..partitions)
+            .map(|p| match committed.find_partition(topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => -1,
+            })
+            .collect()
+    }
+
+    /// The end offset of each partition of `topic`.
+    pub fn end_offsets(&self, topic: &str, partitions: i32) -> Vec<i64> {
+        let client: BaseConsumer = self.client_config().create().unwrap();
+        (0..partitions).map(|p| client.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap().1).collect()
+    }
+
     pub fn producer(&self) -> BaseProducer {
         self.client_config().set("partitioner", "murmur2_random").set("linger.ms", "5").create().unwrap()
     }
@@ -503,6 +525,8 @@ pub struct Setup {
     pub bootstrap: String,
     /// Client properties for junction, beyond the harness's own: the broker's security settings.
     pub properties: Vec<(String, String)>,
+    /// More lines for the `[state]` section.
+    pub state_options: String,
 }
 
 impl Setup {
@@ -529,6 +553,7 @@ impl Setup {
             workflows: DEFAULT_WORKFLOWS.to_string(),
             bootstrap: broker.bootstrap.clone(),
             properties: broker.properties.clone(),
+            state_options: String::new(),
         }
     }
 
@@ -554,7 +579,7 @@ commit_interval = "{interval}"
 dir = "{dir}"
 retention = "{retention}"
 default_deadline = "{default_deadline}"
-
+{state_options}
 [http]
 listen = "127.0.0.1:{http_port}"
 
@@ -572,6 +597,7 @@ listen = "127.0.0.1:{http_port}"
             default_deadline = self.default_deadline,
             workflows = self.workflows,
             properties = self.properties.iter().map(|(k, v)| format!("{k:?} = {v:?}\n")).collect::<String>(),
+            state_options = self.state_options,
         )
     }
 }
@@ -609,7 +635,16 @@ impl Junction {
     }
 
     pub fn start_with_env(setup: &Setup, work: &Path, name: &str, env: &[(&str, &str)]) -> Junction {
-        let state_dir = work.join(format!("{name}-state"));
+        Junction::launch(setup, work, name, env, &work.join(format!("{name}-state")))
+    }
+
+    /// Starts junction with its state directory at `state_dir`.
+    pub fn start_with_state(setup: &Setup, work: &Path, name: &str, state_dir: &Path) -> Junction {
+        Junction::launch(setup, work, name, &[], state_dir)
+    }
+
+    fn launch(setup: &Setup, work: &Path, name: &str, env: &[(&str, &str)], state_dir: &Path) -> Junction {
+        let state_dir = state_dir.to_path_buf();
         let http_port = free_port();
         let config = work.join(format!("{name}.toml"));
         std::fs::write(&config, setup.config_text(&state_dir, http_port)).unwrap();
