@@ -231,7 +231,8 @@ impl Committer {
                 let failed = saving.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
                 let f = self.in_flight.take().expect("in flight");
                 // A partition whose state was not saved keeps its offset where it was.
-                let offsets = self.offsets(&f.staged, &failed)?;
+                let done = committed(&f.staged, failed);
+                let offsets = self.offsets(&done)?;
                 if offsets.count() > 0 {
                     // Waiting (at a rebalance or shutdown) the offsets must be in before the partitions go;
                     // otherwise a lost asynchronous commit is covered by the next one.
@@ -240,7 +241,7 @@ impl Committer {
                 }
                 self.finished(f.started, true);
                 debug!(changelog = f.changelog_records, "committed");
-                return Ok(Some(committed(&f.staged, failed)));
+                return Ok(Some(done));
             }
             let (epoch, started) = (f.epoch, f.started);
             if !self.delivered(epoch, started, wait)? {
@@ -320,7 +321,7 @@ impl Committer {
                 self.send_outputs(&s.outcomes, &s.dead_letters)?;
                 send_changelog(&topic, &self.producer, self.epoch, *partition, &s.changelog)?;
             }
-            let offsets = self.offsets(&staged, &[])?;
+            let offsets = self.offsets(&committed(&staged, Vec::new()))?;
             if offsets.count() > 0 {
                 let group = consumer.group_metadata().ok_or(CommitError::NotInGroup)?;
                 self.producer
@@ -398,18 +399,12 @@ impl Committer {
         write_stores(batches, changelog_last)
     }
 
-    /// The input offsets to commit for `staged`, leaving out the `failed` partitions.
-    fn offsets(
-        &self,
-        staged: &[(i32, Staged)],
-        failed: &[(i32, StoreError)],
-    ) -> Result<TopicPartitionList, CommitError> {
+    /// The offsets of `committed`, to commit to the group.
+    fn offsets(&self, committed: &Committed) -> Result<TopicPartitionList, CommitError> {
         let mut tpl = TopicPartitionList::new();
-        for (partition, s) in staged.iter().filter(|(p, _)| failed.iter().all(|(f, _)| f != p)) {
-            if let Some(next) = s.next_offset {
-                tpl.add_partition_offset(&self.config.kafka.input_topic, *partition, Offset::Offset(next))
-                    .map_err(CommitError::Offsets)?;
-            }
+        for (partition, next) in &committed.offsets {
+            tpl.add_partition_offset(&self.config.kafka.input_topic, *partition, Offset::Offset(*next))
+                .map_err(CommitError::Offsets)?;
         }
         Ok(tpl)
     }

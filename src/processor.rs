@@ -364,10 +364,12 @@ impl Engine {
     /// or opened again after it stopped.
     fn activate(&mut self, consumer: &BaseConsumer<Callbacks>, partition: i32) {
         let Some(slot) = self.slots.get_mut(&partition) else { return };
+        // A store opened up to date was counted as it was verified; a restored one is counted now.
+        let restored = slot.phase == Phase::Restoring;
         slot.phase = Phase::Active;
         let resume_from = slot.resume_from.take();
         let reopened = std::mem::take(&mut slot.reopened);
-        let ready = slot.task.recount_open().and_then(|()| {
+        let ready = (if restored { slot.task.recount_open() } else { Ok(()) }).and_then(|()| {
             // A store that failed proves it can write to disk again before its partition resumes.
             if reopened {
                 slot.task.store.flush()?;
