@@ -346,12 +346,15 @@ impl Committer {
     }
 
     fn send_outputs(&self, outcomes: &[Decided], dead_letters: &[DeadLetter]) -> Result<(), CommitError> {
+        // One buffer for every record's JSON: the producer copies it.
+        let mut value = Vec::with_capacity(1024);
         for o in outcomes.iter().map(|d| &d.record) {
             let id = o.id();
             let headers = OwnedHeaders::new_with_capacity(2)
                 .insert(Header { key: names::HEADER_OUTCOME, value: Some(o.outcome.as_str()) })
                 .insert(Header { key: names::HEADER_OUTCOME_ID, value: Some(id.as_str()) });
-            let value = o.to_json();
+            value.clear();
+            o.write_json(&mut value);
             self.send(
                 BaseRecord::with_opaque_to(&self.config.kafka.output_topic, self.epoch)
                     .key(o.workflow_id.as_bytes())

@@ -233,9 +233,17 @@ pub fn parse_time(text: &str) -> Option<i64> {
 /// Three per outcome record and one per step: written digit by digit, as
 /// `fmt` took a tenth of the stream thread's time.
 pub fn format_time(ms: i64) -> String {
+    let mut out = Vec::with_capacity(24);
+    write_time(&mut out, ms);
+    String::from_utf8(out).expect("ASCII digits and separators")
+}
+
+/// Appends [`format_time`]'s text to `out`.
+pub fn write_time(out: &mut Vec<u8>, ms: i64) {
     let (year, month, day) = civil_from_days(ms.div_euclid(86_400_000));
     if !(0..=9999).contains(&year) {
-        return format_time_slow(ms);
+        out.extend_from_slice(format_time_slow(ms).as_bytes());
+        return;
     }
     let in_day = ms.rem_euclid(86_400_000);
     let mut text = *b"0000-00-00T00:00:00.000Z";
@@ -252,7 +260,7 @@ pub fn format_time(ms: i64) -> String {
     put(14, 2, in_day / 60_000 % 60);
     put(17, 2, in_day / 1_000 % 60);
     put(20, 3, in_day % 1_000);
-    String::from_utf8(text.to_vec()).expect("ASCII digits and separators")
+    out.extend_from_slice(&text);
 }
 
 /// (year, month, day) of a day counted from 1970-01-01, in the proleptic

@@ -402,6 +402,9 @@ impl Engine {
     fn process(&mut self, consumer: &BaseConsumer<Callbacks>, messages: &[BorrowedMessage<'_>]) {
         let _span = info_span!("poll_batch", records = messages.len()).entered();
         let now = now_ms();
+        // The only topic subscribed: not asked of librdkafka record by record.
+        let config = Arc::clone(&self.config);
+        let topic = config.kafka.input_topic.as_str();
         for m in messages {
             let partition = m.partition();
             let Some(slot) = self.slots.get_mut(&partition) else {
@@ -423,7 +426,7 @@ impl Engine {
                 key: m.key(),
                 value: m.payload(),
                 timestamp_ms: m.timestamp().to_millis(),
-                topic: m.topic(),
+                topic,
                 offset: m.offset(),
             };
             if let Err(e) = slot.task.process(&record, now) {

@@ -107,22 +107,34 @@ impl StoreMemory {
 #[derive(Default)]
 pub struct StoreBatch {
     batch: WriteBatch,
+    /// The key being written, reused from one put to the next.
+    key: Vec<u8>,
 }
 
 impl StoreBatch {
+    /// A batch with room for about `bytes` of keys and values, so that a
+    /// commit's batch is not copied over and over as it grows.
+    pub fn with_capacity(bytes: usize) -> StoreBatch {
+        StoreBatch { batch: WriteBatch::with_capacity_bytes(bytes), key: Vec::new() }
+    }
+
     pub fn put_state(&mut self, workflow_id: &str, encoded: &[u8], timer_ms: Option<i64>) {
-        self.batch.put(state_key(workflow_id), encoded);
+        state_key(&mut self.key, workflow_id);
+        self.batch.put(&self.key, encoded);
         if let Some(due) = timer_ms {
-            self.batch.put(timer_key(due, workflow_id), []);
+            timer_key(&mut self.key, due, workflow_id);
+            self.batch.put(&self.key, []);
         }
     }
 
     pub fn delete_state(&mut self, workflow_id: &str) {
-        self.batch.delete(state_key(workflow_id));
+        state_key(&mut self.key, workflow_id);
+        self.batch.delete(&self.key);
     }
 
     pub fn delete_timer(&mut self, timer: &Timer) {
-        self.batch.delete(timer_key(timer.due_ms, &timer.workflow_id));
+        timer_key(&mut self.key, timer.due_ms, &timer.workflow_id);
+        self.batch.delete(&self.key);
     }
 
     pub fn set_checkpoint(&mut self, changelog_offset: i64) {
@@ -188,7 +200,9 @@ impl Store {
     }
 
     pub fn get_state(&self, workflow_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.db.get(state_key(workflow_id)).map_err(|e| self.io(e))
+        let mut key = Vec::with_capacity(1 + workflow_id.len());
+        state_key(&mut key, workflow_id);
+        self.db.get(key).map_err(|e| self.io(e))
     }
 
     pub fn checkpoint(&self) -> Result<Option<i64>, StoreError> {
@@ -261,19 +275,17 @@ impl Store {
     }
 }
 
-fn state_key(workflow_id: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(1 + workflow_id.len());
+fn state_key(k: &mut Vec<u8>, workflow_id: &str) {
+    k.clear();
     k.push(STATE_PREFIX);
     k.extend_from_slice(workflow_id.as_bytes());
-    k
 }
 
-fn timer_key(due_ms: i64, workflow_id: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(9 + workflow_id.len());
+fn timer_key(k: &mut Vec<u8>, due_ms: i64, workflow_id: &str) {
+    k.clear();
     k.push(TIMER_PREFIX);
     k.extend_from_slice(&(due_ms.max(0) as u64).to_be_bytes());
     k.extend_from_slice(workflow_id.as_bytes());
-    k
 }
 
 #[cfg(test)]

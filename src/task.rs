@@ -25,6 +25,10 @@ use prometheus::IntGauge;
 
 /// The most timers one punctuation fires, so that a backlog cannot stall a commit.
 const TIMERS_PER_PUNCTUATION: usize = 10_000;
+/// What one state (its key, value and timer) and one timer deletion take in
+/// a store batch, about, so that a commit's batch is sized once.
+const BATCH_BYTES_PER_STATE: usize = 320;
+const BATCH_BYTES_PER_TIMER: usize = 48;
 
 /// One input record, as the task needs it.
 pub struct InputRecord<'a> {
@@ -56,15 +60,18 @@ pub struct Staged {
     pub next_offset: Option<i64>,
 }
 
+/// Workflow ID → state (`None`: purged).
+type States = HashMap<String, Option<WorkflowState>, foldhash::fast::RandomState>;
+
 pub struct Task {
     pub partition: i32,
     pub store: Arc<Store>,
     config: Arc<Config>,
     metrics: Arc<Metrics>,
     /// Workflow ID → its state as changed since the last commit (`None`: purged).
-    cache: HashMap<String, Option<WorkflowState>>,
+    cache: States,
     /// The cache of the commit in flight, until the store has it.
-    pending: HashMap<String, Option<WorkflowState>>,
+    pending: States,
     /// Stale or fired timers to delete at the commit.
     spent_timers: Vec<Timer>,
     outcomes: Vec<Decided>,
@@ -82,8 +89,8 @@ impl Task {
             store,
             config,
             metrics,
-            cache: HashMap::new(),
-            pending: HashMap::new(),
+            cache: States::default(),
+            pending: States::default(),
             spent_timers: Vec::new(),
             outcomes: Vec::new(),
             dead_letters: Vec::new(),
@@ -143,7 +150,7 @@ impl Task {
                     reason: crate::names::Reason::UnknownWorkflowType,
                     detail: format!("workflow {id:?} is of type {:?}, not {:?}", s.workflow_type, spec.workflow_type),
                 };
-                self.put_back(id, Some(s), from);
+                self.put_back(Some(s), from);
                 self.dead_letter(record, bad);
                 return Ok(());
             }
@@ -158,11 +165,9 @@ impl Task {
         }
         // A duplicate or late event leaves the state as it was: no changelog record for it.
         if result != EventResult::Accepted && outcomes.is_empty() {
-            if from != Source::Store {
-                self.put_back(id, Some(state), from);
-            }
+            self.put_back(Some(state), from);
         } else {
-            self.cache.insert(id.to_string(), Some(state));
+            self.cache.insert(from.into_key(id), Some(state));
         }
         let decided_at_ms = record.timestamp_ms.unwrap_or(now_ms);
         self.outcomes.extend(outcomes.into_iter().map(|record| Decided { record, decided_at_ms }));
@@ -177,19 +182,19 @@ impl Task {
             let id = timer.workflow_id.as_str();
             let (loaded, from) = self.load(id)?;
             let Some(mut state) = loaded else {
-                self.put_back(id, None, from);
+                self.put_back(None, from);
                 self.spent_timers.push(timer);
                 continue;
             };
             let spec = config.workflow(&state.workflow_type);
             if state.timer_ms(spec, retention) != Some(timer.due_ms) {
                 // Stale: the state moved on since this timer was written.
-                self.put_back(id, Some(state), from);
+                self.put_back(Some(state), from);
                 self.spent_timers.push(timer);
                 continue;
             }
             match join::on_timer(spec, &mut state, id, now_ms, retention) {
-                TimerResult::NotDue => self.put_back(id, Some(state), from),
+                TimerResult::NotDue => self.put_back(Some(state), from),
                 TimerResult::Decided(outcomes) => {
                     self.open.dec();
                     self.outcomes.extend(outcomes.into_iter().map(|record| Decided { record, decided_at_ms: now_ms }));
@@ -209,11 +214,11 @@ impl Task {
     /// in flight, else from the store. What is taken unchanged goes back with
     /// [`Task::put_back`].
     fn load(&mut self, workflow_id: &str) -> Result<(Option<WorkflowState>, Source), StoreError> {
-        if let Some(cached) = self.cache.remove(workflow_id) {
-            return Ok((cached, Source::Cache));
+        if let Some((key, cached)) = self.cache.remove_entry(workflow_id) {
+            return Ok((cached, Source::Cache(key)));
         }
-        if let Some(pending) = self.pending.remove(workflow_id) {
-            return Ok((pending, Source::Pending));
+        if let Some((key, pending)) = self.pending.remove_entry(workflow_id) {
+            return Ok((pending, Source::Pending(key)));
         }
         let Some(bytes) = self.store.get_state(workflow_id)? else { return Ok((None, Source::Store)) };
         match codec::decode(&bytes) {
@@ -226,10 +231,10 @@ impl Task {
     }
 
     /// Returns an unchanged state to where `load` took it from.
-    fn put_back(&mut self, workflow_id: &str, state: Option<WorkflowState>, from: Source) {
+    fn put_back(&mut self, state: Option<WorkflowState>, from: Source) {
         match from {
-            Source::Cache => self.cache.insert(workflow_id.to_string(), state),
-            Source::Pending => self.pending.insert(workflow_id.to_string(), state),
+            Source::Cache(key) => self.cache.insert(key, state),
+            Source::Pending(key) => self.pending.insert(key, state),
             Source::Store => None,
         };
     }
@@ -284,7 +289,9 @@ impl Task {
             outcomes: std::mem::take(&mut self.outcomes),
             dead_letters: std::mem::take(&mut self.dead_letters),
             changelog: Vec::with_capacity(self.cache.len()),
-            batch: StoreBatch::default(),
+            batch: StoreBatch::with_capacity(
+                self.cache.len() * BATCH_BYTES_PER_STATE + self.spent_timers.len() * BATCH_BYTES_PER_TIMER,
+            ),
             next_offset: self.next_offset.take(),
         };
         for timer in self.spent_timers.drain(..) {
@@ -325,12 +332,21 @@ impl Task {
     }
 }
 
-/// Where [`Task::load`] found a state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where [`Task::load`] found a state, with its key when it was a map's
+/// (reused rather than allocated again).
 enum Source {
-    Cache,
-    Pending,
+    Cache(String),
+    Pending(String),
     Store,
+}
+
+impl Source {
+    fn into_key(self, workflow_id: &str) -> String {
+        match self {
+            Source::Cache(key) | Source::Pending(key) => key,
+            Source::Store => workflow_id.to_string(),
+        }
+    }
 }
 
 #[cfg(test)]
