@@ -11,6 +11,7 @@ use time::OffsetDateTime;
 
 use crate::config::Config;
 use crate::names::{Reason, MAX_EVENT_ID_BYTES, MAX_WORKFLOW_ID_BYTES};
+use crate::scan;
 
 /// A step's reported status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, Deserialize)]
@@ -67,9 +68,10 @@ impl BadInput {
     }
 }
 
-/// The fields of an event, each kept raw so that a wrong one can be named.
+/// The fields of an event as serde_json reads them, each kept raw so that
+/// a wrong one can be named: the slow path, for what [`scan`] is unsure of.
 #[derive(Deserialize)]
-struct Fields<'a> {
+struct SerdeFields<'a> {
     #[serde(borrow, default)]
     workflow_id: Option<&'a RawValue>,
     #[serde(borrow, default)]
@@ -114,12 +116,10 @@ pub fn decode<'a>(
             Err(e) => BadInput::new(Reason::NotJson, format!("the value is not valid JSON: {e}")),
         });
     }
-    let fields: Fields<'a> = serde_json::from_slice(value).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => {
-            BadInput::new(Reason::NotObject, format!("the value is not a JSON object: {e}"))
-        }
-        _ => BadInput::new(Reason::NotJson, format!("the value is not valid JSON: {e}")),
-    })?;
+    let fields = match scan::fields(value) {
+        Some(fields) => fields,
+        None => serde_fields(value)?,
+    };
 
     let workflow_id = required_text(fields.workflow_id, "workflow_id")?;
     if workflow_id.is_empty() {
@@ -189,37 +189,64 @@ pub fn decode<'a>(
             BadInput::new(Reason::InvalidField, format!("`occurred_at` is {t:?}; expected an RFC 3339 time"))
         })?,
     };
-    let payload = fields.payload.filter(|p| p.get() != "null");
+    let payload = fields.payload.filter(|p| *p != "null");
     // The payload is kept in state and repeated in the outcome: its size is bounded.
-    if let Some(p) = payload.filter(|p| p.get().len() > config.state.max_payload_bytes) {
+    if let Some(p) = payload.filter(|p| p.len() > config.state.max_payload_bytes) {
         return Err(BadInput::new(
             Reason::PayloadTooLarge,
             format!(
                 "`payload` is {} bytes, more than state.max_payload_bytes ({})",
-                p.get().len(),
+                p.len(),
                 config.state.max_payload_bytes
             ),
         ));
     }
+    let payload = match payload {
+        None => None,
+        Some(p) => Some(
+            serde_json::from_str::<&RawValue>(p)
+                .map_err(|e| BadInput::new(Reason::NotJson, format!("`payload` is not valid JSON: {e}")))?,
+        ),
+    };
 
     Ok(StepEvent { workflow_id, workflow, step, status, event_id, occurred_at_ms, payload })
 }
 
-fn optional_text<'a>(raw: Option<&'a RawValue>, field: &str) -> Result<Option<Cow<'a, str>>, BadInput> {
-    match raw {
-        None => Ok(None),
-        Some(r) if r.get() == "null" => Ok(None),
-        // A string without escapes is its text between the quotes (the raw value is already valid JSON).
-        Some(r) if r.get().len() >= 2 && r.get().starts_with('"') && !r.get().contains('\\') => {
-            Ok(Some(Cow::Borrowed(&r.get()[1..r.get().len() - 1])))
+/// The fields of an event, read by serde_json: the same as [`scan::fields`]
+/// finds, or the error that says what is wrong.
+fn serde_fields(value: &[u8]) -> Result<scan::Fields<'_>, BadInput> {
+    let f: SerdeFields<'_> = serde_json::from_slice(value).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => {
+            BadInput::new(Reason::NotObject, format!("the value is not a JSON object: {e}"))
         }
-        Some(r) => serde_json::from_str::<Text<'a>>(r.get())
+        _ => BadInput::new(Reason::NotJson, format!("the value is not valid JSON: {e}")),
+    })?;
+    Ok(scan::Fields {
+        workflow_id: f.workflow_id.map(RawValue::get),
+        workflow_type: f.workflow_type.map(RawValue::get),
+        step: f.step.map(RawValue::get),
+        status: f.status.map(RawValue::get),
+        event_id: f.event_id.map(RawValue::get),
+        occurred_at: f.occurred_at.map(RawValue::get),
+        payload: f.payload.map(RawValue::get),
+    })
+}
+
+/// A field's text, from its raw JSON (`null` counts as absent).
+fn optional_text<'a>(raw: Option<&'a str>, field: &str) -> Result<Option<Cow<'a, str>>, BadInput> {
+    match raw {
+        None | Some("null") => Ok(None),
+        // A string without escapes is its text between the quotes (the raw value is already valid JSON).
+        Some(r) if r.len() >= 2 && r.starts_with('"') && !r.contains('\\') => {
+            Ok(Some(Cow::Borrowed(&r[1..r.len() - 1])))
+        }
+        Some(r) => serde_json::from_str::<Text<'a>>(r)
             .map(|t| Some(t.0))
-            .map_err(|_| BadInput::new(Reason::InvalidField, format!("`{field}` must be a string, got {}", r.get()))),
+            .map_err(|_| BadInput::new(Reason::InvalidField, format!("`{field}` must be a string, got {r}"))),
     }
 }
 
-fn required_text<'a>(raw: Option<&'a RawValue>, field: &str) -> Result<Cow<'a, str>, BadInput> {
+fn required_text<'a>(raw: Option<&'a str>, field: &str) -> Result<Cow<'a, str>, BadInput> {
     optional_text(raw, field)?.ok_or_else(|| BadInput::new(Reason::MissingField, format!("`{field}` is required")))
 }
 
@@ -295,6 +322,7 @@ fn format_time_slow(ms: i64) -> String {
 mod tests {
     use super::*;
     use crate::config;
+    use proptest::prelude::*;
     use std::path::Path;
 
     fn config_with(types: &str) -> Config {
@@ -310,6 +338,91 @@ mod tests {
 
     fn reason(key: Option<&[u8]>, value: &[u8]) -> Reason {
         decode(&two_types(), key, Some(value), 0).unwrap_err().reason
+    }
+
+    const EVENTS: &[&str] = &[
+        r#"{"workflow_id":"order-1","workflow_type":"order","step":"inventory","status":"failed","event_id":"e1","occurred_at":"2026-11-22T10:00:00.123+01:00","payload":{"a":[1,-2.5e3,true,null,"x\"y"]}}"#,
+        r#" { "workflow_id" : "w\u00e9" , "step" : "payment" , "extra" : {"k":[[],{}]} , "payload" : "p" } "#,
+        r#"{"workflow_id":"w","step":"email","status":null,"payload":null,"occurred_at":null}"#,
+    ];
+
+    /// Whatever the fast path answers is what serde_json answers.
+    fn agrees(value: &[u8]) -> Result<(), TestCaseError> {
+        if let Some(fast) = scan::fields(value) {
+            let slow = serde_fields(value);
+            prop_assert_eq!(Ok(fast), slow, "{}", String::from_utf8_lossy(value));
+        }
+        Ok(())
+    }
+
+    proptest! {
+        // Cheap cases, and the near misses that matter are rare: many of them.
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        #[test]
+        fn the_fast_path_agrees_with_serde_json_on_edited_events(
+            which in 0..EVENTS.len(),
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), 0..3u8, prop::sample::select(
+                vec![b'{', b'}', b'[', b']', b':', b',', b'"', b'\\', b' ', b'0', b'1', b'-', b'.', b'e', b'+', b'u', b'n', b't', 0x01, 0xc3, 0xa9, 0xff, b'\n'],
+            )), 1..4),
+        ) {
+            let mut v = EVENTS[which].as_bytes().to_vec();
+            for (at, kind, byte) in edits {
+                let at = at.index(v.len() + 1);
+                match kind {
+                    0 => v.insert(at, byte),
+                    1 if at < v.len() => { v.remove(at); }
+                    _ if at < v.len() => v[at] = byte,
+                    _ => v.push(byte),
+                }
+            }
+            agrees(&v)?;
+        }
+
+        #[test]
+        fn the_fast_path_agrees_with_serde_json_on_near_json(
+            members in proptest::collection::vec((prop::sample::select(
+                vec!["workflow_id", "step", "payload", "status", "zz"],
+            ), near_json()), 0..4),
+            trailing in prop::bool::weighted(0.03),
+        ) {
+            let members: Vec<String> = members.iter().map(|(k, v)| format!(r#""{k}" : {v}"#)).collect();
+            let text = format!("{{{}{}}}", members.join(","), if trailing { "," } else { "" });
+            agrees(text.as_bytes())?;
+        }
+    }
+
+    /// JSON values, and values that are nearly JSON (bad numbers, escapes,
+    /// literals, trailing commas), nested a few levels.
+    fn near_json() -> impl Strategy<Value = String> {
+        let literal = |words: &[&'static str]| prop::sample::select(words.to_vec()).prop_map(String::from);
+        let leaf = prop_oneof![
+            4 => r"-?(0|[1-9][0-9]{0,2})(\.[0-9]{1,2})?([eE][+-]?[0-9]{1,2})?",
+            1 => r"-?[0-9]{0,3}(\.[0-9]{0,2})?([eE][+-]?[0-9]{0,2})?",
+            4 => r#""([a-z é]|\\[nt"\\/]|\\u[0-9a-fA-F]{4}){0,5}""#,
+            1 => r#""([a-z é\x01]|\\[a-z"\\/]|\\u[0-9a-fA-F]{0,4}){0,5}""#,
+            4 => literal(&["true", "false", "null"]),
+            1 => literal(&["tru", "nul", "f", "nulll"]),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            let comma = || prop::bool::weighted(0.03).prop_map(|t| if t { "," } else { "" });
+            prop_oneof![
+                (proptest::collection::vec(inner.clone(), 0..4), comma())
+                    .prop_map(|(v, c)| format!("[{}{c}]", v.join(","))),
+                (proptest::collection::vec((r#""[a-z]{0,2}""#, inner), 0..4), comma()).prop_map(|(v, c)| {
+                    let members: Vec<String> = v.iter().map(|(k, x)| format!("{k}:{x}")).collect();
+                    format!("{{{}{c}}}", members.join(","))
+                }),
+            ]
+        })
+    }
+
+    #[test]
+    fn the_fast_path_reads_the_sample_events() {
+        for e in EVENTS {
+            assert!(scan::fields(e.as_bytes()).is_some(), "{e}");
+            agrees(e.as_bytes()).unwrap();
+        }
     }
 
     #[test]

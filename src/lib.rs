@@ -8,7 +8,8 @@
 //! The modules follow an event through the processor:
 //!
 //! - [`config`]: the TOML configuration and its environment overrides;
-//! - [`event`]: decoding a step event, or the reason it is bad input;
+//! - [`event`]: decoding a step event, or the reason it is bad input
+//!   ([`scan`] is its fast path);
 //! - [`join`]: the pure decision, (state, event, now) → (state, outcomes);
 //! - [`outcome`]: the outcome record and its deterministic ID;
 //! - [`dead_letter`]: what a bad record becomes;
@@ -35,5 +36,6 @@ pub mod names;
 pub mod outcome;
 pub mod processor;
 pub mod restore;
+pub mod scan;
 pub mod store;
 pub mod task;

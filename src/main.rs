@@ -93,30 +93,18 @@ const ALLOCATOR_PURGE_DELAY_MS: std::ffi::c_long = 10_000;
 /// `mi_option_purge_delay` in mimalloc.h, which libmimalloc-sys does not name
 /// (it comes just before `mi_option_use_numa_nodes`).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = libmimalloc_sys::mi_option_use_numa_nodes - 1;
-/// glibc's malloc (RocksDB's and librdkafka's allocations) serves requests up
-/// to this size from its heap instead of a fresh mapping (at most 32 MiB on 64-bit).
-const MALLOC_MMAP_THRESHOLD: i32 = 32 << 20;
-/// glibc's malloc keeps up to this much free memory at the top of its heap.
-const MALLOC_TRIM_THRESHOLD: i32 = 128 << 20;
-
-/// Memory that the allocators give back to the system is zeroed by the
-/// kernel when it is touched again. Each commit frees and allocates again
-/// megabytes (its store batch, its states, its records), so with the
-/// defaults a tenth of the stream thread went to page faults. The allocators
-/// keep what they freed for a while instead. `MIMALLOC_PURGE_DELAY` in the
-/// environment still overrides the delay.
-fn tune_allocators() {
-    // SAFETY: mimalloc's and glibc's option setters, called before the
-    // threads that allocate are started; they only change tuning values.
-    unsafe {
-        libmimalloc_sys::mi_option_set_default(MI_OPTION_PURGE_DELAY, ALLOCATOR_PURGE_DELAY_MS);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD);
-    }
+/// Memory that mimalloc gives back to the system is zeroed by the kernel
+/// when it is touched again. Each commit frees and allocates again megabytes
+/// (its states, its records), so with mimalloc's defaults a tenth of the
+/// stream thread went to page faults. It keeps what it freed for a while
+/// instead. `MIMALLOC_PURGE_DELAY` in the environment still overrides this.
+fn tune_allocator() {
+    // SAFETY: sets one of mimalloc's tuning values, before the threads that allocate are started.
+    unsafe { libmimalloc_sys::mi_option_set_default(MI_OPTION_PURGE_DELAY, ALLOCATOR_PURGE_DELAY_MS) };
 }
 
 fn run(config: Arc<config::Config>) -> ExitCode {
-    tune_allocators();
+    tune_allocator();
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a tokio runtime");
     let shared = Arc::new(Shared::new(Arc::new(Metrics::new())));
