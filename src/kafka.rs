@@ -109,6 +109,10 @@ pub fn consumer_config(config: &KafkaConfig) -> ClientConfig {
     // between an event's arrival and its processing on brokers that poll for
     // new data instead of waking waiting fetches (Nisshi among them).
     c.set_if_absent("fetch.wait.max.ms", "10");
+    // Under load a fetch waits (at most fetch.wait.max.ms) until it can
+    // bring this much: fewer, fuller fetches cost the broker and junction
+    // less CPU than one per few records.
+    c.set_if_absent("fetch.min.bytes", "100000");
     queue_backoff(&mut c);
     // Statistics feed junction_consumer_lag.
     c.set_if_absent("statistics.interval.ms", "5000");
