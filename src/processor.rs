@@ -612,7 +612,7 @@ pub fn run(config: Arc<Config>, shared: Arc<Shared>, runtime: tokio::runtime::Ha
     let metrics = Arc::clone(&shared.metrics);
     metrics.register_workflow_types(config.workflows.iter().map(|w| w.workflow_type.as_str()));
     let committer = Committer::new(Arc::clone(&config), Arc::clone(&metrics))?;
-    let restorer = Restorer::new(Arc::clone(&config), metrics).context("creating the changelog consumer")?;
+    let restorer = Restorer::new(Arc::clone(&config), metrics)?;
     let engine = Arc::new(Mutex::new(Engine {
         config: Arc::clone(&config),
         shared: Arc::clone(&shared),

@@ -3,11 +3,15 @@
 //! changelog's end, cannot be trusted and is rebuilt), then caught up from
 //! its checkpoint to the changelog's end in batched writes. The stream thread
 //! steps the restorer between polls, so partitions that are already active
-//! keep processing meanwhile.
+//! keep processing meanwhile; the writes themselves are made by a thread of
+//! the restorer's own (`junction-restore`), so that reading the changelog
+//! and writing the stores go on at the same time.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -24,8 +28,12 @@ use crate::metrics::Metrics;
 use crate::store::{Store, StoreBatch, StoreError, StoreMemory};
 
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(30);
-/// Records per store write while restoring.
+/// Entries (states and their timers) per store write while restoring.
 const RESTORE_BATCH: usize = 10_000;
+/// About the bytes of such a write, so that its batch is sized once.
+const RESTORE_BATCH_BYTES: usize = RESTORE_BATCH * 160;
+/// Writes waiting for the writer thread: reading stops when it is this far ahead.
+const WRITES_QUEUED: usize = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
@@ -33,9 +41,15 @@ pub enum RestoreError {
     Store(#[from] StoreError),
     #[error("changelog {topic} partition {partition}: {source}")]
     Kafka { topic: String, partition: i32, source: KafkaError },
+    #[error("creating the changelog consumer: {0}")]
+    Consumer(KafkaError),
+    #[error("starting the restore writer thread: {0}")]
+    Thread(std::io::Error),
 }
 
 struct Restoring {
+    /// Tells this restore's writes apart from an earlier one's of the same partition.
+    generation: u64,
     store: Arc<Store>,
     batch: StoreBatch,
     /// The offset after the last record applied.
@@ -44,26 +58,113 @@ struct Restoring {
     started: Instant,
 }
 
+/// A partition whose last write is with the writer thread.
+struct Finishing {
+    generation: u64,
+    records: u64,
+    checkpoint: i64,
+    started: Instant,
+}
+
+/// One store write for the writer thread.
+struct Write {
+    partition: i32,
+    generation: u64,
+    store: Arc<Store>,
+    batch: StoreBatch,
+    last: bool,
+}
+
+/// What the writer thread reports: a partition's last write, or any write that failed.
+struct Written {
+    partition: i32,
+    generation: u64,
+    result: Result<(), StoreError>,
+}
+
+/// The thread that writes restored batches, in the order they were read.
+/// After a failed write it skips that restore's later writes: a later
+/// checkpoint must never cover records that are not in the store.
+struct Writer {
+    writes: Option<SyncSender<Write>>,
+    written: Receiver<Written>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start() -> std::io::Result<Writer> {
+        let (writes, queue) = mpsc::sync_channel::<Write>(WRITES_QUEUED);
+        let (report, written) = mpsc::channel();
+        let thread = std::thread::Builder::new().name("junction-restore".into()).spawn(move || {
+            let mut failed = HashSet::new();
+            for w in queue {
+                if failed.contains(&w.generation) {
+                    continue;
+                }
+                let result = w.store.write(w.batch);
+                if result.is_err() {
+                    failed.insert(w.generation);
+                }
+                if w.last || result.is_err() {
+                    // The receiver is gone only when the restorer is.
+                    let _ = report.send(Written { partition: w.partition, generation: w.generation, result });
+                }
+            }
+        })?;
+        Ok(Writer { writes: Some(writes), written, thread: Some(thread) })
+    }
+
+    fn write(&self, write: Write) {
+        if let Some(writes) = &self.writes {
+            writes.send(write).expect("the restore writer thread runs while the restorer does");
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.writes.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 pub struct Restorer {
     config: Arc<Config>,
     metrics: Arc<Metrics>,
     topic: String,
     consumer: BaseConsumer,
     active: HashMap<i32, Restoring>,
+    finishing: HashMap<i32, Finishing>,
+    writer: Writer,
+    generations: u64,
     /// Shared by every store this process opens.
     memory: StoreMemory,
 }
 
 impl Restorer {
-    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> Result<Restorer, KafkaError> {
-        let consumer: BaseConsumer = kafka::restore_consumer_config(&config.kafka).create()?;
+    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> Result<Restorer, RestoreError> {
+        let consumer: BaseConsumer =
+            kafka::restore_consumer_config(&config.kafka).create().map_err(RestoreError::Consumer)?;
         let topic = config.kafka.changelog_topic();
         let memory = StoreMemory::new(config.state.memory_bytes as usize, config.state.write_buffer_bytes as usize);
-        Ok(Restorer { config, metrics, topic, consumer, active: HashMap::new(), memory })
+        let writer = Writer::start().map_err(RestoreError::Thread)?;
+        Ok(Restorer {
+            config,
+            metrics,
+            topic,
+            consumer,
+            active: HashMap::new(),
+            finishing: HashMap::new(),
+            writer,
+            generations: 0,
+            memory,
+        })
     }
 
     pub fn is_restoring(&self) -> bool {
-        !self.active.is_empty()
+        !self.active.is_empty() || !self.finishing.is_empty()
     }
 
     fn kafka_error(&self, partition: i32) -> impl Fn(KafkaError) -> RestoreError + '_ {
@@ -116,11 +217,13 @@ impl Restorer {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&self.topic, partition, Offset::Offset(from)).map_err(self.kafka_error(partition))?;
         self.consumer.incremental_assign(&tpl).map_err(self.kafka_error(partition))?;
+        self.generations += 1;
         self.active.insert(
             partition,
             Restoring {
+                generation: self.generations,
                 store: Arc::clone(&store),
-                batch: StoreBatch::default(),
+                batch: StoreBatch::with_capacity(RESTORE_BATCH_BYTES),
                 next: from,
                 records: 0,
                 started: Instant::now(),
@@ -131,6 +234,7 @@ impl Restorer {
 
     /// Stops restoring a partition that was revoked.
     pub fn cancel(&mut self, partition: i32) {
+        self.finishing.remove(&partition);
         if self.active.remove(&partition).is_some() {
             self.unassign(partition);
         }
@@ -150,6 +254,7 @@ impl Restorer {
     pub fn step(&mut self, budget: Duration) -> Restored {
         let deadline = Instant::now() + budget;
         let mut restored = Restored::default();
+        self.collect_written(&mut restored, Duration::ZERO);
         while !self.active.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
             let Some(polled) = self.consumer.poll(left) else { break };
@@ -183,13 +288,11 @@ impl Restorer {
                     r.records += 1;
                     self.metrics.restore_records.inc();
                     if r.batch.len() >= RESTORE_BATCH {
-                        let mut batch = std::mem::take(&mut r.batch);
+                        let mut batch = std::mem::replace(&mut r.batch, StoreBatch::with_capacity(RESTORE_BATCH_BYTES));
                         batch.set_checkpoint(r.next);
-                        if let Err(e) = r.store.write(batch) {
-                            self.active.remove(&partition);
-                            self.unassign(partition);
-                            restored.failed.push((partition, e));
-                        }
+                        let write =
+                            Write { partition, generation: r.generation, store: Arc::clone(&r.store), batch, last: false };
+                        self.writer.write(write);
                     }
                 }
                 Err(KafkaError::PartitionEOF(partition)) => {
@@ -207,19 +310,10 @@ impl Restorer {
                     };
                     batch.set_checkpoint(end);
                     self.unassign(partition);
-                    if let Err(e) = r.store.write(batch) {
-                        restored.failed.push((partition, e));
-                        continue;
-                    }
-                    self.metrics.restore_duration.observe(r.started.elapsed().as_secs_f64());
-                    info!(
-                        partition,
-                        records = r.records,
-                        checkpoint = end,
-                        seconds = r.started.elapsed().as_secs_f64(),
-                        "state store restored"
-                    );
-                    restored.done.push(partition);
+                    self.writer.write(Write { partition, generation: r.generation, store: r.store, batch, last: true });
+                    let finishing =
+                        Finishing { generation: r.generation, records: r.records, checkpoint: end, started: r.started };
+                    self.finishing.insert(partition, finishing);
                 }
                 Err(e) => warn!(error = %e, "changelog consumer error while restoring"),
             }
@@ -227,7 +321,52 @@ impl Restorer {
                 break;
             }
         }
+        if self.active.is_empty() && !self.finishing.is_empty() {
+            self.collect_written(&mut restored, deadline.saturating_duration_since(Instant::now()));
+        }
         restored
+    }
+
+    /// Takes the writer thread's reports, waiting up to `wait` for the first.
+    fn collect_written(&mut self, restored: &mut Restored, wait: Duration) {
+        let mut next = match self.writer.written.recv_timeout(wait) {
+            Ok(w) => Some(w),
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
+        };
+        while let Some(w) = next {
+            self.report(w, restored);
+            next = self.writer.written.try_recv().ok();
+        }
+    }
+
+    fn report(&mut self, w: Written, restored: &mut Restored) {
+        let partition = w.partition;
+        let current = |generation: Option<u64>| generation == Some(w.generation);
+        if let Err(e) = w.result {
+            if current(self.active.get(&partition).map(|r| r.generation)) {
+                self.active.remove(&partition);
+                self.unassign(partition);
+            } else if current(self.finishing.get(&partition).map(|f| f.generation)) {
+                self.finishing.remove(&partition);
+            } else {
+                return; // a cancelled restore's
+            }
+            restored.failed.push((partition, e));
+            return;
+        }
+        if !current(self.finishing.get(&partition).map(|f| f.generation)) {
+            return;
+        }
+        let f = self.finishing.remove(&partition).expect("finishing");
+        self.metrics.restore_duration.observe(f.started.elapsed().as_secs_f64());
+        info!(
+            partition,
+            records = f.records,
+            checkpoint = f.checkpoint,
+            seconds = f.started.elapsed().as_secs_f64(),
+            "state store restored"
+        );
+        restored.done.push(partition);
     }
 }
 

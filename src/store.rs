@@ -173,6 +173,10 @@ impl Store {
             options.set_env(env);
         }
         options.set_write_buffer_size(memory.memtable_bytes);
+        // A full memtable waits for its flush only when this many are
+        // already waiting: a restore writes faster than one flush at a time
+        // (the write-buffer manager still bounds their memory).
+        options.set_max_write_buffer_number(4);
         options.set_compression_type(DBCompressionType::Lz4);
         // Write-heavy: every commit rewrites its workflows' states. Universal
         // compaction rewrites each byte fewer times than levels.
