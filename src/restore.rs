@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -32,8 +32,10 @@ const WATERMARK_TIMEOUT: Duration = Duration::from_secs(30);
 const RESTORE_BATCH: usize = 10_000;
 /// About the bytes of such a write, so that its batch is sized once.
 const RESTORE_BATCH_BYTES: usize = RESTORE_BATCH * 160;
-/// Writes waiting for the writer thread: reading stops when it is this far ahead.
+/// Writes waiting for a writer thread: reading stops when it is this far ahead.
 const WRITES_QUEUED: usize = 2;
+/// Threads writing restored batches (each partition's on one of them).
+const WRITER_THREADS: usize = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
@@ -82,49 +84,55 @@ struct Written {
     result: Result<(), StoreError>,
 }
 
-/// The thread that writes restored batches, in the order they were read.
-/// After a failed write it skips that restore's later writes: a later
-/// checkpoint must never cover records that are not in the store.
+/// The threads that write restored batches: each partition's on the same
+/// thread, in the order they were read. After a failed write a thread skips
+/// that restore's later writes: a later checkpoint must never cover records
+/// that are not in the store.
 struct Writer {
-    writes: Option<SyncSender<Write>>,
+    writes: Vec<SyncSender<Write>>,
     written: Receiver<Written>,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl Writer {
-    fn start() -> std::io::Result<Writer> {
-        let (writes, queue) = mpsc::sync_channel::<Write>(WRITES_QUEUED);
+    fn start(threads: usize) -> std::io::Result<Writer> {
         let (report, written) = mpsc::channel();
-        let thread = std::thread::Builder::new().name("junction-restore".into()).spawn(move || {
-            let mut failed = HashSet::new();
-            for w in queue {
-                if failed.contains(&w.generation) {
-                    continue;
+        let mut writer = Writer { writes: Vec::new(), written, threads: Vec::new() };
+        for _ in 0..threads {
+            let (writes, queue) = mpsc::sync_channel::<Write>(WRITES_QUEUED);
+            let report = report.clone();
+            let thread = std::thread::Builder::new().name("junction-restore".into()).spawn(move || {
+                let mut failed = HashSet::new();
+                for w in queue {
+                    if failed.contains(&w.generation) {
+                        continue;
+                    }
+                    let result = w.store.write(w.batch);
+                    if result.is_err() {
+                        failed.insert(w.generation);
+                    }
+                    if w.last || result.is_err() {
+                        // The receiver is gone only when the restorer is.
+                        let _ = report.send(Written { partition: w.partition, generation: w.generation, result });
+                    }
                 }
-                let result = w.store.write(w.batch);
-                if result.is_err() {
-                    failed.insert(w.generation);
-                }
-                if w.last || result.is_err() {
-                    // The receiver is gone only when the restorer is.
-                    let _ = report.send(Written { partition: w.partition, generation: w.generation, result });
-                }
-            }
-        })?;
-        Ok(Writer { writes: Some(writes), written, thread: Some(thread) })
+            })?;
+            writer.writes.push(writes);
+            writer.threads.push(thread);
+        }
+        Ok(writer)
     }
 
     fn write(&self, write: Write) {
-        if let Some(writes) = &self.writes {
-            writes.send(write).expect("the restore writer thread runs while the restorer does");
-        }
+        let thread = write.partition.unsigned_abs() as usize % self.writes.len();
+        self.writes[thread].send(write).expect("the restore writer threads run while the restorer does");
     }
 }
 
 impl Drop for Writer {
     fn drop(&mut self) {
-        self.writes.take();
-        if let Some(thread) = self.thread.take() {
+        self.writes.clear();
+        for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
     }
@@ -149,7 +157,7 @@ impl Restorer {
             kafka::restore_consumer_config(&config.kafka).create().map_err(RestoreError::Consumer)?;
         let topic = config.kafka.changelog_topic();
         let memory = StoreMemory::new(config.state.memory_bytes as usize, config.state.write_buffer_bytes as usize);
-        let writer = Writer::start().map_err(RestoreError::Thread)?;
+        let writer = Writer::start(WRITER_THREADS).map_err(RestoreError::Thread)?;
         Ok(Restorer {
             config,
             metrics,
@@ -290,8 +298,13 @@ impl Restorer {
                     if r.batch.len() >= RESTORE_BATCH {
                         let mut batch = std::mem::replace(&mut r.batch, StoreBatch::with_capacity(RESTORE_BATCH_BYTES));
                         batch.set_checkpoint(r.next);
-                        let write =
-                            Write { partition, generation: r.generation, store: Arc::clone(&r.store), batch, last: false };
+                        let write = Write {
+                            partition,
+                            generation: r.generation,
+                            store: Arc::clone(&r.store),
+                            batch,
+                            last: false,
+                        };
                         self.writer.write(write);
                     }
                 }
@@ -329,10 +342,7 @@ impl Restorer {
 
     /// Takes the writer thread's reports, waiting up to `wait` for the first.
     fn collect_written(&mut self, restored: &mut Restored, wait: Duration) {
-        let mut next = match self.writer.written.recv_timeout(wait) {
-            Ok(w) => Some(w),
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-        };
+        let mut next = self.writer.written.recv_timeout(wait).ok();
         while let Some(w) = next {
             self.report(w, restored);
             next = self.writer.written.try_recv().ok();
