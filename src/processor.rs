@@ -10,6 +10,8 @@
 //!   (a commit in flight is moved on between polls, not waited for);
 //! - one `junction-save` thread per commit (see [`crate::commit`]): sends the
 //!   changelog, waits for it and writes the stores, at a lower priority;
+//! - two `junction-restore` threads that write restored batches to the
+//!   stores (see [`crate::restore`]);
 //! - librdkafka's own threads (network, delivery reports), RocksDB's
 //!   (flushes; compactions at the lowest priority);
 //! - the tokio runtime, which serves HTTP and signals and never blocks on
