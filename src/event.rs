@@ -189,7 +189,7 @@ pub fn decode<'a>(
             BadInput::new(Reason::InvalidField, format!("`occurred_at` is {t:?}; expected an RFC 3339 time"))
         })?,
     };
-    let payload = fields.payload.filter(|p| *p != "null");
+    let payload = fields.payload;
     // The payload is kept in state and repeated in the outcome: its size is bounded.
     if let Some(p) = payload.filter(|p| p.len() > config.state.max_payload_bytes) {
         return Err(BadInput::new(
@@ -232,10 +232,10 @@ fn serde_fields(value: &[u8]) -> Result<scan::Fields<'_>, BadInput> {
     })
 }
 
-/// A field's text, from its raw JSON (`null` counts as absent).
+/// A field's text, from its raw JSON.
 fn optional_text<'a>(raw: Option<&'a str>, field: &str) -> Result<Option<Cow<'a, str>>, BadInput> {
     match raw {
-        None | Some("null") => Ok(None),
+        None => Ok(None),
         // A string without escapes is its text between the quotes (the raw value is already valid JSON).
         Some(r) if r.len() >= 2 && r.starts_with('"') && !r.contains('\\') => {
             Ok(Some(Cow::Borrowed(&r[1..r.len() - 1])))

@@ -30,8 +30,8 @@ use crate::store::{Store, StoreBatch, StoreError, StoreMemory};
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(30);
 /// Entries (states and their timers) per store write while restoring.
 const RESTORE_BATCH: usize = 10_000;
-/// About the bytes of such a write, so that its batch is sized once.
-const RESTORE_BATCH_BYTES: usize = RESTORE_BATCH * 160;
+/// The states in such a write: each comes with its timer.
+const RESTORE_BATCH_STATES: usize = RESTORE_BATCH / 2;
 /// Writes waiting for a writer thread: reading stops when it is this far ahead.
 const WRITES_QUEUED: usize = 2;
 /// Threads writing restored batches (each partition's on one of them).
@@ -231,7 +231,7 @@ impl Restorer {
             Restoring {
                 generation: self.generations,
                 store: Arc::clone(&store),
-                batch: StoreBatch::with_capacity(RESTORE_BATCH_BYTES),
+                batch: StoreBatch::for_states(RESTORE_BATCH_STATES, 0),
                 next: from,
                 records: 0,
                 started: Instant::now(),
@@ -296,7 +296,8 @@ impl Restorer {
                     r.records += 1;
                     self.metrics.restore_records.inc();
                     if r.batch.len() >= RESTORE_BATCH {
-                        let mut batch = std::mem::replace(&mut r.batch, StoreBatch::with_capacity(RESTORE_BATCH_BYTES));
+                        let mut batch =
+                            std::mem::replace(&mut r.batch, StoreBatch::for_states(RESTORE_BATCH_STATES, 0));
                         batch.set_checkpoint(r.next);
                         let write = Write {
                             partition,

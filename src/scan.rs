@@ -8,7 +8,8 @@
 //! gets `None`, and the caller asks serde_json instead, whose answer (and
 //! whose error message) is then the one that counts.
 
-/// The raw JSON text of each field of an event that is present.
+/// The raw JSON text of each field of an event that is present and not
+/// `null` (a `null` field is absent, as serde_json reads an `Option`).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Fields<'a> {
     pub workflow_id: Option<&'a str>,

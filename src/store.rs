@@ -103,6 +103,11 @@ impl StoreMemory {
     }
 }
 
+/// What one state (its key, value and timer) and one timer deletion take in
+/// a store batch, about.
+const BATCH_BYTES_PER_STATE: usize = 320;
+const BATCH_BYTES_PER_TIMER: usize = 48;
+
 /// The changes of one commit, applied atomically.
 #[derive(Default)]
 pub struct StoreBatch {
@@ -112,9 +117,11 @@ pub struct StoreBatch {
 }
 
 impl StoreBatch {
-    /// A batch with room for about `bytes` of keys and values, so that a
-    /// commit's batch is not copied over and over as it grows.
-    pub fn with_capacity(bytes: usize) -> StoreBatch {
+    /// A batch with room for about `states` states with their timers and
+    /// `timers` timer deletions, so that it is not copied over and over as
+    /// it grows.
+    pub fn for_states(states: usize, timers: usize) -> StoreBatch {
+        let bytes = states * BATCH_BYTES_PER_STATE + timers * BATCH_BYTES_PER_TIMER;
         StoreBatch { batch: WriteBatch::with_capacity_bytes(bytes), key: Vec::new() }
     }
 

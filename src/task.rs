@@ -25,10 +25,6 @@ use prometheus::IntGauge;
 
 /// The most timers one punctuation fires, so that a backlog cannot stall a commit.
 const TIMERS_PER_PUNCTUATION: usize = 10_000;
-/// What one state (its key, value and timer) and one timer deletion take in
-/// a store batch, about, so that a commit's batch is sized once.
-const BATCH_BYTES_PER_STATE: usize = 320;
-const BATCH_BYTES_PER_TIMER: usize = 48;
 
 /// One input record, as the task needs it.
 pub struct InputRecord<'a> {
@@ -198,11 +194,11 @@ impl Task {
                 TimerResult::Decided(outcomes) => {
                     self.open.dec();
                     self.outcomes.extend(outcomes.into_iter().map(|record| Decided { record, decided_at_ms: now_ms }));
-                    self.cache.insert(timer.workflow_id.clone(), Some(state));
+                    self.cache.insert(from.into_key(id), Some(state));
                     self.spent_timers.push(timer);
                 }
                 TimerResult::Purge => {
-                    self.cache.insert(timer.workflow_id.clone(), None);
+                    self.cache.insert(from.into_key(id), None);
                     self.spent_timers.push(timer);
                 }
             }
@@ -289,9 +285,7 @@ impl Task {
             outcomes: std::mem::take(&mut self.outcomes),
             dead_letters: std::mem::take(&mut self.dead_letters),
             changelog: Vec::with_capacity(self.cache.len()),
-            batch: StoreBatch::with_capacity(
-                self.cache.len() * BATCH_BYTES_PER_STATE + self.spent_timers.len() * BATCH_BYTES_PER_TIMER,
-            ),
+            batch: StoreBatch::for_states(self.cache.len(), self.spent_timers.len()),
             next_offset: self.next_offset.take(),
         };
         for timer in self.spent_timers.drain(..) {
