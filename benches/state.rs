@@ -111,6 +111,18 @@ fn store(c: &mut Criterion) {
     group.bench_function("point_read_miss", |b| {
         b.iter(|| new.iter().for_each(|id| assert!(store.get_state(id).unwrap().is_none())))
     });
+    // A new workflow again, now that recent commits sit in the memtable
+    // as they do between flushes: a miss searches it as well.
+    for chunk in 200..230 {
+        let mut batch = StoreBatch::default();
+        for i in 0..1_000 {
+            batch.put_state(&format!("order-{:09}", chunk * 1_000 + i), &value, Some(1_763_892_001_000));
+        }
+        store.write(batch).unwrap();
+    }
+    group.bench_function("point_read_miss_memtable", |b| {
+        b.iter(|| new.iter().for_each(|id| assert!(store.get_state(id).unwrap().is_none())))
+    });
     group.finish();
 }
 

@@ -184,6 +184,11 @@ impl Store {
         // already waiting: a restore writes faster than one flush at a time
         // (the write-buffer manager still bounds their memory).
         options.set_max_write_buffer_number(4);
+        // Most reads are of new workflows (their first event), which no
+        // memtable holds: a bloom filter on each memtable's keys answers
+        // those without searching it.
+        options.set_memtable_whole_key_filtering(true);
+        options.set_memtable_prefix_bloom_ratio(0.02);
         options.set_compression_type(DBCompressionType::Lz4);
         // Write-heavy: every commit rewrites its workflows' states. Universal
         // compaction rewrites each byte fewer times than levels.
