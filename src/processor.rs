@@ -514,7 +514,7 @@ impl Engine {
             self.park(consumer, partition, &e, None);
         }
         for slot in self.slots.values_mut() {
-            slot.task.committed();
+            self.committer.release(slot.task.committed());
         }
     }
 
