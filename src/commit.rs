@@ -54,7 +54,7 @@ use crate::kafka::{self, DeliveryTracker};
 use crate::metrics::Metrics;
 use crate::names;
 use crate::store::{Store, StoreBatch, StoreError};
-use crate::task::{Changes, Decided, Encoded, Saved, Staged, Task};
+use crate::task::{Decided, Staged, Task};
 
 /// How long one flush or transaction step may take before the commit fails.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -122,8 +122,6 @@ pub struct Committer {
     in_flight: Option<InFlight>,
     /// The interval that records sent now belong to.
     epoch: usize,
-    /// States saved by earlier commits, for the next save thread to drop.
-    saved: Saved,
 }
 
 impl Committer {
@@ -137,14 +135,7 @@ impl Committer {
         if config.kafka.processing_guarantee == Guarantee::ExactlyOnce {
             producer.init_transactions(COMMIT_TIMEOUT).map_err(transaction_error)?;
         }
-        Ok(Committer {
-            config,
-            metrics,
-            producer: Arc::new(producer),
-            in_flight: None,
-            epoch: 0,
-            saved: Saved::default(),
-        })
+        Ok(Committer { config, metrics, producer: Arc::new(producer), in_flight: None, epoch: 0 })
     }
 
     /// Under `at_least_once`, sends the outcomes and dead letters decided so
@@ -165,15 +156,6 @@ impl Committer {
         sent
     }
 
-    /// Takes the states of a saved commit, which no task reads any more.
-    /// Under `at_least_once` the next commit's save thread drops them;
-    /// `exactly_once` has no such thread.
-    pub fn release(&mut self, saved: Saved) {
-        if self.config.kafka.processing_guarantee == Guarantee::AtLeastOnce {
-            self.saved.append(saved);
-        }
-    }
-
     /// Whether a commit is in flight: [`Committer::advance`] must finish it
     /// before the next one begins.
     pub fn is_committing(&self) -> bool {
@@ -192,8 +174,9 @@ impl Committer {
     ) -> Result<Option<Committed>, CommitError> {
         assert!(self.in_flight.is_none(), "a commit is already in flight");
         let staged: Vec<(i32, Staged)> = tasks.iter_mut().map(|t| (t.partition, t.stage())).collect();
-        let nothing =
-            staged.iter().all(|(_, s)| s.next_offset.is_none() && s.outcomes.is_empty() && s.changes.is_empty());
+        let nothing = staged.iter().all(|(_, s)| {
+            s.next_offset.is_none() && s.outcomes.is_empty() && s.changelog.is_empty() && s.batch.is_empty()
+        });
         if nothing {
             return Ok(Some(Committed::default()));
         }
@@ -264,28 +247,28 @@ impl Committer {
             if !self.delivered(epoch, started, wait)? {
                 return Ok(None);
             }
-            // The interval's outcomes are delivered. The states are
-            // encoded, their changelog records sent and awaited and the
-            // stores written on a thread of their own while the stream
-            // thread goes on; the tasks keep these states readable until then.
+            // The interval's outcomes are delivered. The changelog records
+            // are sent, awaited and the stores written on a thread of their
+            // own while the stream thread goes on; the tasks keep these
+            // states readable until then.
             let f = self.in_flight.as_mut().expect("in flight");
             let work: Vec<SaveWork> = f
                 .staged
                 .iter_mut()
                 .map(|(partition, s)| SaveWork {
                     partition: *partition,
-                    changes: std::mem::take(&mut s.changes),
+                    changelog: std::mem::take(&mut s.changelog),
                     store: Arc::clone(&s.store),
+                    batch: std::mem::take(&mut s.batch),
                 })
                 .collect();
-            f.changelog_records = work.iter().map(|w| w.changes.changelog_records()).sum();
+            f.changelog_records = work.iter().map(|w| w.changelog.len()).sum();
             let producer = Arc::clone(&self.producer);
-            let config = Arc::clone(&self.config);
-            let saved = std::mem::take(&mut self.saved);
+            let topic = self.config.kafka.changelog_topic();
             f.saving = Some(
                 std::thread::Builder::new()
                     .name("junction-save".into())
-                    .spawn(move || save(&producer, &config, epoch, started, work, saved))
+                    .spawn(move || save(&producer, &topic, epoch, started, work))
                     .map_err(|e| CommitError::Thread(e.to_string()))?,
             );
         }
@@ -328,16 +311,15 @@ impl Committer {
 
     fn commit_exactly_once<C: ConsumerContext>(
         &mut self,
-        staged: Vec<(i32, Staged)>,
+        mut staged: Vec<(i32, Staged)>,
         consumer: &BaseConsumer<C>,
     ) -> Result<Committed, CommitError> {
         self.producer.begin_transaction().map_err(transaction_error)?;
-        let encoded: Vec<Encoded<'_>> = staged.iter().map(|(_, s)| s.changes.encode(&self.config)).collect();
         let sent = (|| {
             let topic = self.config.kafka.changelog_topic();
-            for ((partition, s), e) in staged.iter().zip(&encoded) {
+            for (partition, s) in &staged {
                 self.send_outputs(&s.outcomes, &s.dead_letters)?;
-                send_changelog(&topic, &self.producer, self.epoch, *partition, &e.changelog)?;
+                send_changelog(&topic, &self.producer, self.epoch, *partition, &s.changelog)?;
             }
             let offsets = self.offsets(&committed(&staged, Vec::new()))?;
             if offsets.count() > 0 {
@@ -358,8 +340,7 @@ impl Committer {
             return Err(e);
         }
         let changelog_last = self.drain_deliveries()?;
-        let batches = staged.iter().zip(encoded).map(|((p, s), e)| (*p, Arc::clone(&s.store), e.batch));
-        let failed = write_stores(batches, &changelog_last);
+        let failed = self.save_stores(&mut staged, &changelog_last);
         staged.iter().for_each(|(_, s)| self.count_outcomes(&s.outcomes));
         Ok(committed(&staged, failed))
     }
@@ -416,6 +397,11 @@ impl Committer {
         await_deliveries(tracker, || tracker.in_flight_total(), Instant::now() + COMMIT_TIMEOUT)
     }
 
+    fn save_stores(&self, staged: &mut [(i32, Staged)], changelog_last: &HashMap<i32, i64>) -> StoreFailures {
+        let batches = staged.iter_mut().map(|(p, s)| (*p, Arc::clone(&s.store), std::mem::take(&mut s.batch)));
+        write_stores(batches, changelog_last)
+    }
+
     /// The offsets of `committed`, to commit to the group.
     fn offsets(&self, committed: &Committed) -> Result<TopicPartitionList, CommitError> {
         let mut tpl = TopicPartitionList::new();
@@ -440,34 +426,29 @@ impl Committer {
 /// One task's part of a commit, for the thread that saves it.
 struct SaveWork {
     partition: i32,
-    changes: Changes,
+    changelog: Vec<(String, Option<Vec<u8>>)>,
     store: Arc<Store>,
+    batch: StoreBatch,
 }
 
-/// The end of an `at_least_once` commit, on its own thread: encodes the
-/// states, sends their changelog records, waits for their delivery, and
-/// writes each store with the changelog offset it reaches as checkpoint.
-/// Returns the stores that failed their write.
+/// The end of an `at_least_once` commit, on its own thread: sends the
+/// changelog records, waits for their delivery, and writes each store with
+/// the changelog offset it reaches as checkpoint. Returns the stores that
+/// failed their write.
 fn save(
     producer: &ThreadedProducer<DeliveryTracker>,
-    config: &Config,
+    topic: &str,
     epoch: usize,
     started: Instant,
     work: Vec<SaveWork>,
-    saved: Saved,
 ) -> Result<StoreFailures, CommitError> {
     lower_priority();
-    drop(saved);
-    let topic = config.kafka.changelog_topic();
-    let mut batches = Vec::with_capacity(work.len());
     for w in &work {
-        let encoded = w.changes.encode(config);
-        send_changelog(&topic, producer, epoch, w.partition, &encoded.changelog)?;
-        batches.push((w.partition, Arc::clone(&w.store), encoded.batch));
+        send_changelog(topic, producer, epoch, w.partition, &w.changelog)?;
     }
     let tracker = producer.context();
     let changelog_last = await_deliveries(tracker, || tracker.in_flight(epoch), started + COMMIT_TIMEOUT)?;
-    Ok(write_stores(batches, &changelog_last))
+    Ok(write_stores(work.into_iter().map(|w| (w.partition, w.store, w.batch)), &changelog_last))
 }
 
 /// Waits until `pending()` is zero or the deadline passes, then takes what
@@ -543,11 +524,11 @@ fn send_changelog(
     producer: &ThreadedProducer<DeliveryTracker>,
     epoch: usize,
     partition: i32,
-    changelog: &[(&str, Option<Vec<u8>>)],
+    changelog: &[(String, Option<Vec<u8>>)],
 ) -> Result<(), CommitError> {
     for (id, value) in changelog {
         let mut record: BaseRecord<'_, str, [u8], usize> =
-            BaseRecord::with_opaque_to(topic, epoch).key(*id).partition(partition);
+            BaseRecord::with_opaque_to(topic, epoch).key(id.as_str()).partition(partition);
         if let Some(v) = value {
             record = record.payload(v.as_slice());
         }

@@ -514,7 +514,7 @@ impl Engine {
             self.park(consumer, partition, &e, None);
         }
         for slot in self.slots.values_mut() {
-            self.committer.release(slot.task.committed());
+            slot.task.committed();
         }
     }
 

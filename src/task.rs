@@ -7,7 +7,6 @@
 //! workflow is written at the commit. While that commit is in flight its
 //! states stay readable in `pending`, so that processing goes on meanwhile:
 //! a state is read from the cache, else from `pending`, else from the store.
-//! The commit encodes them ([`Changes::encode`]) on a thread of its own.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -45,84 +44,20 @@ pub struct Decided {
 
 /// What a commit must publish and save for one task.
 pub struct Staged {
-    /// Where the changes go.
+    /// Where `batch` goes.
     pub store: Arc<Store>,
     pub outcomes: Vec<Decided>,
     pub dead_letters: Vec<DeadLetter>,
-    pub changes: Changes,
+    /// Changelog records: workflow ID → encoded state, or `None` for a tombstone.
+    pub changelog: Vec<(String, Option<Vec<u8>>)>,
+    /// The store batch (data and timers; the checkpoint is added by the commit).
+    pub batch: StoreBatch,
     /// The next input offset to commit, if any record was processed.
     pub next_offset: Option<i64>,
 }
 
 /// Workflow ID → state (`None`: purged).
 type States = HashMap<String, Option<WorkflowState>, foldhash::fast::RandomState>;
-
-/// The states a commit saves, as the record cache held them, and the
-/// timers it deletes. They are shared with the task, which reads them
-/// until the commit is saved, and encoded by whoever saves them: under
-/// `at_least_once` the commit's own thread, off the stream thread.
-#[derive(Default)]
-pub struct Changes {
-    states: Arc<States>,
-    spent_timers: Vec<Timer>,
-}
-
-/// The states of saved commits, which their task no longer reads. Dropping
-/// them frees tens of thousands of allocations, which the next commit's
-/// save thread does rather than the stream thread.
-#[derive(Default)]
-pub struct Saved(Vec<Arc<States>>);
-
-impl Saved {
-    pub fn append(&mut self, other: Saved) {
-        self.0.extend(other.0);
-    }
-}
-
-/// A task's changes encoded: its changelog records (workflow ID → encoded
-/// state, or `None` for a tombstone) and its store batch (states and
-/// timers; the commit adds the checkpoint).
-pub struct Encoded<'a> {
-    pub changelog: Vec<(&'a str, Option<Vec<u8>>)>,
-    pub batch: StoreBatch,
-}
-
-impl Changes {
-    pub fn is_empty(&self) -> bool {
-        self.states.is_empty() && self.spent_timers.is_empty()
-    }
-
-    /// How many changelog records they make: one per workflow.
-    pub fn changelog_records(&self) -> usize {
-        self.states.len()
-    }
-
-    pub fn encode(&self, config: &Config) -> Encoded<'_> {
-        let retention = config.state.retention.as_millis() as i64;
-        let mut encoded = Encoded {
-            changelog: Vec::with_capacity(self.states.len()),
-            batch: StoreBatch::for_states(self.states.len(), self.spent_timers.len()),
-        };
-        for timer in &self.spent_timers {
-            encoded.batch.delete_timer(timer);
-        }
-        for (id, state) in self.states.iter() {
-            match state {
-                Some(state) => {
-                    let bytes = codec::encode(state);
-                    let timer = state.timer_ms(config.workflow(&state.workflow_type), retention);
-                    encoded.batch.put_state(id, &bytes, timer);
-                    encoded.changelog.push((id, Some(bytes)));
-                }
-                None => {
-                    encoded.batch.delete_state(id);
-                    encoded.changelog.push((id, None));
-                }
-            }
-        }
-        encoded
-    }
-}
 
 pub struct Task {
     pub partition: i32,
@@ -131,9 +66,8 @@ pub struct Task {
     metrics: Arc<Metrics>,
     /// Workflow ID → its state as changed since the last commit (`None`: purged).
     cache: States,
-    /// The caches of the commits staged (in practice at most one, the
-    /// commit in flight), oldest first, until the store has them.
-    pending: Vec<Arc<States>>,
+    /// The cache of the commit in flight, until the store has it.
+    pending: States,
     /// Stale or fired timers to delete at the commit.
     spent_timers: Vec<Timer>,
     outcomes: Vec<Decided>,
@@ -152,7 +86,7 @@ impl Task {
             config,
             metrics,
             cache: States::default(),
-            pending: Vec::new(),
+            pending: States::default(),
             spent_timers: Vec::new(),
             outcomes: Vec::new(),
             dead_letters: Vec::new(),
@@ -279,10 +213,8 @@ impl Task {
         if let Some((key, cached)) = self.cache.remove_entry(workflow_id) {
             return Ok((cached, Source::Cache(key)));
         }
-        // A commit's states are shared with it: a copy is taken, which goes
-        // into the cache if it changes.
-        if let Some(pending) = self.pending.iter().rev().find_map(|states| states.get(workflow_id)) {
-            return Ok((pending.clone(), Source::Pending));
+        if let Some((key, pending)) = self.pending.remove_entry(workflow_id) {
+            return Ok((pending, Source::Pending(key)));
         }
         let Some(bytes) = self.store.get_state(workflow_id)? else { return Ok((None, Source::Store)) };
         match codec::decode(&bytes) {
@@ -298,7 +230,8 @@ impl Task {
     fn put_back(&mut self, state: Option<WorkflowState>, from: Source) {
         match from {
             Source::Cache(key) => self.cache.insert(key, state),
-            Source::Pending | Source::Store => None,
+            Source::Pending(key) => self.pending.insert(key, state),
+            Source::Store => None,
         };
     }
 
@@ -346,25 +279,39 @@ impl Task {
     /// Takes everything the next commit must publish and save, leaving the
     /// task clean. The states stay readable until [`Task::committed`].
     pub fn stage(&mut self) -> Staged {
-        // The next interval's cache starts at the size this one reached.
-        let fresh = States::with_capacity_and_hasher(self.cache.capacity(), Default::default());
-        let states = Arc::new(std::mem::replace(&mut self.cache, fresh));
-        if !states.is_empty() {
-            self.pending.push(Arc::clone(&states));
-        }
-        Staged {
+        let retention = self.config.state.retention.as_millis() as i64;
+        let mut staged = Staged {
             store: Arc::clone(&self.store),
             outcomes: std::mem::take(&mut self.outcomes),
             dead_letters: std::mem::take(&mut self.dead_letters),
-            changes: Changes { states, spent_timers: std::mem::take(&mut self.spent_timers) },
+            changelog: Vec::with_capacity(self.cache.len()),
+            batch: StoreBatch::for_states(self.cache.len(), self.spent_timers.len()),
             next_offset: self.next_offset.take(),
+        };
+        for timer in self.spent_timers.drain(..) {
+            staged.batch.delete_timer(&timer);
         }
+        for (id, state) in self.cache.drain() {
+            match &state {
+                Some(state) => {
+                    let encoded = codec::encode(state);
+                    let timer = state.timer_ms(self.config.workflow(&state.workflow_type), retention);
+                    staged.batch.put_state(&id, &encoded, timer);
+                    staged.changelog.push((id.clone(), Some(encoded)));
+                }
+                None => {
+                    staged.batch.delete_state(&id);
+                    staged.changelog.push((id.clone(), None));
+                }
+            }
+            self.pending.insert(id, state);
+        }
+        staged
     }
 
-    /// The commit of what was staged is saved: the store has its states
-    /// now. Returns them, to be dropped off the stream thread.
-    pub fn committed(&mut self) -> Saved {
-        Saved(std::mem::take(&mut self.pending))
+    /// The commit of what was staged is saved: the store has its states now.
+    pub fn committed(&mut self) {
+        self.pending.clear();
     }
 
     /// Forgets everything since the last finished commit, after a commit failed.
@@ -379,20 +326,19 @@ impl Task {
     }
 }
 
-/// Where [`Task::load`] found a state, with its key when it was the
-/// cache's (reused rather than allocated again).
+/// Where [`Task::load`] found a state, with its key when it was a map's
+/// (reused rather than allocated again).
 enum Source {
     Cache(String),
-    /// A copy of a state of a commit in flight.
-    Pending,
+    Pending(String),
     Store,
 }
 
 impl Source {
     fn into_key(self, workflow_id: &str) -> String {
         match self {
-            Source::Cache(key) => key,
-            Source::Pending | Source::Store => workflow_id.to_string(),
+            Source::Cache(key) | Source::Pending(key) => key,
+            Source::Store => workflow_id.to_string(),
         }
     }
 }
@@ -430,7 +376,7 @@ steps = ["payment", "inventory"]
         t.process(&record(br#"{"workflow_id":"w","step":"payment"}"#, 1), 5_000).unwrap();
         t.process(&record(br#"{"workflow_id":"w","step":"inventory"}"#, 2), 5_000).unwrap();
         let staged = t.stage();
-        assert_eq!(staged.changes.encode(&t.config).changelog.len(), 1);
+        assert_eq!(staged.changelog.len(), 1);
         assert_eq!(staged.outcomes.len(), 1);
         assert_eq!(staged.next_offset, Some(3));
         assert!(!t.is_dirty());
@@ -442,35 +388,16 @@ steps = ["payment", "inventory"]
         let mut t = task(dir.path());
         t.process(&record(br#"{"workflow_id":"w","step":"payment"}"#, 0), 5_000).unwrap();
         let in_flight = t.stage();
-        assert_eq!(in_flight.changes.encode(&t.config).changelog.len(), 1);
+        assert_eq!(in_flight.changelog.len(), 1);
         t.process(&record(br#"{"workflow_id":"w","step":"payment"}"#, 1), 5_000).unwrap();
         t.process(&record(br#"{"workflow_id":"w","step":"inventory"}"#, 2), 5_000).unwrap();
         let next = t.stage();
         assert_eq!(next.outcomes.len(), 1, "the second step completes the workflow staged before it");
-        in_flight.store.write(in_flight.changes.encode(&t.config).batch).unwrap();
-        next.store.write(next.changes.encode(&t.config).batch).unwrap();
+        in_flight.store.write(in_flight.batch).unwrap();
+        next.store.write(next.batch).unwrap();
         t.committed();
         let stored = codec::decode(&t.store.get_state("w").unwrap().unwrap()).unwrap();
         assert!(stored.is_final());
-    }
-
-    #[test]
-    fn a_state_of_the_commit_in_flight_is_copied_and_stays_as_that_commit_saves_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut t = task(dir.path());
-        t.process(&record(br#"{"workflow_id":"w","step":"payment"}"#, 0), 5_000).unwrap();
-        let in_flight = t.stage();
-        t.process(&record(br#"{"workflow_id":"w","step":"payment"}"#, 1), 5_000).unwrap();
-        assert!(t.stage().changes.is_empty(), "a duplicate read from the commit in flight changes nothing");
-        t.process(&record(br#"{"workflow_id":"w","step":"inventory"}"#, 2), 5_000).unwrap();
-        let next = t.stage();
-        assert_eq!(next.outcomes.len(), 1);
-        let saved = in_flight.changes.encode(&t.config);
-        let state = |bytes: &Option<Vec<u8>>| codec::decode(bytes.as_deref().unwrap()).unwrap();
-        assert!(state(&saved.changelog[0].1).is_open(), "the commit in flight saves the state it staged");
-        assert!(state(&next.changes.encode(&t.config).changelog[0].1).is_final());
-        drop(t.committed());
-        assert!(t.pending.is_empty());
     }
 
     #[test]
@@ -479,12 +406,12 @@ steps = ["payment", "inventory"]
         let mut t = task(dir.path());
         t.process(&record(br#"{"workflow_id":"w","step":"payment"}"#, 0), 5_000).unwrap();
         let staged = t.stage();
-        t.store.write(staged.changes.encode(&t.config).batch).unwrap();
+        t.store.write(staged.batch).unwrap();
         t.committed();
         t.process(&record(br#"{"workflow_id":"w","step":"payment"}"#, 1), 5_000).unwrap();
         t.process(&record(b"nope", 2), 5_000).unwrap();
         let staged = t.stage();
-        assert!(staged.changes.is_empty(), "a duplicate changes no state");
+        assert!(staged.changelog.is_empty(), "a duplicate changes no state");
         assert_eq!(staged.dead_letters.len(), 1);
         assert_eq!(staged.dead_letters[0].source_offset, 2);
         assert_eq!(staged.next_offset, Some(3));
@@ -513,15 +440,15 @@ steps = ["payment", "inventory"]
         t.process(&record(br#"{"workflow_id":"w","step":"payment"}"#, 0), 5_000).unwrap();
         t.process(&record(br#"{"workflow_id":"w","step":"inventory"}"#, 1), 5_000).unwrap();
         let staged = t.stage();
-        t.store.write(staged.changes.encode(&t.config).batch).unwrap();
+        t.store.write(staged.batch).unwrap();
         t.committed();
         let retention = 86_400_000;
         t.punctuate(5_000 + retention - 1).unwrap();
-        assert!(t.stage().changes.is_empty());
+        assert!(t.stage().changelog.is_empty());
         t.punctuate(5_000 + retention).unwrap();
         let staged = t.stage();
-        assert_eq!(staged.changes.encode(&t.config).changelog, vec![("w", None)]);
-        t.store.write(staged.changes.encode(&t.config).batch).unwrap();
+        assert_eq!(staged.changelog, vec![("w".to_string(), None)]);
+        t.store.write(staged.batch).unwrap();
         t.committed();
         assert!(t.store.get_state("w").unwrap().is_none());
         assert!(t.store.due_timers(i64::MAX, 10).unwrap().is_empty());
