@@ -554,9 +554,9 @@ fn latency_phase(broker: &Broker, setup: &Setup, rate: f64, length: Duration) ->
     let mut sent_events = 0usize;
     for w in 0..workflows {
         // Ahead of the rate by a millisecond's worth or more: sleep until
-        // due. Sleeping for every workflow instead (tens of microseconds,
-        // tens of thousands of times a second) costs the 2 cores more in
-        // wake-ups than the sending itself.
+        // due. Sleeping whenever ahead at all meant tens of thousands of
+        // sleeps of some 20 µs a second, each a wake-up on the 2 cores that
+        // the broker and junction need (0.13 cores in all; BENCHMARKS.md).
         let ahead = sent_events as f64 - started.elapsed().as_secs_f64() * rate;
         if ahead >= rate / 1000.0 {
             std::thread::sleep(Duration::from_secs_f64(ahead / rate));
