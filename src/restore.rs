@@ -3,8 +3,8 @@
 //! changelog's end, cannot be trusted and is rebuilt), then caught up from
 //! its checkpoint to the changelog's end in batched writes. The stream thread
 //! steps the restorer between polls, so partitions that are already active
-//! keep processing meanwhile; the writes themselves are made by a thread of
-//! the restorer's own (`junction-restore`), so that reading the changelog
+//! keep processing meanwhile; the writes themselves are made by two threads
+//! of the restorer's own (`junction-restore`), so that reading the changelog
 //! and writing the stores go on at the same time.
 
 use std::collections::{HashMap, HashSet};
@@ -60,7 +60,7 @@ struct Restoring {
     started: Instant,
 }
 
-/// A partition whose last write is with the writer thread.
+/// A partition whose last write is with a writer thread.
 struct Finishing {
     generation: u64,
     records: u64,
@@ -68,7 +68,7 @@ struct Finishing {
     started: Instant,
 }
 
-/// One store write for the writer thread.
+/// One store write for a writer thread.
 struct Write {
     partition: i32,
     generation: u64,
@@ -77,7 +77,7 @@ struct Write {
     last: bool,
 }
 
-/// What the writer thread reports: a partition's last write, or any write that failed.
+/// What a writer thread reports: a partition's last write, or any write that failed.
 struct Written {
     partition: i32,
     generation: u64,
@@ -341,7 +341,7 @@ impl Restorer {
         restored
     }
 
-    /// Takes the writer thread's reports, waiting up to `wait` for the first.
+    /// Takes the writer threads' reports, waiting up to `wait` for the first.
     fn collect_written(&mut self, restored: &mut Restored, wait: Duration) {
         let mut next = self.writer.written.recv_timeout(wait).ok();
         while let Some(w) = next {
