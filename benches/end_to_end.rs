@@ -1,5 +1,6 @@
-//! The end-to-end benchmark: one junction instance against a local Nisshi
-//! broker (memory engine), measured the way users see it. Run it with
+//! The end-to-end benchmark: one junction instance against a local Apache
+//! Kafka broker (single-node KRaft, `scripts/kafka/broker.sh`), measured the
+//! way users see it. Run it with
 //! `scripts/bench.sh` (which is `cargo bench --bench end_to_end`); the method
 //! and the last figures are in BENCHMARKS.md.
 //!

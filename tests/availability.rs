@@ -1,6 +1,6 @@
 //! The broker unavailable: at start-up, and in the middle of a run. junction
 //! retries, `/readyz` says why it is not ready, work resumes when the broker
-//! returns, and nothing is lost. The broker keeps its data (SQLite engine).
+//! returns, and nothing is lost. The broker keeps its data across the restart.
 
 mod common;
 
@@ -34,7 +34,7 @@ fn assert_all_completed(records: &[Record], ids: &[String]) -> usize {
 
 #[test]
 fn junction_waits_for_a_broker_that_is_down_at_start_up() {
-    let mut broker = Broker::start_with(Storage::Sqlite);
+    let mut broker = Broker::start_with(Storage::Durable);
     let setup = Setup::new(&broker, 2);
     broker.stop();
     let work = tempfile::tempdir().unwrap();
@@ -56,7 +56,7 @@ fn junction_waits_for_a_broker_that_is_down_at_start_up() {
 
 #[test]
 fn a_broker_restart_in_the_middle_of_a_run_loses_nothing() {
-    let mut broker = Broker::start_with(Storage::Sqlite);
+    let mut broker = Broker::start_with(Storage::Durable);
     let setup = Setup::new(&broker, 4);
     let work = tempfile::tempdir().unwrap();
     let mut junction = Junction::start(&setup, work.path(), "j");

@@ -1,8 +1,12 @@
 //! Chaos: three instances in one group under a load of 100,000 workflows,
 //! with random `kill -9`s, SIGTERMs and restarts of instances and a restart
-//! of the broker (SQLite engine, so it keeps its data). Afterwards every
-//! workflow has its outcome, a repeat carries the same outcome ID, the dead
-//! letters are exactly the bad records, and no log holds a panic.
+//! of the broker (which keeps its data). Afterwards every workflow has its
+//! outcome, a repeat carries the same outcome ID, the dead letters are
+//! exactly the bad records, and no log holds a panic.
+//!
+//! Under `exactly_once` (Apache Kafka only) instances are also frozen past
+//! their session timeout and thawed, and a `read_committed` reader must see
+//! no repeat at all: not of an outcome, not of a dead letter.
 //!
 //! `CHAOS_WORKFLOWS` and `CHAOS_SEED` change the size and the random choices.
 
@@ -70,18 +74,31 @@ fn source_offsets(dead_letters: &[Record]) -> HashSet<(String, String)> {
 }
 
 #[test]
-fn three_instances_survive_kills_restarts_and_a_broker_restart() {
+fn three_instances_survive_kills_restarts_and_a_broker_restart_at_least_once() {
+    chaos("at_least_once", Broker::start_with(Storage::Durable));
+}
+
+#[test]
+fn three_instances_survive_kills_freezes_restarts_and_a_broker_restart_exactly_once() {
+    chaos("exactly_once", Broker::kafka());
+}
+
+/// How long a frozen instance stays frozen: past its session timeout (6 s),
+/// so that its partitions move, but not always past its transaction timeout.
+const FREEZE: Duration = Duration::from_secs(8);
+
+fn chaos(guarantee: &'static str, mut broker: Broker) {
     let workflows: usize = std::env::var("CHAOS_WORKFLOWS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
     let seed: u64 = std::env::var("CHAOS_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64 | 1);
-    println!("chaos: seed {seed} (CHAOS_SEED replays it), {workflows} workflows, {INSTANCES} instances");
+    println!("chaos: seed {seed} (CHAOS_SEED replays it), {workflows} workflows, {INSTANCES} instances, {guarantee}");
     let mut random = Random(seed);
     let started = Instant::now();
 
-    let mut broker = Broker::start_with(Storage::Sqlite);
-    let setup = Setup::new(&broker, PARTITIONS);
+    let mut setup = Setup::new(&broker, PARTITIONS);
+    setup.guarantee = guarantee;
     let work = tempfile::tempdir().unwrap();
     let mut instances: Vec<Junction> =
         (0..INSTANCES).map(|i| Junction::start(&setup, work.path(), &format!("j{i}"))).collect();
@@ -92,7 +109,7 @@ fn three_instances_survive_kills_restarts_and_a_broker_restart() {
     let chunks: Vec<&[RawRecord]> = input.chunks(input.len().div_ceil(12)).collect();
 
     // Produce the load in 12 parts; between parts, one act of chaos.
-    let (mut kills, mut terms, mut broker_restarts) = (0, 0, 0);
+    let (mut kills, mut terms, mut freezes, mut broker_restarts) = (0, 0, 0, 0);
     for (i, chunk) in chunks.iter().enumerate() {
         broker.produce(&setup.input, chunk);
         if i == chunks.len() / 2 {
@@ -104,6 +121,14 @@ fn three_instances_survive_kills_restarts_and_a_broker_restart() {
             continue;
         }
         let victim = random.below(INSTANCES);
+        if guarantee == "exactly_once" && random.below(3) == 0 {
+            instances[victim].freeze();
+            std::thread::sleep(FREEZE);
+            instances[victim].thaw();
+            freezes += 1;
+            println!("chaos: j{victim} frozen for {} s", FREEZE.as_secs());
+            continue;
+        }
         if random.below(2) == 0 {
             instances[victim].kill();
             kills += 1;
@@ -169,15 +194,21 @@ fn three_instances_survive_kills_restarts_and_a_broker_restart() {
     let distinct_dead = source_offsets(dead);
     assert_eq!(distinct_dead.len(), bad, "dead letters, by source offset");
     assert!(dead.iter().all(|d| d.header("junction.error") == "not_json"));
+    let dead = dlq.read_for(Duration::from_secs(1)).to_vec();
+    if guarantee == "exactly_once" {
+        assert_eq!(repeats, 0, "a read_committed reader saw repeated outcomes");
+        assert_eq!(dead.len(), bad, "a read_committed reader saw repeated dead letters");
+    }
 
     for (i, j) in instances.iter().enumerate() {
         let log = j.logs();
         assert!(!log.contains("panicked"), "j{i}'s log holds a panic:\n{log}");
     }
     println!(
-        "chaos: {workflows} workflows ({} input records), {kills} kill -9, {terms} SIGTERM, {restarts} instance \
-         restarts, {broker_restarts} broker restart; {} outcome records: {} workflows with an outcome, {repeats} \
-         repeats (same ID), {lost} lost; {} dead letters for {bad} bad records ({} distinct); {:.0} s",
+        "chaos ({guarantee}): {workflows} workflows ({} input records), {kills} kill -9, {terms} SIGTERM, \
+         {restarts} instance restarts, {freezes} freezes, {broker_restarts} broker restart; {} outcome records: {} \
+         workflows with an outcome, {repeats} repeats (same ID), {lost} lost; {} dead letters for {bad} bad \
+         records ({} distinct); {:.0} s",
         input.len(),
         records.len(),
         first.len(),

@@ -1,142 +1,389 @@
-//! The exactly-once path: transactions are the one thing the local broker
-//! (Nisshi) does not support, so these tests run junction against
-//! librdkafka's mock cluster. It runs the real transactional protocol
-//! (InitProducerId, AddPartitionsToTxn, TxnOffsetCommit, EndTxn) and injects
-//! errors, which is what these tests exercise. It does not enforce
-//! transaction semantics: it writes no commit markers and does not hide
-//! aborted records from read_committed consumers, so the tests check the flow
-//! (commit, abort, recovery, offsets in the transaction), not the filtering.
-//! `docker-compose.yml` runs junction against Apache Kafka, where it is real.
+//! Exactly-once against Apache Kafka's real transactions, read the way users
+//! read the output: with `read_committed` consumers, which see a
+//! transaction's records only once it commits and never an aborted one's.
+//!
+//! Each test breaks a transaction in a way production does (a crash in the
+//! middle of one, an instance frozen past its session and transaction
+//! timeouts, an abort, a restart on a new host, two instances given one
+//! identity) and then checks that every outcome and every dead letter is
+//! there exactly once, and that no store holds state from an aborted
+//! transaction.
 
 mod common;
 
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
-use common::{by_workflow, event, wait_until, Broker, Junction, Record, Setup};
-use rdkafka::mocking::MockCluster;
-use rdkafka::producer::DefaultProducerContext;
-use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use common::*;
+use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
+use rdkafka::client::DefaultClientContext;
 use serde_json::Value;
 
-struct MockSetup {
-    // Field order: the clients go before the cluster they talk to.
-    broker: Broker,
-    setup: Setup,
-    mock: MockCluster<'static, DefaultProducerContext>,
-}
+const STEPS: [&str; 3] = ["payment", "inventory", "fraud_check"];
 
-fn mock_setup() -> MockSetup {
-    let mock = MockCluster::new(1).unwrap();
-    let broker = Broker::external(mock.bootstrap_servers());
-    let mut setup = Setup::named(&broker, 2);
+fn exactly_once(broker: &Broker, partitions: i32) -> Setup {
+    let mut setup = Setup::new(broker, partitions);
     setup.guarantee = "exactly_once";
-    let changelog = format!("{}-state-changelog", setup.app);
-    // The mock has no CreateTopics: every topic exists before junction starts.
-    for topic in [&setup.input, &setup.output, &setup.dead_letters, &changelog] {
-        mock.create_topic(topic, 2, 1).unwrap();
+    setup
+}
+
+/// A steady load on the input topic until stopped: windows of 50 order
+/// workflows, their steps interleaved, 5% of them failing a step, and one
+/// bad record per window.
+struct Load {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<(usize, usize)>>,
+}
+
+impl Load {
+    fn start(broker: &Arc<Broker>, topic: &str, prefix: &str) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (broker, stop, topic, prefix) = (Arc::clone(broker), Arc::clone(&stop), topic.to_string(), prefix.to_string());
+            std::thread::spawn(move || {
+                let (mut workflows, mut bad) = (0, 0);
+                while !stop.load(Ordering::SeqCst) {
+                    let mut records: Vec<RawRecord> = Vec::new();
+                    for step in STEPS {
+                        for w in workflows..workflows + 50 {
+                            let id = format!("{prefix}-{w}");
+                            let status = if w % 20 == 7 && step == "inventory" { "failed" } else { "succeeded" };
+                            let e = event(&id, "order", step, status, Some(&format!("{id}-{step}")));
+                            records.push((Some(id.into_bytes()), Some(serde_json::to_vec(&e).unwrap())));
+                        }
+                    }
+                    records.push((Some(format!("{prefix}-bad-{bad}").into_bytes()), Some(b"{not json".to_vec())));
+                    broker.produce(&topic, &records);
+                    workflows += 50;
+                    bad += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                (workflows, bad)
+            })
+        };
+        Load { stop, thread: Some(thread) }
     }
-    MockSetup { broker, setup, mock }
-}
 
-fn orders(prefix: &str, n: usize) -> Vec<Value> {
-    let mut events = Vec::new();
-    for step in ["payment", "inventory", "fraud_check"] {
-        for i in 0..n {
-            events.push(event(&format!("{prefix}-{i}"), "order", step, "succeeded", None));
-        }
-    }
-    events
-}
-
-/// Every workflow has an outcome, and every record of it the same outcome ID.
-fn assert_every_workflow_decided_with_stable_ids(records: &[Record], n: usize) {
-    let by_id = by_workflow(records);
-    assert_eq!(by_id.len(), n);
-    for r in records {
-        let wf = r.json()["workflow_id"].as_str().unwrap().to_string();
-        assert_eq!(r.header("junction.outcome.id"), format!("{wf}:completed:{}", started_ms(&by_id[&wf][0])));
+    /// Stops the load; returns the workflows and bad records it produced.
+    fn finish(mut self) -> (usize, usize) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.take().unwrap().join().unwrap()
     }
 }
 
-fn started_ms(outcome: &Value) -> i64 {
-    junction::event::parse_time(outcome["started_at"].as_str().unwrap()).unwrap()
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
 }
 
-fn wait_for_commits(j: &Junction, result: &str, at_least: f64) {
-    wait_until(&format!("a {result} commit"), || {
-        j.metric("junction_commits_total", &format!("result=\"{result}\"")) >= at_least
-    });
+/// What a `read_committed` reader saw: every one of `workflows` decided
+/// exactly once, as expected, and every bad record dead-lettered exactly
+/// once. Reads on for a while after the last one, to see late repeats.
+fn assert_exactly_once(broker: &Broker, setup: &Setup, prefix: &str, workflows: usize, bad: usize) {
+    let mut output = broker.reader(&setup.output);
+    output.read_until("every outcome", |r| by_workflow(r).len() >= workflows);
+    let records = output.read_for(Duration::from_secs(3)).to_vec();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for r in &records {
+        let v = r.json();
+        let id = v["workflow_id"].as_str().unwrap().to_string();
+        let index: usize = id.strip_prefix(&format!("{prefix}-")).unwrap().parse().unwrap();
+        let expected = if index % 20 == 7 { "failed" } else { "completed" };
+        assert_eq!(v["outcome"], expected, "{id}");
+        *seen.entry(id).or_default() += 1;
+    }
+    let repeated: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(repeated.is_empty(), "a read_committed reader saw outcomes more than once: {repeated:?}");
+    assert_eq!(seen.len(), workflows, "workflows with an outcome");
+
+    let mut dead = broker.reader(&setup.dead_letters);
+    dead.read_until("every dead letter", |r| r.len() >= bad);
+    let dead = dead.read_for(Duration::from_secs(1)).to_vec();
+    let sources: HashSet<(String, String)> = dead
+        .iter()
+        .map(|d| (d.header("junction.source.partition").to_string(), d.header("junction.source.offset").to_string()))
+        .collect();
+    assert_eq!(dead.len(), bad, "dead letters seen by a read_committed reader");
+    assert_eq!(sources.len(), bad, "each bad record dead-lettered once");
+    println!("exactly once: {workflows} workflows, {} outcome records, 0 repeats, 0 lost; {bad} dead letters", records.len());
+}
+
+/// The partitions an instance holds, as `/readyz` lists them.
+fn assigned(j: &Junction) -> Vec<i32> {
+    let body = j.get("/readyz").map(|(_, b)| b).unwrap_or_default();
+    let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    v["assigned"].as_array().map(|a| a.iter().filter_map(|p| p.as_i64().map(|p| p as i32)).collect()).unwrap_or_default()
+}
+
+/// The partitions an instance is restoring, as `/readyz` lists them.
+fn restoring(j: &Junction) -> Vec<i32> {
+    let body = j.get("/readyz").map(|(_, b)| b).unwrap_or_default();
+    let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    v["restoring"].as_array().map(|a| a.iter().filter_map(|p| p.as_i64().map(|p| p as i32)).collect()).unwrap_or_default()
+}
+
+fn assert_no_panic(j: &Junction, name: &str) {
+    let log = j.logs();
+    assert!(!log.contains("panicked"), "{name}'s log holds a panic:\n{log}");
 }
 
 #[test]
-fn outcomes_changelog_and_input_offsets_commit_in_one_transaction() {
-    let m = mock_setup();
+fn kill_9_in_a_transaction_then_a_restart_shows_every_outcome_and_dead_letter_once() {
+    let broker = Arc::new(Broker::kafka());
+    let setup = exactly_once(&broker, 4);
     let work = tempfile::tempdir().unwrap();
-    let mut junction = Junction::start(&m.setup, work.path(), "eos");
+    let mut junction = Junction::start(&setup, work.path(), "j");
     junction.wait_ready();
 
-    let n = 200;
-    m.broker.produce_events(&m.setup.input, &orders("eos", n));
-    let mut out = m.broker.reader(&m.setup.output);
-    let records = out.read_until("every outcome", |r| r.len() >= n).to_vec();
-    assert_eq!(records.len(), n, "no transaction failed, so nothing repeats");
-    assert_every_workflow_decided_with_stable_ids(&records, n);
-    wait_for_commits(&junction, "ok", 1.0);
-    assert_eq!(junction.metric("junction_commits_total", "result=\"failed\""), 0.0);
-    let changelog = format!("{}-state-changelog", m.setup.app);
-    let mut cl = m.broker.reader(&changelog);
-    cl.read_until("changelog records", |r| r.len() >= n);
-
-    // The input offsets went into the transactions: a restart reprocesses nothing.
-    assert!(junction.terminate());
+    let load = Load::start(&broker, &setup.input, "crash");
+    broker.reader(&setup.output).read_until("outcomes under load", |r| r.len() >= 500);
+    freeze_in_open_transaction(&junction, &broker, &setup.output);
+    junction.kill();
+    assert!(transaction_open(&broker, &setup.output), "the kill left a transaction open");
     junction.start_again();
-    junction.wait_ready();
-    assert_eq!(out.read_for(Duration::from_secs(3)).len(), n, "a restart after clean commits repeats no outcome");
-    assert!(junction.logs().contains("exactly_once"));
-}
+    std::thread::sleep(Duration::from_secs(3));
+    let (workflows, bad) = load.finish();
 
-#[test]
-fn an_aborted_transaction_discards_the_interval_and_resumes_from_the_last_commit() {
-    let m = mock_setup();
-    let work = tempfile::tempdir().unwrap();
-    let mut junction = Junction::start(&m.setup, work.path(), "abort");
-    junction.wait_ready();
-
-    // The broker refuses the offsets of the next transaction as a zombie's
-    // (a rebalance moved on): an abortable error. Only junction's
-    // transactional producer sends this request, so the test's own clients
-    // are unaffected.
-    m.mock.request_errors(RDKafkaApiKey::TxnOffsetCommit, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_ILLEGAL_GENERATION]);
-    let n = 100;
-    m.broker.produce_events(&m.setup.input, &orders("abort", n));
-    let mut out = m.broker.reader(&m.setup.output);
-    let records = out.read_until("every outcome after the abort", |r| by_workflow(r).len() >= n).to_vec();
-    assert_every_workflow_decided_with_stable_ids(&records, n);
-    wait_for_commits(&junction, "failed", 1.0);
+    assert_exactly_once(&broker, &setup, "crash", workflows, bad);
+    let everything = read_to_end(&broker, &setup.output, "read_uncommitted");
+    let committed = read_to_end(&broker, &setup.output, "read_committed");
     assert!(
-        junction.logs().contains("commit failed; discarding the work since the last commit"),
-        "{}",
-        junction.logs()
+        everything.len() > committed.len(),
+        "the transaction open at the kill was aborted: its records are in the log ({}) but not read ({})",
+        everything.len(),
+        committed.len()
     );
-    assert!(junction.is_running(), "an abortable error does not stop junction");
+    assert_no_panic(&junction, "j");
 }
 
 #[test]
-fn a_fenced_producer_is_replaced_and_work_resumes_from_the_last_commit() {
-    let m = mock_setup();
+fn a_frozen_instance_is_fenced_and_nothing_it_writes_becomes_visible() {
+    let broker = Arc::new(Broker::kafka());
+    let setup = exactly_once(&broker, 4);
     let work = tempfile::tempdir().unwrap();
-    let mut junction = Junction::start(&m.setup, work.path(), "fenced");
+    let mut a = Junction::start(&setup, work.path(), "a");
+    let mut b = Junction::start(&setup, work.path(), "b");
+    wait_until("the partitions shared between a and b", || {
+        let (pa, pb) = (assigned(&a), assigned(&b));
+        !pa.is_empty() && !pb.is_empty() && pa.len() + pb.len() == 4
+    });
+    a.wait_ready();
+    b.wait_ready();
+
+    let load = Load::start(&broker, &setup.input, "frozen");
+    broker.reader(&setup.output).read_until("outcomes under load", |r| r.len() >= 500);
+    // Only the owner of a partition writes its changelog partition.
+    freeze_in_open_transaction(&a, &broker, &format!("{}-state-changelog", setup.app));
+    // Frozen past its session timeout (6 s): b takes every partition, and
+    // waits for a's open transaction, which the broker aborts once it is
+    // older than the transaction timeout.
+    wait_until("b to hold every partition, restored", || assigned(&b).len() == 4 && restoring(&b).is_empty());
+    broker.reader(&setup.output).read_until("b's outcomes for a's partitions", |r| r.len() >= 1_000);
+    a.thaw();
+    std::thread::sleep(Duration::from_secs(5));
+    let (workflows, bad) = load.finish();
+
+    assert_exactly_once(&broker, &setup, "frozen", workflows, bad);
+    let log = a.logs();
+    assert!(log.contains("fenced"), "a learns that it was fenced:\n{log}");
+    // It rejoins the group, or exits cleanly.
+    if a.is_running() {
+        a.wait_ready();
+    }
+    assert_no_panic(&a, "a");
+    assert_no_panic(&b, "b");
+    let stores: Vec<_> = [&a, &b]
+        .iter()
+        .flat_map(|j| assigned(j).into_iter().map(|p| (j.state_dir.clone(), p)))
+        .collect();
+    assert!(b.terminate());
+    a.terminate();
+    assert_stores_match_the_committed_changelog(&broker, &setup, &stores);
+}
+
+/// Sets (or, with `None`, resets) the output topic's `max.message.bytes`.
+fn set_max_message_bytes(broker: &Broker, topic: &str, bytes: Option<&str>) {
+    let admin: AdminClient<DefaultClientContext> = broker.client_config().create().unwrap();
+    let mut config = AlterConfig::new(ResourceSpecifier::Topic(topic));
+    if let Some(bytes) = bytes {
+        config = config.set("max.message.bytes", bytes);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    for result in runtime.block_on(admin.alter_configs([&config], &AdminOptions::new())).unwrap() {
+        result.unwrap_or_else(|(r, e)| panic!("cannot alter {r:?}: {e}"));
+    }
+}
+
+#[test]
+fn an_aborted_transaction_is_redone_and_the_next_commit_is_not_mistaken_for_a_failure() {
+    let broker = Arc::new(Broker::kafka());
+    let setup = exactly_once(&broker, 2);
+    let work = tempfile::tempdir().unwrap();
+    let mut junction = Junction::start(&setup, work.path(), "j");
     junction.wait_ready();
 
-    // A newer producer with the same transactional ID would make the broker
-    // answer like this: the producer is fenced, a fatal error.
-    m.mock.request_errors(RDKafkaApiKey::AddPartitionsToTxn, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_PRODUCER_FENCED]);
-    let n = 100;
-    m.broker.produce_events(&m.setup.input, &orders("fenced", n));
-    let mut out = m.broker.reader(&m.setup.output);
-    let records = out.read_until("every outcome after the fencing", |r| by_workflow(r).len() >= n).to_vec();
-    assert_every_workflow_decided_with_stable_ids(&records, n);
-    wait_for_commits(&junction, "failed", 1.0);
-    assert!(junction.logs().contains("fatal"), "{}", junction.logs());
-    assert!(junction.is_running());
+    // The output topic refuses every batch for a while: each transaction
+    // that carries outcomes fails, is aborted, and its interval is redone.
+    set_max_message_bytes(&broker, &setup.output, Some("128"));
+    let load = Load::start(&broker, &setup.input, "abort");
+    wait_until("transactions aborted", || junction.metric("junction_commits_total", "result=\"failed\"") >= 3.0);
+    set_max_message_bytes(&broker, &setup.output, None);
+    broker.reader(&setup.output).read_until("outcomes again", |r| r.len() >= 200);
+    std::thread::sleep(Duration::from_secs(2));
+    let (workflows, bad) = load.finish();
+
+    assert_exactly_once(&broker, &setup, "abort", workflows, bad);
+    assert!(junction.logs().contains("commit failed"), "{}", junction.logs());
+    assert!(junction.is_running(), "an aborted transaction does not stop junction");
+    assert_no_panic(&junction, "j");
+    assert!(junction.terminate());
+    assert_stores_match_the_committed_changelog(&broker, &setup, &[(junction.state_dir.clone(), 0), (junction.state_dir.clone(), 1)]);
+}
+
+#[test]
+fn a_store_is_not_restored_while_a_transaction_on_its_changelog_is_open() {
+    let broker = Arc::new(Broker::kafka());
+    let setup = exactly_once(&broker, 2);
+    let changelog = format!("{}-state-changelog", setup.app);
+    let work = tempfile::tempdir().unwrap();
+    let mut a = Junction::start(&setup, work.path(), "a");
+    a.wait_ready();
+
+    let load = Load::start(&broker, &setup.input, "restore");
+    broker.reader(&setup.output).read_until("outcomes under load", |r| r.len() >= 500);
+    freeze_in_open_transaction(&a, &broker, &changelog);
+    a.kill();
+    // Another instance, with a state directory (so a transactional ID) of
+    // its own, takes the partitions once a's session expires. The open
+    // transaction stays open until the broker aborts it for its age.
+    // The end of a's open transaction, partition by partition: b's own
+    // transactions come after it.
+    let ends: Vec<i64> = watermarks(&broker, &changelog).iter().map(|(_, high)| *high).collect();
+    let mut b = Junction::start(&setup, work.path(), "b");
+    let mut checked_while_open = 0;
+    loop {
+        let open: Vec<i32> = watermarks(&broker, &changelog)
+            .iter()
+            .zip(&ends)
+            .enumerate()
+            .filter(|(_, ((stable, _), end))| stable < end)
+            .map(|(p, _)| p as i32)
+            .collect();
+        if open.is_empty() {
+            break;
+        }
+        let (held, restoring) = (assigned(&b), restoring(&b));
+        for p in open.iter().filter(|p| held.contains(p)) {
+            assert!(restoring.contains(p), "b counts partition {p} restored while a transaction on its changelog is open");
+            checked_while_open += 1;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(checked_while_open > 0, "b held a partition while the transaction was open");
+    b.wait_ready();
+    std::thread::sleep(Duration::from_secs(2));
+    let (workflows, bad) = load.finish();
+
+    assert_exactly_once(&broker, &setup, "restore", workflows, bad);
+    assert_no_panic(&b, "b");
+    assert!(b.terminate());
+    assert_stores_match_the_committed_changelog(&broker, &setup, &[(b.state_dir.clone(), 0), (b.state_dir.clone(), 1)]);
+}
+
+#[test]
+fn a_restart_with_the_same_state_directory_aborts_its_open_transaction_at_once_even_on_a_new_host() {
+    let broker = Arc::new(Broker::kafka());
+    let mut setup = exactly_once(&broker, 2);
+    // Only a restart can end the transaction within this test: the broker
+    // would abort it for its age after 5 minutes.
+    setup.properties.push(("transaction.timeout.ms".into(), "300000".into()));
+    let work = tempfile::tempdir().unwrap();
+    let mut junction = Junction::start(&setup, work.path(), "j");
+    junction.wait_ready();
+
+    let load = Load::start(&broker, &setup.input, "rehost");
+    broker.reader(&setup.output).read_until("outcomes under load", |r| r.len() >= 500);
+    freeze_in_open_transaction(&junction, &broker, &setup.output);
+    junction.kill();
+    // The container is re-created with its volume: the same state
+    // directory, another host name.
+    junction.start_again_on_host("a-new-container");
+    wait_until("the open transaction to be aborted by the restarted instance", || {
+        !transaction_open(&broker, &setup.output)
+    });
+    junction.wait_ready();
+    std::thread::sleep(Duration::from_secs(2));
+    let (workflows, bad) = load.finish();
+    assert_exactly_once(&broker, &setup, "rehost", workflows, bad);
+    assert_no_panic(&junction, "j");
+}
+
+#[test]
+fn two_instances_given_one_instance_id_never_fence_each_other_in_a_loop() {
+    let broker = Arc::new(Broker::kafka());
+    let mut setup = exactly_once(&broker, 4);
+    // As a deployment that copies one configuration to every replica would.
+    setup.kafka_options = "instance_id = \"replica\"\n".into();
+    let work = tempfile::tempdir().unwrap();
+    let mut a = Junction::start(&setup, work.path(), "a");
+    a.wait_ready();
+    let load = Load::start(&broker, &setup.input, "twins");
+    broker.reader(&setup.output).read_until("outcomes under load", |r| r.len() >= 200);
+    let mut b = Junction::start(&setup, work.path(), "b");
+
+    // b's producer fences a's. a must not fence b back: it stops, and says why.
+    assert_eq!(a.wait_exit(), Some(1), "the fenced instance exits with an error");
+    let log = a.logs();
+    assert!(log.contains("kafka.instance_id"), "a names the setting to fix:\n{log}");
+    b.wait_ready();
+    std::thread::sleep(Duration::from_secs(2));
+    let (workflows, bad) = load.finish();
+    assert_exactly_once(&broker, &setup, "twins", workflows, bad);
+    assert!(b.is_running(), "the survivor goes on");
+    assert_no_panic(&b, "b");
+}
+
+#[test]
+fn a_thawed_instance_does_not_fire_the_deadlines_its_successor_fired() {
+    let broker = Arc::new(Broker::kafka());
+    let setup = exactly_once(&broker, 2);
+    let work = tempfile::tempdir().unwrap();
+    let mut a = Junction::start(&setup, work.path(), "a");
+    let mut b = Junction::start(&setup, work.path(), "b");
+    wait_until("a partition each", || assigned(&a).len() == 1 && assigned(&b).len() == 1);
+    a.wait_ready();
+    b.wait_ready();
+    let held_by_a = assigned(&a)[0];
+
+    // Callbacks that never come: each of these workflows times out 2 s
+    // after its request, on a's partition.
+    let ids: Vec<String> = (0..2_000)
+        .map(|i| format!("callback-{i}"))
+        .filter(|id| junction::http::murmur2_partition(id.as_bytes(), 2) == held_by_a)
+        .take(100)
+        .collect();
+    let requests: Vec<Value> = ids.iter().map(|id| event(id, "callback", "request", "succeeded", None)).collect();
+    broker.produce_events(&setup.input, &requests);
+    let changelog = format!("{}-state-changelog", setup.app);
+    wait_until("a to commit the open workflows", || read_to_end(&broker, &changelog, "read_committed").len() >= ids.len());
+    // Frozen between transactions, before the deadlines: b takes a's
+    // partition and fires them.
+    a.freeze();
+    let mut output = broker.reader(&setup.output);
+    output.read_until("b's timed_out outcomes", |r| by_workflow(r).len() >= ids.len());
+    // Thawed, a still believes it holds the partition and that the
+    // deadlines are its to fire.
+    a.thaw();
+    let records = output.read_for(Duration::from_secs(8)).to_vec();
+    for (id, outcomes) in by_workflow(&records) {
+        assert_eq!(outcomes.len(), 1, "{id} was decided more than once: {outcomes:?}");
+        assert_eq!(outcomes[0]["outcome"], "timed_out", "{id}");
+    }
+    assert_eq!(by_workflow(&records).len(), ids.len());
+    assert_no_panic(&a, "a");
+    assert_no_panic(&b, "b");
 }

@@ -1,6 +1,9 @@
-//! Cooperative rebalancing: an instance joining under load takes over only
-//! some partitions; the first instance keeps the others and keeps processing
-//! them. The pause of each partition is measured and printed.
+//! Incremental rebalancing, against Apache Kafka 4.x with both of its group
+//! protocols: the classic one with the cooperative-sticky assignor, and the
+//! consumer protocol of KIP-848 (`group.protocol=consumer`), where the broker
+//! assigns. An instance joining under load takes over only some partitions;
+//! the first instance keeps the others and keeps processing them. The pause
+//! of each partition is measured and printed.
 
 mod common;
 
@@ -18,9 +21,19 @@ fn now_ms() -> i64 {
 }
 
 #[test]
-fn a_joining_instance_moves_only_some_partitions_and_the_others_keep_going() {
-    let broker = Arc::new(Broker::start());
-    let setup = Setup::new(&broker, PARTITIONS as i32);
+fn a_joining_instance_moves_only_some_partitions_and_the_others_keep_going_classic_protocol() {
+    a_joining_instance_moves_only_some_partitions("classic");
+}
+
+#[test]
+fn a_joining_instance_moves_only_some_partitions_and_the_others_keep_going_consumer_protocol() {
+    a_joining_instance_moves_only_some_partitions("consumer");
+}
+
+fn a_joining_instance_moves_only_some_partitions(group_protocol: &'static str) {
+    let broker = Arc::new(Broker::kafka());
+    let mut setup = Setup::new(&broker, PARTITIONS as i32);
+    setup.group_protocol = group_protocol;
     let work = tempfile::tempdir().unwrap();
     let mut first = Junction::start(&setup, work.path(), "j0");
     first.wait_ready();
@@ -75,7 +88,7 @@ fn a_joining_instance_moves_only_some_partitions_and_the_others_keep_going() {
         let p = junction::http::murmur2_partition(r.key.as_deref().unwrap_or_default(), PARTITIONS);
         by_partition.entry(p).or_default().push(r.timestamp_ms);
     }
-    println!("rebalance: the second instance started at +0 ms and was ready at +{} ms", ready_ms - joined_ms);
+    println!("rebalance ({group_protocol} protocol): the second instance started at +0 ms and was ready at +{} ms", ready_ms - joined_ms);
     for (p, mut ts) in by_partition {
         ts.sort_unstable();
         let window: Vec<i64> = ts.into_iter().filter(|t| *t >= joined_ms - 1_000 && *t <= ready_ms + 3_000).collect();

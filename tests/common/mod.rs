@@ -1,6 +1,12 @@
-//! The one harness every integration test uses: a real Nisshi broker on a
-//! loopback port, the real `junction` binary as a child process, and real
-//! Kafka clients to feed it and read what it publishes.
+//! The one harness every integration test uses: a real broker on loopback
+//! ports, the real `junction` binary as a child process, and real Kafka
+//! clients to feed it and read what it publishes.
+//!
+//! The broker is Apache Kafka (single-node KRaft, started by
+//! `scripts/kafka/broker.sh`), unless `JUNCTION_TEST_BROKER=nisshi` selects
+//! Nisshi, the Kafka-compatible broker without transactions on which the
+//! `at_least_once` tests run a second time. Tests of transactions ask for
+//! Kafka itself ([`Broker::kafka`]).
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -42,13 +48,13 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst))
 }
 
-fn nisshi_binary() -> PathBuf {
-    if let Ok(p) = std::env::var("JUNCTION_NISSHI") {
-        return PathBuf::from(p);
-    }
+fn cache_dir() -> PathBuf {
     let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-    let cache = std::env::var("JUNCTION_CACHE").unwrap_or_else(|_| format!("{home}/.cache/junction"));
-    let p = PathBuf::from(cache).join("tools/bin/nisshi");
+    PathBuf::from(std::env::var("JUNCTION_CACHE").unwrap_or_else(|_| format!("{home}/.cache/junction")))
+}
+
+fn nisshi_binary() -> PathBuf {
+    let p = std::env::var("JUNCTION_NISSHI").map_or_else(|_| cache_dir().join("tools/bin/nisshi"), PathBuf::from);
     assert!(
         p.exists(),
         "the Nisshi broker is not installed at {}; run scripts/setup.sh (or set JUNCTION_NISSHI)",
@@ -57,50 +63,112 @@ fn nisshi_binary() -> PathBuf {
     p
 }
 
+/// The script that formats and runs an Apache Kafka broker.
+fn kafka_launcher() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka/broker.sh")
+}
+
 /// A record to produce: key and value, either possibly absent.
 pub type RawRecord = (Option<Vec<u8>>, Option<Vec<u8>>);
 
-/// Where a broker keeps its records.
+/// Which broker a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Apache Kafka 4.x: the reference, with transactions.
+    Kafka,
+    /// Nisshi: Kafka-compatible, no transactions (`at_least_once` only).
+    Nisshi,
+}
+
+impl Kind {
+    /// `JUNCTION_TEST_BROKER`: `kafka` (the default) or `nisshi`.
+    pub fn from_env() -> Kind {
+        match std::env::var("JUNCTION_TEST_BROKER").as_deref() {
+            Err(_) | Ok("kafka") | Ok("") => Kind::Kafka,
+            Ok("nisshi") => Kind::Nisshi,
+            Ok(other) => panic!("JUNCTION_TEST_BROKER={other:?}: expected \"kafka\" or \"nisshi\""),
+        }
+    }
+}
+
+/// Where a Nisshi broker keeps its records (Kafka always keeps them in its log directory).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Storage {
     /// Lost when the broker stops.
     Memory,
-    /// An SQLite file in the broker's directory: survives a restart.
-    Sqlite,
+    /// Kept across a restart (for Nisshi: an SQLite file in the broker's directory).
+    Durable,
 }
 
 /// The password of the SCRAM user of a secure broker: tests check that it never leaks.
 pub const SECRET_PASSWORD: &str = "s3cret-Pa55word-never-logged";
 
-/// A Nisshi broker on a loopback port, killed when dropped.
+/// Settings of every test's Kafka broker beyond `scripts/kafka/broker.sh`'s own.
+/// - Timed-out transactions are looked for every second, not every 10 s, so
+///   that a test whose instance dies in a transaction does not wait long.
+/// - Members of `group.protocol=consumer` groups time out after 6 s, like the
+///   classic groups' `session.timeout.ms` in [`Setup::config_text`] (for
+///   those the broker, not the client, sets it).
+const TEST_KAFKA_SETTINGS: &[&str] = &[
+    "transaction.abort.timed.out.transaction.cleanup.interval.ms=1000",
+    "group.consumer.session.timeout.ms=6000",
+    "group.consumer.min.session.timeout.ms=6000",
+    "group.consumer.heartbeat.interval.ms=1000",
+    "group.consumer.min.heartbeat.interval.ms=1000",
+];
+
+/// A broker on loopback ports, killed when dropped.
 pub struct Broker {
     child: Option<Child>,
+    pub kind: Kind,
     pub port: u16,
+    /// Kafka's controller listener.
+    controller_port: u16,
     pub bootstrap: String,
     pub dir: tempfile::TempDir,
     storage: Storage,
-    /// Serve TLS only and require SCRAM authentication.
-    secure: bool,
+    /// Broker settings for Kafka (`KEY=VALUE`), beyond the harness's own.
+    settings: Vec<String>,
+    /// Formats the broker with this SCRAM user (`SCRAM-SHA-256=[name=…,password=…]`).
+    scram: Option<String>,
     /// The client properties every client of this broker needs (security).
     pub properties: Vec<(String, String)>,
     runtime: tokio::runtime::Runtime,
 }
 
 impl Broker {
+    /// The broker that `JUNCTION_TEST_BROKER` selects. (Nisshi keeps its
+    /// records in memory; ask for [`Storage::Durable`] to restart it.)
     pub fn start() -> Broker {
         Broker::start_with(Storage::Memory)
     }
 
     pub fn start_with(storage: Storage) -> Broker {
-        let dir = tempfile::tempdir().unwrap();
+        Broker::launch(Kind::from_env(), storage, &[])
+    }
+
+    /// Apache Kafka, whatever `JUNCTION_TEST_BROKER` says: for tests of transactions.
+    pub fn kafka() -> Broker {
+        Broker::kafka_with(&[])
+    }
+
+    /// Apache Kafka with more broker settings (`KEY=VALUE`).
+    pub fn kafka_with(settings: &[&str]) -> Broker {
+        Broker::launch(Kind::Kafka, Storage::Durable, settings)
+    }
+
+    fn launch(kind: Kind, storage: Storage, settings: &[&str]) -> Broker {
         let port = free_port();
         let mut b = Broker {
             child: None,
+            kind,
             port,
+            controller_port: free_port(),
             bootstrap: format!("127.0.0.1:{port}"),
-            dir,
+            dir: tempfile::tempdir().unwrap(),
             storage,
-            secure: false,
+            settings: settings.iter().map(|s| s.to_string()).collect(),
+            scram: None,
             properties: Vec::new(),
             runtime: tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
         };
@@ -108,36 +176,53 @@ impl Broker {
         b
     }
 
-    /// A broker that serves only TLS (a self-signed certificate made here) and
-    /// requires SASL/SCRAM-SHA-256 as user `junction` with [`SECRET_PASSWORD`].
+    /// An Apache Kafka broker whose only client listener serves TLS (a
+    /// self-signed certificate made here) and requires SASL/SCRAM-SHA-256 as
+    /// user `junction` with [`SECRET_PASSWORD`].
     pub fn start_secure() -> Broker {
-        let mut b = Broker::start_with(Storage::Sqlite);
-        // Users are stored through a broker that does not yet require logging in.
-        let created = Command::new(nisshi_binary())
-            .args(["user", "create", "--broker", &format!("tcp://{}", b.bootstrap), "--mechanism", "scram256"])
-            .args(["junction", SECRET_PASSWORD])
-            .output()
-            .expect("run nisshi user create");
-        assert!(created.status.success(), "nisshi user create: {}", String::from_utf8_lossy(&created.stderr));
-        b.stop();
+        let dir = tempfile::tempdir().unwrap();
         let made = Command::new("openssl")
             .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost"])
             .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", "key.pem", "-out", "cert.pem"])
-            .current_dir(b.dir.path())
+            .current_dir(dir.path())
             .output()
             .expect("run openssl (scripts/setup.sh installs it)");
         assert!(made.status.success(), "openssl: {}", String::from_utf8_lossy(&made.stderr));
-        b.secure = true;
-        b.properties = [
-            ("security.protocol", "SASL_SSL".to_string()),
-            ("sasl.mechanisms", "SCRAM-SHA-256".to_string()),
-            ("sasl.username", "junction".to_string()),
-            ("sasl.password", SECRET_PASSWORD.to_string()),
-            ("ssl.ca.location", b.dir.path().join("cert.pem").display().to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
+        // Kafka's PEM key store: the private key, then its certificate.
+        let key = std::fs::read_to_string(dir.path().join("key.pem")).unwrap();
+        let cert = std::fs::read_to_string(dir.path().join("cert.pem")).unwrap();
+        std::fs::write(dir.path().join("keystore.pem"), format!("{key}{cert}")).unwrap();
+        let (port, internal, controller) = (free_port(), free_port(), free_port());
+        let settings = vec![
+            format!("listeners=SASL_SSL://127.0.0.1:{port},PLAINTEXT://127.0.0.1:{internal},CONTROLLER://127.0.0.1:{controller}"),
+            format!("advertised.listeners=SASL_SSL://127.0.0.1:{port},PLAINTEXT://127.0.0.1:{internal}"),
+            "sasl.enabled.mechanisms=SCRAM-SHA-256".to_string(),
+            "listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;".to_string(),
+            "ssl.keystore.type=PEM".to_string(),
+            format!("ssl.keystore.location={}", dir.path().join("keystore.pem").display()),
+        ];
+        let mut b = Broker {
+            child: None,
+            kind: Kind::Kafka,
+            port,
+            controller_port: controller,
+            bootstrap: format!("127.0.0.1:{port}"),
+            properties: [
+                ("security.protocol", "SASL_SSL".to_string()),
+                ("sasl.mechanisms", "SCRAM-SHA-256".to_string()),
+                ("sasl.username", "junction".to_string()),
+                ("sasl.password", SECRET_PASSWORD.to_string()),
+                ("ssl.ca.location", dir.path().join("cert.pem").display().to_string()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+            dir,
+            storage: Storage::Durable,
+            settings,
+            scram: Some(format!("SCRAM-SHA-256=[name=junction,password={SECRET_PASSWORD}]")),
+            runtime: tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
+        };
         b.resume();
         b
     }
@@ -150,24 +235,37 @@ impl Broker {
         }
     }
 
-    /// Starts the broker again on the same port and storage.
+    /// Starts the broker again on the same ports and storage.
     pub fn resume(&mut self) {
         assert!(self.child.is_none(), "the broker is running");
-        self.child = Some(spawn_broker(self.port, self.dir.path(), self.storage, self.secure));
+        self.child = Some(match self.kind {
+            Kind::Kafka => self.spawn_kafka(),
+            Kind::Nisshi => spawn_nisshi(self.port, self.dir.path(), self.storage),
+        });
         self.wait_ready();
     }
 
-    /// Clients for a broker this harness did not start (librdkafka's mock cluster).
-    pub fn external(bootstrap: String) -> Broker {
-        Broker {
-            child: None,
-            port: 0,
-            bootstrap,
-            dir: tempfile::tempdir().unwrap(),
-            storage: Storage::Memory,
-            secure: false,
-            properties: Vec::new(),
-            runtime: tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
+    fn spawn_kafka(&self) -> Child {
+        let mut command = Command::new("bash");
+        command
+            .arg(kafka_launcher())
+            .arg(self.dir.path().join("kafka"))
+            .args([self.port.to_string(), self.controller_port.to_string()])
+            .args(TEST_KAFKA_SETTINGS)
+            .args(&self.settings)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(scram) = &self.scram {
+            command.env("JUNCTION_BROKER_SCRAM", scram);
+        }
+        command.spawn().expect("start the Apache Kafka broker (scripts/kafka/broker.sh)")
+    }
+
+    /// The broker's log, to read when a test fails.
+    pub fn log_path(&self) -> PathBuf {
+        match self.kind {
+            Kind::Kafka => self.dir.path().join("kafka/broker.log"),
+            Kind::Nisshi => self.dir.path().join("broker.log"),
         }
     }
 
@@ -175,14 +273,15 @@ impl Broker {
         let deadline = Instant::now() + PATIENCE;
         loop {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                panic!("the broker exited at start-up: {status}; see {}/broker.log", self.dir.path().display());
+                let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+                panic!("the broker exited at start-up: {status}; its log:\n{log}");
             }
             let client: BaseConsumer = self.client_config().create().unwrap();
-            if client.fetch_metadata(None, Duration::from_secs(2)).is_ok() {
+            if client.fetch_metadata(None, Duration::from_secs(2)).is_ok_and(|m| !m.brokers().is_empty()) {
                 return;
             }
             assert!(Instant::now() < deadline, "the broker did not answer on {}", self.bootstrap);
-            std::thread::sleep(Duration::from_millis(200));
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
@@ -190,6 +289,10 @@ impl Broker {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Whether this broker has transactions (Nisshi has none).
+    pub fn has_transactions(&self) -> bool {
+        self.kind == Kind::Kafka
+    }
     pub fn client_config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.bootstrap);
@@ -310,20 +413,21 @@ impl Broker {
     }
 }
 
-fn spawn_broker(port: u16, dir: &Path, storage: Storage, secure: bool) -> Child {
+fn spawn_nisshi(port: u16, dir: &Path, storage: Storage) -> Child {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("broker.log")).unwrap();
     let url = format!("tcp://127.0.0.1:{port}");
     let engine = match storage {
         Storage::Memory => "memory://nisshi/",
         // Relative to the broker's working directory.
-        Storage::Sqlite => "sqlite://broker.db",
+        Storage::Durable => "sqlite://broker.db",
     };
-    let mut command = Command::new(nisshi_binary());
-    command.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", engine]);
-    if secure {
-        command.args(["--cert", "cert.pem", "--key", "key.pem", "--authentication"]);
-    }
-    command.current_dir(dir).stdout(log.try_clone().unwrap()).stderr(log).spawn().expect("start the Nisshi broker")
+    Command::new(nisshi_binary())
+        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", engine])
+        .current_dir(dir)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start the Nisshi broker")
 }
 
 impl Drop for Broker {
@@ -345,6 +449,25 @@ pub struct Record {
 }
 
 impl Record {
+    pub fn from_message<M: Message>(m: &M) -> Record {
+        let headers = m
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Record {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            value: m.payload().map(<[u8]>::to_vec),
+            headers,
+            timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
+        }
+    }
+
     pub fn json(&self) -> Value {
         serde_json::from_slice(self.value.as_deref().unwrap()).unwrap()
     }
@@ -412,23 +535,7 @@ impl Reader {
 
     fn poll(&mut self, wait: Duration) {
         if let Some(m) = self.consumer.poll(wait) {
-            let m = m.unwrap();
-            let headers = m
-                .headers()
-                .map(|hs| {
-                    hs.iter()
-                        .map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
-                        .collect()
-                })
-                .unwrap_or_default();
-            self.records.push(Record {
-                partition: m.partition(),
-                offset: m.offset(),
-                key: m.key().map(<[u8]>::to_vec),
-                value: m.payload().map(<[u8]>::to_vec),
-                headers,
-                timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
-            });
+            self.records.push(Record::from_message(&m.unwrap()));
         }
     }
 
@@ -527,6 +634,10 @@ pub struct Setup {
     pub properties: Vec<(String, String)>,
     /// More lines for the `[state]` section.
     pub state_options: String,
+    /// The consumer group protocol: `classic` (cooperative-sticky) or `consumer` (KIP-848).
+    pub group_protocol: &'static str,
+    /// More lines for the `[kafka]` section.
+    pub kafka_options: String,
 }
 
 impl Setup {
@@ -554,6 +665,8 @@ impl Setup {
             bootstrap: broker.bootstrap.clone(),
             properties: broker.properties.clone(),
             state_options: String::new(),
+            group_protocol: "classic",
+            kafka_options: String::new(),
         }
     }
 
@@ -568,12 +681,10 @@ output_topic = "{output}"
 dead_letter_topic = "{dlq}"
 processing_guarantee = "{guarantee}"
 commit_interval = "{interval}"
-
+{kafka_options}
 [kafka.properties]
 "topic.metadata.refresh.interval.ms" = "1000"
-# A member killed with -9 leaves the group when its session times out.
-"session.timeout.ms" = "6000"
-"heartbeat.interval.ms" = "1000"
+{group}
 {properties}
 [state]
 dir = "{dir}"
@@ -598,7 +709,19 @@ listen = "127.0.0.1:{http_port}"
             workflows = self.workflows,
             properties = self.properties.iter().map(|(k, v)| format!("{k:?} = {v:?}\n")).collect::<String>(),
             state_options = self.state_options,
+            group = self.group_properties(),
+            kafka_options = self.kafka_options,
         )
+    }
+
+    /// A member killed with -9 leaves the group when its session times out:
+    /// after 6 s. A classic group's members ask for it; a consumer group's
+    /// broker sets it (see `TEST_KAFKA_SETTINGS`).
+    fn group_properties(&self) -> String {
+        match self.group_protocol {
+            "classic" => "\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"".to_string(),
+            protocol => format!("\"group.protocol\" = {protocol:?}"),
+        }
     }
 }
 
@@ -626,6 +749,8 @@ pub struct Junction {
     pub log: PathBuf,
     config: PathBuf,
     extra_env: Vec<(String, String)>,
+    /// The host name it runs under, when not this machine's.
+    host: Option<String>,
 }
 
 impl Junction {
@@ -655,6 +780,7 @@ impl Junction {
             log: work.join(format!("{name}.log")),
             config,
             extra_env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            host: None,
         };
         j.spawn();
         j
@@ -662,7 +788,16 @@ impl Junction {
 
     fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_junction"))
+        let mut command = match &self.host {
+            None => Command::new(env!("CARGO_BIN_EXE_junction")),
+            // unshare and sh both exec: the child's PID is junction's.
+            Some(host) => {
+                let mut c = Command::new("unshare");
+                c.args(["--uts", "sh", "-c", "hostname \"$0\" && exec \"$@\"", host, env!("CARGO_BIN_EXE_junction")]);
+                c
+            }
+        };
+        let child = command
             .args(["run", "--config"])
             .arg(&self.config)
             // JUNCTION_TEST_LOG, e.g. "debug", when a failing test needs more of junction's log.
@@ -706,6 +841,30 @@ impl Junction {
     pub fn start_again(&mut self) {
         assert!(self.child.is_none(), "still running");
         self.spawn();
+    }
+
+    /// Starts the process again, with the same state directory, on a host
+    /// of another name (in a UTS namespace of its own): a container
+    /// re-created with its volume. Needs root, as `.ci/run` has.
+    pub fn start_again_on_host(&mut self, host: &str) {
+        assert!(self.child.is_none(), "still running");
+        self.host = Some(host.to_string());
+        self.spawn();
+    }
+
+    /// SIGSTOP: the process is frozen, as in a long pause, and keeps every socket open.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT: a frozen process goes on where it stopped.
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.pid().expect("junction is running").to_string();
+        assert!(Command::new("kill").args([signal, &pid]).status().unwrap().success(), "kill {signal} {pid}");
     }
 
     /// Waits for the process to exit by itself; returns its exit code.
@@ -798,5 +957,127 @@ impl Running {
         let mut junction = Junction::start(&setup, work.path(), "j");
         junction.wait_ready();
         Running { junction, setup, work, broker }
+    }
+}
+
+/// A topic's records as one client sees them, read to the end the topic had
+/// when the read began: with `read_committed` only committed transactions'
+/// records, with `read_uncommitted` aborted ones too.
+pub fn read_to_end(broker: &Broker, topic: &str, isolation: &str) -> Vec<Record> {
+    let consumer: BaseConsumer = broker
+        .client_config()
+        .set("group.id", unique("to-end"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", isolation)
+        .create()
+        .unwrap();
+    let partitions = broker.partition_count(topic) as i32;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let marks: Vec<(i64, i64)> =
+        (0..partitions).map(|p| consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap()).collect();
+    let ends: Vec<i64> = marks.iter().map(|(_, high)| *high).collect();
+    // An empty partition has nothing to read (and no position to reach).
+    let mut at_end: std::collections::HashSet<i32> =
+        (0..partitions).filter(|&p| marks[p as usize].0 >= marks[p as usize].1).collect();
+    let mut records = Vec::new();
+    let deadline = Instant::now() + PATIENCE;
+    while at_end.len() < partitions as usize {
+        assert!(Instant::now() < deadline, "timed out reading {topic} to its end ({isolation})");
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => records.push(Record::from_message(&m)),
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                let position = consumer.position().unwrap();
+                if let Some(Offset::Offset(o)) = position.find_partition(topic, p).map(|e| e.offset()) {
+                    if o >= ends[p as usize] {
+                        at_end.insert(p);
+                    }
+                }
+            }
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            None => {}
+        }
+    }
+    records
+}
+
+/// Each partition's last stable offset (what `read_committed` readers may
+/// read up to) and high watermark: a transaction is open on a partition
+/// while the first is behind the second.
+pub fn watermarks(broker: &Broker, topic: &str) -> Vec<(i64, i64)> {
+    let client = |isolation: &str| -> BaseConsumer {
+        broker.client_config().set("isolation.level", isolation).create().unwrap()
+    };
+    let (committed, uncommitted) = (client("read_committed"), client("read_uncommitted"));
+    (0..broker.partition_count(topic) as i32)
+        .map(|p| {
+            let stable = committed.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap().1;
+            let high = uncommitted.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap().1;
+            (stable, high)
+        })
+        .collect()
+}
+
+/// Whether a transaction is open on any partition of `topic`.
+pub fn transaction_open(broker: &Broker, topic: &str) -> bool {
+    watermarks(broker, topic).iter().any(|(stable, high)| stable < high)
+}
+
+/// Freezes `junction` (SIGSTOP) in the middle of a transaction that has
+/// written to `topic`: tried at random moments until a freeze catches a
+/// partition whose last stable offset stays behind its high watermark and
+/// does not move for a while. Another instance's transactions on the topic
+/// keep committing, so they move it; the frozen one's, and markers on their
+/// way, would not.
+pub fn freeze_in_open_transaction(junction: &Junction, broker: &Broker, topic: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    let mut tries = 0u64;
+    loop {
+        assert!(Instant::now() < deadline, "no freeze caught a transaction open on {topic} in {tries} tries");
+        tries += 1;
+        junction.freeze();
+        let before = watermarks(broker, topic);
+        if before.iter().any(|(stable, high)| stable < high) {
+            std::thread::sleep(Duration::from_millis(500));
+            let after = watermarks(broker, topic);
+            if before.iter().zip(&after).any(|((s0, h0), (s1, _))| s0 < h0 && s1 == s0) {
+                return;
+            }
+        }
+        junction.thaw();
+        std::thread::sleep(Duration::from_millis(7 * (tries % 11)));
+    }
+}
+
+/// Every store in `stores` (state directory, partition) holds exactly the
+/// last committed changelog record of each of its workflows: nothing from
+/// an aborted transaction, and nothing older than what the changelog holds.
+/// The stores must be closed (junction stopped).
+pub fn assert_stores_match_the_committed_changelog(broker: &Broker, setup: &Setup, stores: &[(PathBuf, i32)]) {
+    let changelog = format!("{}-state-changelog", setup.app);
+    let mut last: HashMap<(i32, Vec<u8>), Option<Vec<u8>>> = HashMap::new();
+    for r in read_to_end(broker, &changelog, "read_committed") {
+        last.insert((r.partition, r.key.clone().unwrap_or_default()), r.value.clone());
+    }
+    let memory = junction::store::StoreMemory::new(16 << 20, 4 << 20);
+    for (dir, partition) in stores {
+        let path = dir.join(&setup.app).join(partition.to_string());
+        let store = junction::store::Store::open(&path, &memory).unwrap();
+        let mut held: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+        store.for_each_state(|id, state| {
+            held.insert(id.to_vec(), state.to_vec());
+        })
+        .unwrap();
+        for ((p, id), value) in last.iter().filter(|((p, _), _)| p == partition) {
+            let name = String::from_utf8_lossy(id);
+            assert_eq!(held.get(id), value.as_ref(), "partition {p}: the store at {} and the committed changelog differ on {name}", path.display());
+        }
+        for id in held.keys() {
+            assert!(last.contains_key(&(*partition, id.clone())), "partition {partition}: the store holds {}, which no committed changelog record has", String::from_utf8_lossy(id));
+        }
     }
 }
