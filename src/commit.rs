@@ -70,8 +70,14 @@ pub enum CommitError {
     Delivery(KafkaError),
     #[error("the transaction was aborted: {0}")]
     Aborted(KafkaError),
-    #[error("the producer hit a fatal error (fenced by a newer instance, or broken): {0}")]
+    #[error("the producer hit a fatal error: {0}")]
     Fatal(KafkaError),
+    /// The broker fenced this producer: either a newer producer took its
+    /// transactional ID, or the broker aborted its transaction for being
+    /// older than `transaction.timeout.ms` (the process was paused or
+    /// stalled), which the age tells apart.
+    #[error("the producer was fenced, in a transaction {}s old: {source}", transaction_age.as_secs())]
+    Fenced { source: KafkaError, transaction_age: Duration },
     #[error("cannot commit input offsets: {0}")]
     Offsets(KafkaError),
     #[error("the consumer is not in its group, so its offsets cannot join the transaction")]
@@ -85,7 +91,7 @@ pub enum CommitError {
 impl CommitError {
     /// Whether the producer must be replaced before the next commit.
     pub fn needs_new_producer(&self) -> bool {
-        matches!(self, CommitError::Fatal(_))
+        matches!(self, CommitError::Fatal(_) | CommitError::Fenced { .. })
     }
 }
 
@@ -128,12 +134,13 @@ impl Committer {
     /// Creates the producer; under exactly-once, initialises its transactions,
     /// which fences any older producer with the same transactional ID and
     /// aborts what it left open.
-    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> Result<Committer, CommitError> {
+    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>, transactional_id: &str) -> Result<Committer, CommitError> {
         let tracker = DeliveryTracker::new(config.kafka.changelog_topic());
-        let producer: ThreadedProducer<DeliveryTracker> =
-            kafka::producer_config(&config.kafka).create_with_context(tracker).map_err(CommitError::Producer)?;
+        let producer: ThreadedProducer<DeliveryTracker> = kafka::producer_config(&config.kafka, transactional_id)
+            .create_with_context(tracker)
+            .map_err(CommitError::Producer)?;
         if config.kafka.processing_guarantee == Guarantee::ExactlyOnce {
-            producer.init_transactions(COMMIT_TIMEOUT).map_err(transaction_error)?;
+            producer.init_transactions(COMMIT_TIMEOUT).map_err(|e| transaction_error(e, Duration::ZERO))?;
         }
         Ok(Committer { config, metrics, producer: Arc::new(producer), in_flight: None, epoch: 0 })
     }
@@ -314,28 +321,31 @@ impl Committer {
         mut staged: Vec<(i32, Staged)>,
         consumer: &BaseConsumer<C>,
     ) -> Result<Committed, CommitError> {
-        self.producer.begin_transaction().map_err(transaction_error)?;
+        let began = Instant::now();
+        let failed = |e: KafkaError| transaction_error(e, began.elapsed());
+        self.producer.begin_transaction().map_err(failed)?;
         let sent = (|| {
             let topic = self.config.kafka.changelog_topic();
             for (partition, s) in &staged {
                 self.send_outputs(&s.outcomes, &s.dead_letters)?;
                 send_changelog(&topic, &self.producer, self.epoch, *partition, &s.changelog)?;
             }
+            // Every partition of the transaction has its offset in it (the
+            // processor sees to it): the group coordinator refuses a
+            // transaction's offsets from a member it no longer knows, which
+            // is what keeps an instance that lost its partitions (a zombie)
+            // from committing anything for them.
             let offsets = self.offsets(&committed(&staged, Vec::new()))?;
             if offsets.count() > 0 {
                 let group = consumer.group_metadata().ok_or(CommitError::NotInGroup)?;
-                self.producer
-                    .send_offsets_to_transaction(&offsets, &group, COMMIT_TIMEOUT)
-                    .map_err(transaction_error)?;
+                self.producer.send_offsets_to_transaction(&offsets, &group, COMMIT_TIMEOUT).map_err(failed)?;
             }
-            self.producer.commit_transaction(COMMIT_TIMEOUT).map_err(transaction_error)
+            self.await_transaction_deliveries(began)?;
+            self.producer.commit_transaction(COMMIT_TIMEOUT).map_err(failed)
         })();
         if let Err(e) = sent {
             if !e.needs_new_producer() {
-                if let Err(abort) = self.producer.abort_transaction(COMMIT_TIMEOUT) {
-                    warn!(error = %abort, "aborting the transaction failed");
-                    return Err(transaction_error(abort));
-                }
+                self.abort()?;
             }
             return Err(e);
         }
@@ -343,6 +353,50 @@ impl Committer {
         let failed = self.save_stores(&mut staged, &changelog_last);
         staged.iter().for_each(|(_, s)| self.count_outcomes(&s.outcomes));
         Ok(committed(&staged, failed))
+    }
+
+    /// Waits until every record of the transaction is delivered, and fails
+    /// at the first that is not: it has doomed the transaction. (rdkafka's
+    /// `commit_transaction` flushes first, for its whole timeout, even when
+    /// records can no longer be delivered until the transaction is aborted.)
+    fn await_transaction_deliveries(&self, began: Instant) -> Result<(), CommitError> {
+        let tracker = self.producer.context();
+        while tracker.in_flight_total() > 0 {
+            if tracker.first_failure().is_some() {
+                break;
+            }
+            if began.elapsed() > COMMIT_TIMEOUT {
+                return Err(CommitError::Delivery(KafkaError::Flush(RDKafkaErrorCode::MessageTimedOut)));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Left in the tracker: the abort that follows forgets them.
+        match tracker.first_failure() {
+            Some(e) => Err(CommitError::Delivery(e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Aborts the open transaction, then waits for its delivery reports (its
+    /// purged and failed records) and forgets them: they belong to no later
+    /// transaction, which must not mistake them for its own failures. An
+    /// abort that does not finish needs a new producer, whose initialisation
+    /// aborts the transaction in its stead.
+    fn abort(&self) -> Result<(), CommitError> {
+        if let Err(abort) = self.producer.abort_transaction(COMMIT_TIMEOUT) {
+            warn!(error = %abort, "aborting the transaction failed; a new producer will abort it");
+            return Err(CommitError::Fatal(abort));
+        }
+        let tracker = self.producer.context();
+        let deadline = Instant::now() + COMMIT_TIMEOUT;
+        while tracker.in_flight_total() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if tracker.in_flight_total() > 0 {
+            return Err(CommitError::Fatal(KafkaError::Flush(RDKafkaErrorCode::MessageTimedOut)));
+        }
+        drop(tracker.take());
+        Ok(())
     }
 
     fn send_outputs(&self, outcomes: &[Decided], dead_letters: &[DeadLetter]) -> Result<(), CommitError> {
@@ -565,15 +619,18 @@ fn send<K: rdkafka::message::ToBytes + ?Sized, P: rdkafka::message::ToBytes + ?S
     }
 }
 
-/// Sorts a transaction error into the three ways of handling it.
-fn transaction_error(e: KafkaError) -> CommitError {
+/// Sorts an error of a transaction `age` old into the ways of handling it.
+fn transaction_error(e: KafkaError, transaction_age: Duration) -> CommitError {
     match &e {
-        KafkaError::Transaction(rde) if rde.is_fatal() => CommitError::Fatal(e),
         KafkaError::Transaction(rde)
-            if rde.code() == RDKafkaErrorCode::Fenced || rde.code() == RDKafkaErrorCode::ProducerFenced =>
+            if matches!(
+                rde.code(),
+                RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch
+            ) =>
         {
-            CommitError::Fatal(e)
+            CommitError::Fenced { source: e, transaction_age }
         }
+        KafkaError::Transaction(rde) if rde.is_fatal() => CommitError::Fatal(e),
         _ => CommitError::Aborted(e),
     }
 }

@@ -39,7 +39,8 @@ pub struct KafkaConfig {
     pub bootstrap_servers: String,
     pub application_id: String,
     /// Distinguishes this instance's transactional producer from its peers'.
-    pub instance_id: String,
+    /// `None`: the ID kept in the state directory (see [`crate::instance`]).
+    pub instance_id: Option<String>,
     pub input_topic: String,
     pub output_topic: String,
     pub dead_letter_topic: String,
@@ -387,11 +388,9 @@ impl Reader {
         if max_event_bytes == 0 {
             self.error("kafka.max_event_bytes", "expected a positive number of bytes");
         }
-        let instance_id = match kafka.get("instance_id") {
-            Some(_) => self.string(&kafka, "kafka.instance_id", None),
-            None => default_instance_id(&state_dir),
-        };
+        let instance_id = kafka.get("instance_id").map(|_| self.string(&kafka, "kafka.instance_id", None));
         let properties = self.properties(&kafka);
+        self.group_protocol_fits(&properties);
 
         let kafka = KafkaConfig {
             bootstrap_servers: self.string(&kafka, "kafka.bootstrap_servers", None),
@@ -444,6 +443,26 @@ impl Reader {
             w.deadline = Some(state.default_deadline);
         }
         Config { kafka, state, http: HttpConfig { listen }, workflows }
+    }
+
+    /// Under the consumer group protocol of KIP-848 the broker, not the
+    /// client, sets the session, the heartbeat and the assignor: librdkafka
+    /// refuses these properties then, so they are refused here, at start-up.
+    fn group_protocol_fits(&mut self, properties: &BTreeMap<String, String>) {
+        if properties.get("group.protocol").map(String::as_str) != Some("consumer") {
+            return;
+        }
+        let broker_side = [
+            ("session.timeout.ms", "the broker's group.consumer.session.timeout.ms"),
+            ("heartbeat.interval.ms", "the broker's group.consumer.heartbeat.interval.ms"),
+            ("partition.assignment.strategy", "group.remote.assignor"),
+        ];
+        for (name, instead) in broker_side.into_iter().filter(|(name, _)| properties.contains_key(*name)) {
+            self.error(
+                &format!("kafka.properties.{name}"),
+                format!("not supported with \"group.protocol\" = \"consumer\": remove it and use {instead}"),
+            );
+        }
     }
 
     /// Every outcome record must fit in what the producer can send: a type's
@@ -673,22 +692,6 @@ fn describe(v: &Value) -> String {
         Value::Integer(n) => n.to_string(),
         other => other.type_str().to_string(),
     }
-}
-
-/// A stable identity for this instance's transactional producer: the host and
-/// the state directory, since two instances can never share a state directory.
-fn default_instance_id(state_dir: &Path) -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "localhost".into());
-    let dir = std::path::absolute(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
-    // FNV-1a: stable across Rust versions, unlike DefaultHasher.
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in dir.to_string_lossy().bytes() {
-        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{}-{:08x}", host.trim(), hash as u32)
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@
 //! - [`restore`]: rebuilding a store from the changelog;
 //! - [`processor`]: the stream thread, rebalances and the commit interval;
 //! - [`kafka`]: client settings, topic preparation, delivery tracking;
+//! - [`instance`]: this process's claim on its state directory, and its ID;
 //! - [`http`] and [`metrics`]: what operators see.
 //!
 //! [`names`] holds every topic, header and reason-code name.
@@ -29,6 +30,7 @@ pub mod config;
 pub mod dead_letter;
 pub mod event;
 pub mod http;
+pub mod instance;
 pub mod join;
 pub mod kafka;
 pub mod metrics;

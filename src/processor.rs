@@ -41,7 +41,8 @@ use serde::Serialize;
 use tracing::{error, info, info_span, warn};
 
 use crate::commit::{CommitError, Committed, Committer, PUBLISH_INTERVAL};
-use crate::config::Config;
+use crate::config::{Config, Guarantee};
+use crate::instance::Instance;
 use crate::kafka;
 use crate::metrics::Metrics;
 use crate::restore::{RestoreError, Restorer};
@@ -150,8 +151,12 @@ struct Engine {
     /// that fails again soon after it resumed waits longer.
     stops: HashMap<i32, (Instant, Duration)>,
     committer: Committer,
+    /// The producer's transactional ID, for a producer made anew.
+    transactional_id: String,
     restorer: Restorer,
     failure: Option<anyhow::Error>,
+    /// Set once the stream thread cannot go on: nothing is committed after that.
+    stopping_on_error: bool,
 }
 
 /// The consumer context: librdkafka calls it inside `poll` on a rebalance,
@@ -320,7 +325,7 @@ impl Engine {
     fn on_revoke(&mut self, consumer: &BaseConsumer<Callbacks>, tpl: &TopicPartitionList) {
         // Finish the interval's work before the partitions are given up (not
         // after a failure: what failed must not be committed).
-        if self.failure.is_none() {
+        if !self.stopping_on_error {
             self.commit(consumer, true);
         }
         for element in tpl.elements_for_topic(&self.config.kafka.input_topic) {
@@ -462,6 +467,12 @@ impl Engine {
         for (partition, e) in failed {
             self.park(consumer, partition, &e, None);
         }
+        if self.config.kafka.processing_guarantee == Guarantee::ExactlyOnce {
+            if let Err(e) = self.cover_offsets(consumer) {
+                self.commit_failed(consumer, e);
+                return true;
+            }
+        }
         let mut tasks: Vec<&mut Task> = self
             .slots
             .values_mut()
@@ -478,6 +489,31 @@ impl Engine {
             Err(e) => self.commit_failed(consumer, e),
         }
         true
+    }
+
+    /// Gives every task that the next transaction carries an input offset to
+    /// commit in it, even one that read nothing since the last commit (a
+    /// deadline fired): its last committed offset again. The transaction's
+    /// offsets are what the group coordinator checks, so a transaction
+    /// without them would commit even from an instance that has lost its
+    /// partitions to another.
+    fn cover_offsets(&mut self, consumer: &BaseConsumer<Callbacks>) -> Result<(), CommitError> {
+        for (partition, slot) in self.slots.iter_mut() {
+            if slot.phase != Phase::Active || !slot.task.is_dirty() || slot.task.has_offset() {
+                continue;
+            }
+            let offset = match slot.replay_from {
+                Some(offset) => offset,
+                None => {
+                    let offset = kafka::committed_offset(&self.config.kafka, consumer, *partition)
+                        .map_err(CommitError::Offsets)?;
+                    slot.replay_from = Some(offset);
+                    offset
+                }
+            };
+            slot.task.cover_offset(offset);
+        }
+        Ok(())
     }
 
     /// Sends what the active tasks decided since the last time (under
@@ -519,9 +555,35 @@ impl Engine {
     }
 
     fn commit_failed(&mut self, consumer: &BaseConsumer<Callbacks>, e: CommitError) {
+        if self.stopping_on_error {
+            return;
+        }
         warn!(error = %e, "commit failed; discarding the work since the last commit and resuming from there");
+        if let CommitError::Fenced { transaction_age, .. } = &e {
+            let timeout = kafka::transaction_timeout(&self.config.kafka);
+            if *transaction_age < timeout {
+                // A producer fenced in a young transaction was fenced by a
+                // newer one with its transactional ID: another live process.
+                // Making a producer again would fence that one in turn, and
+                // the two would take turns for ever.
+                self.fail(anyhow!(
+                    "this instance's producer was fenced by another process using the same transactional ID \
+                     {id:?}: two instances were given the same kafka.instance_id. Give each instance its own, or \
+                     leave kafka.instance_id unset (each state directory then keeps an ID of its own)",
+                    id = self.transactional_id
+                ));
+                return;
+            }
+            warn!(
+                transaction_age_s = transaction_age.as_secs_f64(),
+                transaction_timeout_s = timeout.as_secs_f64(),
+                "this instance was fenced: its transaction outlived transaction.timeout.ms (the process was paused \
+                 or stalled) and the broker aborted it; its partitions may have moved. Nothing of it was committed: \
+                 the work since the last commit is redone with a new producer, for the partitions it still holds"
+            );
+        }
         if e.needs_new_producer() {
-            match Committer::new(Arc::clone(&self.config), Arc::clone(&self.shared.metrics)) {
+            match Committer::new(Arc::clone(&self.config), Arc::clone(&self.shared.metrics), &self.transactional_id) {
                 Ok(c) => self.committer = c,
                 Err(e) => {
                     self.fail(anyhow!(e).context("replacing the producer after a fatal error"));
@@ -557,6 +619,7 @@ impl Engine {
     }
 
     fn fail(&mut self, e: anyhow::Error) {
+        self.stopping_on_error = true;
         error!(error = format!("{e:#}"), "the stream thread cannot go on");
         self.shared.health.lock().expect("health lock").failure = Some(format!("{e:#}"));
         self.failure.get_or_insert(e);
@@ -609,11 +672,14 @@ fn prepare_topics(
 /// Runs the processor until `shared.shutdown` is set, then commits, closes
 /// the stores and leaves the group. Returns an error when it cannot go on.
 pub fn run(config: Arc<Config>, shared: Arc<Shared>, runtime: tokio::runtime::Handle) -> anyhow::Result<()> {
+    // Held until the process ends: no other process uses this state directory, nor its instance ID.
+    let instance = Instance::claim(&config)?;
+    let transactional_id = kafka::transactional_id(&config.kafka, &instance.id);
     let Some(partitions) = prepare_topics(&config, &shared, &runtime)? else { return Ok(()) };
     shared.health.lock().expect("health lock").input_partitions = partitions;
     let metrics = Arc::clone(&shared.metrics);
     metrics.register_workflow_types(config.workflows.iter().map(|w| w.workflow_type.as_str()));
-    let committer = Committer::new(Arc::clone(&config), Arc::clone(&metrics))?;
+    let committer = Committer::new(Arc::clone(&config), Arc::clone(&metrics), &transactional_id)?;
     let restorer = Restorer::new(Arc::clone(&config), metrics)?;
     let engine = Arc::new(Mutex::new(Engine {
         config: Arc::clone(&config),
@@ -622,8 +688,10 @@ pub fn run(config: Arc<Config>, shared: Arc<Shared>, runtime: tokio::runtime::Ha
         parked: BTreeMap::new(),
         stops: HashMap::new(),
         committer,
+        transactional_id: transactional_id.clone(),
         restorer,
         failure: None,
+        stopping_on_error: false,
     }));
     let consumer: BaseConsumer<Callbacks> = kafka::consumer_config(&config.kafka)
         .create_with_context(Callbacks {
@@ -638,6 +706,8 @@ pub fn run(config: Arc<Config>, shared: Arc<Shared>, runtime: tokio::runtime::Ha
         input = %config.kafka.input_topic,
         partitions,
         guarantee = config.kafka.processing_guarantee.as_str(),
+        instance_id = %instance.id,
+        transactional_id = if config.kafka.processing_guarantee == Guarantee::ExactlyOnce { transactional_id.as_str() } else { "" },
         "junction is running"
     );
 

@@ -34,6 +34,8 @@ const RESTORE_BATCH: usize = 10_000;
 const RESTORE_BATCH_STATES: usize = RESTORE_BATCH / 2;
 /// Writes waiting for a writer thread: reading stops when it is this far ahead.
 const WRITES_QUEUED: usize = 2;
+/// How often a partition waiting for a transaction on its changelog looks again.
+const WAITING_RECHECK: Duration = Duration::from_millis(500);
 /// Threads writing restored batches (each partition's on one of them).
 const WRITER_THREADS: usize = 2;
 
@@ -58,6 +60,9 @@ struct Restoring {
     next: i64,
     records: u64,
     started: Instant,
+    /// Since when it has been at the end of the committed records while a
+    /// transaction is still open beyond them, and when that was last checked.
+    waiting: Option<(Instant, Instant)>,
 }
 
 /// A partition whose last write is with a writer thread.
@@ -143,6 +148,8 @@ pub struct Restorer {
     metrics: Arc<Metrics>,
     topic: String,
     consumer: BaseConsumer,
+    /// Reads the changelog's high watermarks, open transactions included.
+    ends: BaseConsumer,
     active: HashMap<i32, Restoring>,
     finishing: HashMap<i32, Finishing>,
     writer: Writer,
@@ -155,6 +162,8 @@ impl Restorer {
     pub fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> Result<Restorer, RestoreError> {
         let consumer: BaseConsumer =
             kafka::restore_consumer_config(&config.kafka).create().map_err(RestoreError::Consumer)?;
+        let ends: BaseConsumer =
+            kafka::changelog_ends_config(&config.kafka).create().map_err(RestoreError::Consumer)?;
         let topic = config.kafka.changelog_topic();
         let memory = StoreMemory::new(config.state.memory_bytes as usize, config.state.write_buffer_bytes as usize);
         let writer = Writer::start(WRITER_THREADS).map_err(RestoreError::Thread)?;
@@ -163,6 +172,7 @@ impl Restorer {
             metrics,
             topic,
             consumer,
+            ends,
             active: HashMap::new(),
             finishing: HashMap::new(),
             writer,
@@ -183,10 +193,13 @@ impl Restorer {
     /// and starts restoring it. Returns the store and, when it is already up
     /// to date (nothing to restore), its number of open workflows.
     pub fn open(&mut self, partition: i32, dir: &Path) -> Result<(Arc<Store>, Option<i64>), RestoreError> {
+        // The committed records end at `high` (the last stable offset); an
+        // open transaction's go on to `all`.
         let (low, high) = self
             .consumer
             .fetch_watermarks(&self.topic, partition, WATERMARK_TIMEOUT)
             .map_err(self.kafka_error(partition))?;
+        let all = self.uncommitted_end(partition)?;
         // The verifying read counts the open workflows on the way.
         let mut open = 0;
         let opened = Store::open(dir, &self.memory)
@@ -217,7 +230,7 @@ impl Restorer {
         }
         let from = store.checkpoint()?.unwrap_or(low);
         let store = Arc::new(store);
-        if from >= high {
+        if from >= all {
             info!(partition, checkpoint = from, "state store is up to date");
             return Ok((store, Some(open)));
         }
@@ -235,6 +248,7 @@ impl Restorer {
                 next: from,
                 records: 0,
                 started: Instant::now(),
+                waiting: None,
             },
         );
         Ok((store, None))
@@ -263,6 +277,17 @@ impl Restorer {
         let deadline = Instant::now() + budget;
         let mut restored = Restored::default();
         self.collect_written(&mut restored, Duration::ZERO);
+        // A partition waiting for a transaction to end learns of it from
+        // the next end of partition; this looks again in case none comes.
+        let recheck: Vec<i32> = self
+            .active
+            .iter()
+            .filter(|(_, r)| r.waiting.is_some_and(|(_, checked)| checked.elapsed() >= WAITING_RECHECK))
+            .map(|(p, _)| *p)
+            .collect();
+        for partition in recheck {
+            self.at_committed_end(partition);
+        }
         while !self.active.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
             let Some(polled) = self.consumer.poll(left) else { break };
@@ -309,26 +334,7 @@ impl Restorer {
                         self.writer.write(write);
                     }
                 }
-                Err(KafkaError::PartitionEOF(partition)) => {
-                    let Some(mut r) = self.active.remove(&partition) else { continue };
-                    let mut batch = std::mem::take(&mut r.batch);
-                    // The end may lie past the last record (a transaction marker): restart from the end.
-                    let position = self.consumer.position().ok();
-                    let end = match position
-                        .as_ref()
-                        .and_then(|p| p.find_partition(&self.topic, partition))
-                        .map(|e| e.offset())
-                    {
-                        Some(Offset::Offset(o)) => o.max(r.next),
-                        _ => r.next,
-                    };
-                    batch.set_checkpoint(end);
-                    self.unassign(partition);
-                    self.writer.write(Write { partition, generation: r.generation, store: r.store, batch, last: true });
-                    let finishing =
-                        Finishing { generation: r.generation, records: r.records, checkpoint: end, started: r.started };
-                    self.finishing.insert(partition, finishing);
-                }
+                Err(KafkaError::PartitionEOF(partition)) => self.at_committed_end(partition),
                 Err(e) => warn!(error = %e, "changelog consumer error while restoring"),
             }
             if Instant::now() >= deadline {
@@ -339,6 +345,63 @@ impl Restorer {
             self.collect_written(&mut restored, deadline.saturating_duration_since(Instant::now()));
         }
         restored
+    }
+
+    /// The end of a changelog partition, records of open transactions included.
+    fn uncommitted_end(&self, partition: i32) -> Result<i64, RestoreError> {
+        let (_, end) =
+            self.ends.fetch_watermarks(&self.topic, partition, WATERMARK_TIMEOUT).map_err(self.kafka_error(partition))?;
+        Ok(end)
+    }
+
+    /// The restore consumer has read every committed record of `partition`
+    /// (its position is past the last one and its markers). The store is
+    /// restored if no transaction is open beyond them: an open one may yet
+    /// commit (its instance was only paused), and its records and input
+    /// offsets with it. Until it commits or aborts, the partition waits.
+    fn at_committed_end(&mut self, partition: i32) {
+        let position = self.consumer.position().ok().and_then(|p| {
+            match p.find_partition(&self.topic, partition).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => Some(o),
+                _ => None,
+            }
+        });
+        let all = self.uncommitted_end(partition);
+        let Some(r) = self.active.get_mut(&partition) else { return };
+        let end = position.unwrap_or(r.next).max(r.next);
+        let now = Instant::now();
+        match all {
+            Ok(all) if end >= all => {}
+            Ok(all) => {
+                if r.waiting.is_none() {
+                    info!(
+                        partition,
+                        committed_end = end,
+                        end = all,
+                        "a transaction is open on the changelog partition; the store counts as restored once it \
+                         commits or aborts"
+                    );
+                }
+                r.waiting = Some((r.waiting.map_or(now, |(since, _)| since), now));
+                return;
+            }
+            Err(e) => {
+                warn!(partition, error = %e, "cannot read the changelog's end; trying again");
+                r.waiting = Some((r.waiting.map_or(now, |(since, _)| since), now));
+                return;
+            }
+        }
+        let Some(mut r) = self.active.remove(&partition) else { return };
+        if let Some((since, _)) = r.waiting {
+            info!(partition, waited_s = since.elapsed().as_secs_f64(), "the transaction on the changelog partition ended");
+        }
+        let mut batch = std::mem::take(&mut r.batch);
+        // The end may lie past the last record (a transaction marker): the next restore starts there.
+        batch.set_checkpoint(end);
+        self.unassign(partition);
+        self.writer.write(Write { partition, generation: r.generation, store: r.store, batch, last: true });
+        let finishing = Finishing { generation: r.generation, records: r.records, checkpoint: end, started: r.started };
+        self.finishing.insert(partition, finishing);
     }
 
     /// Takes the writer threads' reports, waiting up to `wait` for the first.

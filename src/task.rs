@@ -118,6 +118,17 @@ impl Task {
             || !self.spent_timers.is_empty()
     }
 
+    /// Whether the next commit has an input offset for this partition.
+    pub fn has_offset(&self) -> bool {
+        self.next_offset.is_some()
+    }
+
+    /// Has the next commit commit `offset` (where the input was already
+    /// committed up to) when no record was processed since the last one.
+    pub fn cover_offset(&mut self, offset: i64) {
+        self.next_offset.get_or_insert(offset);
+    }
+
     /// Processes one record. On a store error the record counts as not
     /// processed: its offset is not committed.
     pub fn process(&mut self, record: &InputRecord<'_>, now_ms: i64) -> Result<(), StoreError> {

@@ -76,7 +76,11 @@ impl Load {
 
 impl Drop for Load {
     fn drop(&mut self) {
+        // Joined, so that a failing test's broker, which the thread shares, is stopped with the test.
         self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 

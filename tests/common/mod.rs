@@ -63,6 +63,22 @@ fn nisshi_binary() -> PathBuf {
     p
 }
 
+/// Has the process that `command` starts killed when the thread that
+/// starts it (the test) ends, however it ends: no broker or junction
+/// outlives its test, even one whose test failed while another thread held it.
+fn dies_with_the_test(command: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe, as what runs between fork and exec must be.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
 /// The script that formats and runs an Apache Kafka broker.
 fn kafka_launcher() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka/broker.sh")
@@ -258,7 +274,7 @@ impl Broker {
         if let Some(scram) = &self.scram {
             command.env("JUNCTION_BROKER_SCRAM", scram);
         }
-        command.spawn().expect("start the Apache Kafka broker (scripts/kafka/broker.sh)")
+        dies_with_the_test(&mut command).spawn().expect("start the Apache Kafka broker (scripts/kafka/broker.sh)")
     }
 
     /// The broker's log, to read when a test fails.
@@ -421,7 +437,8 @@ fn spawn_nisshi(port: u16, dir: &Path, storage: Storage) -> Child {
         // Relative to the broker's working directory.
         Storage::Durable => "sqlite://broker.db",
     };
-    Command::new(nisshi_binary())
+    let mut command = Command::new(nisshi_binary());
+    dies_with_the_test(&mut command)
         .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", engine])
         .current_dir(dir)
         .stdout(log.try_clone().unwrap())
@@ -533,9 +550,18 @@ impl Reader {
         &self.records
     }
 
+    /// Reads what arrives within `wait`, and then whatever else is already
+    /// there (up to a batch), so that the callers' checks run once a batch.
     fn poll(&mut self, wait: Duration) {
-        if let Some(m) = self.consumer.poll(wait) {
+        let mut next = self.consumer.poll(wait);
+        let mut read = 0;
+        while let Some(m) = next {
             self.records.push(Record::from_message(&m.unwrap()));
+            read += 1;
+            if read == 10_000 {
+                break;
+            }
+            next = self.consumer.poll(Duration::ZERO);
         }
     }
 
@@ -797,7 +823,7 @@ impl Junction {
                 c
             }
         };
-        let child = command
+        let child = dies_with_the_test(&mut command)
             .args(["run", "--config"])
             .arg(&self.config)
             // JUNCTION_TEST_LOG, e.g. "debug", when a failing test needs more of junction's log.
@@ -814,8 +840,8 @@ impl Junction {
     /// `kill -9`: no chance to commit or close anything.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
-            c.kill().unwrap();
-            c.wait().unwrap();
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 
