@@ -354,7 +354,7 @@ fn pass_through(broker: &Broker, setup: &Setup, round: usize, n: usize) -> Durat
         .create()
         .unwrap();
     let producer: ThreadedProducer<DefaultProducerContext> =
-        junction::kafka::producer_config(&config.kafka).create().unwrap();
+        junction::kafka::producer_config(&config.kafka, "pass-through").create().unwrap();
     consumer.subscribe(&[&setup.input]).unwrap();
     let mut offsets: HashMap<i32, i64> = HashMap::new();
     let mut seen = 0;

@@ -829,6 +829,17 @@ deadline = "15m"
     }
 
     #[test]
+    fn the_consumer_group_protocol_refuses_what_its_broker_sets() {
+        let text = MINIMAL.to_string()
+            + "\n[kafka.properties]\n\"group.protocol\" = \"consumer\"\n\"session.timeout.ms\" = \"6000\"\n";
+        let shown = parse_with(&text, &[]).unwrap_err().to_string();
+        assert!(shown.contains("kafka.properties.session.timeout.ms"), "{shown}");
+        assert!(shown.contains("group.consumer.session.timeout.ms"), "{shown}");
+        let classic = MINIMAL.to_string() + "\n[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n";
+        assert!(parse_with(&classic, &[]).is_ok());
+    }
+
+    #[test]
     fn managed_client_properties_are_refused() {
         let text = MINIMAL.to_string() + "\n[kafka.properties]\n\"enable.auto.commit\" = true\n";
         let shown = parse_with(&text, &[]).unwrap_err().to_string();

@@ -52,8 +52,13 @@ impl Instance {
         let dir = config.state.dir.join(&config.kafka.application_id);
         let io = |source| InstanceError::Io { dir: dir.clone(), source };
         std::fs::create_dir_all(&dir).map_err(io)?;
-        let mut lock =
-            File::options().create(true).read(true).write(true).truncate(false).open(dir.join(LOCK_FILE)).map_err(io)?;
+        let mut lock = File::options()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(false)
+            .open(dir.join(LOCK_FILE))
+            .map_err(io)?;
         // SAFETY: flock takes the descriptor of a file this function owns.
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let error = std::io::Error::last_os_error();
@@ -106,8 +111,7 @@ fn host_name() -> String {
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_default();
-    let host: String =
-        host.trim().chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(64).collect();
+    let host: String = host.trim().chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(64).collect();
     if host.is_empty() {
         "junction".into()
     } else {

@@ -158,7 +158,8 @@ pub fn committed_offset<C: ConsumerContext>(
         return Ok(o);
     }
     let (low, high) = consumer.fetch_watermarks(topic, partition, ADMIN_TIMEOUT)?;
-    let from_end = matches!(config.properties.get("auto.offset.reset").map(String::as_str), Some("latest" | "largest" | "end"));
+    let from_end =
+        matches!(config.properties.get("auto.offset.reset").map(String::as_str), Some("latest" | "largest" | "end"));
     Ok(if from_end { high } else { low })
 }
 

@@ -349,8 +349,10 @@ impl Restorer {
 
     /// The end of a changelog partition, records of open transactions included.
     fn uncommitted_end(&self, partition: i32) -> Result<i64, RestoreError> {
-        let (_, end) =
-            self.ends.fetch_watermarks(&self.topic, partition, WATERMARK_TIMEOUT).map_err(self.kafka_error(partition))?;
+        let (_, end) = self
+            .ends
+            .fetch_watermarks(&self.topic, partition, WATERMARK_TIMEOUT)
+            .map_err(self.kafka_error(partition))?;
         Ok(end)
     }
 
@@ -393,7 +395,11 @@ impl Restorer {
         }
         let Some(mut r) = self.active.remove(&partition) else { return };
         if let Some((since, _)) = r.waiting {
-            info!(partition, waited_s = since.elapsed().as_secs_f64(), "the transaction on the changelog partition ended");
+            info!(
+                partition,
+                waited_s = since.elapsed().as_secs_f64(),
+                "the transaction on the changelog partition ended"
+            );
         }
         let mut batch = std::mem::take(&mut r.batch);
         // The end may lie past the last record (a transaction marker): the next restore starts there.

@@ -12,9 +12,7 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use common::*;
@@ -22,66 +20,10 @@ use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
 use serde_json::Value;
 
-const STEPS: [&str; 3] = ["payment", "inventory", "fraud_check"];
-
 fn exactly_once(broker: &Broker, partitions: i32) -> Setup {
     let mut setup = Setup::new(broker, partitions);
     setup.guarantee = "exactly_once";
     setup
-}
-
-/// A steady load on the input topic until stopped: windows of 50 order
-/// workflows, their steps interleaved, 5% of them failing a step, and one
-/// bad record per window.
-struct Load {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<(usize, usize)>>,
-}
-
-impl Load {
-    fn start(broker: &Arc<Broker>, topic: &str, prefix: &str) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (broker, stop, topic, prefix) = (Arc::clone(broker), Arc::clone(&stop), topic.to_string(), prefix.to_string());
-            std::thread::spawn(move || {
-                let (mut workflows, mut bad) = (0, 0);
-                while !stop.load(Ordering::SeqCst) {
-                    let mut records: Vec<RawRecord> = Vec::new();
-                    for step in STEPS {
-                        for w in workflows..workflows + 50 {
-                            let id = format!("{prefix}-{w}");
-                            let status = if w % 20 == 7 && step == "inventory" { "failed" } else { "succeeded" };
-                            let e = event(&id, "order", step, status, Some(&format!("{id}-{step}")));
-                            records.push((Some(id.into_bytes()), Some(serde_json::to_vec(&e).unwrap())));
-                        }
-                    }
-                    records.push((Some(format!("{prefix}-bad-{bad}").into_bytes()), Some(b"{not json".to_vec())));
-                    broker.produce(&topic, &records);
-                    workflows += 50;
-                    bad += 1;
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                (workflows, bad)
-            })
-        };
-        Load { stop, thread: Some(thread) }
-    }
-
-    /// Stops the load; returns the workflows and bad records it produced.
-    fn finish(mut self) -> (usize, usize) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.thread.take().unwrap().join().unwrap()
-    }
-}
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        // Joined, so that a failing test's broker, which the thread shares, is stopped with the test.
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
 }
 
 /// What a `read_committed` reader saw: every one of `workflows` decided
@@ -113,21 +55,30 @@ fn assert_exactly_once(broker: &Broker, setup: &Setup, prefix: &str, workflows: 
         .collect();
     assert_eq!(dead.len(), bad, "dead letters seen by a read_committed reader");
     assert_eq!(sources.len(), bad, "each bad record dead-lettered once");
-    println!("exactly once: {workflows} workflows, {} outcome records, 0 repeats, 0 lost; {bad} dead letters", records.len());
+    println!(
+        "exactly once: {workflows} workflows, {} outcome records, 0 repeats, 0 lost; {bad} dead letters",
+        records.len()
+    );
 }
 
 /// The partitions an instance holds, as `/readyz` lists them.
 fn assigned(j: &Junction) -> Vec<i32> {
     let body = j.get("/readyz").map(|(_, b)| b).unwrap_or_default();
     let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-    v["assigned"].as_array().map(|a| a.iter().filter_map(|p| p.as_i64().map(|p| p as i32)).collect()).unwrap_or_default()
+    v["assigned"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| p.as_i64().map(|p| p as i32)).collect())
+        .unwrap_or_default()
 }
 
 /// The partitions an instance is restoring, as `/readyz` lists them.
 fn restoring(j: &Junction) -> Vec<i32> {
     let body = j.get("/readyz").map(|(_, b)| b).unwrap_or_default();
     let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-    v["restoring"].as_array().map(|a| a.iter().filter_map(|p| p.as_i64().map(|p| p as i32)).collect()).unwrap_or_default()
+    v["restoring"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| p.as_i64().map(|p| p as i32)).collect())
+        .unwrap_or_default()
 }
 
 fn assert_no_panic(j: &Junction, name: &str) {
@@ -200,10 +151,8 @@ fn a_frozen_instance_is_fenced_and_nothing_it_writes_becomes_visible() {
     }
     assert_no_panic(&a, "a");
     assert_no_panic(&b, "b");
-    let stores: Vec<_> = [&a, &b]
-        .iter()
-        .flat_map(|j| assigned(j).into_iter().map(|p| (j.state_dir.clone(), p)))
-        .collect();
+    let stores: Vec<_> =
+        [&a, &b].iter().flat_map(|j| assigned(j).into_iter().map(|p| (j.state_dir.clone(), p))).collect();
     assert!(b.terminate());
     a.terminate();
     assert_stores_match_the_committed_changelog(&broker, &setup, &stores);
@@ -245,7 +194,11 @@ fn an_aborted_transaction_is_redone_and_the_next_commit_is_not_mistaken_for_a_fa
     assert!(junction.is_running(), "an aborted transaction does not stop junction");
     assert_no_panic(&junction, "j");
     assert!(junction.terminate());
-    assert_stores_match_the_committed_changelog(&broker, &setup, &[(junction.state_dir.clone(), 0), (junction.state_dir.clone(), 1)]);
+    assert_stores_match_the_committed_changelog(
+        &broker,
+        &setup,
+        &[(junction.state_dir.clone(), 0), (junction.state_dir.clone(), 1)],
+    );
 }
 
 #[test]
@@ -282,7 +235,10 @@ fn a_store_is_not_restored_while_a_transaction_on_its_changelog_is_open() {
         }
         let (held, restoring) = (assigned(&b), restoring(&b));
         for p in open.iter().filter(|p| held.contains(p)) {
-            assert!(restoring.contains(p), "b counts partition {p} restored while a transaction on its changelog is open");
+            assert!(
+                restoring.contains(p),
+                "b counts partition {p} restored while a transaction on its changelog is open"
+            );
             checked_while_open += 1;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -373,7 +329,9 @@ fn a_thawed_instance_does_not_fire_the_deadlines_its_successor_fired() {
     let requests: Vec<Value> = ids.iter().map(|id| event(id, "callback", "request", "succeeded", None)).collect();
     broker.produce_events(&setup.input, &requests);
     let changelog = format!("{}-state-changelog", setup.app);
-    wait_until("a to commit the open workflows", || read_to_end(&broker, &changelog, "read_committed").len() >= ids.len());
+    wait_until("a to commit the open workflows", || {
+        read_to_end(&broker, &changelog, "read_committed").len() >= ids.len()
+    });
     // Frozen between transactions, before the deadlines: b takes a's
     // partition and fires them.
     a.freeze();

@@ -88,7 +88,10 @@ fn a_joining_instance_moves_only_some_partitions(group_protocol: &'static str) {
         let p = junction::http::murmur2_partition(r.key.as_deref().unwrap_or_default(), PARTITIONS);
         by_partition.entry(p).or_default().push(r.timestamp_ms);
     }
-    println!("rebalance ({group_protocol} protocol): the second instance started at +0 ms and was ready at +{} ms", ready_ms - joined_ms);
+    println!(
+        "rebalance ({group_protocol} protocol): the second instance started at +0 ms and was ready at +{} ms",
+        ready_ms - joined_ms
+    );
     for (p, mut ts) in by_partition {
         ts.sort_unstable();
         let window: Vec<i64> = ts.into_iter().filter(|t| *t >= joined_ms - 1_000 && *t <= ready_ms + 3_000).collect();

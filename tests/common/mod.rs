@@ -15,6 +15,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -1094,16 +1095,81 @@ pub fn assert_stores_match_the_committed_changelog(broker: &Broker, setup: &Setu
         let path = dir.join(&setup.app).join(partition.to_string());
         let store = junction::store::Store::open(&path, &memory).unwrap();
         let mut held: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
-        store.for_each_state(|id, state| {
-            held.insert(id.to_vec(), state.to_vec());
-        })
-        .unwrap();
+        store
+            .for_each_state(|id, state| {
+                held.insert(id.to_vec(), state.to_vec());
+            })
+            .unwrap();
         for ((p, id), value) in last.iter().filter(|((p, _), _)| p == partition) {
             let name = String::from_utf8_lossy(id);
-            assert_eq!(held.get(id), value.as_ref(), "partition {p}: the store at {} and the committed changelog differ on {name}", path.display());
+            assert_eq!(
+                held.get(id),
+                value.as_ref(),
+                "partition {p}: the store at {} and the committed changelog differ on {name}",
+                path.display()
+            );
         }
         for id in held.keys() {
-            assert!(last.contains_key(&(*partition, id.clone())), "partition {partition}: the store holds {}, which no committed changelog record has", String::from_utf8_lossy(id));
+            assert!(
+                last.contains_key(&(*partition, id.clone())),
+                "partition {partition}: the store holds {}, which no committed changelog record has",
+                String::from_utf8_lossy(id)
+            );
+        }
+    }
+}
+
+/// A steady load on the input topic until stopped: windows of 50 order
+/// workflows, their steps interleaved, 5% of them failing a step, and one
+/// bad record per window.
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<(usize, usize)>>,
+}
+
+impl Load {
+    pub fn start(broker: &Arc<Broker>, topic: &str, prefix: &str) -> Load {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let (broker, stop, topic, prefix) =
+                (Arc::clone(broker), Arc::clone(&stop), topic.to_string(), prefix.to_string());
+            std::thread::spawn(move || {
+                let (mut workflows, mut bad) = (0, 0);
+                while !stop.load(Ordering::SeqCst) {
+                    let mut records: Vec<RawRecord> = Vec::new();
+                    for step in ["payment", "inventory", "fraud_check"] {
+                        for w in workflows..workflows + 50 {
+                            let id = format!("{prefix}-{w}");
+                            let status = if w % 20 == 7 && step == "inventory" { "failed" } else { "succeeded" };
+                            let e = event(&id, "order", step, status, Some(&format!("{id}-{step}")));
+                            records.push((Some(id.into_bytes()), Some(serde_json::to_vec(&e).unwrap())));
+                        }
+                    }
+                    records.push((Some(format!("{prefix}-bad-{bad}").into_bytes()), Some(b"{not json".to_vec())));
+                    broker.produce(&topic, &records);
+                    workflows += 50;
+                    bad += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                (workflows, bad)
+            })
+        };
+        Load { stop, thread: Some(thread) }
+    }
+
+    /// Stops the load; returns the workflows and bad records it produced.
+    pub fn finish(mut self) -> (usize, usize) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        // Joined, so that a failing test's broker, which the thread shares, is stopped with the test.
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 }
