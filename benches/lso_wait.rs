@@ -12,6 +12,10 @@
 //!    10 s by default, so the abort comes 10 to 20 s after the transaction began);
 //! 2. **the instance restarts on its state directory**: it gets its instance
 //!    ID back, and its producer's initialisation aborts the transaction at once.
+//!    Its partitions come back once the group has rebalanced, which waits for
+//!    the dead member's session to time out, unless the instance is a static
+//!    member (`group.instance.id` in `kafka.properties`, KIP-345): then it
+//!    takes its old place, and its partitions, at once; measured as a third case.
 //!
 //! For each: the wait until every output partition's last stable offset has
 //! passed the records written before the kill ("readers unblocked"), and until
@@ -32,10 +36,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
-use serde_json::Value;
 
 const PARTITIONS: i32 = 4;
 /// The harness's session timeout (`session.timeout.ms` in `Setup::config_text`).
@@ -51,14 +51,19 @@ fn main() {
         None => report.push((what.to_string(), vec![seconds])),
     };
     for run in 1..=runs {
-        let (unblocked, first) = after_a_kill(full, false);
+        let (unblocked, first) = after_a_kill(full, None);
         eprintln!("lso_wait: run {run}, a peer takes over: readers unblocked after {unblocked:.1} s, first new outcome of the dead instance's partitions after {first:.1} s");
         add("a peer takes over: readers unblocked", unblocked);
         add("a peer takes over: first outcome of the dead instance's partitions", first);
-        let (unblocked, first) = after_a_kill(full, true);
-        eprintln!("lso_wait: run {run}, a restart on the same state directory: readers unblocked after {unblocked:.1} s, first new outcome after {first:.1} s");
-        add("a restart on the same state directory: readers unblocked", unblocked);
-        add("a restart on the same state directory: first outcome of its partitions", first);
+        for (case, membership) in [
+            ("a restart on the same state directory", Membership::Dynamic),
+            ("the same, a static member", Membership::Static),
+        ] {
+            let (unblocked, first) = after_a_kill(full, Some(membership));
+            eprintln!("lso_wait: run {run}, {case}: readers unblocked after {unblocked:.1} s, first new outcome after {first:.1} s");
+            add(&format!("{case}: readers unblocked"), unblocked);
+            add(&format!("{case}: first outcome of its partitions"), first);
+        }
     }
     println!(
         "\n## read_committed waits after kill -9 under exactly_once{}",
@@ -82,11 +87,20 @@ fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
 }
 
+/// How a restarted instance rejoins its group.
+#[derive(Clone, Copy, PartialEq)]
+enum Membership {
+    /// As a new member: the group waits for the old one's session to time out.
+    Dynamic,
+    /// As the same static member (`group.instance.id`).
+    Static,
+}
+
 /// Kills an instance under load in the middle of a transaction, then has a
-/// peer take over (`restart` false) or restarts it (`restart` true).
+/// peer take over (`restart` None) or restarts it as `restart` says.
 /// Returns the seconds from the kill until readers are unblocked, and until
 /// the first outcome decided after the kill on its partitions is read.
-fn after_a_kill(full: bool, restart: bool) -> (f64, f64) {
+fn after_a_kill(full: bool, restart: Option<Membership>) -> (f64, f64) {
     // The broker's default look for timed-out transactions, in a full run.
     let broker = Arc::new(if full {
         Broker::kafka_with(&["transaction.abort.timed.out.transaction.cleanup.interval.ms=10000"])
@@ -95,16 +109,19 @@ fn after_a_kill(full: bool, restart: bool) -> (f64, f64) {
     });
     let mut setup = Setup::new(&broker, PARTITIONS);
     setup.guarantee = "exactly_once";
+    if restart == Some(Membership::Static) {
+        setup.properties.push(("group.instance.id".into(), "lso-static".into()));
+    }
     let changelog = format!("{}-state-changelog", setup.app);
     let work = tempfile::tempdir().unwrap();
     let mut dying = Junction::start(&setup, work.path(), "dying");
-    let mut peer = (!restart).then(|| Junction::start(&setup, work.path(), "peer"));
+    let mut peer = restart.is_none().then(|| Junction::start(&setup, work.path(), "peer"));
     dying.wait_ready();
     if let Some(peer) = &mut peer {
         peer.wait_ready();
-        wait_until("the partitions shared", || !assigned(&dying).is_empty() && !assigned(peer).is_empty());
+        wait_until("the partitions shared", || !dying.assigned().is_empty() && !peer.assigned().is_empty());
     }
-    let partitions: HashSet<i32> = assigned(&dying).into_iter().collect();
+    let partitions: HashSet<i32> = dying.assigned().into_iter().collect();
     let load = Load::start(&broker, &setup.input, "lso");
     broker.reader(&setup.output).read_until("outcomes under load", |r| r.len() >= 1_000);
 
@@ -114,7 +131,7 @@ fn after_a_kill(full: bool, restart: bool) -> (f64, f64) {
     let killed = Instant::now();
     let killed_ms = now_ms();
     dying.kill();
-    if restart {
+    if restart.is_some() {
         dying.start_again();
     }
 
@@ -137,49 +154,27 @@ fn after_a_kill(full: bool, restart: bool) -> (f64, f64) {
     (unblocked.unwrap(), first.unwrap())
 }
 
-fn assigned(j: &Junction) -> Vec<i32> {
-    let body = j.get("/readyz").map(|(_, b)| b).unwrap_or_default();
-    let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-    v["assigned"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|p| p.as_i64().map(|p| p as i32)).collect())
-        .unwrap_or_default()
-}
-
 /// A `read_committed` reader of the output that looks for an outcome sent
 /// after `after_ms`, of a workflow from given input partitions.
 struct DecidedAfter {
-    consumer: BaseConsumer,
+    reader: Reader,
+    seen: usize,
     after_ms: i64,
 }
 
 fn decided_after(broker: &Broker, topic: &str, after_ms: i64) -> DecidedAfter {
-    let consumer: BaseConsumer = broker
-        .client_config()
-        .set("group.id", unique("lso-reader"))
-        .set("isolation.level", "read_committed")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..broker.partition_count(topic) as i32 {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
-    DecidedAfter { consumer, after_ms }
+    DecidedAfter { reader: broker.reader(topic), seen: 0, after_ms }
 }
 
 impl DecidedAfter {
-    /// Reads for up to 50 ms; whether an outcome of `partitions` sent after the kill came.
+    /// Reads for 50 ms; whether an outcome of `partitions` sent after the kill came.
     fn next_on(&mut self, partitions: &HashSet<i32>) -> bool {
-        let until = Instant::now() + Duration::from_millis(50);
-        while Instant::now() < until {
-            let Some(Ok(m)) = self.consumer.poll(Duration::from_millis(10)) else { continue };
-            let from = junction::http::murmur2_partition(m.key().unwrap_or_default(), PARTITIONS as usize);
-            if m.timestamp().to_millis().unwrap_or(0) > self.after_ms && partitions.contains(&from) {
-                return true;
-            }
-        }
-        false
+        let records = self.reader.read_for(Duration::from_millis(50));
+        let new = &records[self.seen..];
+        self.seen = records.len();
+        new.iter().any(|r| {
+            let from = junction::http::murmur2_partition(r.key.as_deref().unwrap_or_default(), PARTITIONS as usize);
+            r.timestamp_ms > self.after_ms && partitions.contains(&from)
+        })
     }
 }

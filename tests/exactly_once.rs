@@ -61,26 +61,6 @@ fn assert_exactly_once(broker: &Broker, setup: &Setup, prefix: &str, workflows: 
     );
 }
 
-/// The partitions an instance holds, as `/readyz` lists them.
-fn assigned(j: &Junction) -> Vec<i32> {
-    let body = j.get("/readyz").map(|(_, b)| b).unwrap_or_default();
-    let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-    v["assigned"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|p| p.as_i64().map(|p| p as i32)).collect())
-        .unwrap_or_default()
-}
-
-/// The partitions an instance is restoring, as `/readyz` lists them.
-fn restoring(j: &Junction) -> Vec<i32> {
-    let body = j.get("/readyz").map(|(_, b)| b).unwrap_or_default();
-    let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-    v["restoring"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|p| p.as_i64().map(|p| p as i32)).collect())
-        .unwrap_or_default()
-}
-
 fn assert_no_panic(j: &Junction, name: &str) {
     let log = j.logs();
     assert!(!log.contains("panicked"), "{name}'s log holds a panic:\n{log}");
@@ -123,7 +103,7 @@ fn a_frozen_instance_is_fenced_and_nothing_it_writes_becomes_visible() {
     let mut a = Junction::start(&setup, work.path(), "a");
     let mut b = Junction::start(&setup, work.path(), "b");
     wait_until("the partitions shared between a and b", || {
-        let (pa, pb) = (assigned(&a), assigned(&b));
+        let (pa, pb) = (a.assigned(), b.assigned());
         !pa.is_empty() && !pb.is_empty() && pa.len() + pb.len() == 4
     });
     a.wait_ready();
@@ -136,7 +116,7 @@ fn a_frozen_instance_is_fenced_and_nothing_it_writes_becomes_visible() {
     // Frozen past its session timeout (6 s): b takes every partition, and
     // waits for a's open transaction, which the broker aborts once it is
     // older than the transaction timeout.
-    wait_until("b to hold every partition, restored", || assigned(&b).len() == 4 && restoring(&b).is_empty());
+    wait_until("b to hold every partition, restored", || b.assigned().len() == 4 && b.restoring().is_empty());
     broker.reader(&setup.output).read_until("b's outcomes for a's partitions", |r| r.len() >= 1_000);
     a.thaw();
     std::thread::sleep(Duration::from_secs(5));
@@ -152,7 +132,7 @@ fn a_frozen_instance_is_fenced_and_nothing_it_writes_becomes_visible() {
     assert_no_panic(&a, "a");
     assert_no_panic(&b, "b");
     let stores: Vec<_> =
-        [&a, &b].iter().flat_map(|j| assigned(j).into_iter().map(|p| (j.state_dir.clone(), p))).collect();
+        [&a, &b].iter().flat_map(|j| j.assigned().into_iter().map(|p| (j.state_dir.clone(), p))).collect();
     assert!(b.terminate());
     a.terminate();
     assert_stores_match_the_committed_changelog(&broker, &setup, &stores);
@@ -233,7 +213,7 @@ fn a_store_is_not_restored_while_a_transaction_on_its_changelog_is_open() {
         if open.is_empty() {
             break;
         }
-        let (held, restoring) = (assigned(&b), restoring(&b));
+        let (held, restoring) = (b.assigned(), b.restoring());
         for p in open.iter().filter(|p| held.contains(p)) {
             assert!(
                 restoring.contains(p),
@@ -314,10 +294,10 @@ fn a_thawed_instance_does_not_fire_the_deadlines_its_successor_fired() {
     let work = tempfile::tempdir().unwrap();
     let mut a = Junction::start(&setup, work.path(), "a");
     let mut b = Junction::start(&setup, work.path(), "b");
-    wait_until("a partition each", || assigned(&a).len() == 1 && assigned(&b).len() == 1);
+    wait_until("a partition each", || a.assigned().len() == 1 && b.assigned().len() == 1);
     a.wait_ready();
     b.wait_ready();
-    let held_by_a = assigned(&a)[0];
+    let held_by_a = a.assigned()[0];
 
     // Callbacks that never come: each of these workflows times out 2 s
     // after its request, on a's partition.

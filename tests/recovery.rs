@@ -80,13 +80,8 @@ fn two_instances_share_the_partitions_and_a_survivor_finishes_everything() {
     let work = tempfile::tempdir().unwrap();
     let mut a = Junction::start(&setup, work.path(), "a");
     let mut b = Junction::start(&setup, work.path(), "b");
-    let assigned = |j: &Junction| -> Vec<i64> {
-        let body = j.get("/readyz").map(|(_, b)| b).unwrap_or_default();
-        let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-        v["assigned"].as_array().map(|a| a.iter().filter_map(Value::as_i64).collect()).unwrap_or_default()
-    };
     wait_until("the partitions shared between a and b", || {
-        let (pa, pb) = (assigned(&a), assigned(&b));
+        let (pa, pb) = (a.assigned(), b.assigned());
         !pa.is_empty() && !pb.is_empty() && pa.len() + pb.len() == 4
     });
     a.wait_ready();

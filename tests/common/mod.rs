@@ -937,6 +937,22 @@ impl Junction {
         }
     }
 
+    /// The partitions it holds, as `/readyz` lists them.
+    pub fn assigned(&self) -> Vec<i32> {
+        self.readyz_list("assigned")
+    }
+
+    /// The partitions it is restoring, as `/readyz` lists them.
+    pub fn restoring(&self) -> Vec<i32> {
+        self.readyz_list("restoring")
+    }
+
+    fn readyz_list(&self, field: &str) -> Vec<i32> {
+        let body = self.get("/readyz").map(|(_, b)| b).unwrap_or_default();
+        let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        v[field].as_array().map(|a| a.iter().filter_map(|p| p.as_i64().map(|p| p as i32)).collect()).unwrap_or_default()
+    }
+
     /// A counter's value summed over the label sets matching `filter`.
     pub fn metric(&self, name: &str, filter: &str) -> f64 {
         let (_, body) = self.get("/metrics").expect("metrics endpoint");
