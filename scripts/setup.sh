@@ -41,8 +41,10 @@ fi
 if [ ! -f "$JUNCTION_BROKER_HOME/formatted/cluster-id" ]; then
     echo "setup: fetching Apache Kafka $KAFKA_VERSION's jars into $JUNCTION_BROKER_HOME (through Maven, once)"
     rm -rf "$JUNCTION_BROKER_HOME/libs" "$JUNCTION_BROKER_HOME/formatted"
-    mvn -q -B -Dstyle.color=never -f scripts/kafka/pom.xml -Dkafka.version="$KAFKA_VERSION" -Dmaven.repo.local="$JUNCTION_CACHE/m2" \
-        dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$JUNCTION_BROKER_HOME/libs"
+    mkdir -p "$JUNCTION_BROKER_HOME"
+    mvn -B -f scripts/kafka/pom.xml -Dkafka.version="$KAFKA_VERSION" -Dmaven.repo.local="$JUNCTION_CACHE/m2" \
+        dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$JUNCTION_BROKER_HOME/libs" \
+        >"$JUNCTION_BROKER_HOME/maven.log" 2>&1 || { cat "$JUNCTION_BROKER_HOME/maven.log"; exit 1; }
     # Formatting a log directory takes a JVM start: done once here, and
     # every new broker copies the result (see scripts/kafka/broker.sh).
     template="$JUNCTION_BROKER_HOME/formatted"
