@@ -100,14 +100,7 @@ fn a_frozen_instance_is_fenced_and_nothing_it_writes_becomes_visible() {
     let broker = Arc::new(Broker::kafka());
     let setup = exactly_once(&broker, 4);
     let work = tempfile::tempdir().unwrap();
-    let mut a = Junction::start(&setup, work.path(), "a");
-    let mut b = Junction::start(&setup, work.path(), "b");
-    wait_until("the partitions shared between a and b", || {
-        let (pa, pb) = (a.assigned(), b.assigned());
-        !pa.is_empty() && !pb.is_empty() && pa.len() + pb.len() == 4
-    });
-    a.wait_ready();
-    b.wait_ready();
+    let (mut a, mut b) = Junction::start_two(&setup, work.path());
 
     let load = Load::start(&broker, &setup.input, "frozen");
     broker.reader(&setup.output).read_until("outcomes under load", |r| r.len() >= 500);
@@ -292,11 +285,7 @@ fn a_thawed_instance_does_not_fire_the_deadlines_its_successor_fired() {
     let broker = Arc::new(Broker::kafka());
     let setup = exactly_once(&broker, 2);
     let work = tempfile::tempdir().unwrap();
-    let mut a = Junction::start(&setup, work.path(), "a");
-    let mut b = Junction::start(&setup, work.path(), "b");
-    wait_until("a partition each", || a.assigned().len() == 1 && b.assigned().len() == 1);
-    a.wait_ready();
-    b.wait_ready();
+    let (a, b) = Junction::start_two(&setup, work.path());
     let held_by_a = a.assigned()[0];
 
     // Callbacks that never come: each of these workflows times out 2 s

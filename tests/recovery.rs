@@ -78,14 +78,7 @@ fn two_instances_share_the_partitions_and_a_survivor_finishes_everything() {
     let broker = Broker::start();
     let setup = Setup::new(&broker, 4);
     let work = tempfile::tempdir().unwrap();
-    let mut a = Junction::start(&setup, work.path(), "a");
-    let mut b = Junction::start(&setup, work.path(), "b");
-    wait_until("the partitions shared between a and b", || {
-        let (pa, pb) = (a.assigned(), b.assigned());
-        !pa.is_empty() && !pb.is_empty() && pa.len() + pb.len() == 4
-    });
-    a.wait_ready();
-    b.wait_ready();
+    let (mut a, mut b) = Junction::start_two(&setup, work.path());
 
     let n = 1_000;
     broker.produce_events(&setup.input, &interleaved_orders("two", n, &STEPS[..2]));

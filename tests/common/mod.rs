@@ -790,6 +790,20 @@ impl Junction {
         Junction::launch(setup, work, name, env, &work.join(format!("{name}-state")))
     }
 
+    /// Starts two instances, `a` and `b`, and waits until they share every
+    /// partition between them and both are ready.
+    pub fn start_two(setup: &Setup, work: &Path) -> (Junction, Junction) {
+        let mut a = Junction::start(setup, work, "a");
+        let mut b = Junction::start(setup, work, "b");
+        wait_until("the partitions shared between a and b", || {
+            let (pa, pb) = (a.assigned(), b.assigned());
+            !pa.is_empty() && !pb.is_empty() && pa.len() + pb.len() == setup.partitions as usize
+        });
+        a.wait_ready();
+        b.wait_ready();
+        (a, b)
+    }
+
     /// Starts junction with its state directory at `state_dir`.
     pub fn start_with_state(setup: &Setup, work: &Path, name: &str, state_dir: &Path) -> Junction {
         Junction::launch(setup, work, name, &[], state_dir)
