@@ -231,7 +231,7 @@ fn event(workflow: usize, step: &str, status: &str, occurred_ms: i64) -> (Vec<u8
     let id = format!("order-{workflow:09}");
     let value = format!(
         r#"{{"workflow_id":"{id}","workflow_type":"order","step":"{step}","status":"{status}","event_id":"{id}-{step}","occurred_at":"{}","payload":{{"amount":{}}}}}"#,
-        junction::event::format_time(occurred_ms),
+        junction::time::format_time(occurred_ms),
         workflow % 10_000
     );
     (id.into_bytes(), value.into_bytes())
@@ -243,7 +243,7 @@ impl Load {
     /// interleaved with those of its neighbours.
     fn generate(workflows: usize, window: usize) -> Load {
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-        let base = junction::processor::now_ms() - 3_600_000;
+        let base = junction::time::now_ms() - 3_600_000;
         let mut records = Vec::with_capacity(workflows * 3 + workflows / 10);
         let (mut duplicates, mut failing) = (0, 0);
         for start in (0..workflows).step_by(window) {
@@ -271,7 +271,7 @@ impl Load {
 
     /// The first step of `n` new workflows, which then stay open.
     fn first_steps(n: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let now = junction::processor::now_ms();
+        let now = junction::time::now_ms();
         (0..n).map(|w| event(100_000_000 + w, STEPS[0], "succeeded", now)).collect()
     }
 }
@@ -514,7 +514,7 @@ fn latency_phase(broker: &Broker, setup: &Setup, rate: f64, length: Duration) ->
     let workflows = (rate * length.as_secs_f64() / 3.0) as usize + 1;
     let last_sent: Arc<Vec<AtomicI64>> = Arc::new((0..workflows).map(|_| AtomicI64::new(0)).collect());
     let done = Arc::new(AtomicBool::new(false));
-    let first_counted = junction::processor::now_ms() + 1_000;
+    let first_counted = junction::time::now_ms() + 1_000;
     let reading = {
         let consumer = reader(broker, &setup.output, true);
         let (last_sent, done) = (Arc::clone(&last_sent), Arc::clone(&done));
@@ -530,7 +530,7 @@ fn latency_phase(broker: &Broker, setup: &Setup, rate: f64, length: Duration) ->
                     }
                     continue;
                 };
-                let now = junction::processor::now_ms();
+                let now = junction::time::now_ms();
                 quiet_since = Instant::now();
                 let m = m.unwrap();
                 let Some(index) = m.key().and_then(|k| k.strip_prefix(b"latency-")).and_then(parse_index) else {
@@ -564,7 +564,7 @@ fn latency_phase(broker: &Broker, setup: &Setup, rate: f64, length: Duration) ->
         }
         let id = format!("latency-{w}");
         for step in STEPS {
-            let now = junction::processor::now_ms();
+            let now = junction::time::now_ms();
             let value = format!(r#"{{"workflow_id":"{id}","workflow_type":"order","step":"{step}"}}"#);
             send_waiting(
                 &producer,

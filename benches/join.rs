@@ -7,7 +7,7 @@ use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use junction::config;
-use junction::event::decode;
+use junction::input::event::decode;
 use junction::join::{apply_event, WorkflowState};
 
 const CONFIG: &str = r#"

@@ -173,7 +173,10 @@ impl DecidedAfter {
         let new = &records[self.seen..];
         self.seen = records.len();
         new.iter().any(|r| {
-            let from = junction::http::murmur2_partition(r.key.as_deref().unwrap_or_default(), PARTITIONS as usize);
+            let from = junction::kafka::partitioner::murmur2_partition(
+                r.key.as_deref().unwrap_or_default(),
+                PARTITIONS as usize,
+            );
             r.timestamp_ms > self.after_ms && partitions.contains(&from)
         })
     }

@@ -5,11 +5,11 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use junction::codec;
-use junction::event::Status;
+use junction::input::event::Status;
+use junction::join::outcome::{Outcome, Payload};
 use junction::join::{Decision, StepState, WorkflowState};
-use junction::outcome::{Outcome, Payload};
-use junction::store::{Store, StoreBatch, StoreMemory};
+use junction::state::codec;
+use junction::state::{Store, StoreBatch, StoreMemory};
 
 /// A completed three-step workflow with event IDs and small payloads, as
 /// the end-to-end benchmark leaves them.

@@ -5,39 +5,32 @@
 //! outcome record per decision: `completed`, `failed` (with the steps to
 //! compensate), `timed_out`, and later `compensated`.
 //!
-//! The modules follow an event through the processor:
+//! `ARCHITECTURE.md`, at the top of the repository, is the map: the data
+//! path, what each folder owns and may not touch, the threads, and the
+//! invariants that the crash tests defend. The modules follow a record
+//! through the processor, in this order:
 //!
-//! - [`config`]: the TOML configuration and its environment overrides;
-//! - [`event`]: decoding a step event, or the reason it is bad input
-//!   ([`scan`] is its fast path);
+//! - [`input`]: a record becomes a step event, or bad input with its reason;
 //! - [`join`]: the pure decision, (state, event, now) → (state, outcomes);
-//! - [`outcome`]: the outcome record and its deterministic ID;
-//! - [`dead_letter`]: what a bad record becomes;
-//! - [`task`]: one partition's record cache, processing and timers;
-//! - [`codec`] and [`store`]: the state's bytes and the RocksDB store;
-//! - [`commit`]: publishing outcomes, changelog and offsets, then saving state;
-//! - [`restore`]: rebuilding a store from the changelog;
-//! - [`processor`]: the stream thread, rebalances and the commit interval;
-//! - [`kafka`]: client settings, topic preparation, delivery tracking;
-//! - [`instance`]: this process's claim on its state directory, and its ID;
-//! - [`http`] and [`metrics`]: what operators see.
+//! - [`state`]: the stores, their record cache, the changelog's bytes, and restore;
+//! - [`commit`]: each guarantee's commit protocol, one strategy each;
+//! - [`runtime`]: the stream thread, the partitions' lifecycle and rebalances;
+//! - [`kafka`]: the Kafka adapters: clients, producer, delivery tracking,
+//!   partitioner, topics;
+//! - [`ops`]: what operators see (HTTP), through a narrow view of the runtime.
 //!
-//! [`names`] holds every topic, header and reason-code name.
+//! Used by every stage: [`config`] (the TOML configuration and its
+//! environment overrides), [`names`] (every topic, header and reason-code
+//! name), [`metrics`] (every metric), and [`time`].
 
-pub mod codec;
 pub mod commit;
 pub mod config;
-pub mod dead_letter;
-pub mod event;
-pub mod http;
-pub mod instance;
+pub mod input;
 pub mod join;
 pub mod kafka;
 pub mod metrics;
 pub mod names;
-pub mod outcome;
-pub mod processor;
-pub mod restore;
-pub mod scan;
-pub mod store;
-pub mod task;
+pub mod ops;
+pub mod runtime;
+pub mod state;
+pub mod time;

@@ -11,7 +11,8 @@ use tracing::{error, info};
 
 use junction::config;
 use junction::metrics::Metrics;
-use junction::processor::{self, Shared};
+use junction::ops::view::View;
+use junction::runtime;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -110,36 +111,22 @@ fn run(config: Arc<config::Config>) -> ExitCode {
     tune_allocator();
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a tokio runtime");
-    let shared = Arc::new(Shared::new(Arc::new(Metrics::new())));
+    let view = Arc::new(View::new(Arc::new(Metrics::new())));
 
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let stream_thread = {
-        let (config, shared, handle) = (Arc::clone(&config), Arc::clone(&shared), runtime.handle().clone());
+        let (config, view, handle) = (Arc::clone(&config), Arc::clone(&view), runtime.handle().clone());
         std::thread::Builder::new()
             .name("junction-stream".into())
             .spawn(move || {
-                let result = processor::run(config, shared, handle);
+                let result = runtime::run(config, view, handle);
                 let _ = done_tx.send(());
                 result
             })
             .expect("spawn the stream thread")
     };
 
-    let http = {
-        let app = junction::http::router(Arc::clone(&shared), Arc::clone(&config));
-        let shared = Arc::clone(&shared);
-        let listen = config.http.listen;
-        runtime.spawn(async move {
-            let stop = async move {
-                while !shared.shutdown.load(Ordering::SeqCst) {
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            };
-            if let Err(e) = junction::http::serve(listen, app, stop).await {
-                error!(listen = %listen, error = %e, "the HTTP server failed");
-            }
-        })
-    };
+    let http = serve_http(&runtime, Arc::clone(&view), Arc::clone(&config));
     info!(listen = %config.http.listen, "HTTP endpoints: /metrics /healthz /readyz /workflows/{{id}}");
 
     let mut done_rx = done_rx;
@@ -152,7 +139,7 @@ fn run(config: Arc<config::Config>) -> ExitCode {
             _ = &mut done_rx => true,
         }
     });
-    shared.shutdown.store(true, Ordering::SeqCst);
+    view.shutdown.store(true, Ordering::SeqCst);
     if !stopped_by_itself
         && runtime.block_on(async { tokio::time::timeout(SHUTDOWN_BUDGET, &mut done_rx).await }).is_err()
     {
@@ -174,4 +161,24 @@ fn run(config: Arc<config::Config>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Serves the HTTP endpoints on the tokio runtime until shutdown.
+fn serve_http(
+    runtime: &tokio::runtime::Runtime,
+    view: Arc<View>,
+    config: Arc<config::Config>,
+) -> tokio::task::JoinHandle<()> {
+    let app = junction::ops::http::router(Arc::clone(&view), Arc::clone(&config));
+    let listen = config.http.listen;
+    runtime.spawn(async move {
+        let stop = async move {
+            while !view.shutdown.load(Ordering::SeqCst) {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        };
+        if let Err(e) = junction::ops::http::serve(listen, app, stop).await {
+            error!(listen = %listen, error = %e, "the HTTP server failed");
+        }
+    })
 }

@@ -7,9 +7,9 @@ use prometheus::{
     TextEncoder,
 };
 
+use crate::join::outcome::Outcome;
 use crate::join::EventResult;
 use crate::names::Reason;
-use crate::outcome::Outcome;
 
 /// Seconds, from a millisecond to an hour: commit, latency and workflow durations.
 const SECONDS_BUCKETS: &[f64] =
@@ -48,6 +48,8 @@ fn histogram(name: &str, help: &str) -> Histogram {
 }
 
 impl Metrics {
+    /// Defines and registers every metric. Long, and on purpose: one
+    /// definition per metric, name and help text together, in one place.
     pub fn new() -> Metrics {
         let events = counter(
             "junction_events_total",

@@ -5,10 +5,10 @@
 
 use std::path::Path;
 
-use junction::codec;
 use junction::config::{self, Config};
-use junction::event::decode;
+use junction::input::event::decode;
 use junction::join::WorkflowState;
+use junction::state::codec;
 use proptest::prelude::*;
 
 fn config() -> Config {

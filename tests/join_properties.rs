@@ -13,9 +13,9 @@ use std::borrow::Cow;
 use std::time::Duration;
 
 use junction::config::WorkflowSpec;
-use junction::event::{Status, StepEvent};
+use junction::input::event::{Status, StepEvent};
+use junction::join::outcome::{Outcome, OutcomeRecord};
 use junction::join::{apply_event, WorkflowState};
-use junction::outcome::{Outcome, OutcomeRecord};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]

@@ -134,9 +134,9 @@ fn damaged_stores_and_garbage_in_the_changelog_are_reported_and_rebuilt() {
     }
     // Partition 2: a checkpoint beyond the changelog's end.
     {
-        let memory = junction::store::StoreMemory::new(16 << 20, 4 << 20);
-        let store = junction::store::Store::open(&stores.join("2"), &memory).unwrap();
-        let mut batch = junction::store::StoreBatch::default();
+        let memory = junction::state::StoreMemory::new(16 << 20, 4 << 20);
+        let store = junction::state::Store::open(&stores.join("2"), &memory).unwrap();
+        let mut batch = junction::state::StoreBatch::default();
         batch.set_checkpoint(1_000_000_000);
         store.write(batch).unwrap();
         store.flush().unwrap();

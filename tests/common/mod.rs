@@ -1120,10 +1120,10 @@ pub fn assert_stores_match_the_committed_changelog(broker: &Broker, setup: &Setu
     for r in read_to_end(broker, &changelog, "read_committed") {
         last.insert((r.partition, r.key.clone().unwrap_or_default()), r.value.clone());
     }
-    let memory = junction::store::StoreMemory::new(16 << 20, 4 << 20);
+    let memory = junction::state::StoreMemory::new(16 << 20, 4 << 20);
     for (dir, partition) in stores {
         let path = dir.join(&setup.app).join(partition.to_string());
-        let store = junction::store::Store::open(&path, &memory).unwrap();
+        let store = junction::state::Store::open(&path, &memory).unwrap();
         let mut held: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
         store
             .for_each_state(|id, state| {

@@ -6,12 +6,11 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use time::format_description::well_known::Rfc3339;
-use time::OffsetDateTime;
 
-use crate::config::Config;
+use crate::config::{Config, WorkflowSpec};
+use crate::input::scan;
 use crate::names::{Reason, MAX_EVENT_ID_BYTES, MAX_WORKFLOW_ID_BYTES};
-use crate::scan;
+use crate::time::parse_time;
 
 /// A step's reported status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, Deserialize)]
@@ -92,13 +91,34 @@ struct SerdeFields<'a> {
 #[derive(Deserialize)]
 struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
 
-/// Decodes one input record. `record_timestamp_ms` stands in for a missing `occurred_at`.
+/// Decodes one input record. `record_timestamp_ms` stands in for a missing
+/// `occurred_at`. The fields are checked in this order, so that a record
+/// with several faults always gets the same reason.
 pub fn decode<'a>(
     config: &Config,
     key: Option<&'a [u8]>,
     value: Option<&'a [u8]>,
     record_timestamp_ms: i64,
 ) -> Result<StepEvent<'a>, BadInput> {
+    let fields = object_fields(config, value)?;
+    let workflow_id = workflow_id(fields.workflow_id, key)?;
+    let workflow = workflow_type(config, fields.workflow_type)?;
+    let spec = &config.workflows[workflow];
+    let step = step(spec, fields.step)?;
+    let status = status(fields.status)?;
+    let event_id = event_id(fields.event_id)?;
+    let occurred_at_ms = match optional_text(fields.occurred_at, "occurred_at")? {
+        None => record_timestamp_ms,
+        Some(t) => parse_time(&t).ok_or_else(|| {
+            BadInput::new(Reason::InvalidField, format!("`occurred_at` is {t:?}; expected an RFC 3339 time"))
+        })?,
+    };
+    let payload = payload(config, fields.payload)?;
+    Ok(StepEvent { workflow_id, workflow, step, status, event_id, occurred_at_ms, payload })
+}
+
+/// The value's fields, once it is known to be a JSON object of a size that may be read.
+fn object_fields<'a>(config: &Config, value: Option<&'a [u8]>) -> Result<scan::Fields<'a>, BadInput> {
     let value = match value {
         Some(v) if !v.is_empty() => v,
         _ => return Err(BadInput::new(Reason::EmptyValue, "the record has no value")),
@@ -116,12 +136,15 @@ pub fn decode<'a>(
             Err(e) => BadInput::new(Reason::NotJson, format!("the value is not valid JSON: {e}")),
         });
     }
-    let fields = match scan::fields(value) {
-        Some(fields) => fields,
-        None => serde_fields(value)?,
-    };
+    match scan::fields(value) {
+        Some(fields) => Ok(fields),
+        None => serde_fields(value),
+    }
+}
 
-    let workflow_id = required_text(fields.workflow_id, "workflow_id")?;
+/// `workflow_id`, which the record key must equal when there is one.
+fn workflow_id<'a>(raw: Option<&'a str>, key: Option<&[u8]>) -> Result<Cow<'a, str>, BadInput> {
+    let workflow_id = required_text(raw, "workflow_id")?;
     if workflow_id.is_empty() {
         return Err(BadInput::new(Reason::InvalidField, "`workflow_id` must not be empty"));
     }
@@ -143,55 +166,60 @@ pub fn decode<'a>(
             Err(_) => return Err(BadInput::new(Reason::KeyMismatch, "the record key is not UTF-8")),
         }
     }
+    Ok(workflow_id)
+}
 
-    let workflow = match optional_text(fields.workflow_type, "workflow_type")? {
+/// The index of the event's workflow type; it may be left out when only one is configured.
+fn workflow_type(config: &Config, raw: Option<&str>) -> Result<usize, BadInput> {
+    match optional_text(raw, "workflow_type")? {
         Some(t) => config.workflows.iter().position(|w| w.workflow_type == t).ok_or_else(|| {
             BadInput::new(Reason::UnknownWorkflowType, format!("workflow type {t:?} is not configured"))
-        })?,
-        None if config.workflows.len() == 1 => 0,
-        None => {
-            return Err(BadInput::new(
-                Reason::MissingField,
-                "`workflow_type` is required when more than one workflow type is configured",
-            ))
-        }
-    };
-    let spec = &config.workflows[workflow];
+        }),
+        None if config.workflows.len() == 1 => Ok(0),
+        None => Err(BadInput::new(
+            Reason::MissingField,
+            "`workflow_type` is required when more than one workflow type is configured",
+        )),
+    }
+}
 
-    let step_name = required_text(fields.step, "step")?;
-    let step = spec.step_index(&step_name).ok_or_else(|| {
+fn step(spec: &WorkflowSpec, raw: Option<&str>) -> Result<usize, BadInput> {
+    let step_name = required_text(raw, "step")?;
+    spec.step_index(&step_name).ok_or_else(|| {
         BadInput::new(
             Reason::UnknownStep,
             format!("step {step_name:?} is not one of {:?}'s steps {:?}", spec.workflow_type, spec.steps),
         )
-    })?;
+    })
+}
 
-    let status = match optional_text(fields.status, "status")? {
-        None => Status::Succeeded,
+fn status(raw: Option<&str>) -> Result<Status, BadInput> {
+    match optional_text(raw, "status")? {
+        None => Ok(Status::Succeeded),
         Some(s) => Status::parse(&s).ok_or_else(|| {
             BadInput::new(
                 Reason::InvalidField,
                 format!("`status` is {s:?}; expected \"succeeded\", \"failed\" or \"compensated\""),
             )
-        })?,
-    };
+        }),
+    }
+}
 
-    let event_id = optional_text(fields.event_id, "event_id")?;
+fn event_id(raw: Option<&str>) -> Result<Option<Cow<'_, str>>, BadInput> {
+    let event_id = optional_text(raw, "event_id")?;
     if let Some(id) = event_id.as_ref().filter(|id| id.len() > MAX_EVENT_ID_BYTES) {
         return Err(BadInput::new(
             Reason::InvalidField,
             format!("`event_id` is {} bytes, more than {MAX_EVENT_ID_BYTES}", id.len()),
         ));
     }
-    let occurred_at_ms = match optional_text(fields.occurred_at, "occurred_at")? {
-        None => record_timestamp_ms,
-        Some(t) => parse_time(&t).ok_or_else(|| {
-            BadInput::new(Reason::InvalidField, format!("`occurred_at` is {t:?}; expected an RFC 3339 time"))
-        })?,
-    };
-    let payload = fields.payload;
-    // The payload is kept in state and repeated in the outcome: its size is bounded.
-    if let Some(p) = payload.filter(|p| p.len() > config.state.max_payload_bytes) {
+    Ok(event_id)
+}
+
+/// The payload, kept in state and repeated in the outcome: its size is bounded.
+fn payload<'a>(config: &Config, raw: Option<&'a str>) -> Result<Option<&'a RawValue>, BadInput> {
+    let Some(p) = raw else { return Ok(None) };
+    if p.len() > config.state.max_payload_bytes {
         return Err(BadInput::new(
             Reason::PayloadTooLarge,
             format!(
@@ -201,15 +229,9 @@ pub fn decode<'a>(
             ),
         ));
     }
-    let payload = match payload {
-        None => None,
-        Some(p) => Some(
-            serde_json::from_str::<&RawValue>(p)
-                .map_err(|e| BadInput::new(Reason::NotJson, format!("`payload` is not valid JSON: {e}")))?,
-        ),
-    };
-
-    Ok(StepEvent { workflow_id, workflow, step, status, event_id, occurred_at_ms, payload })
+    serde_json::from_str::<&RawValue>(p)
+        .map(Some)
+        .map_err(|e| BadInput::new(Reason::NotJson, format!("`payload` is not valid JSON: {e}")))
 }
 
 /// The fields of an event, read by serde_json: the same as [`scan::fields`]
@@ -250,78 +272,11 @@ fn required_text<'a>(raw: Option<&'a str>, field: &str) -> Result<Cow<'a, str>, 
     optional_text(raw, field)?.ok_or_else(|| BadInput::new(Reason::MissingField, format!("`{field}` is required")))
 }
 
-/// Milliseconds since the Unix epoch of an RFC 3339 time.
-pub fn parse_time(text: &str) -> Option<i64> {
-    let t = OffsetDateTime::parse(text, &Rfc3339).ok()?;
-    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
-}
-
-/// An RFC 3339 UTC time with milliseconds, as outcome records carry it.
-/// Three per outcome record and one per step: written digit by digit, as
-/// `fmt` took a tenth of the stream thread's time.
-pub fn format_time(ms: i64) -> String {
-    let mut out = Vec::with_capacity(24);
-    write_time(&mut out, ms);
-    String::from_utf8(out).expect("ASCII digits and separators")
-}
-
-/// Appends [`format_time`]'s text to `out`.
-pub fn write_time(out: &mut Vec<u8>, ms: i64) {
-    let (year, month, day) = civil_from_days(ms.div_euclid(86_400_000));
-    if !(0..=9999).contains(&year) {
-        out.extend_from_slice(format_time_slow(ms).as_bytes());
-        return;
-    }
-    let in_day = ms.rem_euclid(86_400_000);
-    let mut text = *b"0000-00-00T00:00:00.000Z";
-    let mut put = |at: usize, width: usize, mut n: i64| {
-        for i in (at..at + width).rev() {
-            text[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-        }
-    };
-    put(0, 4, year);
-    put(5, 2, month);
-    put(8, 2, day);
-    put(11, 2, in_day / 3_600_000);
-    put(14, 2, in_day / 60_000 % 60);
-    put(17, 2, in_day / 1_000 % 60);
-    put(20, 3, in_day % 1_000);
-    out.extend_from_slice(&text);
-}
-
-/// (year, month, day) of a day counted from 1970-01-01, in the proleptic
-/// Gregorian calendar (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(month <= 2), month, day)
-}
-
-fn format_time_slow(ms: i64) -> String {
-    let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.millisecond()
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config;
+    use crate::time::format_time;
     use proptest::prelude::*;
     use std::path::Path;
 
@@ -423,19 +378,6 @@ mod tests {
             assert!(scan::fields(e.as_bytes()).is_some(), "{e}");
             agrees(e.as_bytes()).unwrap();
         }
-    }
-
-    #[test]
-    fn the_fast_time_format_agrees_with_the_calendar() {
-        let mut ms: i64 = -62_135_596_800_000; // 0001-01-01
-        while ms < 253_402_300_800_000 {
-            assert_eq!(format_time(ms), format_time_slow(ms), "at {ms} ms");
-            ms += 86_399_999 * 7 + 12_345;
-        }
-        for ms in [0, -1, 951_782_400_000, 4_107_542_399_999, 1_763_805_600_123] {
-            assert_eq!(format_time(ms), format_time_slow(ms), "at {ms} ms");
-        }
-        assert_eq!(format_time(0), "1970-01-01T00:00:00.000Z");
     }
 
     #[test]

@@ -1,27 +1,22 @@
-//! One task per assigned input partition: it owns the partition's store, a
-//! record cache of the states changed since the last commit, and the
-//! outcomes and dead letters waiting for that commit.
-//!
-//! The record cache is why a workflow opened and finished within one commit
-//! interval writes one changelog record: only the last state of each
-//! workflow is written at the commit. While that commit is in flight its
-//! states stay readable in `pending`, so that processing goes on meanwhile:
-//! a state is read from the cache, else from `pending`, else from the store.
+//! One task per assigned input partition: it decodes each record, loads
+//! the workflow's state through the record cache, asks the join, and keeps
+//! the outcomes and dead letters until the commit takes them. It fires the
+//! partition's timers (deadlines and purges) when the stream thread asks.
+//! It knows nothing of Kafka clients or commits: the stream thread hands it
+//! records and takes what it staged.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
+use prometheus::IntGauge;
 use tracing::warn;
 
-use crate::codec;
+use crate::commit::{Decided, Staged};
 use crate::config::Config;
-use crate::dead_letter::DeadLetter;
-use crate::event::{self, BadInput};
+use crate::input::dead_letter::DeadLetter;
+use crate::input::event::{self, BadInput};
 use crate::join::{self, EventResult, TimerResult, WorkflowState};
 use crate::metrics::Metrics;
-use crate::outcome::OutcomeRecord;
-use crate::store::{Store, StoreBatch, StoreError, Timer};
-use prometheus::IntGauge;
+use crate::state::{codec, CachedStore, Store, StoreError, TimerOf};
 
 /// The most timers one punctuation fires, so that a backlog cannot stall a commit.
 const TIMERS_PER_PUNCTUATION: usize = 10_000;
@@ -35,41 +30,12 @@ pub struct InputRecord<'a> {
     pub offset: i64,
 }
 
-/// An outcome record and when the input that decided it was written (or the
-/// timer fired), for the outcome latency.
-pub struct Decided {
-    pub record: OutcomeRecord,
-    pub decided_at_ms: i64,
-}
-
-/// What a commit must publish and save for one task.
-pub struct Staged {
-    /// Where `batch` goes.
-    pub store: Arc<Store>,
-    pub outcomes: Vec<Decided>,
-    pub dead_letters: Vec<DeadLetter>,
-    /// Changelog records: workflow ID → encoded state, or `None` for a tombstone.
-    pub changelog: Vec<(String, Option<Vec<u8>>)>,
-    /// The store batch (data and timers; the checkpoint is added by the commit).
-    pub batch: StoreBatch,
-    /// The next input offset to commit, if any record was processed.
-    pub next_offset: Option<i64>,
-}
-
-/// Workflow ID → state (`None`: purged).
-type States = HashMap<String, Option<WorkflowState>, foldhash::fast::RandomState>;
-
 pub struct Task {
     pub partition: i32,
     pub store: Arc<Store>,
     config: Arc<Config>,
     metrics: Arc<Metrics>,
-    /// Workflow ID → its state as changed since the last commit (`None`: purged).
-    cache: States,
-    /// The cache of the commit in flight, until the store has it.
-    pending: States,
-    /// Stale or fired timers to delete at the commit.
-    spent_timers: Vec<Timer>,
+    states: CachedStore,
     outcomes: Vec<Decided>,
     dead_letters: Vec<DeadLetter>,
     next_offset: Option<i64>,
@@ -77,17 +43,25 @@ pub struct Task {
     open: IntGauge,
 }
 
+/// When a state's timer falls: its deadline while open, the end of its
+/// retention once decided. The join's rule, applied to a stored state's
+/// summary: what the restore gives each restored state.
+pub fn stored_timer(config: Arc<Config>) -> TimerOf {
+    let retention = config.state.retention.as_millis() as i64;
+    Box::new(move |s| {
+        join::timer_ms(s.started_at_ms, s.decision.as_ref(), config.workflow(&s.workflow_type), retention)
+    })
+}
+
 impl Task {
     pub fn new(partition: i32, store: Arc<Store>, config: Arc<Config>, metrics: Arc<Metrics>) -> Task {
         let open = metrics.workflows_open(partition);
         Task {
             partition,
+            states: CachedStore::new(partition, Arc::clone(&store)),
             store,
             config,
             metrics,
-            cache: States::default(),
-            pending: States::default(),
-            spent_timers: Vec::new(),
             outcomes: Vec::new(),
             dead_letters: Vec::new(),
             next_offset: None,
@@ -112,10 +86,9 @@ impl Task {
     /// Whether anything waits for a commit.
     pub fn is_dirty(&self) -> bool {
         self.next_offset.is_some()
-            || !self.cache.is_empty()
+            || self.states.is_dirty()
             || !self.outcomes.is_empty()
             || !self.dead_letters.is_empty()
-            || !self.spent_timers.is_empty()
     }
 
     /// Whether the next commit has an input offset for this partition.
@@ -148,7 +121,7 @@ impl Task {
         };
         let spec = &config.workflows[event.workflow];
         let id = event.workflow_id.as_ref();
-        let (loaded, from) = self.load(id)?;
+        let (loaded, from) = self.states.load(id)?;
         let was_open = loaded.as_ref().is_some_and(WorkflowState::is_open);
         let mut state = match loaded {
             Some(s) if s.workflow_type == spec.workflow_type => s,
@@ -157,7 +130,7 @@ impl Task {
                     reason: crate::names::Reason::UnknownWorkflowType,
                     detail: format!("workflow {id:?} is of type {:?}, not {:?}", s.workflow_type, spec.workflow_type),
                 };
-                self.put_back(Some(s), from);
+                self.states.put_back(Some(s), from);
                 self.dead_letter(record, bad);
                 return Ok(());
             }
@@ -172,9 +145,9 @@ impl Task {
         }
         // A duplicate or late event leaves the state as it was: no changelog record for it.
         if result != EventResult::Accepted && outcomes.is_empty() {
-            self.put_back(Some(state), from);
+            self.states.put_back(Some(state), from);
         } else {
-            self.cache.insert(from.into_key(id), Some(state));
+            self.states.put(id, from, Some(state));
         }
         let decided_at_ms = record.timestamp_ms.unwrap_or(now_ms);
         self.outcomes.extend(outcomes.into_iter().map(|record| Decided { record, decided_at_ms }));
@@ -185,71 +158,42 @@ impl Task {
     pub fn punctuate(&mut self, now_ms: i64) -> Result<(), StoreError> {
         let retention = self.config.state.retention.as_millis() as i64;
         let config = Arc::clone(&self.config);
-        for timer in self.store.due_timers(now_ms, TIMERS_PER_PUNCTUATION)? {
+        for timer in self.states.due_timers(now_ms, TIMERS_PER_PUNCTUATION)? {
             let id = timer.workflow_id.as_str();
-            let (loaded, from) = self.load(id)?;
+            let (loaded, from) = self.states.load(id)?;
             let Some(mut state) = loaded else {
-                self.put_back(None, from);
-                self.spent_timers.push(timer);
+                self.states.put_back(None, from);
+                self.states.spend_timer(timer);
                 continue;
             };
             let spec = config.workflow(&state.workflow_type);
             if state.timer_ms(spec, retention) != Some(timer.due_ms) {
                 // Stale: the state moved on since this timer was written.
-                self.put_back(Some(state), from);
-                self.spent_timers.push(timer);
+                self.states.put_back(Some(state), from);
+                self.states.spend_timer(timer);
                 continue;
             }
             match join::on_timer(spec, &mut state, id, now_ms, retention) {
-                TimerResult::NotDue => self.put_back(Some(state), from),
+                TimerResult::NotDue => self.states.put_back(Some(state), from),
                 TimerResult::Decided(outcomes) => {
                     self.open.dec();
                     self.outcomes.extend(outcomes.into_iter().map(|record| Decided { record, decided_at_ms: now_ms }));
-                    self.cache.insert(from.into_key(id), Some(state));
-                    self.spent_timers.push(timer);
+                    self.states.put(id, from, Some(state));
+                    self.states.spend_timer(timer);
                 }
                 TimerResult::Purge => {
-                    self.cache.insert(from.into_key(id), None);
-                    self.spent_timers.push(timer);
+                    self.states.put(id, from, None);
+                    self.states.spend_timer(timer);
                 }
             }
         }
         Ok(())
     }
 
-    /// Takes a workflow's state: from the record cache, else from the commit
-    /// in flight, else from the store. What is taken unchanged goes back with
-    /// [`Task::put_back`].
-    fn load(&mut self, workflow_id: &str) -> Result<(Option<WorkflowState>, Source), StoreError> {
-        if let Some((key, cached)) = self.cache.remove_entry(workflow_id) {
-            return Ok((cached, Source::Cache(key)));
-        }
-        if let Some((key, pending)) = self.pending.remove_entry(workflow_id) {
-            return Ok((pending, Source::Pending(key)));
-        }
-        let Some(bytes) = self.store.get_state(workflow_id)? else { return Ok((None, Source::Store)) };
-        match codec::decode(&bytes) {
-            Ok(s) => Ok((Some(s), Source::Store)),
-            Err(e) => {
-                warn!(partition = self.partition, workflow_id, error = %e, "unreadable state in the store; starting the workflow afresh");
-                Ok((None, Source::Store))
-            }
-        }
-    }
-
-    /// Returns an unchanged state to where `load` took it from.
-    fn put_back(&mut self, state: Option<WorkflowState>, from: Source) {
-        match from {
-            Source::Cache(key) => self.cache.insert(key, state),
-            Source::Pending(key) => self.pending.insert(key, state),
-            Source::Store => None,
-        };
-    }
-
     fn dead_letter(&mut self, record: &InputRecord<'_>, mut error: BadInput) {
         // A key or value too large for the producer is not copied: a dead
         // letter that can never be delivered would fail every commit.
-        let limit = crate::kafka::max_record_bytes(&self.config.kafka);
+        let limit = self.config.kafka.max_record_bytes();
         let copy = |bytes: Option<&[u8]>, what: &str, error: &mut BadInput| match bytes {
             Some(b) if b.len() > limit => {
                 error.detail.push_str(&format!(
@@ -282,7 +226,7 @@ impl Task {
     }
 
     /// The outcomes and dead letters decided and not yet published, for
-    /// [`crate::commit::Committer::publish`], which empties them.
+    /// [`crate::commit::Strategy::publish`], which empties them.
     pub fn outputs(&mut self) -> (&mut Vec<Decided>, &mut Vec<DeadLetter>) {
         (&mut self.outcomes, &mut self.dead_letters)
     }
@@ -291,66 +235,30 @@ impl Task {
     /// task clean. The states stay readable until [`Task::committed`].
     pub fn stage(&mut self) -> Staged {
         let retention = self.config.state.retention.as_millis() as i64;
-        let mut staged = Staged {
+        let config = Arc::clone(&self.config);
+        let changes = self.states.stage(|state| state.timer_ms(config.workflow(&state.workflow_type), retention));
+        Staged {
             store: Arc::clone(&self.store),
             outcomes: std::mem::take(&mut self.outcomes),
             dead_letters: std::mem::take(&mut self.dead_letters),
-            changelog: Vec::with_capacity(self.cache.len()),
-            batch: StoreBatch::for_states(self.cache.len(), self.spent_timers.len()),
+            changelog: changes.changelog,
+            batch: changes.batch,
             next_offset: self.next_offset.take(),
-        };
-        for timer in self.spent_timers.drain(..) {
-            staged.batch.delete_timer(&timer);
         }
-        for (id, state) in self.cache.drain() {
-            match &state {
-                Some(state) => {
-                    let encoded = codec::encode(state);
-                    let timer = state.timer_ms(self.config.workflow(&state.workflow_type), retention);
-                    staged.batch.put_state(&id, &encoded, timer);
-                    staged.changelog.push((id.clone(), Some(encoded)));
-                }
-                None => {
-                    staged.batch.delete_state(&id);
-                    staged.changelog.push((id.clone(), None));
-                }
-            }
-            self.pending.insert(id, state);
-        }
-        staged
     }
 
     /// The commit of what was staged is saved: the store has its states now.
     pub fn committed(&mut self) {
-        self.pending.clear();
+        self.states.committed();
     }
 
     /// Forgets everything since the last finished commit, after a commit failed.
     pub fn discard(&mut self) -> Result<(), StoreError> {
-        self.cache.clear();
-        self.pending.clear();
-        self.spent_timers.clear();
+        self.states.discard();
         self.outcomes.clear();
         self.dead_letters.clear();
         self.next_offset = None;
         self.recount_open()
-    }
-}
-
-/// Where [`Task::load`] found a state, with its key when it was a map's
-/// (reused rather than allocated again).
-enum Source {
-    Cache(String),
-    Pending(String),
-    Store,
-}
-
-impl Source {
-    fn into_key(self, workflow_id: &str) -> String {
-        match self {
-            Source::Cache(key) | Source::Pending(key) => key,
-            Source::Store => workflow_id.to_string(),
-        }
     }
 }
 
@@ -371,7 +279,7 @@ type = "order"
 steps = ["payment", "inventory"]
 "#;
         let config = Arc::new(crate::config::parse(Path::new("t.toml"), text, Vec::new()).unwrap());
-        let memory = crate::store::StoreMemory::new(16 << 20, 4 << 20);
+        let memory = crate::state::StoreMemory::new(16 << 20, 4 << 20);
         Task::new(0, Arc::new(Store::open(dir, &memory).unwrap()), config, Arc::new(Metrics::new()))
     }
 

@@ -18,48 +18,10 @@
 //! A step that succeeds after its workflow failed or timed out still needs
 //! compensating, so it joins the set that `compensated` waits for.
 
-use serde::{Deserialize, Serialize};
-
 use crate::config::WorkflowSpec;
-use crate::event::{Status, StepEvent};
-use crate::outcome::{Outcome, OutcomeRecord, Payload, StepView};
-
-/// What one step has reported.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StepState {
-    pub name: String,
-    /// The step's work result, `Succeeded` or `Failed`; the first one wins.
-    pub work: Option<Status>,
-    pub occurred_at_ms: i64,
-    pub payload: Option<Payload>,
-    pub compensated_at_ms: Option<i64>,
-    /// Statuses seen in events without an event ID, to recognise their repeats.
-    pub seen_without_id: u8,
-}
-
-/// The decision taken for a workflow, once taken.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Decision {
-    pub outcome: Outcome,
-    /// Wall-clock time of the decision: the retention counts from here.
-    pub decided_at_ms: i64,
-    /// Wall-clock time the `compensated` record was decided, if it was.
-    pub compensated_at_ms: Option<i64>,
-}
-
-/// The join state of one workflow.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WorkflowState {
-    pub workflow_type: String,
-    /// The earliest `occurred_at` of the work reports seen while open (of
-    /// the first event, before any work report).
-    pub started_at_ms: i64,
-    /// The latest `occurred_at` of the work reports seen while open.
-    pub last_event_at_ms: i64,
-    pub steps: Vec<StepState>,
-    pub event_ids: Vec<String>,
-    pub decision: Option<Decision>,
-}
+use crate::input::event::{Status, StepEvent};
+use crate::join::outcome::{Outcome, OutcomeRecord, Payload, StepView};
+use crate::join::state::{Decision, StepState, WorkflowState};
 
 /// How an event was taken, for metrics and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,91 +41,6 @@ pub enum TimerResult {
     Decided(Vec<OutcomeRecord>),
     /// The retention passed: forget the workflow.
     Purge,
-}
-
-impl WorkflowState {
-    pub fn new(workflow_type: &str, first_event_at_ms: i64) -> WorkflowState {
-        WorkflowState {
-            workflow_type: workflow_type.to_string(),
-            started_at_ms: first_event_at_ms,
-            last_event_at_ms: first_event_at_ms,
-            steps: Vec::new(),
-            event_ids: Vec::new(),
-            decision: None,
-        }
-    }
-
-    pub fn is_open(&self) -> bool {
-        self.decision.is_none()
-    }
-
-    /// Nothing can produce another record for this workflow.
-    pub fn is_final(&self) -> bool {
-        match self.decision {
-            None => false,
-            Some(d) => d.outcome == Outcome::Completed || d.compensated_at_ms.is_some(),
-        }
-    }
-
-    pub fn deadline_ms(&self, spec: Option<&WorkflowSpec>) -> Option<i64> {
-        deadline_ms(self.started_at_ms, spec)
-    }
-
-    /// When `on_timer` must next look at this workflow: its deadline while
-    /// open, the end of its retention once decided.
-    pub fn timer_ms(&self, spec: Option<&WorkflowSpec>, retention_ms: i64) -> Option<i64> {
-        timer_ms(self.started_at_ms, self.decision.as_ref(), spec, retention_ms)
-    }
-
-    fn step_mut(&mut self, name: &str) -> &mut StepState {
-        let i = match self.steps.iter().position(|s| s.name == name) {
-            Some(i) => i,
-            None => {
-                self.steps.push(StepState {
-                    name: name.to_string(),
-                    work: None,
-                    occurred_at_ms: 0,
-                    payload: None,
-                    compensated_at_ms: None,
-                    seen_without_id: 0,
-                });
-                self.steps.len() - 1
-            }
-        };
-        &mut self.steps[i]
-    }
-
-    /// The type's steps that have not reported a work status, in its order.
-    pub fn missing(&self, spec: &WorkflowSpec) -> Vec<String> {
-        spec.steps
-            .iter()
-            .filter(|name| !self.steps.iter().any(|s| &s.name == *name && s.work.is_some()))
-            .cloned()
-            .collect()
-    }
-
-    fn count(&self, status: Status) -> usize {
-        self.steps.iter().filter(|s| s.work == Some(status)).count()
-    }
-}
-
-fn deadline_ms(started_at_ms: i64, spec: Option<&WorkflowSpec>) -> Option<i64> {
-    let deadline = spec?.deadline?;
-    Some(started_at_ms.saturating_add(deadline.as_millis() as i64))
-}
-
-/// [`WorkflowState::timer_ms`] from the fields it needs, which a stored
-/// state's summary gives without decoding it whole.
-pub fn timer_ms(
-    started_at_ms: i64,
-    decision: Option<&Decision>,
-    spec: Option<&WorkflowSpec>,
-    retention_ms: i64,
-) -> Option<i64> {
-    match decision {
-        None => deadline_ms(started_at_ms, spec),
-        Some(d) => Some(d.decided_at_ms.saturating_add(retention_ms)),
-    }
 }
 
 fn status_bit(status: Status) -> u8 {
@@ -201,7 +78,18 @@ pub fn apply_event(
         return (EventResult::Late, outcomes);
     }
 
-    let changes_step = state.steps.iter().find(|s| &s.name == step_name).is_none_or(|s| match event.status {
+    take_report(state, step_name, event);
+    if state.is_open() {
+        outcomes.extend(quorum_decision(spec, state, workflow_id, now_ms));
+    }
+    outcomes.extend(check_compensated(spec, state, workflow_id, now_ms));
+    (EventResult::Accepted, outcomes)
+}
+
+/// Takes a new (not repeated, not late) report into the state: its ID, its
+/// times, and the step's status, of which the first one counts.
+fn take_report(state: &mut WorkflowState, step_name: &str, event: &StepEvent<'_>) {
+    let changes_step = state.steps.iter().find(|s| s.name == step_name).is_none_or(|s| match event.status {
         Status::Succeeded | Status::Failed => s.work.is_none(),
         Status::Compensated => s.compensated_at_ms.is_none(),
     });
@@ -238,23 +126,27 @@ pub fn apply_event(
         // A second, different report for the same step changes nothing: the first one counts.
         _ => {}
     }
+}
 
-    if state.is_open() {
-        let n = spec.steps.len();
-        let outcome = if state.count(Status::Succeeded) >= spec.quorum {
-            Some(Outcome::Completed)
-        } else if state.count(Status::Failed) > n - spec.quorum {
-            Some(Outcome::Failed)
-        } else {
-            None
-        };
-        if let Some(outcome) = outcome {
-            state.decision = Some(Decision { outcome, decided_at_ms: now_ms, compensated_at_ms: None });
-            outcomes.push(record(spec, state, workflow_id, outcome, state.last_event_at_ms));
-        }
-    }
-    outcomes.extend(check_compensated(spec, state, workflow_id, now_ms));
-    (EventResult::Accepted, outcomes)
+/// `completed` once `quorum` steps succeeded, `failed` once failures make
+/// the quorum impossible, for an open workflow.
+fn quorum_decision(
+    spec: &WorkflowSpec,
+    state: &mut WorkflowState,
+    workflow_id: &str,
+    now_ms: i64,
+) -> Option<OutcomeRecord> {
+    let n = spec.steps.len();
+    let outcome = if state.count(Status::Succeeded) >= spec.quorum {
+        Some(Outcome::Completed)
+    } else if state.count(Status::Failed) > n - spec.quorum {
+        Some(Outcome::Failed)
+    } else {
+        None
+    };
+    let outcome = outcome?;
+    state.decision = Some(Decision { outcome, decided_at_ms: now_ms, compensated_at_ms: None });
+    Some(record(spec, state, workflow_id, outcome, state.last_event_at_ms))
 }
 
 /// Fires a workflow's timer: its deadline, or the end of its retention.

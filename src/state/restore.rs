@@ -4,36 +4,35 @@
 //! its checkpoint to the changelog's end in batched writes. The stream thread
 //! steps the restorer between polls, so partitions that are already active
 //! keep processing meanwhile; the writes themselves are made by two threads
-//! of the restorer's own (`junction-restore`), so that reading the changelog
-//! and writing the stores go on at the same time.
+//! of the restorer's own ([`crate::state::restore_writer`]), so that reading
+//! the changelog and writing the stores go on at the same time. It copies
+//! bytes: which timer a restored state gets is the runtime's rule, given to
+//! it as [`TimerOf`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{info, warn};
 
-use crate::codec;
-use crate::config::Config;
-use crate::join;
-use crate::kafka;
+use crate::config::{KafkaConfig, StateConfig};
+use crate::kafka::clients;
 use crate::metrics::Metrics;
-use crate::store::{Store, StoreBatch, StoreError, StoreMemory};
+use crate::state::codec;
+use crate::state::restore_writer::{Write, Writer, Written};
+use crate::state::store::{Store, StoreBatch, StoreError, StoreMemory};
+use crate::state::TimerOf;
 
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(30);
 /// Entries (states and their timers) per store write while restoring.
 const RESTORE_BATCH: usize = 10_000;
 /// The states in such a write: each comes with its timer.
 const RESTORE_BATCH_STATES: usize = RESTORE_BATCH / 2;
-/// Writes waiting for a writer thread: reading stops when it is this far ahead.
-const WRITES_QUEUED: usize = 2;
 /// How often a partition waiting for a transaction on its changelog looks again.
 const WAITING_RECHECK: Duration = Duration::from_millis(500);
 /// Threads writing restored batches (each partition's on one of them).
@@ -73,79 +72,10 @@ struct Finishing {
     started: Instant,
 }
 
-/// One store write for a writer thread.
-struct Write {
-    partition: i32,
-    generation: u64,
-    store: Arc<Store>,
-    batch: StoreBatch,
-    last: bool,
-}
-
-/// What a writer thread reports: a partition's last write, or any write that failed.
-struct Written {
-    partition: i32,
-    generation: u64,
-    result: Result<(), StoreError>,
-}
-
-/// The threads that write restored batches: each partition's on the same
-/// thread, in the order they were read. After a failed write a thread skips
-/// that restore's later writes: a later checkpoint must never cover records
-/// that are not in the store.
-struct Writer {
-    writes: Vec<SyncSender<Write>>,
-    written: Receiver<Written>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl Writer {
-    fn start(threads: usize) -> std::io::Result<Writer> {
-        let (report, written) = mpsc::channel();
-        let mut writer = Writer { writes: Vec::new(), written, threads: Vec::new() };
-        for _ in 0..threads {
-            let (writes, queue) = mpsc::sync_channel::<Write>(WRITES_QUEUED);
-            let report = report.clone();
-            let thread = std::thread::Builder::new().name("junction-restore".into()).spawn(move || {
-                let mut failed = HashSet::new();
-                for w in queue {
-                    if failed.contains(&w.generation) {
-                        continue;
-                    }
-                    let result = w.store.write(w.batch);
-                    if result.is_err() {
-                        failed.insert(w.generation);
-                    }
-                    if w.last || result.is_err() {
-                        // The receiver is gone only when the restorer is.
-                        let _ = report.send(Written { partition: w.partition, generation: w.generation, result });
-                    }
-                }
-            })?;
-            writer.writes.push(writes);
-            writer.threads.push(thread);
-        }
-        Ok(writer)
-    }
-
-    fn write(&self, write: Write) {
-        let thread = write.partition.unsigned_abs() as usize % self.writes.len();
-        self.writes[thread].send(write).expect("the restore writer threads run while the restorer does");
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        self.writes.clear();
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
-        }
-    }
-}
-
 pub struct Restorer {
-    config: Arc<Config>,
     metrics: Arc<Metrics>,
+    /// The timer each restored state gets in its store.
+    timer_of: TimerOf,
     topic: String,
     consumer: BaseConsumer,
     /// Reads the changelog's high watermarks, open transactions included.
@@ -159,17 +89,23 @@ pub struct Restorer {
 }
 
 impl Restorer {
-    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> Result<Restorer, RestoreError> {
+    /// A restorer of `kafka`'s changelog into stores that share `state`'s
+    /// memory; `timer_of` says when each restored state's timer falls.
+    pub fn new(
+        kafka: &KafkaConfig,
+        state: &StateConfig,
+        metrics: Arc<Metrics>,
+        timer_of: TimerOf,
+    ) -> Result<Restorer, RestoreError> {
         let consumer: BaseConsumer =
-            kafka::restore_consumer_config(&config.kafka).create().map_err(RestoreError::Consumer)?;
-        let ends: BaseConsumer =
-            kafka::changelog_ends_config(&config.kafka).create().map_err(RestoreError::Consumer)?;
-        let topic = config.kafka.changelog_topic();
-        let memory = StoreMemory::new(config.state.memory_bytes as usize, config.state.write_buffer_bytes as usize);
+            clients::restore_consumer_config(kafka).create().map_err(RestoreError::Consumer)?;
+        let ends: BaseConsumer = clients::changelog_ends_config(kafka).create().map_err(RestoreError::Consumer)?;
+        let topic = kafka.changelog_topic();
+        let memory = StoreMemory::new(state.memory_bytes as usize, state.write_buffer_bytes as usize);
         let writer = Writer::start(WRITER_THREADS).map_err(RestoreError::Thread)?;
         Ok(Restorer {
-            config,
             metrics,
+            timer_of,
             topic,
             consumer,
             ends,
@@ -292,48 +228,7 @@ impl Restorer {
             let left = deadline.saturating_duration_since(Instant::now());
             let Some(polled) = self.consumer.poll(left) else { break };
             match polled {
-                Ok(m) => {
-                    let partition = m.partition();
-                    let Some(r) = self.active.get_mut(&partition) else { continue };
-                    let id = String::from_utf8_lossy(m.key().unwrap_or_default());
-                    match m.payload() {
-                        None => r.batch.delete_state(&id),
-                        Some(bytes) => match codec::summary(bytes) {
-                            Ok(state) => {
-                                let timer = join::timer_ms(
-                                    state.started_at_ms,
-                                    state.decision.as_ref(),
-                                    self.config.workflow(&state.workflow_type),
-                                    self.config.state.retention.as_millis() as i64,
-                                );
-                                r.batch.put_state(&id, bytes, timer);
-                            }
-                            Err(e) => warn!(
-                                partition,
-                                offset = m.offset(),
-                                workflow_id = %id,
-                                error = %e,
-                                "garbage record in the changelog; skipped"
-                            ),
-                        },
-                    }
-                    r.next = m.offset() + 1;
-                    r.records += 1;
-                    self.metrics.restore_records.inc();
-                    if r.batch.len() >= RESTORE_BATCH {
-                        let mut batch =
-                            std::mem::replace(&mut r.batch, StoreBatch::for_states(RESTORE_BATCH_STATES, 0));
-                        batch.set_checkpoint(r.next);
-                        let write = Write {
-                            partition,
-                            generation: r.generation,
-                            store: Arc::clone(&r.store),
-                            batch,
-                            last: false,
-                        };
-                        self.writer.write(write);
-                    }
-                }
+                Ok(m) => apply(&mut self.active, &self.timer_of, &self.metrics, &self.writer, &m),
                 Err(KafkaError::PartitionEOF(partition)) => self.at_committed_end(partition),
                 Err(e) => warn!(error = %e, "changelog consumer error while restoring"),
             }
@@ -447,6 +342,43 @@ impl Restorer {
             "state store restored"
         );
         restored.done.push(partition);
+    }
+}
+
+/// Adds one changelog record to its partition's batch, and hands the
+/// batch to a writer thread once it is full. (A free function: the
+/// message borrows the restore consumer.)
+fn apply(
+    active: &mut HashMap<i32, Restoring>,
+    timer_of: &TimerOf,
+    metrics: &Metrics,
+    writer: &Writer,
+    m: &BorrowedMessage<'_>,
+) {
+    let partition = m.partition();
+    let Some(r) = active.get_mut(&partition) else { return };
+    let id = String::from_utf8_lossy(m.key().unwrap_or_default());
+    match m.payload() {
+        None => r.batch.delete_state(&id),
+        Some(bytes) => match codec::summary(bytes) {
+            Ok(state) => r.batch.put_state(&id, bytes, timer_of(&state)),
+            Err(e) => warn!(
+                partition,
+                offset = m.offset(),
+                workflow_id = %id,
+                error = %e,
+                "garbage record in the changelog; skipped"
+            ),
+        },
+    }
+    r.next = m.offset() + 1;
+    r.records += 1;
+    metrics.restore_records.inc();
+    if r.batch.len() >= RESTORE_BATCH {
+        let mut batch = std::mem::replace(&mut r.batch, StoreBatch::for_states(RESTORE_BATCH_STATES, 0));
+        batch.set_checkpoint(r.next);
+        let write = Write { partition, generation: r.generation, store: Arc::clone(&r.store), batch, last: false };
+        writer.write(write);
     }
 }
 

@@ -11,24 +11,26 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::codec;
 use crate::config::Config;
-use crate::event::format_time;
-use crate::processor::Shared;
+use crate::join::WorkflowState;
+use crate::kafka::partitioner::murmur2_partition;
+use crate::ops::view::View;
+use crate::state::codec;
+use crate::time::format_time;
 
 #[derive(Clone)]
 struct AppState {
-    shared: Arc<Shared>,
+    view: Arc<View>,
     config: Arc<Config>,
 }
 
-pub fn router(shared: Arc<Shared>, config: Arc<Config>) -> Router {
+pub fn router(view: Arc<View>, config: Arc<Config>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/workflows/{id}", get(workflow))
-        .with_state(AppState { shared, config })
+        .with_state(AppState { view, config })
 }
 
 pub async fn serve(
@@ -41,11 +43,11 @@ pub async fn serve(
 }
 
 async fn metrics(State(app): State<AppState>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.shared.metrics.render()).into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.view.metrics.render()).into_response()
 }
 
 async fn readyz(State(app): State<AppState>) -> Response {
-    let h = app.shared.health();
+    let h = app.view.health();
     let reason = if let Some(f) = &h.failure {
         Some(format!("the processor failed: {f}"))
     } else if let Some((_, why)) = h.stopped.iter().next() {
@@ -84,10 +86,9 @@ async fn readyz(State(app): State<AppState>) -> Response {
 }
 
 async fn workflow(State(app): State<AppState>, Path(id): Path<String>) -> Response {
-    let partitions = app.shared.health().input_partitions;
+    let partitions = app.view.health().input_partitions;
     let owner = (partitions > 0).then(|| murmur2_partition(id.as_bytes(), partitions));
-    let stores: Vec<_> =
-        app.shared.stores.read().expect("stores lock").iter().map(|(p, s)| (*p, Arc::clone(s))).collect();
+    let stores = app.view.stores();
     let lookup_id = id.clone();
     let found = tokio::task::spawn_blocking(move || {
         for (partition, store) in stores {
@@ -103,40 +104,11 @@ async fn workflow(State(app): State<AppState>, Path(id): Path<String>) -> Respon
     .unwrap_or_else(|e| Err(e.to_string()));
     match found {
         Ok(Some((partition, bytes))) => match codec::decode(&bytes) {
-            Ok(state) => {
-                let spec = app.config.workflow(&state.workflow_type);
-                let steps: serde_json::Map<String, serde_json::Value> = state
-                    .steps
-                    .iter()
-                    .filter(|s| s.work.is_some() || s.compensated_at_ms.is_some())
-                    .map(|s| {
-                        let v = json!({
-                            "status": s.work.map(|w| w.as_str()),
-                            "occurred_at": s.work.map(|_| format_time(s.occurred_at_ms)),
-                            "compensated_at": s.compensated_at_ms.map(format_time),
-                        });
-                        (s.name.clone(), v)
-                    })
-                    .collect();
-                let missing = spec.map(|sp| state.missing(sp)).unwrap_or_default();
-                let body = json!({
-                    "workflow_id": id,
-                    "workflow_type": state.workflow_type,
-                    "partition": partition,
-                    "open": state.is_open(),
-                    "outcome": state.decision.map(|d| d.outcome.as_str()),
-                    "compensated": state.decision.is_some_and(|d| d.compensated_at_ms.is_some()),
-                    "started_at": format_time(state.started_at_ms),
-                    "deadline": state.deadline_ms(spec).map(format_time),
-                    "steps": steps,
-                    "missing": missing,
-                });
-                (StatusCode::OK, Json(body)).into_response()
-            }
+            Ok(state) => (StatusCode::OK, Json(describe(&app.config, &id, partition, &state))).into_response(),
             Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": e.to_string()}))).into_response(),
         },
         Ok(None) => {
-            let owned = owner.is_some_and(|p| app.shared.stores.read().expect("stores lock").contains_key(&p));
+            let owned = owner.is_some_and(|p| app.view.shows_store(p));
             let message = match (owner, owned) {
                 (Some(p), false) => format!("workflow {id:?} is not on this instance; its partition ({p}, by the default murmur2 partitioner) is owned by another instance or not assigned"),
                 _ => format!("workflow {id:?} is not known (never seen, or purged after its retention)"),
@@ -147,51 +119,33 @@ async fn workflow(State(app): State<AppState>, Path(id): Path<String>) -> Respon
     }
 }
 
-/// The partition Kafka's default partitioner (Java clients, Kafka Streams,
-/// librdkafka's `murmur2_random`) gives a key.
-pub fn murmur2_partition(key: &[u8], partitions: usize) -> i32 {
-    ((murmur2(key) & 0x7fff_ffff) % partitions as u32) as i32
-}
-
-fn murmur2(data: &[u8]) -> u32 {
-    const M: u32 = 0x5bd1_e995;
-    let mut h: u32 = 0x9747_b28c ^ data.len() as u32;
-    let mut chunks = data.chunks_exact(4);
-    for c in &mut chunks {
-        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-        k = k.wrapping_mul(M);
-        k ^= k >> 24;
-        k = k.wrapping_mul(M);
-        h = h.wrapping_mul(M) ^ k;
-    }
-    let rest = chunks.remainder();
-    if rest.len() >= 3 {
-        h ^= u32::from(rest[2]) << 16;
-    }
-    if rest.len() >= 2 {
-        h ^= u32::from(rest[1]) << 8;
-    }
-    if !rest.is_empty() {
-        h ^= u32::from(rest[0]);
-        h = h.wrapping_mul(M);
-    }
-    h ^= h >> 13;
-    h = h.wrapping_mul(M);
-    h ^= h >> 15;
-    h
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn murmur2_matches_the_java_client() {
-        // Values from Kafka's own partitioner tests (Utils.murmur2).
-        assert_eq!(murmur2(b"21") as i32, -973_932_308);
-        assert_eq!(murmur2(b"foobar") as i32, -790_332_482);
-        assert_eq!(murmur2(b"a-little-bit-long-string") as i32, -985_981_536);
-        assert_eq!(murmur2(b"a-little-bit-longer-string") as i32, -1_486_304_829);
-        assert_eq!(murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") as i32, -58_897_971);
-    }
+/// A workflow's state as `GET /workflows/{id}` shows it.
+fn describe(config: &Config, id: &str, partition: i32, state: &WorkflowState) -> serde_json::Value {
+    let spec = config.workflow(&state.workflow_type);
+    let steps: serde_json::Map<String, serde_json::Value> = state
+        .steps
+        .iter()
+        .filter(|s| s.work.is_some() || s.compensated_at_ms.is_some())
+        .map(|s| {
+            let v = json!({
+                "status": s.work.map(|w| w.as_str()),
+                "occurred_at": s.work.map(|_| format_time(s.occurred_at_ms)),
+                "compensated_at": s.compensated_at_ms.map(format_time),
+            });
+            (s.name.clone(), v)
+        })
+        .collect();
+    let missing = spec.map(|sp| state.missing(sp)).unwrap_or_default();
+    json!({
+        "workflow_id": id,
+        "workflow_type": state.workflow_type,
+        "partition": partition,
+        "open": state.is_open(),
+        "outcome": state.decision.map(|d| d.outcome.as_str()),
+        "compensated": state.decision.is_some_and(|d| d.compensated_at_ms.is_some()),
+        "started_at": format_time(state.started_at_ms),
+        "deadline": state.deadline_ms(spec).map(format_time),
+        "steps": steps,
+        "missing": missing,
+    })
 }

@@ -27,9 +27,9 @@ use std::borrow::Cow;
 
 use serde_json::value::RawValue;
 
-use crate::event::Status;
+use crate::input::event::Status;
+use crate::join::outcome::{Outcome, Payload};
 use crate::join::{Decision, StepState, WorkflowState};
-use crate::outcome::{Outcome, Payload};
 
 const FORMAT_V1_JSON: u8 = 1;
 const FORMAT_V2_BINARY: u8 = 2;

@@ -6,7 +6,7 @@ use std::io::Write as _;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::event::write_time;
+use crate::time::write_time;
 
 /// The decisions junction publishes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]

@@ -1,0 +1,173 @@
+//! The `exactly_once` commit: outcomes, dead letters, changelog records and
+//! input offsets go in one Kafka transaction; the stores are written once
+//! it has committed. A store that fails its write then is behind a changelog
+//! that holds its state: the partition is stopped, and its store is caught
+//! up from the changelog when it is opened again.
+//!
+//! Nothing is published before the commit, so a commit is never in flight
+//! between polls: [`Strategy::begin`] returns once the transaction is
+//! committed or aborted.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::error::KafkaError;
+use rdkafka::producer::Producer as _;
+use rdkafka::types::RDKafkaErrorCode;
+use tracing::warn;
+
+use super::{batches, committed, count_commit, count_outcomes, offsets, CommitError, Committed, Decided, InputGroup};
+use super::{Staged, Strategy, COMMIT_TIMEOUT};
+use crate::config::Config;
+use crate::input::dead_letter::DeadLetter;
+use crate::kafka::producer::Producer;
+use crate::metrics::Metrics;
+use crate::state;
+
+/// Every record goes in the transaction of the commit: one epoch for all.
+const EPOCH: usize = 0;
+
+pub struct ExactlyOnce {
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    producer: Producer,
+}
+
+impl ExactlyOnce {
+    /// Creates the producer and initialises its transactions, which fences
+    /// any older producer with the same transactional ID and aborts what it
+    /// left open.
+    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>, transactional_id: &str) -> Result<ExactlyOnce, CommitError> {
+        let producer = Producer::new(&config.kafka, transactional_id).map_err(CommitError::Producer)?;
+        producer.client().init_transactions(COMMIT_TIMEOUT).map_err(|e| transaction_error(e, Duration::ZERO))?;
+        Ok(ExactlyOnce { config, metrics, producer })
+    }
+
+    fn commit(&mut self, mut staged: Vec<(i32, Staged)>, group: &dyn InputGroup) -> Result<Committed, CommitError> {
+        let began = Instant::now();
+        let failed = |e: KafkaError| transaction_error(e, began.elapsed());
+        self.producer.client().begin_transaction().map_err(failed)?;
+        if let Err(e) = self.send_transaction(&staged, group, began) {
+            if !e.needs_new_producer() {
+                self.abort()?;
+            }
+            return Err(e);
+        }
+        let changelog_last = self
+            .producer
+            .await_deliveries(|| self.producer.tracker().in_flight_total(), Instant::now() + COMMIT_TIMEOUT)
+            .map_err(CommitError::Delivery)?;
+        let failed = state::write_batches(batches(&mut staged), &changelog_last);
+        staged.iter().for_each(|(_, s)| count_outcomes(&self.metrics, &s.outcomes));
+        Ok(committed(&staged, failed))
+    }
+
+    /// Sends every record and offset of the transaction, then commits it.
+    fn send_transaction(
+        &self,
+        staged: &[(i32, Staged)],
+        group: &dyn InputGroup,
+        began: Instant,
+    ) -> Result<(), CommitError> {
+        let failed = |e: KafkaError| transaction_error(e, began.elapsed());
+        for (partition, s) in staged {
+            self.producer.send_outcomes(EPOCH, s.outcomes.iter().map(|d| &d.record)).map_err(CommitError::Delivery)?;
+            self.producer.send_dead_letters(EPOCH, &s.dead_letters).map_err(CommitError::Delivery)?;
+            self.producer.send_changelog(EPOCH, *partition, &s.changelog).map_err(CommitError::Delivery)?;
+        }
+        // Every partition of the transaction has its offset in it (the
+        // stream thread sees to it): the group coordinator refuses a
+        // transaction's offsets from a member it no longer knows, which is
+        // what keeps an instance that lost its partitions (a zombie) from
+        // committing anything for them.
+        let offsets = offsets(&self.config.kafka.input_topic, &committed(staged, Vec::new()))?;
+        if offsets.count() > 0 {
+            let group = group.group_metadata().ok_or(CommitError::NotInGroup)?;
+            self.producer.client().send_offsets_to_transaction(&offsets, &group, COMMIT_TIMEOUT).map_err(failed)?;
+        }
+        self.await_transaction_deliveries(began)?;
+        self.producer.client().commit_transaction(COMMIT_TIMEOUT).map_err(failed)
+    }
+
+    /// Waits until every record of the transaction is delivered, and fails
+    /// at the first that is not: it has doomed the transaction. (rdkafka's
+    /// `commit_transaction` flushes first, for its whole timeout, even when
+    /// records can no longer be delivered until the transaction is aborted.)
+    fn await_transaction_deliveries(&self, began: Instant) -> Result<(), CommitError> {
+        let tracker = self.producer.tracker();
+        while tracker.in_flight_total() > 0 {
+            if tracker.first_failure().is_some() {
+                break;
+            }
+            if began.elapsed() > COMMIT_TIMEOUT {
+                return Err(CommitError::Delivery(KafkaError::Flush(RDKafkaErrorCode::MessageTimedOut)));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Left in the tracker: the abort that follows forgets them.
+        match tracker.first_failure() {
+            Some(e) => Err(CommitError::Delivery(e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Aborts the open transaction, then waits for its delivery reports (its
+    /// purged and failed records) and forgets them: they belong to no later
+    /// transaction, which must not mistake them for its own failures. An
+    /// abort that does not finish needs a new producer, whose initialisation
+    /// aborts the transaction in its stead.
+    fn abort(&self) -> Result<(), CommitError> {
+        if let Err(abort) = self.producer.client().abort_transaction(COMMIT_TIMEOUT) {
+            warn!(error = %abort, "aborting the transaction failed; a new producer will abort it");
+            return Err(CommitError::Fatal(abort));
+        }
+        let tracker = self.producer.tracker();
+        let deadline = Instant::now() + COMMIT_TIMEOUT;
+        while tracker.in_flight_total() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if tracker.in_flight_total() > 0 {
+            return Err(CommitError::Fatal(KafkaError::Flush(RDKafkaErrorCode::MessageTimedOut)));
+        }
+        drop(tracker.take());
+        Ok(())
+    }
+}
+
+impl Strategy for ExactlyOnce {
+    /// Outcomes wait for the commit's transaction: nothing is sent here.
+    fn publish(&mut self, _: &mut Vec<Decided>, _: &mut Vec<DeadLetter>) -> Result<(), CommitError> {
+        Ok(())
+    }
+
+    fn is_committing(&self) -> bool {
+        false
+    }
+
+    fn begin(&mut self, staged: Vec<(i32, Staged)>, group: &dyn InputGroup) -> Result<Option<Committed>, CommitError> {
+        let started = Instant::now();
+        let result = self.commit(staged, group);
+        count_commit(&self.metrics, started, result.is_ok());
+        result.map(Some)
+    }
+
+    fn advance(&mut self, _: &dyn InputGroup, _: bool) -> Result<Option<Committed>, CommitError> {
+        Ok(None)
+    }
+}
+
+/// Sorts an error of a transaction `age` old into the ways of handling it.
+fn transaction_error(e: KafkaError, transaction_age: Duration) -> CommitError {
+    match &e {
+        KafkaError::Transaction(rde)
+            if matches!(
+                rde.code(),
+                RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch
+            ) =>
+        {
+            CommitError::Fenced { source: e, transaction_age }
+        }
+        KafkaError::Transaction(rde) if rde.is_fatal() => CommitError::Fatal(e),
+        _ => CommitError::Aborted(e),
+    }
+}

@@ -1,0 +1,206 @@
+//! The commit protocol: what makes an interval's work durable, in an order
+//! that keeps the guarantees whatever crashes in between. Each guarantee is
+//! one [`Strategy`], in a file of its own:
+//!
+//! - [`at_least_once`]: outcomes first, then the changelog, then the
+//!   stores, then the input offsets, pipelined with the next interval;
+//! - [`exactly_once`]: outcomes, dead letters, changelog records and input
+//!   offsets in one Kafka transaction; the stores once it has committed.
+//!
+//! The stream thread stages what its tasks decided ([`Staged`]) and hands it
+//! to the strategy; the strategy says which input offsets it committed and
+//! which stores failed to take their batch ([`Committed`]). A store that
+//! fails its write fails only its own partition, which the stream thread
+//! then stops. A strategy sends through [`crate::kafka::producer`], saves
+//! through [`crate::state::write_batches`], and knows nothing of tasks,
+//! partitions' lifecycles or rebalances.
+
+pub mod at_least_once;
+pub mod exactly_once;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::{Config, Guarantee};
+use crate::input::dead_letter::DeadLetter;
+use crate::join::outcome::OutcomeRecord;
+use crate::metrics::Metrics;
+use crate::state::{ChangelogRecord, Store, StoreBatch, StoreFailures};
+use crate::time::now_ms;
+
+/// How long one flush or transaction step may take before the commit fails.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Under `at_least_once`, how often decided outcomes are sent, at most:
+/// often enough that an outcome does not wait for the commit interval, and
+/// seldom enough that each produce request carries a batch.
+pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(20);
+
+/// A guarantee's commit protocol. One commit is in flight at a time.
+pub trait Strategy: Send {
+    /// Sends the outcomes and dead letters decided so far, if the guarantee
+    /// publishes before the commit (`at_least_once`), and empties the lists;
+    /// otherwise leaves them for the commit.
+    fn publish(&mut self, outcomes: &mut Vec<Decided>, dead_letters: &mut Vec<DeadLetter>) -> Result<(), CommitError>;
+
+    /// Whether a commit is in flight: [`Strategy::advance`] must finish it
+    /// before the next one begins.
+    fn is_committing(&self) -> bool;
+
+    /// Starts committing `staged`, which is not empty. Returns what was
+    /// committed when the commit is already finished, `None` while it is
+    /// in flight. On error, the caller discards what the tasks staged and
+    /// rewinds their partitions to the last commit.
+    fn begin(&mut self, staged: Vec<(i32, Staged)>, group: &dyn InputGroup) -> Result<Option<Committed>, CommitError>;
+
+    /// Moves the commit in flight on as far as its deliveries allow; with
+    /// `wait`, to its end. Returns what was committed once it is finished.
+    fn advance(&mut self, group: &dyn InputGroup, wait: bool) -> Result<Option<Committed>, CommitError>;
+}
+
+/// The strategy of the configured guarantee, with its producer. Under
+/// exactly-once this initialises its transactions, which fences any older
+/// producer with the same transactional ID and aborts what it left open.
+pub fn strategy(
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    transactional_id: &str,
+) -> Result<Box<dyn Strategy>, CommitError> {
+    Ok(match config.kafka.processing_guarantee {
+        Guarantee::AtLeastOnce => Box::new(at_least_once::AtLeastOnce::new(config, metrics, transactional_id)?),
+        Guarantee::ExactlyOnce => Box::new(exactly_once::ExactlyOnce::new(config, metrics, transactional_id)?),
+    })
+}
+
+/// What a commit needs of the input consumer.
+pub trait InputGroup {
+    fn commit_offsets(&self, offsets: &TopicPartitionList, mode: CommitMode) -> KafkaResult<()>;
+    /// The group membership that a transaction's offsets are committed as.
+    fn group_metadata(&self) -> Option<ConsumerGroupMetadata>;
+}
+
+impl<C: ConsumerContext> InputGroup for BaseConsumer<C> {
+    fn commit_offsets(&self, offsets: &TopicPartitionList, mode: CommitMode) -> KafkaResult<()> {
+        self.commit(offsets, mode)
+    }
+
+    fn group_metadata(&self) -> Option<ConsumerGroupMetadata> {
+        Consumer::group_metadata(self)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error("records were not delivered: {0}")]
+    Delivery(KafkaError),
+    #[error("the transaction was aborted: {0}")]
+    Aborted(KafkaError),
+    #[error("the producer hit a fatal error: {0}")]
+    Fatal(KafkaError),
+    /// The broker fenced this producer: either a newer producer took its
+    /// transactional ID, or the broker aborted its transaction for being
+    /// older than `transaction.timeout.ms` (the process was paused or
+    /// stalled), which the age tells apart.
+    #[error("the producer was fenced, in a transaction {}s old: {source}", transaction_age.as_secs())]
+    Fenced { source: KafkaError, transaction_age: Duration },
+    #[error("cannot commit input offsets: {0}")]
+    Offsets(KafkaError),
+    #[error("the consumer is not in its group, so its offsets cannot join the transaction")]
+    NotInGroup,
+    #[error("cannot create the producer: {0}")]
+    Producer(KafkaError),
+    #[error("cannot start a thread: {0}")]
+    Thread(String),
+}
+
+impl CommitError {
+    /// Whether the producer must be replaced before the next commit.
+    pub fn needs_new_producer(&self) -> bool {
+        matches!(self, CommitError::Fatal(_) | CommitError::Fenced { .. })
+    }
+}
+
+/// An outcome record and when the input that decided it was written (or the
+/// timer fired), for the outcome latency.
+pub struct Decided {
+    pub record: OutcomeRecord,
+    pub decided_at_ms: i64,
+}
+
+/// What a commit must publish and save for one task.
+pub struct Staged {
+    /// Where `batch` goes.
+    pub store: Arc<Store>,
+    pub outcomes: Vec<Decided>,
+    pub dead_letters: Vec<DeadLetter>,
+    /// Changelog records: workflow ID → encoded state, or `None` for a tombstone.
+    pub changelog: Vec<ChangelogRecord>,
+    /// The store batch (data and timers; the checkpoint is added by the commit).
+    pub batch: StoreBatch,
+    /// The next input offset to commit, if any record was processed.
+    pub next_offset: Option<i64>,
+}
+
+impl Staged {
+    /// Whether there is nothing to commit.
+    pub fn is_empty(&self) -> bool {
+        self.next_offset.is_none() && self.outcomes.is_empty() && self.changelog.is_empty() && self.batch.is_empty()
+    }
+}
+
+/// What a finished commit did.
+#[derive(Debug, Default)]
+pub struct Committed {
+    /// The input offsets committed: (partition, next offset).
+    pub offsets: Vec<(i32, i64)>,
+    /// The partitions whose stores failed to take their batch, and why.
+    /// Under `at_least_once` their offsets were not committed.
+    pub failed: StoreFailures,
+}
+
+/// What a commit of `staged` did: the input offsets it covers, but for the
+/// `failed` partitions, whose offsets it did not commit under
+/// `at_least_once`, and which it reports.
+fn committed(staged: &[(i32, Staged)], failed: StoreFailures) -> Committed {
+    let offsets = staged
+        .iter()
+        .filter(|(p, _)| failed.iter().all(|(f, _)| f != p))
+        .filter_map(|(p, s)| Some((*p, s.next_offset?)))
+        .collect();
+    Committed { offsets, failed }
+}
+
+/// The offsets of `committed` on `topic`, to commit to the group.
+fn offsets(topic: &str, committed: &Committed) -> Result<TopicPartitionList, CommitError> {
+    let mut tpl = TopicPartitionList::new();
+    for (partition, next) in &committed.offsets {
+        tpl.add_partition_offset(topic, *partition, Offset::Offset(*next)).map_err(CommitError::Offsets)?;
+    }
+    Ok(tpl)
+}
+
+/// The batches of `staged`, taken for the stores.
+fn batches(staged: &mut [(i32, Staged)]) -> impl Iterator<Item = (i32, Arc<Store>, StoreBatch)> + '_ {
+    staged.iter_mut().map(|(p, s)| (*p, Arc::clone(&s.store), std::mem::take(&mut s.batch)))
+}
+
+/// Counts published outcomes, and how long each waited since it was decided.
+fn count_outcomes(metrics: &Metrics, outcomes: &[Decided]) {
+    let now_ms = now_ms();
+    for d in outcomes {
+        let o = &d.record;
+        let duration = (o.finished_at_ms - o.started_at_ms).max(0) as f64 / 1000.0;
+        metrics.outcome(&o.workflow_type, o.outcome, duration);
+        metrics.outcome_latency.observe((now_ms - d.decided_at_ms).max(0) as f64 / 1000.0);
+    }
+}
+
+/// Counts a finished commit, and how long it took.
+fn count_commit(metrics: &Metrics, started: Instant, ok: bool) {
+    metrics.commit_duration.observe(started.elapsed().as_secs_f64());
+    metrics.commit(ok);
+}

@@ -1,0 +1,290 @@
+//! The reader of a configuration table: one method per section, and the
+//! typed getters that record an error (origin, key, expectation) instead
+//! of stopping at the first.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use toml::{Table, Value};
+
+use super::{
+    parse_duration, Config, ConfigError, Guarantee, HttpConfig, KafkaConfig, Origin, StateConfig,
+    DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MEMORY_BYTES, MIN_MEMORY_BYTES,
+};
+use crate::names;
+
+pub(super) struct Reader {
+    pub(super) file: Origin,
+    pub(super) table: Table,
+    /// `section.key` → the environment variable that set it.
+    pub(super) env_values: BTreeMap<String, String>,
+    pub(super) errors: Vec<ConfigError>,
+}
+
+impl Reader {
+    pub(super) fn new(file: Origin, table: Table) -> Reader {
+        Reader { file, table, env_values: BTreeMap::new(), errors: Vec::new() }
+    }
+
+    fn origin(&self, key: &str) -> Origin {
+        match self.env_values.get(key) {
+            Some(var) => Origin::Env(var.clone()),
+            None => self.file.clone(),
+        }
+    }
+
+    pub(super) fn error(&mut self, key: &str, message: impl Into<String>) {
+        let origin = self.origin(key);
+        self.errors.push(ConfigError { origin, key: key.to_string(), message: message.into() });
+    }
+
+    /// Reads every section, recording every error on the way.
+    pub(super) fn read(&mut self) -> Config {
+        let top = std::mem::take(&mut self.table);
+        self.unknown_keys("", &top, &["kafka", "state", "http", "workflows"]);
+        let kafka = self.section(&top, "kafka");
+        let state = self.section(&top, "state");
+        let http = self.section(&top, "http");
+        let kafka = self.kafka(&kafka);
+        let state = self.state(&state);
+        let http = self.http(&http);
+        let mut workflows = self.workflows(&top);
+        self.outcomes_fit(&workflows, &kafka, state.max_payload_bytes);
+        // No workflow lives forever: a type without a deadline gets the default.
+        for w in workflows.iter_mut().filter(|w| w.deadline.is_none()) {
+            w.deadline = Some(state.default_deadline);
+        }
+        Config { kafka, state, http, workflows }
+    }
+
+    fn kafka(&mut self, kafka: &Table) -> KafkaConfig {
+        self.unknown_keys(
+            "kafka",
+            kafka,
+            &[
+                "bootstrap_servers",
+                "application_id",
+                "instance_id",
+                "input_topic",
+                "output_topic",
+                "dead_letter_topic",
+                "processing_guarantee",
+                "commit_interval",
+                "max_event_bytes",
+                "properties",
+            ],
+        );
+        let application_id = self.string(kafka, "kafka.application_id", Some("junction"));
+        self.topic_name("kafka.application_id", &application_id);
+        let (input_topic, output_topic, dead_letter_topic) = self.topics(kafka);
+        let guarantee = match self.string(kafka, "kafka.processing_guarantee", Some("at_least_once")).as_str() {
+            "at_least_once" => Guarantee::AtLeastOnce,
+            "exactly_once" => Guarantee::ExactlyOnce,
+            other => {
+                self.error(
+                    "kafka.processing_guarantee",
+                    format!("expected \"at_least_once\" or \"exactly_once\", got {other:?}"),
+                );
+                Guarantee::AtLeastOnce
+            }
+        };
+        let commit_interval = self.duration(kafka, "kafka.commit_interval", "100ms");
+        if commit_interval.is_zero() {
+            self.error("kafka.commit_interval", "expected a duration greater than zero");
+        }
+        let max_event_bytes = self.integer(kafka, "kafka.max_event_bytes", 256 * 1024);
+        if max_event_bytes == 0 {
+            self.error("kafka.max_event_bytes", "expected a positive number of bytes");
+        }
+        let instance_id = kafka.get("instance_id").map(|_| self.string(kafka, "kafka.instance_id", None));
+        let properties = self.properties(kafka);
+        self.group_protocol_fits(&properties);
+        self.message_max_bytes_is_a_number(&properties);
+        KafkaConfig {
+            bootstrap_servers: self.string(kafka, "kafka.bootstrap_servers", None),
+            application_id,
+            instance_id,
+            input_topic,
+            output_topic,
+            dead_letter_topic,
+            processing_guarantee: guarantee,
+            commit_interval,
+            max_event_bytes: max_event_bytes as usize,
+            properties,
+        }
+    }
+
+    /// The input, output and dead-letter topics: valid names, and the input apart from the other two.
+    fn topics(&mut self, kafka: &Table) -> (String, String, String) {
+        let input_topic = self.string(kafka, "kafka.input_topic", None);
+        let output_topic = self.string(kafka, "kafka.output_topic", None);
+        let dead_letter_topic = self.string(kafka, "kafka.dead_letter_topic", None);
+        for (key, topic) in [
+            ("kafka.input_topic", &input_topic),
+            ("kafka.output_topic", &output_topic),
+            ("kafka.dead_letter_topic", &dead_letter_topic),
+        ] {
+            self.topic_name(key, topic);
+        }
+        if !input_topic.is_empty() && (input_topic == output_topic || input_topic == dead_letter_topic) {
+            self.error(
+                "kafka.input_topic",
+                "must differ from output_topic and dead_letter_topic, or junction would read its own records",
+            );
+        }
+        (input_topic, output_topic, dead_letter_topic)
+    }
+
+    fn state(&mut self, state: &Table) -> StateConfig {
+        self.unknown_keys(
+            "state",
+            state,
+            &["dir", "retention", "memory_bytes", "write_buffer_bytes", "default_deadline", "max_payload_bytes"],
+        );
+        let state_dir = PathBuf::from(self.string(state, "state.dir", Some("./data")));
+        let memory_bytes = self.integer(state, "state.memory_bytes", DEFAULT_MEMORY_BYTES);
+        if memory_bytes < MIN_MEMORY_BYTES {
+            self.error("state.memory_bytes", format!("expected at least {MIN_MEMORY_BYTES} bytes (16 MiB)"));
+        }
+        let write_buffer_bytes = self.integer(state, "state.write_buffer_bytes", memory_bytes / 4);
+        if write_buffer_bytes == 0 || write_buffer_bytes >= memory_bytes {
+            self.error(
+                "state.write_buffer_bytes",
+                format!("expected a positive number of bytes below state.memory_bytes ({memory_bytes})"),
+            );
+        }
+        let default_deadline = self.duration(state, "state.default_deadline", "7d");
+        if default_deadline.is_zero() {
+            self.error("state.default_deadline", "expected a duration greater than zero");
+        }
+        let max_payload_bytes = self.integer(state, "state.max_payload_bytes", DEFAULT_MAX_PAYLOAD_BYTES) as usize;
+        if max_payload_bytes == 0 {
+            self.error("state.max_payload_bytes", "expected a positive number of bytes");
+        }
+        StateConfig {
+            dir: state_dir,
+            retention: self.duration(state, "state.retention", "24h"),
+            memory_bytes,
+            write_buffer_bytes,
+            default_deadline,
+            max_payload_bytes,
+        }
+    }
+
+    fn http(&mut self, http: &Table) -> HttpConfig {
+        self.unknown_keys("http", http, &["listen"]);
+        let listen = self.string(http, "http.listen", Some("127.0.0.1:9464"));
+        let listen = listen.parse().unwrap_or_else(|_| {
+            self.error("http.listen", format!("expected an address such as 127.0.0.1:9464, got {listen:?}"));
+            SocketAddr::from(([127, 0, 0, 1], 9464))
+        });
+        HttpConfig { listen }
+    }
+
+    pub(super) fn section(&mut self, top: &Table, name: &str) -> Table {
+        match top.get(name) {
+            None => Table::new(),
+            Some(Value::Table(t)) => t.clone(),
+            Some(other) => {
+                self.error(name, format!("expected a table [{name}], got {}", other.type_str()));
+                Table::new()
+            }
+        }
+    }
+
+    pub(super) fn unknown_keys(&mut self, section: &str, table: &Table, known: &[&str]) {
+        for key in table.keys() {
+            if !known.contains(&key.as_str()) {
+                let full = if section.is_empty() { key.clone() } else { format!("{section}.{key}") };
+                self.error(&full, format!("unknown key; expected one of: {}", known.join(", ")));
+            }
+        }
+    }
+
+    pub(super) fn string(&mut self, table: &Table, key: &str, default: Option<&str>) -> String {
+        let field = key.rsplit('.').next().expect("non-empty key");
+        match (table.get(field), default) {
+            (Some(Value::String(s)), _) => s.clone(),
+            (Some(other), _) => {
+                self.error(key, format!("expected a string, got {}", other.type_str()));
+                String::new()
+            }
+            (None, Some(d)) => d.to_string(),
+            (None, None) => {
+                self.error(key, "missing; this setting is required");
+                String::new()
+            }
+        }
+    }
+
+    pub(super) fn integer(&mut self, table: &Table, key: &str, default: u64) -> u64 {
+        let field = key.rsplit('.').next().expect("non-empty key");
+        match table.get(field) {
+            None => default,
+            Some(Value::Integer(n)) if *n >= 0 => *n as u64,
+            Some(Value::String(s)) if s.trim().parse::<u64>().is_ok() => s.trim().parse().expect("checked"),
+            Some(other) => {
+                self.error(key, format!("expected a non-negative integer, got {}", describe(other)));
+                default
+            }
+        }
+    }
+
+    pub(super) fn duration(&mut self, table: &Table, key: &str, default: &str) -> Duration {
+        self.optional_duration(table, key).flatten().unwrap_or_else(|| parse_duration(default).expect("defaults parse"))
+    }
+
+    /// `None` when absent, `Some(None)` when present but wrong (the error is recorded).
+    pub(super) fn optional_duration(&mut self, table: &Table, key: &str) -> Option<Option<Duration>> {
+        let field = key.rsplit('.').next().expect("non-empty key");
+        let parsed = match table.get(field)? {
+            Value::String(s) => parse_duration(s),
+            other => Err(format!("expected a duration string such as \"30s\", got {}", describe(other))),
+        };
+        Some(parsed.map_err(|e| self.error(key, e)).ok())
+    }
+
+    fn properties(&mut self, kafka: &Table) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        let table = match kafka.get("properties") {
+            None => return out,
+            Some(Value::Table(t)) => t,
+            Some(other) => {
+                self.error(
+                    "kafka.properties",
+                    format!("expected a table of librdkafka properties, got {}", other.type_str()),
+                );
+                return out;
+            }
+        };
+        for (name, value) in table {
+            let key = format!("kafka.properties.{name}");
+            let text = match value {
+                Value::String(s) => s.clone(),
+                Value::Integer(n) => n.to_string(),
+                Value::Boolean(b) => b.to_string(),
+                Value::Float(f) => f.to_string(),
+                other => {
+                    self.error(&key, format!("expected a string, number or boolean, got {}", other.type_str()));
+                    continue;
+                }
+            };
+            if names::MANAGED_CLIENT_PROPERTIES.contains(&name.as_str()) {
+                self.error(&key, "junction sets this property itself; remove it (see the configuration reference)");
+                continue;
+            }
+            out.insert(name.clone(), text);
+        }
+        out
+    }
+}
+
+pub(super) fn describe(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("{s:?}"),
+        Value::Integer(n) => n.to_string(),
+        other => other.type_str().to_string(),
+    }
+}

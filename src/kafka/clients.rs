@@ -1,0 +1,161 @@
+//! The clients' configurations: the input consumer, the restore consumer,
+//! the producer, and the settings junction manages on them. Everything that
+//! knows librdkafka property names lives here.
+
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::{Guarantee, KafkaConfig};
+
+/// How long a request of the group coordinator or for watermarks may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Settings shared by every client: the servers and the user's passthrough properties.
+pub(crate) fn base(config: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.bootstrap_servers);
+    for (k, v) in &config.properties {
+        c.set(k, v);
+    }
+    c
+}
+
+/// The group consumer of the input topic. Offsets are committed by junction
+/// only, after the state and outputs they cover are safe.
+pub fn consumer_config(config: &KafkaConfig) -> ClientConfig {
+    let mut c = base(config);
+    c.set("group.id", &config.application_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("isolation.level", "read_committed");
+    c.set_if_absent("auto.offset.reset", "earliest");
+    // Incremental rebalancing: a member joining or leaving moves only the
+    // partitions that change owner; the others keep being processed. (The
+    // consumer protocol of KIP-848 is incremental by itself, and its broker
+    // assigns.)
+    if !uses_consumer_protocol(config) {
+        c.set_if_absent("partition.assignment.strategy", "cooperative-sticky");
+    }
+    // A fetch that finds nothing waits at most this long: it bounds the delay
+    // between an event's arrival and its processing on brokers that poll for
+    // new data instead of waking waiting fetches (Nisshi among them).
+    c.set_if_absent("fetch.wait.max.ms", "10");
+    // Under load a fetch waits (at most fetch.wait.max.ms) until it can
+    // bring this much: fewer, fuller fetches cost the broker and junction
+    // less CPU than one per few records.
+    c.set_if_absent("fetch.min.bytes", "100000");
+    queue_backoff(&mut c);
+    // Statistics feed junction_consumer_lag.
+    c.set_if_absent("statistics.interval.ms", "5000");
+    c
+}
+
+/// The consumer that restores stores from the changelog: no group, and told
+/// when it reaches a partition's end.
+pub fn restore_consumer_config(config: &KafkaConfig) -> ClientConfig {
+    let mut c = base(config);
+    c.set("group.id", format!("{}-restore", config.application_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true");
+    queue_backoff(&mut c);
+    c
+}
+
+/// Whether the group runs the consumer protocol of KIP-848 (`group.protocol = "consumer"`).
+pub fn uses_consumer_protocol(config: &KafkaConfig) -> bool {
+    config.properties.get("group.protocol").map(String::as_str) == Some("consumer")
+}
+
+/// Where the group has committed an input partition (asked of the group
+/// coordinator, which waits for offsets that an open transaction holds), or,
+/// when it never has, where `auto.offset.reset` starts reading it.
+pub fn committed_offset<C: ConsumerContext>(
+    config: &KafkaConfig,
+    consumer: &BaseConsumer<C>,
+    partition: i32,
+) -> Result<i64, KafkaError> {
+    let topic = config.input_topic.as_str();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    let committed = consumer.committed_offsets(tpl, REQUEST_TIMEOUT)?;
+    if let Some(Offset::Offset(o)) = committed.find_partition(topic, partition).map(|e| e.offset()) {
+        return Ok(o);
+    }
+    let (low, high) = consumer.fetch_watermarks(topic, partition, REQUEST_TIMEOUT)?;
+    let from_end =
+        matches!(config.properties.get("auto.offset.reset").map(String::as_str), Some("latest" | "largest" | "end"));
+    Ok(if from_end { high } else { low })
+}
+
+/// A client that reads the changelog's high watermarks, which count the
+/// records of transactions still open (the restore consumer reads, and is
+/// told the end of, committed records only): a store is restored only once
+/// no transaction is open on its changelog partition.
+pub fn changelog_ends_config(config: &KafkaConfig) -> ClientConfig {
+    let mut c = base(config);
+    c.set("group.id", format!("{}-restore", config.application_id)).set("isolation.level", "read_uncommitted");
+    c
+}
+
+/// librdkafka stops fetching while its local queue is full and looks again
+/// only after `fetch.queue.backoff.ms`, 1 s by default: a consumer that
+/// drains its queue faster than that then idles. 10 ms keeps it fed.
+fn queue_backoff(c: &mut ClientConfig) {
+    c.set_if_absent("fetch.queue.backoff.ms", "10");
+}
+
+/// The producer of outcomes, dead letters and changelog records: idempotent
+/// always, transactional under exactly-once, as `transactional_id`.
+pub fn producer_config(config: &KafkaConfig, transactional_id: &str) -> ClientConfig {
+    let mut c = base(config);
+    c.set("enable.idempotence", "true");
+    c.set_if_absent("compression.type", "lz4");
+    c.set_if_absent("linger.ms", "5");
+    if config.processing_guarantee == Guarantee::ExactlyOnce {
+        c.set("transactional.id", transactional_id);
+        // A transaction left open by an instance that died is aborted by the
+        // broker once it is this old; until then read_committed consumers of
+        // the partitions it wrote see nothing newer (librdkafka's default is
+        // 60 s; Kafka Streams uses 10 s too). A restart with the same state
+        // directory aborts it at once. It must exceed the longest commit.
+        c.set_if_absent("transaction.timeout.ms", &DEFAULT_TRANSACTION_TIMEOUT.as_millis().to_string());
+    }
+    c
+}
+
+/// See [`producer_config`].
+const DEFAULT_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How old a transaction may grow before the broker aborts it (and fences
+/// its producer): `transaction.timeout.ms`.
+pub fn transaction_timeout(config: &KafkaConfig) -> Duration {
+    config
+        .properties
+        .get("transaction.timeout.ms")
+        .and_then(|v| v.parse().ok())
+        .map_or(DEFAULT_TRANSACTION_TIMEOUT, Duration::from_millis)
+}
+
+/// The transactional ID of the instance `instance_id` (see [`crate::runtime::instance`]).
+pub fn transactional_id(config: &KafkaConfig, instance_id: &str) -> String {
+    format!("{}-{}", config.application_id, instance_id)
+}
+
+trait SetIfAbsent {
+    fn set_if_absent(&mut self, key: &str, value: &str) -> &mut Self;
+}
+
+impl SetIfAbsent for ClientConfig {
+    fn set_if_absent(&mut self, key: &str, value: &str) -> &mut Self {
+        if self.get(key).is_none() {
+            self.set(key, value);
+        }
+        self
+    }
+}

@@ -1,0 +1,193 @@
+//! The producer of outcomes, dead letters and changelog records: it turns
+//! each into its Kafka record (key, value, headers), sends it tagged with
+//! its commit interval (its epoch), waits while librdkafka's queue is full,
+//! and waits for deliveries. It decides nothing about commits: the commit
+//! strategies ([`crate::commit`]) say what to send and when.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders, ToBytes};
+use rdkafka::producer::{BaseRecord, Producer as _, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::config::KafkaConfig;
+use crate::input::dead_letter::DeadLetter;
+use crate::join::outcome::OutcomeRecord;
+use crate::kafka::clients;
+use crate::kafka::delivery::DeliveryTracker;
+use crate::names;
+
+/// How long a send may wait for room in librdkafka's queue.
+const QUEUE_FULL_WAIT: Duration = Duration::from_secs(60);
+
+/// A handle on the one producer of a process (clones share it).
+#[derive(Clone)]
+pub struct Producer {
+    /// Delivery reports are served on the producer's own thread, which
+    /// `flush`, `commit_transaction` and `abort_transaction` rely on, and
+    /// which lets a pipelined commit see its deliveries without polling.
+    inner: Arc<ThreadedProducer<DeliveryTracker>>,
+    output_topic: String,
+    dead_letter_topic: String,
+    changelog_topic: String,
+}
+
+impl Producer {
+    /// Creates the producer, transactional as `transactional_id` under exactly-once.
+    pub fn new(config: &KafkaConfig, transactional_id: &str) -> Result<Producer, KafkaError> {
+        let tracker = DeliveryTracker::new(config.changelog_topic());
+        let inner: ThreadedProducer<DeliveryTracker> =
+            clients::producer_config(config, transactional_id).create_with_context(tracker)?;
+        Ok(Producer {
+            inner: Arc::new(inner),
+            output_topic: config.output_topic.clone(),
+            dead_letter_topic: config.dead_letter_topic.clone(),
+            changelog_topic: config.changelog_topic(),
+        })
+    }
+
+    /// The librdkafka producer, for its transactions.
+    pub fn client(&self) -> &ThreadedProducer<DeliveryTracker> {
+        &self.inner
+    }
+
+    /// What has been delivered, and what is still in flight.
+    pub fn tracker(&self) -> &DeliveryTracker {
+        self.inner.context()
+    }
+
+    /// Sends outcome records, keyed by workflow ID, with their kind and ID as headers.
+    pub fn send_outcomes<'a>(
+        &self,
+        epoch: usize,
+        outcomes: impl IntoIterator<Item = &'a OutcomeRecord>,
+    ) -> Result<(), KafkaError> {
+        // One buffer for every record's JSON: the producer copies it.
+        let mut value = Vec::with_capacity(1024);
+        for o in outcomes {
+            let id = o.id();
+            let headers = OwnedHeaders::new_with_capacity(2)
+                .insert(Header { key: names::HEADER_OUTCOME, value: Some(o.outcome.as_str()) })
+                .insert(Header { key: names::HEADER_OUTCOME_ID, value: Some(id.as_str()) });
+            value.clear();
+            o.write_json(&mut value);
+            self.send(
+                BaseRecord::with_opaque_to(&self.output_topic, epoch)
+                    .key(o.workflow_id.as_bytes())
+                    .payload(&value)
+                    .headers(headers),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Sends dead letters: the bad record's bytes, with why and where it came from as headers.
+    pub fn send_dead_letters(&self, epoch: usize, dead_letters: &[DeadLetter]) -> Result<(), KafkaError> {
+        for d in dead_letters {
+            let mut record: BaseRecord<'_, [u8], [u8], usize> =
+                BaseRecord::with_opaque_to(&self.dead_letter_topic, epoch).headers(dead_letter_headers(d));
+            if let Some(k) = &d.key {
+                record = record.key(k.as_slice());
+            }
+            if let Some(v) = &d.value {
+                record = record.payload(v.as_slice());
+            }
+            if let Some(ts) = d.timestamp_ms {
+                record = record.timestamp(ts);
+            }
+            self.send(record)?;
+        }
+        Ok(())
+    }
+
+    /// Sends one store's changelog records to its changelog partition.
+    /// Each record is a workflow ID and its encoded state, or `None` for a tombstone.
+    pub fn send_changelog(
+        &self,
+        epoch: usize,
+        partition: i32,
+        changelog: &[(String, Option<Vec<u8>>)],
+    ) -> Result<(), KafkaError> {
+        for (id, value) in changelog {
+            let mut record: BaseRecord<'_, str, [u8], usize> =
+                BaseRecord::with_opaque_to(&self.changelog_topic, epoch).key(id.as_str()).partition(partition);
+            if let Some(v) = value {
+                record = record.payload(v.as_slice());
+            }
+            self.send(record)?;
+        }
+        Ok(())
+    }
+
+    /// Sends one record, waiting while librdkafka's queue is full.
+    fn send<K: ToBytes + ?Sized, P: ToBytes + ?Sized>(
+        &self,
+        mut record: BaseRecord<'_, K, P, usize>,
+    ) -> Result<(), KafkaError> {
+        let mut deadline = None;
+        let epoch = record.delivery_opaque;
+        loop {
+            // Counted before the send: its delivery report may come before `send` returns.
+            self.tracker().sent(epoch);
+            match self.inner.send(record) {
+                Ok(()) => return Ok(()),
+                Err((e, r)) => {
+                    self.tracker().unsent(epoch);
+                    match e {
+                        KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
+                            if *deadline.get_or_insert_with(|| Instant::now() + QUEUE_FULL_WAIT) > Instant::now() =>
+                        {
+                            record = r;
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        e => return Err(e),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for every record in flight; fails if any was not delivered.
+    /// Returns the changelog offsets delivered since the last time.
+    pub fn flush(&self, timeout: Duration) -> Result<HashMap<i32, i64>, KafkaError> {
+        self.inner.flush(timeout)?;
+        self.await_deliveries(|| self.tracker().in_flight_total(), Instant::now() + timeout)
+    }
+
+    /// Waits until `pending()` is zero or the deadline passes, then takes what
+    /// was delivered: the changelog offsets, or the first failure, or a timeout.
+    pub fn await_deliveries(
+        &self,
+        pending: impl Fn() -> usize,
+        deadline: Instant,
+    ) -> Result<HashMap<i32, i64>, KafkaError> {
+        while pending() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let still_pending = pending();
+        let d = self.tracker().take();
+        if let Some(e) = d.failures.into_iter().next() {
+            return Err(e);
+        }
+        if still_pending > 0 {
+            return Err(KafkaError::Flush(RDKafkaErrorCode::MessageTimedOut));
+        }
+        Ok(d.changelog_last)
+    }
+}
+
+/// The five headers of a dead letter: the reason code and its detail, and
+/// the source topic, partition and offset.
+fn dead_letter_headers(d: &DeadLetter) -> OwnedHeaders {
+    let partition = d.source_partition.to_string();
+    let offset = d.source_offset.to_string();
+    OwnedHeaders::new_with_capacity(5)
+        .insert(Header { key: names::HEADER_ERROR, value: Some(d.error.reason.code()) })
+        .insert(Header { key: names::HEADER_ERROR_DETAIL, value: Some(d.error.detail.as_str()) })
+        .insert(Header { key: names::HEADER_SOURCE_TOPIC, value: Some(d.source_topic.as_str()) })
+        .insert(Header { key: names::HEADER_SOURCE_PARTITION, value: Some(partition.as_str()) })
+        .insert(Header { key: names::HEADER_SOURCE_OFFSET, value: Some(offset.as_str()) })
+}

@@ -1,0 +1,238 @@
+//! Commit scheduling: when the stream thread fires timers, publishes and
+//! commits, and what it does with the result. The protocol of each
+//! guarantee is the commit strategy's ([`crate::commit`]); this decides
+//! what a failure means: rewind and redo the interval, replace the
+//! producer, or stop, when the producer was fenced by a live twin.
+
+use std::sync::Arc;
+
+use anyhow::anyhow;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext};
+use tracing::warn;
+
+use crate::commit::{self, CommitError, Committed, Staged, Strategy};
+use crate::config::{Config, Guarantee};
+use crate::kafka::clients;
+use crate::metrics::Metrics;
+use crate::runtime::partitions::Partitions;
+use crate::time::now_ms;
+
+pub struct Commits {
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    strategy: Box<dyn Strategy>,
+    /// The producer's transactional ID, for a producer made anew.
+    transactional_id: String,
+    /// Set once the stream thread cannot go on: nothing is committed after that.
+    halted: bool,
+}
+
+impl Commits {
+    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>, transactional_id: String) -> Result<Commits, CommitError> {
+        let strategy = commit::strategy(Arc::clone(&config), Arc::clone(&metrics), &transactional_id)?;
+        Ok(Commits { config, metrics, strategy, transactional_id, halted: false })
+    }
+
+    pub fn is_committing(&self) -> bool {
+        self.strategy.is_committing()
+    }
+
+    /// Commits nothing more: the stream thread is stopping on an error.
+    pub fn halt(&mut self) {
+        self.halted = true;
+    }
+
+    pub fn is_halted(&self) -> bool {
+        self.halted
+    }
+
+    /// Fires due timers and starts committing the active tasks' work, after
+    /// finishing the commit still in flight. With `wait` (at a rebalance and
+    /// at shutdown) it returns only once the commit is finished. A failed
+    /// commit discards the work since the last finished one and rewinds there.
+    /// Without `wait`, a commit still in flight is left to finish and this
+    /// returns `false`: the next one starts as soon as it has (processing
+    /// goes on meanwhile, so a slow broker stretches the interval instead of
+    /// stopping the stream thread). An error: the stream thread cannot go on.
+    pub fn commit<C: ConsumerContext>(
+        &mut self,
+        partitions: &mut Partitions,
+        consumer: &BaseConsumer<C>,
+        wait: bool,
+    ) -> anyhow::Result<bool> {
+        if self.strategy.is_committing() {
+            self.advance(partitions, consumer, wait)?;
+            if self.strategy.is_committing() {
+                return Ok(false);
+            }
+        }
+        let now = now_ms();
+        let mut failed = Vec::new();
+        for (partition, slot) in partitions.active() {
+            if let Err(e) = slot.task.punctuate(now) {
+                failed.push((partition, e));
+            }
+        }
+        for (partition, e) in failed {
+            partitions.park(consumer, partition, &e, None);
+        }
+        if self.config.kafka.processing_guarantee == Guarantee::ExactlyOnce {
+            if let Err(e) = self.cover_offsets(partitions, consumer) {
+                self.failed(partitions, consumer, e)?;
+                return Ok(true);
+            }
+        }
+        let staged: Vec<(i32, Staged)> = partitions
+            .active()
+            .filter(|(_, s)| s.task.is_dirty())
+            .map(|(partition, s)| (partition, s.task.stage()))
+            .collect();
+        if staged.is_empty() {
+            return Ok(true);
+        }
+        if staged.iter().all(|(_, s)| s.is_empty()) {
+            self.committed(partitions, consumer, Committed::default());
+            return Ok(true);
+        }
+        match self.strategy.begin(staged, consumer) {
+            Ok(Some(committed)) => self.committed(partitions, consumer, committed),
+            Ok(None) if wait => self.advance(partitions, consumer, true)?,
+            Ok(None) => {}
+            Err(e) => self.failed(partitions, consumer, e)?,
+        }
+        Ok(true)
+    }
+
+    /// Gives every task that the next transaction carries an input offset to
+    /// commit in it, even one that read nothing since the last commit (a
+    /// deadline fired): its last committed offset again. The transaction's
+    /// offsets are what the group coordinator checks, so a transaction
+    /// without them would commit even from an instance that has lost its
+    /// partitions to another.
+    fn cover_offsets<C: ConsumerContext>(
+        &self,
+        partitions: &mut Partitions,
+        consumer: &BaseConsumer<C>,
+    ) -> Result<(), CommitError> {
+        for (partition, slot) in partitions.active() {
+            if !slot.task.is_dirty() || slot.task.has_offset() {
+                continue;
+            }
+            let offset = match slot.replay_from {
+                Some(offset) => offset,
+                None => {
+                    let offset = clients::committed_offset(&self.config.kafka, consumer, partition)
+                        .map_err(CommitError::Offsets)?;
+                    slot.replay_from = Some(offset);
+                    offset
+                }
+            };
+            slot.task.cover_offset(offset);
+        }
+        Ok(())
+    }
+
+    /// Sends what the active tasks decided since the last time (under
+    /// `at_least_once`; under `exactly_once` it waits for the commit).
+    pub fn publish<C: ConsumerContext>(
+        &mut self,
+        partitions: &mut Partitions,
+        consumer: &BaseConsumer<C>,
+    ) -> anyhow::Result<()> {
+        let mut result = Ok(());
+        for (_, slot) in partitions.active() {
+            let (outcomes, dead_letters) = slot.task.outputs();
+            if outcomes.is_empty() && dead_letters.is_empty() {
+                continue;
+            }
+            if let Err(e) = self.strategy.publish(outcomes, dead_letters) {
+                result = Err(e);
+                break;
+            }
+        }
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) => self.failed(partitions, consumer, e),
+        }
+    }
+
+    /// Moves the commit in flight on; with `wait`, to its end.
+    pub fn advance<C: ConsumerContext>(
+        &mut self,
+        partitions: &mut Partitions,
+        consumer: &BaseConsumer<C>,
+        wait: bool,
+    ) -> anyhow::Result<()> {
+        match self.strategy.advance(consumer, wait) {
+            Ok(Some(committed)) => self.committed(partitions, consumer, committed),
+            Ok(None) => {}
+            Err(e) => self.failed(partitions, consumer, e)?,
+        }
+        Ok(())
+    }
+
+    fn committed<C: ConsumerContext>(
+        &self,
+        partitions: &mut Partitions,
+        consumer: &BaseConsumer<C>,
+        committed: Committed,
+    ) {
+        for (partition, next) in committed.offsets {
+            if let Some(slot) = partitions.get_mut(partition) {
+                slot.replay_from = Some(next);
+            }
+        }
+        for (partition, e) in committed.failed {
+            partitions.park(consumer, partition, &e, None);
+        }
+        partitions.for_each_task(|task| task.committed());
+    }
+
+    /// A commit failed: nothing of it counts. Rewinds to the last commit,
+    /// with a new producer when the old one cannot go on.
+    fn failed<C: ConsumerContext>(
+        &mut self,
+        partitions: &mut Partitions,
+        consumer: &BaseConsumer<C>,
+        e: CommitError,
+    ) -> anyhow::Result<()> {
+        if self.halted {
+            return Ok(());
+        }
+        warn!(error = %e, "commit failed; discarding the work since the last commit and resuming from there");
+        if let CommitError::Fenced { transaction_age, .. } = &e {
+            self.fenced(*transaction_age)?;
+        }
+        if e.needs_new_producer() {
+            self.strategy =
+                commit::strategy(Arc::clone(&self.config), Arc::clone(&self.metrics), &self.transactional_id)
+                    .map_err(|e| anyhow!(e).context("replacing the producer after a fatal error"))?;
+        }
+        partitions.rewind(consumer);
+        Ok(())
+    }
+
+    /// Tells the two fences apart. A producer fenced in a young transaction
+    /// was fenced by a newer one with its transactional ID: another live
+    /// process. Making a producer again would fence that one in turn, and
+    /// the two would take turns for ever: an error.
+    fn fenced(&self, transaction_age: std::time::Duration) -> anyhow::Result<()> {
+        let timeout = clients::transaction_timeout(&self.config.kafka);
+        if transaction_age < timeout {
+            return Err(anyhow!(
+                "this instance's producer was fenced by another process using the same transactional ID \
+                 {id:?}: two instances were given the same kafka.instance_id. Give each instance its own, or \
+                 leave kafka.instance_id unset (each state directory then keeps an ID of its own)",
+                id = self.transactional_id
+            ));
+        }
+        warn!(
+            transaction_age_s = transaction_age.as_secs_f64(),
+            transaction_timeout_s = timeout.as_secs_f64(),
+            "this instance was fenced: its transaction outlived transaction.timeout.ms (the process was paused \
+             or stalled) and the broker aborted it; its partitions may have moved. Nothing of it was committed: \
+             the work since the last commit is redone with a new producer, for the partitions it still holds"
+        );
+        Ok(())
+    }
+}

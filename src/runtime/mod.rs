@@ -1,0 +1,38 @@
+//! The runtime: the stream thread that drives every stage for the
+//! partitions this instance holds. It knows nothing of the business: the
+//! join decides, the state stage keeps, the commit strategy commits.
+//!
+//! - [`stream_thread`]: the loop (poll, process, restore, publish, commit);
+//! - [`engine`]: its state, shared with the rebalance callbacks;
+//! - [`rebalance`]: the consumer's callbacks (assign, revoke, statistics);
+//! - [`partitions`]: each partition's lifecycle (restoring, active, stopped);
+//! - [`commits`]: when to commit, and what a failed commit means;
+//! - [`task`]: one partition's processing and timers;
+//! - [`instance`]: this process's claim on its state directory, and its ID.
+//!
+//! The threads of a junction process, and who may block:
+//! - the stream thread (`junction-stream`): librdkafka and RocksDB calls,
+//!   never for long (a commit in flight is moved on between polls, not
+//!   waited for). It owns every task; the rebalance callbacks, which
+//!   librdkafka runs inside `poll`, reach the same state through one mutex
+//!   that the loop never holds while polling;
+//! - one `junction-save` thread per `at_least_once` commit (see
+//!   [`crate::commit::at_least_once`]): sends the changelog, waits for it
+//!   and writes the stores, at a lower priority;
+//! - two `junction-restore` threads that write restored batches to the
+//!   stores (see [`crate::state::restore_writer`]);
+//! - librdkafka's own threads (network, delivery reports), RocksDB's
+//!   (flushes; compactions at the lowest priority);
+//! - the tokio runtime, which serves HTTP and signals and never blocks on
+//!   Kafka or RocksDB (store reads run on its blocking pool).
+
+pub mod commits;
+pub mod engine;
+pub mod instance;
+pub mod partitions;
+pub mod rebalance;
+pub mod stream_thread;
+pub mod task;
+
+pub use partitions::{PARK_RETRY_FIRST, PARK_RETRY_MAX};
+pub use stream_thread::run;

@@ -1,0 +1,378 @@
+//! The partition lifecycle: each assigned input partition is restoring
+//! (its store catching up from the changelog, its input paused), active
+//! (its task processing), or stopped (its store failed). This owns the
+//! tasks, opens and closes their stores, pauses, resumes and seeks their
+//! input, and publishes what it holds to the operations view.
+//!
+//! A partition whose store fails (a write refused for lack of space, an I/O
+//! error, a store that cannot be opened) is stopped alone: it is paused, its
+//! offsets stay at the last commit whose state was saved, `/readyz` names it,
+//! and the other partitions go on. It is opened again after a pause that
+//! doubles while it keeps failing ([`PARK_RETRY_FIRST`] up to
+//! [`PARK_RETRY_MAX`]), through the same path as an assignment: the store is
+//! checked and caught up from the changelog; then it is flushed, which proves
+//! that it can write to disk again, and its input is replayed from the last
+//! commit.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::anyhow;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use tracing::{error, info, info_span, warn};
+
+use crate::config::Config;
+use crate::ops::view::View;
+use crate::runtime::task::{stored_timer, InputRecord, Task};
+use crate::state::{RestoreError, Restorer};
+
+const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
+/// The pauses before a stopped partition's store is opened again: doubling up to the maximum.
+pub const PARK_RETRY_FIRST: Duration = Duration::from_secs(1);
+pub const PARK_RETRY_MAX: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Restoring,
+    Active,
+}
+
+pub struct Slot {
+    pub task: Task,
+    pub phase: Phase,
+    /// The first record that arrived while the store was restoring: processing starts there.
+    resume_from: Option<i64>,
+    /// Where to rewind to when a commit fails: the offset after the last commit.
+    pub replay_from: Option<i64>,
+    /// Opened again after its store failed: it must prove it can write before it resumes.
+    reopened: bool,
+}
+
+/// A partition stopped because its store failed: assigned, paused, and
+/// waiting to be opened again.
+struct Parked {
+    error: String,
+    /// Where its input resumes: the offset after its last commit, or the
+    /// first record that arrived since (`None`: the committed offset).
+    from: Option<i64>,
+    retry_at: Instant,
+}
+
+pub struct Partitions {
+    config: Arc<Config>,
+    view: Arc<View>,
+    slots: BTreeMap<i32, Slot>,
+    parked: BTreeMap<i32, Parked>,
+    /// Each partition's last stop and the pause it got, so that a partition
+    /// that fails again soon after it resumed waits longer.
+    stops: HashMap<i32, (Instant, Duration)>,
+    restorer: Restorer,
+}
+
+impl Partitions {
+    pub fn new(config: Arc<Config>, view: Arc<View>) -> Result<Partitions, RestoreError> {
+        let timers = stored_timer(Arc::clone(&config));
+        let restorer = Restorer::new(&config.kafka, &config.state, Arc::clone(&view.metrics), timers)?;
+        Ok(Partitions {
+            config,
+            view,
+            slots: BTreeMap::new(),
+            parked: BTreeMap::new(),
+            stops: HashMap::new(),
+            restorer,
+        })
+    }
+
+    /// The active partitions, with their tasks.
+    pub fn active(&mut self) -> impl Iterator<Item = (i32, &mut Slot)> {
+        self.slots.iter_mut().filter(|(_, s)| s.phase == Phase::Active).map(|(p, s)| (*p, s))
+    }
+
+    /// Calls `f` with every task, restoring ones included.
+    pub fn for_each_task(&mut self, mut f: impl FnMut(&mut Task)) {
+        self.slots.values_mut().for_each(|s| f(&mut s.task));
+    }
+
+    pub fn get_mut(&mut self, partition: i32) -> Option<&mut Slot> {
+        self.slots.get_mut(&partition)
+    }
+
+    pub fn held(&self) -> Vec<i32> {
+        self.slots.keys().copied().collect()
+    }
+
+    pub fn has_active(&self) -> bool {
+        self.slots.values().any(|s| s.phase == Phase::Active)
+    }
+
+    pub fn is_restoring(&self) -> bool {
+        self.restorer.is_restoring()
+    }
+
+    pub fn has_parked(&self) -> bool {
+        !self.parked.is_empty()
+    }
+
+    /// Opens a partition's store and makes its task: active at once when
+    /// the store is up to date, restoring otherwise (paused meanwhile). A
+    /// stopped partition opened again (`reopen`) processes from where it
+    /// stopped, once its store has proved it can write. A store that fails
+    /// stops the partition; an error only for what stops the whole processor.
+    pub fn open<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, partition: i32) -> anyhow::Result<()> {
+        self.open_as(consumer, partition, None)
+    }
+
+    fn open_as<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        partition: i32,
+        reopen: Option<&Parked>,
+    ) -> anyhow::Result<()> {
+        let from = reopen.and_then(|p| p.from);
+        let dir = self.config.state.dir.join(&self.config.kafka.application_id).join(partition.to_string());
+        let (store, open) = match self.restorer.open(partition, &dir) {
+            Ok(opened) => opened,
+            Err(RestoreError::Store(e)) => {
+                self.park(consumer, partition, &e, from);
+                return Ok(());
+            }
+            Err(e) => return Err(anyhow!(e).context(format!("cannot open the state of partition {partition}"))),
+        };
+        let task = Task::new(partition, Arc::clone(&store), Arc::clone(&self.config), Arc::clone(&self.view.metrics));
+        let phase = if open.is_some() { Phase::Active } else { Phase::Restoring };
+        if let Some(open) = open {
+            task.set_open(open);
+        }
+        let reopened = reopen.is_some();
+        self.slots.insert(partition, Slot { task, phase, resume_from: from, replay_from: from, reopened });
+        match phase {
+            Phase::Restoring => self.pause(consumer, partition, true),
+            // Paused since it stopped: resumes once its store proves it can write.
+            Phase::Active if reopened => self.activate(consumer, partition),
+            Phase::Active => self.view.show_store(partition, store),
+        }
+        Ok(())
+    }
+
+    /// Stops a partition whose store failed: pauses its input, drops its
+    /// task and closes its store (what it decided since its last saved
+    /// commit is replayed), and tries it again after a pause.
+    pub fn park<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        partition: i32,
+        error: &dyn std::fmt::Display,
+        from: Option<i64>,
+    ) {
+        self.pause(consumer, partition, true);
+        self.restorer.cancel(partition);
+        self.view.hide_store(partition);
+        let from = match self.slots.remove(&partition) {
+            Some(slot) => slot.replay_from.or(slot.resume_from).or(from),
+            None => from,
+        };
+        let now = Instant::now();
+        let backoff = match self.stops.get(&partition) {
+            // Failed again soon after its last attempt: wait longer.
+            Some((at, last)) if now.duration_since(*at) < *last + PARK_RETRY_MAX => (*last * 2).min(PARK_RETRY_MAX),
+            _ => PARK_RETRY_FIRST,
+        };
+        self.stops.insert(partition, (now, backoff));
+        error!(
+            partition,
+            error = %error,
+            resume_from = from,
+            retry_in_s = backoff.as_secs(),
+            "partition stopped: its state store failed; its offsets stay at the last saved commit, and the other partitions go on"
+        );
+        self.view.metrics.partition_stopped();
+        self.parked.insert(
+            partition,
+            Parked { error: format!("partition {partition} stopped: {error}"), from, retry_at: now + backoff },
+        );
+        self.publish_health(true);
+    }
+
+    /// Opens the stopped partitions whose pause is over.
+    pub fn retry_parked<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> anyhow::Result<()> {
+        let now = Instant::now();
+        let due: Vec<i32> = self.parked.iter().filter(|(_, p)| p.retry_at <= now).map(|(p, _)| *p).collect();
+        for partition in due {
+            let parked = self.parked.remove(&partition).expect("parked");
+            info!(partition, "opening a stopped partition's state store again");
+            self.open_as(consumer, partition, Some(&parked))?;
+            self.publish_health(true);
+        }
+        Ok(())
+    }
+
+    /// Gives up revoked partitions: drops their tasks and closes their stores.
+    pub fn close(&mut self, revoked: &[i32]) {
+        for &partition in revoked {
+            self.parked.remove(&partition);
+            self.stops.remove(&partition);
+            self.restorer.cancel(partition);
+            self.view.metrics.forget_partition(partition);
+            self.view.hide_store(partition);
+            if let Some(slot) = self.slots.remove(&partition) {
+                if let Err(e) = slot.task.store.flush() {
+                    warn!(partition, error = %e, "cannot flush a revoked partition's store");
+                }
+                // Dropping the last handle closes the store and releases its lock.
+            }
+        }
+    }
+
+    /// Flushes and closes every store, at shutdown.
+    pub fn close_all(&mut self) {
+        for (partition, slot) in std::mem::take(&mut self.slots) {
+            if let Err(err) = slot.task.store.flush() {
+                warn!(partition, error = %err, "cannot flush a store at shutdown");
+            }
+        }
+        self.view.hide_all_stores();
+    }
+
+    fn pause<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, partition: i32, pause: bool) {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.config.kafka.input_topic, partition);
+        let result = if pause { consumer.pause(&tpl) } else { consumer.resume(&tpl) };
+        if let Err(e) = result {
+            warn!(partition, error = %e, pause, "cannot pause or resume a partition");
+        }
+    }
+
+    /// Restores for up to `budget`, and activates the partitions whose stores are restored.
+    pub fn restore_step<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, budget: Duration) {
+        let restored = self.restorer.step(budget);
+        for (partition, e) in restored.failed {
+            self.park(consumer, partition, &e, None);
+        }
+        for partition in restored.done {
+            self.activate(consumer, partition);
+        }
+    }
+
+    /// Starts processing a partition whose store is up to date: restored,
+    /// or opened again after it stopped.
+    fn activate<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, partition: i32) {
+        let Some(slot) = self.slots.get_mut(&partition) else { return };
+        // A store opened up to date was counted as it was verified; a restored one is counted now.
+        let restored = slot.phase == Phase::Restoring;
+        slot.phase = Phase::Active;
+        let resume_from = slot.resume_from.take();
+        let reopened = std::mem::take(&mut slot.reopened);
+        let ready = (if restored { slot.task.recount_open() } else { Ok(()) }).and_then(|()| {
+            // A store that failed proves it can write to disk again before its partition resumes.
+            if reopened {
+                slot.task.store.flush()?;
+            }
+            Ok(())
+        });
+        if let Err(e) = ready {
+            self.park(consumer, partition, &e, resume_from);
+            return;
+        }
+        self.view.show_store(partition, Arc::clone(&slot.task.store));
+        if let Some(offset) = resume_from {
+            self.seek(consumer, partition, offset);
+        }
+        self.pause(consumer, partition, false);
+        if reopened {
+            info!(partition, resume_from, "stopped partition resumed");
+        }
+        self.publish_health(true);
+    }
+
+    fn seek<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, partition: i32, offset: i64) {
+        if let Err(e) = consumer.seek(&self.config.kafka.input_topic, partition, Offset::Offset(offset), SEEK_TIMEOUT) {
+            self.view.update_health(|h| h.failure = Some(format!("cannot seek partition {partition}: {e}")));
+            error!(partition, offset, error = %e, "cannot seek the input partition");
+        }
+    }
+
+    /// Hands each record to its partition's task.
+    pub fn process<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        messages: &[BorrowedMessage<'_>],
+        now: i64,
+    ) {
+        let _span = info_span!("poll_batch", records = messages.len()).entered();
+        // The only topic subscribed: not asked of librdkafka record by record.
+        let config = Arc::clone(&self.config);
+        let topic = config.kafka.input_topic.as_str();
+        for m in messages {
+            let partition = m.partition();
+            let Some(slot) = self.slots.get_mut(&partition) else {
+                // Fetched before a stopped partition's pause took hold: processed when it resumes, from here.
+                if let Some(parked) = self.parked.get_mut(&partition) {
+                    parked.from.get_or_insert(m.offset());
+                }
+                continue;
+            };
+            if slot.phase != Phase::Active {
+                // Fetched before the pause took hold: processed after the restore, from here.
+                if slot.resume_from.is_none() {
+                    slot.resume_from = Some(m.offset());
+                }
+                continue;
+            }
+            slot.replay_from.get_or_insert(m.offset());
+            let record = InputRecord {
+                key: m.key(),
+                value: m.payload(),
+                timestamp_ms: m.timestamp().to_millis(),
+                topic,
+                offset: m.offset(),
+            };
+            if let Err(e) = slot.task.process(&record, now) {
+                self.park(consumer, partition, &e, None);
+            }
+        }
+    }
+
+    /// Forgets every task's work since the last finished commit, and seeks
+    /// each partition back there: a commit failed.
+    pub fn rewind<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
+        let mut seeks = Vec::new();
+        let mut failed = Vec::new();
+        for (partition, slot) in &mut self.slots {
+            match slot.task.discard() {
+                Err(e) => failed.push((*partition, e)),
+                Ok(()) => seeks.extend(slot.replay_from.map(|offset| (*partition, offset))),
+            }
+        }
+        for (partition, e) in failed {
+            self.park(consumer, partition, &e, None);
+        }
+        for (partition, offset) in seeks {
+            self.seek(consumer, partition, offset);
+        }
+    }
+
+    /// Refreshes `junction_state_bytes` from RocksDB's estimates.
+    pub fn report_state_sizes(&self) {
+        for (partition, slot) in self.slots.iter().filter(|(_, s)| s.phase == Phase::Active) {
+            self.view.metrics.set_state_bytes(*partition, slot.task.store.estimated_bytes());
+        }
+    }
+
+    /// Shows what this instance holds on `/readyz` and in the metrics.
+    pub fn publish_health(&self, in_group: bool) {
+        let restoring: Vec<i32> =
+            self.slots.iter().filter(|(_, s)| s.phase == Phase::Restoring).map(|(p, _)| *p).collect();
+        self.view.metrics.set_partitions(self.slots.len() - restoring.len(), restoring.len(), self.parked.len());
+        self.view.update_health(|h| {
+            h.in_group = in_group;
+            h.assigned = self.slots.keys().copied().collect();
+            h.assigned.extend(self.parked.keys());
+            h.assigned.sort_unstable();
+            h.restoring = restoring;
+            h.stopped = self.parked.iter().map(|(p, parked)| (*p, parked.error.clone())).collect();
+        });
+    }
+}

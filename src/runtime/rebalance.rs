@@ -1,0 +1,88 @@
+//! The consumer's context: librdkafka calls it inside `poll` on a
+//! rebalance, with its statistics, and with client-wide errors. A
+//! rebalance reaches the stream thread's state through the engine's mutex,
+//! which the loop never holds while polling.
+
+use std::sync::{Arc, Mutex};
+
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::{ClientContext, Statistics, TopicPartitionList};
+use tracing::{info, warn};
+
+use crate::ops::view::View;
+use crate::runtime::engine::{lock, Engine};
+
+pub struct Callbacks {
+    pub engine: Arc<Mutex<Engine>>,
+    pub view: Arc<View>,
+    pub input_topic: String,
+}
+
+impl ClientContext for Callbacks {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.view.set_unreachable(Some(reason.to_string()));
+        } else {
+            warn!(error = %error, reason, "Kafka client error");
+        }
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        if statistics.brokers.values().any(|b| b.state == "UP") {
+            self.view.set_unreachable(None);
+        }
+        let Some(topic) = statistics.topics.get(&self.input_topic) else { return };
+        for (partition, p) in &topic.partitions {
+            // Partition -1 is librdkafka's internal unassigned queue; a lag of -1 is unknown.
+            if *partition >= 0 && p.consumer_lag >= 0 && p.fetch_state == "active" {
+                self.view.metrics.set_consumer_lag(*partition, p.consumer_lag);
+            }
+        }
+    }
+}
+
+impl ConsumerContext for Callbacks {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            on_revoke(&mut lock(&self.engine), consumer, &self.partitions(tpl));
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => on_assign(&mut lock(&self.engine), consumer, &self.partitions(tpl)),
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => warn!(error = %e, "rebalance error"),
+        }
+    }
+}
+
+impl Callbacks {
+    /// The input partitions of a rebalance's list.
+    fn partitions(&self, tpl: &TopicPartitionList) -> Vec<i32> {
+        tpl.elements_for_topic(&self.input_topic).iter().map(|e| e.partition()).collect()
+    }
+}
+
+fn on_assign(engine: &mut Engine, consumer: &BaseConsumer<Callbacks>, assigned: &[i32]) {
+    for &partition in assigned {
+        if let Err(e) = engine.partitions.open(consumer, partition) {
+            engine.fail(e);
+            return;
+        }
+    }
+    info!(partitions = ?engine.partitions.held(), "partitions assigned");
+    engine.partitions.publish_health(true);
+}
+
+fn on_revoke(engine: &mut Engine, consumer: &BaseConsumer<Callbacks>, revoked: &[i32]) {
+    // Finish the interval's work before the partitions are given up (not
+    // after a failure: what failed must not be committed).
+    if !engine.commits.is_halted() {
+        engine.commit(consumer, true);
+    }
+    engine.partitions.close(revoked);
+    info!(?revoked, keeping = ?engine.partitions.held(), "partitions revoked");
+    engine.partitions.publish_health(false);
+}

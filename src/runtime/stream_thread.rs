@@ -1,0 +1,195 @@
+//! The stream thread's loop: it polls the input topic, hands each batch to
+//! the partitions' tasks, steps the restorer, publishes outcomes every
+//! [`PUBLISH_INTERVAL`], and starts a commit every `commit_interval`.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::BorrowedMessage;
+use tracing::{info, warn};
+
+use crate::commit::PUBLISH_INTERVAL;
+use crate::config::{Config, Guarantee};
+use crate::kafka::{clients, topics};
+use crate::ops::view::View;
+use crate::runtime::commits::Commits;
+use crate::runtime::engine::{lock, Engine};
+use crate::runtime::instance::Instance;
+use crate::runtime::partitions::Partitions;
+use crate::runtime::rebalance::Callbacks;
+use crate::time::now_ms;
+
+/// Records handed to the tasks per poll batch.
+const MAX_BATCH: usize = 2_000;
+/// The longest the loop waits in one poll, so that shutdown is prompt.
+const MAX_POLL_WAIT: Duration = Duration::from_millis(100);
+/// Time given to restoring per loop turn while other partitions are active.
+const RESTORE_SLICE: Duration = Duration::from_millis(20);
+/// How often the loop looks at a commit in flight.
+const COMMIT_CHECK: Duration = Duration::from_millis(1);
+/// The pauses between attempts to reach the cluster at start-up: doubling up to the maximum.
+const STARTUP_RETRY_FIRST: Duration = Duration::from_millis(500);
+const STARTUP_RETRY_MAX: Duration = Duration::from_secs(10);
+/// How often `junction_state_bytes` is refreshed.
+const STATE_SIZE_REPORT: Duration = Duration::from_secs(5);
+
+/// Runs the processor until `view.shutdown` is set, then commits, closes
+/// the stores and leaves the group. Returns an error when it cannot go on.
+pub fn run(config: Arc<Config>, view: Arc<View>, runtime: tokio::runtime::Handle) -> anyhow::Result<()> {
+    // Held until the process ends: no other process uses this state directory, nor its instance ID.
+    let instance = Instance::claim(&config)?;
+    let transactional_id = clients::transactional_id(&config.kafka, &instance.id);
+    let Some(partitions) = prepare_topics(&config, &view, &runtime)? else { return Ok(()) };
+    view.update_health(|h| h.input_partitions = partitions);
+    let metrics = Arc::clone(&view.metrics);
+    metrics.register_workflow_types(config.workflows.iter().map(|w| w.workflow_type.as_str()));
+    let commits = Commits::new(Arc::clone(&config), metrics, transactional_id.clone())?;
+    let engine = Engine::new(Arc::clone(&view), Partitions::new(Arc::clone(&config), Arc::clone(&view))?, commits);
+    let engine = Arc::new(Mutex::new(engine));
+    let callbacks = Callbacks {
+        engine: Arc::clone(&engine),
+        view: Arc::clone(&view),
+        input_topic: config.kafka.input_topic.clone(),
+    };
+    let consumer: BaseConsumer<Callbacks> = clients::consumer_config(&config.kafka)
+        .create_with_context(callbacks)
+        .context("creating the input consumer")?;
+    consumer.subscribe(&[&config.kafka.input_topic]).context("subscribing to the input topic")?;
+    info!(
+        input = %config.kafka.input_topic,
+        partitions,
+        guarantee = config.kafka.processing_guarantee.as_str(),
+        instance_id = %instance.id,
+        transactional_id = if config.kafka.processing_guarantee == Guarantee::ExactlyOnce { transactional_id.as_str() } else { "" },
+        "junction is running"
+    );
+    let result = poll_loop(&config, &view, &engine, &consumer);
+
+    info!("shutting down: committing, closing stores, leaving the group");
+    if result.is_ok() {
+        lock(&engine).commit(&consumer, true);
+    }
+    // Leaving the group runs the revoke callback, which closes the stores.
+    drop(consumer);
+    let mut e = lock(&engine);
+    e.partitions.close_all();
+    result.and(e.take_failure().map_or(Ok(()), Err))
+}
+
+/// The loop itself, until shutdown or an error.
+fn poll_loop(
+    config: &Config,
+    view: &View,
+    engine: &Mutex<Engine>,
+    consumer: &BaseConsumer<Callbacks>,
+) -> anyhow::Result<()> {
+    let interval = config.kafka.commit_interval;
+    let mut next_commit = Instant::now() + interval;
+    let mut next_publish = Instant::now() + PUBLISH_INTERVAL;
+    let mut next_size_report = Instant::now();
+    loop {
+        if view.shutdown.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let restoring = {
+            let mut e = lock(engine);
+            if let Some(f) = e.take_failure() {
+                return Err(f);
+            }
+            if e.partitions.has_parked() {
+                e.retry_parked(consumer);
+            }
+            if e.partitions.is_restoring() {
+                let budget = if e.partitions.has_active() { RESTORE_SLICE } else { MAX_POLL_WAIT };
+                e.partitions.restore_step(consumer, budget);
+            }
+            e.partitions.is_restoring()
+        };
+        let committing = lock(engine).commits.is_committing();
+        let wait = if restoring {
+            Duration::ZERO
+        } else if committing {
+            // Come back soon to move the commit on as its deliveries arrive.
+            COMMIT_CHECK
+        } else {
+            next_commit.min(next_publish).saturating_duration_since(Instant::now()).min(MAX_POLL_WAIT)
+        };
+        let messages = poll_batch(consumer, wait);
+        if !messages.is_empty() {
+            view.set_unreachable(None);
+            lock(engine).partitions.process(consumer, &messages, now_ms());
+        }
+        drop(messages);
+        if committing {
+            lock(engine).advance_commit(consumer);
+        }
+        if Instant::now() >= next_publish {
+            lock(engine).publish(consumer);
+            next_publish = Instant::now() + PUBLISH_INTERVAL;
+        }
+        if Instant::now() >= next_commit && lock(engine).commit(consumer, false) {
+            // A fixed rate: the time a commit takes does not stretch the
+            // interval, which bounds how long an outcome waits for it.
+            next_commit += interval;
+            if next_commit < Instant::now() {
+                next_commit = Instant::now() + interval;
+            }
+        }
+        if Instant::now() >= next_size_report {
+            lock(engine).partitions.report_state_sizes();
+            next_size_report = Instant::now() + STATE_SIZE_REPORT;
+        }
+    }
+}
+
+/// Up to [`MAX_BATCH`] records: waits up to `wait` for the first, then takes what is already fetched.
+fn poll_batch(consumer: &BaseConsumer<Callbacks>, wait: Duration) -> Vec<BorrowedMessage<'_>> {
+    let mut messages = Vec::new();
+    let mut polled = consumer.poll(wait);
+    while let Some(result) = polled {
+        match result {
+            Ok(m) => messages.push(m),
+            Err(e) => warn!(error = %e, "input consumer error"),
+        }
+        if messages.len() >= MAX_BATCH {
+            break;
+        }
+        polled = consumer.poll(Duration::ZERO);
+    }
+    messages
+}
+
+/// Checks and creates the topics, trying again with a growing pause while
+/// the cluster cannot be reached (`/readyz` says so meanwhile). `None`: shut
+/// down before the cluster answered.
+fn prepare_topics(
+    config: &Config,
+    view: &View,
+    runtime: &tokio::runtime::Handle,
+) -> Result<Option<usize>, topics::TopicError> {
+    let mut pause = STARTUP_RETRY_FIRST;
+    loop {
+        match topics::prepare_topics(&config.kafka, runtime) {
+            Ok(partitions) => {
+                view.set_unreachable(None);
+                return Ok(Some(partitions));
+            }
+            Err(e) if e.is_transient() => {
+                warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "cannot reach the Kafka cluster at start-up");
+                view.set_unreachable(Some(e.to_string()));
+            }
+            Err(e) => return Err(e),
+        }
+        let until = Instant::now() + pause;
+        while Instant::now() < until {
+            if view.shutdown.load(Ordering::SeqCst) {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        pause = (pause * 2).min(STARTUP_RETRY_MAX);
+    }
+}
