@@ -173,7 +173,7 @@ impl DecidedAfter {
         let new = &records[self.seen..];
         self.seen = records.len();
         new.iter().any(|r| {
-            let from = junction::kafka::partitioner::murmur2_partition(
+            let from = junction::route::partitioner::murmur2_partition(
                 r.key.as_deref().unwrap_or_default(),
                 PARTITIONS as usize,
             );

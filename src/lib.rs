@@ -11,12 +11,14 @@
 //! through the processor, in this order:
 //!
 //! - [`input`]: a record becomes a step event, or bad input with its reason;
+//! - [`route`]: which partition is a workflow's home, and what a record
+//!   forwarded there carries;
 //! - [`join`]: the pure decision, (state, event, now) → (state, outcomes);
 //! - [`state`]: the stores, their record cache, the changelog's bytes, and restore;
 //! - [`commit`]: each guarantee's commit protocol, one strategy each;
 //! - [`runtime`]: the stream thread, the partitions' lifecycle and rebalances;
 //! - [`kafka`]: the Kafka adapters: clients, producer, delivery tracking,
-//!   partitioner, topics;
+//!   topics;
 //! - [`ops`]: what operators see (HTTP), through a narrow view of the runtime.
 //!
 //! Used by every stage: [`config`] (the TOML configuration and its
@@ -31,6 +33,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod names;
 pub mod ops;
+pub mod route;
 pub mod runtime;
 pub mod state;
 pub mod time;

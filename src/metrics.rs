@@ -1,6 +1,7 @@
 //! Prometheus metrics: defined once here, registered in one registry that
 //! `GET /metrics` renders. Label sets are bounded: results, reason codes,
-//! outcomes, the configured workflow types, and the input partitions.
+//! outcomes, the configured workflow types and input topics, and the
+//! partitions.
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -21,6 +22,7 @@ pub struct Metrics {
     /// `events` for accepted, duplicate and late.
     events_by_result: [IntCounter; 3],
     dead_letters: IntCounterVec,
+    forwarded: IntCounterVec,
     outcomes: IntCounterVec,
     commits: IntCounterVec,
     workflow_duration: HistogramVec,
@@ -65,6 +67,11 @@ impl Metrics {
                 "Input records sent to the dead-letter topic, by reason code (the junction.error header).",
                 &["reason"],
             ),
+            forwarded: counter(
+                "junction_forwarded_total",
+                "Input records read off their workflow's home partition and forwarded to it through the repartition topic, by input topic.",
+                &["topic"],
+            ),
             outcomes: counter(
                 "junction_outcomes_total",
                 "Outcome records committed, by workflow type and outcome.",
@@ -99,12 +106,12 @@ impl Metrics {
                 "Times a partition stopped because its state store failed: a write refused (disk full), an I/O error, a store that cannot be opened.",
             )
             .expect("valid metric"),
-            partitions: gauge("junction_partitions", "Assigned input partitions, by task state.", &["state"]),
-            workflows_open: gauge("junction_workflows_open", "Workflows waiting for a decision, by input partition.", &["partition"]),
+            partitions: gauge("junction_partitions", "Assigned home partitions, by task state.", &["state"]),
+            workflows_open: gauge("junction_workflows_open", "Workflows waiting for a decision, by home partition.", &["partition"]),
             consumer_lag: gauge(
                 "junction_consumer_lag",
-                "Records in the input partition not yet consumed, from librdkafka statistics.",
-                &["partition"],
+                "Records in an assigned partition (of an input topic or the repartition topic) not yet consumed, from librdkafka statistics.",
+                &["topic", "partition"],
             ),
             state_bytes: gauge(
                 "junction_state_bytes",
@@ -112,7 +119,7 @@ impl Metrics {
                 &["partition"],
             ),
         };
-        for c in [&m.events, &m.dead_letters, &m.outcomes, &m.commits] {
+        for c in [&m.events, &m.dead_letters, &m.forwarded, &m.outcomes, &m.commits] {
             m.registry.register(Box::new(c.clone())).expect("unique metric");
         }
         for g in [&m.partitions, &m.workflows_open, &m.consumer_lag, &m.state_bytes] {
@@ -141,6 +148,18 @@ impl Metrics {
             m.partitions.with_label_values(&[s]);
         }
         m
+    }
+
+    /// Starts the forwarded series of the input topics at zero.
+    pub fn register_input_topics<'a>(&self, topics: impl IntoIterator<Item = &'a str>) {
+        for t in topics {
+            self.forwarded.with_label_values(&[t]);
+        }
+    }
+
+    /// Resolved once per input partition: a label lookup per record would cost a hash and a lock.
+    pub fn forwarded(&self, topic: &str) -> IntCounter {
+        self.forwarded.with_label_values(&[topic])
     }
 
     /// Starts every outcome series of the configured workflow types at zero.
@@ -191,18 +210,23 @@ impl Metrics {
         self.workflows_open.with_label_values(&[&partition.to_string()])
     }
 
-    pub fn set_consumer_lag(&self, partition: i32, lag: i64) {
-        self.consumer_lag.with_label_values(&[&partition.to_string()]).set(lag);
+    pub fn set_consumer_lag(&self, topic: &str, partition: i32, lag: i64) {
+        self.consumer_lag.with_label_values(&[topic, &partition.to_string()]).set(lag);
+    }
+
+    /// Drops a revoked partition's lag: another instance reports it now.
+    pub fn forget_lag(&self, topic: &str, partition: i32) {
+        let _ = self.consumer_lag.remove_label_values(&[topic, &partition.to_string()]);
     }
 
     pub fn set_state_bytes(&self, partition: i32, bytes: u64) {
         self.state_bytes.with_label_values(&[&partition.to_string()]).set(bytes as i64);
     }
 
-    /// Drops a revoked partition's series: another instance reports them now.
+    /// Drops a revoked home partition's series: another instance reports them now.
     pub fn forget_partition(&self, partition: i32) {
         let p = partition.to_string();
-        for g in [&self.workflows_open, &self.consumer_lag, &self.state_bytes] {
+        for g in [&self.workflows_open, &self.state_bytes] {
             let _ = g.remove_label_values(&[&p]);
         }
     }
@@ -228,7 +252,8 @@ mod tests {
     fn every_documented_metric_is_exported_with_help_text() {
         let m = Metrics::new();
         m.workflows_open(0).set(1);
-        m.set_consumer_lag(0, 5);
+        m.set_consumer_lag("in", 0, 5);
+        m.register_input_topics(["in"]);
         m.set_state_bytes(0, 1024);
         m.outcome("order", Outcome::Completed, 1.5);
         let text = m.render();
@@ -241,6 +266,7 @@ mod tests {
             "junction_consumer_lag",
             "junction_dead_letters_total",
             "junction_events_total",
+            "junction_forwarded_total",
             "junction_outcome_latency_seconds",
             "junction_outcomes_total",
             "junction_partitions",
@@ -258,6 +284,7 @@ mod tests {
         }
         println!("exported: {}", names.join(" "));
         m.forget_partition(0);
+        m.forget_lag("in", 0);
         assert!(!m.render().contains("junction_consumer_lag{"), "a revoked partition's series are dropped");
     }
 }

@@ -6,6 +6,12 @@ pub fn changelog_topic(application_id: &str) -> String {
     format!("{application_id}-state-changelog")
 }
 
+/// The topic that carries records read off their workflow's home partition
+/// to it (see [`crate::runtime`]: "Routing").
+pub fn repartition_topic(application_id: &str) -> String {
+    format!("{application_id}-repartition")
+}
+
 /// Header on every outcome record: the outcome kind.
 pub const HEADER_OUTCOME: &str = "junction.outcome";
 /// Header on every outcome record: the same value on a repeat of the record.
@@ -16,6 +22,9 @@ pub const HEADER_ERROR_DETAIL: &str = "junction.error.detail";
 pub const HEADER_SOURCE_TOPIC: &str = "junction.source.topic";
 pub const HEADER_SOURCE_PARTITION: &str = "junction.source.partition";
 pub const HEADER_SOURCE_OFFSET: &str = "junction.source.offset";
+/// On a dead letter or a forwarded record keyed by the workflow ID: the
+/// source record's own key, when it had one.
+pub const HEADER_SOURCE_KEY: &str = "junction.source.key";
 
 /// The longest workflow ID accepted, in bytes.
 pub const MAX_WORKFLOW_ID_BYTES: usize = 256;
@@ -37,6 +46,7 @@ pub const MANAGED_CLIENT_PROPERTIES: &[&str] = &[
     "isolation.level",
     "transactional.id",
     "enable.idempotence",
+    "partitioner",
 ];
 
 /// Why a record went to the dead-letter topic: the stable code in the
@@ -59,8 +69,6 @@ pub enum Reason {
     UnknownWorkflowType,
     /// `step` is not one of the workflow type's steps.
     UnknownStep,
-    /// The record key is not UTF-8 or differs from `workflow_id`.
-    KeyMismatch,
     /// `workflow_id` is longer than the limit.
     WorkflowIdTooLong,
     /// `payload` is larger than `state.max_payload_bytes`.
@@ -68,7 +76,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 10] = [
         Reason::EmptyValue,
         Reason::TooLarge,
         Reason::NotJson,
@@ -77,7 +85,6 @@ impl Reason {
         Reason::InvalidField,
         Reason::UnknownWorkflowType,
         Reason::UnknownStep,
-        Reason::KeyMismatch,
         Reason::WorkflowIdTooLong,
         Reason::PayloadTooLarge,
     ];
@@ -92,7 +99,6 @@ impl Reason {
             Reason::InvalidField => "invalid_field",
             Reason::UnknownWorkflowType => "unknown_workflow_type",
             Reason::UnknownStep => "unknown_step",
-            Reason::KeyMismatch => "key_mismatch",
             Reason::WorkflowIdTooLong => "workflow_id_too_long",
             Reason::PayloadTooLarge => "payload_too_large",
         }

@@ -292,7 +292,7 @@ fn a_thawed_instance_does_not_fire_the_deadlines_its_successor_fired() {
     // after its request, on a's partition.
     let ids: Vec<String> = (0..2_000)
         .map(|i| format!("callback-{i}"))
-        .filter(|id| junction::kafka::partitioner::murmur2_partition(id.as_bytes(), 2) == held_by_a)
+        .filter(|id| junction::route::partitioner::murmur2_partition(id.as_bytes(), 2) == held_by_a)
         .take(100)
         .collect();
     let requests: Vec<Value> = ids.iter().map(|id| event(id, "callback", "request", "succeeded", None)).collect();

@@ -1,5 +1,6 @@
 //! Hostile input, fuzzed with proptest: whatever bytes arrive on the input
-//! topic or in the changelog, decoding answers with an event or a reason,
+//! topic (in junction's format or through a mapping) or in the changelog,
+//! decoding answers with an event or a reason,
 //! a state or an error, and never panics. A bounded run (a few thousand
 //! cases each) runs in CI; `PROPTEST_CASES` makes it longer.
 
@@ -15,9 +16,18 @@ fn config() -> Config {
     let text = r#"
 [kafka]
 bootstrap_servers = "x:1"
-input_topic = "in"
+input_topics = ["in", "foreign"]
 output_topic = "out"
 dead_letter_topic = "dlq"
+[kafka.mappings.foreign]
+workflow_id = "/workflow_id"
+workflow_type = "/payload/workflow_type"
+step = "/step/0"
+status = "/status"
+status_values = { succeeded = "succeeded", "1" = "failed", "true" = "compensated" }
+event_id = "/event_id"
+occurred_at = "/occurred_at"
+payload = ""
 [[workflows]]
 type = "order"
 steps = ["payment", "inventory"]
@@ -72,17 +82,19 @@ proptest! {
 
     #[test]
     fn any_bytes_decode_to_an_event_or_a_reason(value in prop::collection::vec(any::<u8>(), 0..300),
-                                                key in prop::option::of(prop::collection::vec(any::<u8>(), 0..20))) {
+                                                mapped in any::<bool>()) {
         let config = config();
-        if let Err(bad) = decode(&config, key.as_deref(), Some(&value), 0) {
+        let mapping = config.kafka.input_topics[1].mapping.as_ref().filter(|_| mapped);
+        if let Err(bad) = decode(&config, mapping, Some(&value), 0) {
             prop_assert!(!bad.detail.is_empty(), "a reason comes with its explanation");
         }
     }
 
     #[test]
-    fn json_shaped_values_decode_to_an_event_or_a_reason(value in json_value()) {
+    fn json_shaped_values_decode_to_an_event_or_a_reason(value in json_value(), mapped in any::<bool>()) {
         let config = config();
-        match decode(&config, None, Some(value.as_bytes()), 0) {
+        let mapping = config.kafka.input_topics[1].mapping.as_ref().filter(|_| mapped);
+        match decode(&config, mapping, Some(value.as_bytes()), 0) {
             Ok(event) => {
                 prop_assert!(!event.workflow_id.is_empty());
                 prop_assert!(event.step < config.workflows[event.workflow].steps.len());

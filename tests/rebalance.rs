@@ -85,7 +85,7 @@ fn a_joining_instance_moves_only_some_partitions(group_protocol: &'static str) {
     // from the outcome records' timestamps (set when junction sends them).
     let mut by_partition: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
     for r in &records {
-        let p = junction::kafka::partitioner::murmur2_partition(r.key.as_deref().unwrap_or_default(), PARTITIONS);
+        let p = junction::route::partitioner::murmur2_partition(r.key.as_deref().unwrap_or_default(), PARTITIONS);
         by_partition.entry(p).or_default().push(r.timestamp_ms);
     }
     println!(

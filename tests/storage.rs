@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{assert_one_outcome_each, by_workflow, event, wait_until, Broker, Junction, Setup, PATIENCE};
-use junction::kafka::partitioner::murmur2_partition;
+use junction::route::partitioner::murmur2_partition;
 use serde_json::{json, Value};
 
 const PARTITIONS: i32 = 3;

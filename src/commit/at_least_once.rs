@@ -1,6 +1,6 @@
 //! The `at_least_once` commit, pipelined with the next interval:
 //!
-//! 1. outcomes and dead letters are produced as they are decided, in small
+//! 1. outcomes, dead letters and forwarded records are produced as they are decided, in small
 //!    batches ([`Strategy::publish`], every [`super::PUBLISH_INTERVAL`]), so
 //!    that they do not wait for the commit; the commit waits until its
 //!    interval's are delivered;
@@ -30,12 +30,13 @@ use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 use tracing::debug;
 
-use super::{committed, count_commit, count_outcomes, offsets, CommitError, Committed, Decided, InputGroup, Staged};
-use super::{Strategy, COMMIT_TIMEOUT};
+use super::{committed, count_commit, count_outcomes, offsets, CommitError, Committed, Decided, InputGroup, Outputs};
+use super::{Staged, Strategy, COMMIT_TIMEOUT};
 use crate::config::Config;
 use crate::input::dead_letter::DeadLetter;
 use crate::kafka::producer::Producer;
 use crate::metrics::Metrics;
+use crate::route::Forward;
 use crate::state::{self, ChangelogRecord, Store, StoreBatch, StoreFailures};
 
 /// The commit thread's nice value: under contention the stream thread,
@@ -43,7 +44,6 @@ use crate::state::{self, ChangelogRecord, Store, StoreBatch, StoreFailures};
 const SAVE_NICE: libc::c_int = 10;
 
 pub struct AtLeastOnce {
-    config: Arc<Config>,
     metrics: Arc<Metrics>,
     producer: Producer,
     in_flight: Option<InFlight>,
@@ -65,19 +65,25 @@ struct InFlight {
 struct SaveWork {
     partition: i32,
     changelog: Vec<ChangelogRecord>,
-    store: Arc<Store>,
+    store: Option<Arc<Store>>,
     batch: StoreBatch,
 }
 
 impl AtLeastOnce {
     pub fn new(config: Arc<Config>, metrics: Arc<Metrics>, transactional_id: &str) -> Result<AtLeastOnce, CommitError> {
         let producer = Producer::new(&config.kafka, transactional_id).map_err(CommitError::Producer)?;
-        Ok(AtLeastOnce { config, metrics, producer, in_flight: None, epoch: 0 })
+        Ok(AtLeastOnce { metrics, producer, in_flight: None, epoch: 0 })
     }
 
-    fn send_outputs(&self, outcomes: &[Decided], dead_letters: &[DeadLetter]) -> Result<(), CommitError> {
+    fn send_outputs(
+        &self,
+        outcomes: &[Decided],
+        dead_letters: &[DeadLetter],
+        forwards: &[Forward],
+    ) -> Result<(), CommitError> {
         self.producer.send_outcomes(self.epoch, outcomes.iter().map(|d| &d.record)).map_err(CommitError::Delivery)?;
-        self.producer.send_dead_letters(self.epoch, dead_letters).map_err(CommitError::Delivery)
+        self.producer.send_dead_letters(self.epoch, dead_letters).map_err(CommitError::Delivery)?;
+        self.producer.send_forwards(self.epoch, forwards).map_err(CommitError::Delivery)
     }
 
     fn step(&mut self, group: &dyn InputGroup, wait: bool) -> Result<Option<Committed>, CommitError> {
@@ -92,7 +98,7 @@ impl AtLeastOnce {
                 let f = self.in_flight.take().expect("in flight");
                 // A partition whose state was not saved keeps its offset where it was.
                 let done = committed(&f.staged, failed);
-                let offsets = offsets(&self.config.kafka.input_topic, &done)?;
+                let offsets = offsets(&done)?;
                 if offsets.count() > 0 {
                     // Waiting (at a rebalance or shutdown) the offsets must be in before the partitions go;
                     // otherwise a lost asynchronous commit is covered by the next one.
@@ -122,7 +128,7 @@ impl AtLeastOnce {
             .map(|(partition, s)| SaveWork {
                 partition: *partition,
                 changelog: std::mem::take(&mut s.changelog),
-                store: Arc::clone(&s.store),
+                store: s.store.clone(),
                 batch: std::mem::take(&mut s.batch),
             })
             .collect();
@@ -152,10 +158,7 @@ impl AtLeastOnce {
             }
             return Ok(false);
         }
-        self.producer
-            .await_deliveries(|| tracker.in_flight_total(), Instant::now() + COMMIT_TIMEOUT)
-            .map(|_| true)
-            .map_err(CommitError::Delivery)
+        self.producer.drain_deliveries(COMMIT_TIMEOUT).map(|_| true).map_err(CommitError::Delivery)
     }
 
     /// Drops the commit in flight after an error, and waits for what is still
@@ -174,11 +177,10 @@ impl AtLeastOnce {
 }
 
 impl Strategy for AtLeastOnce {
-    fn publish(&mut self, outcomes: &mut Vec<Decided>, dead_letters: &mut Vec<DeadLetter>) -> Result<(), CommitError> {
-        let sent = self.send_outputs(outcomes, dead_letters);
-        count_outcomes(&self.metrics, outcomes);
-        outcomes.clear();
-        dead_letters.clear();
+    fn publish(&mut self, mut outputs: Outputs<'_>) -> Result<(), CommitError> {
+        let sent = self.send_outputs(outputs.outcomes, outputs.dead_letters, outputs.forwards);
+        count_outcomes(&self.metrics, outputs.outcomes);
+        outputs.clear();
         sent
     }
 
@@ -190,7 +192,7 @@ impl Strategy for AtLeastOnce {
         assert!(self.in_flight.is_none(), "a commit is already in flight");
         let started = Instant::now();
         // What was not yet published (outcomes of timers fired for this commit) goes now.
-        let sent = staged.iter().try_for_each(|(_, s)| self.send_outputs(&s.outcomes, &s.dead_letters));
+        let sent = staged.iter().try_for_each(|(_, s)| self.send_outputs(&s.outcomes, &s.dead_letters, &s.forwards));
         staged.iter().for_each(|(_, s)| count_outcomes(&self.metrics, &s.outcomes));
         let epoch = self.epoch;
         self.epoch += 1;
@@ -226,7 +228,8 @@ fn save(
     let changelog_last = producer
         .await_deliveries(|| tracker.in_flight(epoch), started + COMMIT_TIMEOUT)
         .map_err(CommitError::Delivery)?;
-    Ok(state::write_batches(work.into_iter().map(|w| (w.partition, w.store, w.batch)), &changelog_last))
+    let batches = work.into_iter().filter_map(|w| Some((w.partition, w.store?, w.batch)));
+    Ok(state::write_batches(batches, &changelog_last))
 }
 
 /// Lowers the calling thread's CPU priority (Linux's nice is per thread).

@@ -1,5 +1,5 @@
-//! The `exactly_once` commit: outcomes, dead letters, changelog records and
-//! input offsets go in one Kafka transaction; the stores are written once
+//! The `exactly_once` commit: outcomes, dead letters, forwarded records,
+//! changelog records and input offsets go in one Kafka transaction; the stores are written once
 //! it has committed. A store that fails its write then is behind a changelog
 //! that holds its state: the partition is stopped, and its store is caught
 //! up from the changelog when it is opened again.
@@ -16,10 +16,9 @@ use rdkafka::producer::Producer as _;
 use rdkafka::types::RDKafkaErrorCode;
 use tracing::warn;
 
-use super::{batches, committed, count_commit, count_outcomes, offsets, CommitError, Committed, Decided, InputGroup};
+use super::{batches, committed, count_commit, count_outcomes, offsets, CommitError, Committed, InputGroup, Outputs};
 use super::{Staged, Strategy, COMMIT_TIMEOUT};
 use crate::config::Config;
-use crate::input::dead_letter::DeadLetter;
 use crate::kafka::producer::Producer;
 use crate::metrics::Metrics;
 use crate::state;
@@ -28,7 +27,6 @@ use crate::state;
 const EPOCH: usize = 0;
 
 pub struct ExactlyOnce {
-    config: Arc<Config>,
     metrics: Arc<Metrics>,
     producer: Producer,
 }
@@ -40,7 +38,7 @@ impl ExactlyOnce {
     pub fn new(config: Arc<Config>, metrics: Arc<Metrics>, transactional_id: &str) -> Result<ExactlyOnce, CommitError> {
         let producer = Producer::new(&config.kafka, transactional_id).map_err(CommitError::Producer)?;
         producer.client().init_transactions(COMMIT_TIMEOUT).map_err(|e| transaction_error(e, Duration::ZERO))?;
-        Ok(ExactlyOnce { config, metrics, producer })
+        Ok(ExactlyOnce { metrics, producer })
     }
 
     fn commit(&mut self, mut staged: Vec<(i32, Staged)>, group: &dyn InputGroup) -> Result<Committed, CommitError> {
@@ -53,10 +51,7 @@ impl ExactlyOnce {
             }
             return Err(e);
         }
-        let changelog_last = self
-            .producer
-            .await_deliveries(|| self.producer.tracker().in_flight_total(), Instant::now() + COMMIT_TIMEOUT)
-            .map_err(CommitError::Delivery)?;
+        let changelog_last = self.producer.drain_deliveries(COMMIT_TIMEOUT).map_err(CommitError::Delivery)?;
         let failed = state::write_batches(batches(&mut staged), &changelog_last);
         staged.iter().for_each(|(_, s)| count_outcomes(&self.metrics, &s.outcomes));
         Ok(committed(&staged, failed))
@@ -73,6 +68,7 @@ impl ExactlyOnce {
         for (partition, s) in staged {
             self.producer.send_outcomes(EPOCH, s.outcomes.iter().map(|d| &d.record)).map_err(CommitError::Delivery)?;
             self.producer.send_dead_letters(EPOCH, &s.dead_letters).map_err(CommitError::Delivery)?;
+            self.producer.send_forwards(EPOCH, &s.forwards).map_err(CommitError::Delivery)?;
             self.producer.send_changelog(EPOCH, *partition, &s.changelog).map_err(CommitError::Delivery)?;
         }
         // Every partition of the transaction has its offset in it (the
@@ -80,7 +76,7 @@ impl ExactlyOnce {
         // transaction's offsets from a member it no longer knows, which is
         // what keeps an instance that lost its partitions (a zombie) from
         // committing anything for them.
-        let offsets = offsets(&self.config.kafka.input_topic, &committed(staged, Vec::new()))?;
+        let offsets = offsets(&committed(staged, Vec::new()))?;
         if offsets.count() > 0 {
             let group = group.group_metadata().ok_or(CommitError::NotInGroup)?;
             self.producer.client().send_offsets_to_transaction(&offsets, &group, COMMIT_TIMEOUT).map_err(failed)?;
@@ -136,7 +132,7 @@ impl ExactlyOnce {
 
 impl Strategy for ExactlyOnce {
     /// Outcomes wait for the commit's transaction: nothing is sent here.
-    fn publish(&mut self, _: &mut Vec<Decided>, _: &mut Vec<DeadLetter>) -> Result<(), CommitError> {
+    fn publish(&mut self, _: Outputs<'_>) -> Result<(), CommitError> {
         Ok(())
     }
 

@@ -2,12 +2,15 @@
 //! that keeps the guarantees whatever crashes in between. Each guarantee is
 //! one [`Strategy`], in a file of its own:
 //!
-//! - [`at_least_once`]: outcomes first, then the changelog, then the
-//!   stores, then the input offsets, pipelined with the next interval;
-//! - [`exactly_once`]: outcomes, dead letters, changelog records and input
-//!   offsets in one Kafka transaction; the stores once it has committed.
+//! - [`at_least_once`]: outcomes, dead letters and forwarded records first,
+//!   then the changelog, then the stores, then the input offsets, pipelined
+//!   with the next interval;
+//! - [`exactly_once`]: outcomes, dead letters, forwarded records, changelog
+//!   records and input offsets in one Kafka transaction; the stores once it
+//!   has committed.
 //!
-//! The stream thread stages what its tasks decided ([`Staged`]) and hands it
+//! The stream thread stages what its tasks and input partitions produced
+//! ([`Staged`]) and hands it
 //! to the strategy; the strategy says which input offsets it committed and
 //! which stores failed to take their batch ([`Committed`]). A store that
 //! fails its write fails only its own partition, which the stream thread
@@ -29,6 +32,7 @@ use crate::config::{Config, Guarantee};
 use crate::input::dead_letter::DeadLetter;
 use crate::join::outcome::OutcomeRecord;
 use crate::metrics::Metrics;
+use crate::route::Forward;
 use crate::state::{ChangelogRecord, Store, StoreBatch, StoreFailures};
 use crate::time::now_ms;
 
@@ -42,10 +46,10 @@ pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(20);
 
 /// A guarantee's commit protocol. One commit is in flight at a time.
 pub trait Strategy: Send {
-    /// Sends the outcomes and dead letters decided so far, if the guarantee
+    /// Sends the outcomes, dead letters and forwards decided so far, if the guarantee
     /// publishes before the commit (`at_least_once`), and empties the lists;
     /// otherwise leaves them for the commit.
-    fn publish(&mut self, outcomes: &mut Vec<Decided>, dead_letters: &mut Vec<DeadLetter>) -> Result<(), CommitError>;
+    fn publish(&mut self, outputs: Outputs<'_>) -> Result<(), CommitError>;
 
     /// Whether a commit is in flight: [`Strategy::advance`] must finish it
     /// before the next one begins.
@@ -131,12 +135,37 @@ pub struct Decided {
     pub decided_at_ms: i64,
 }
 
-/// What a commit must publish and save for one task.
+/// What is waiting to be published, emptied by [`Strategy::publish`].
+pub struct Outputs<'a> {
+    pub outcomes: &'a mut Vec<Decided>,
+    pub dead_letters: &'a mut Vec<DeadLetter>,
+    pub forwards: &'a mut Vec<Forward>,
+}
+
+impl Outputs<'_> {
+    pub fn is_empty(&self) -> bool {
+        self.outcomes.is_empty() && self.dead_letters.is_empty() && self.forwards.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.outcomes.clear();
+        self.dead_letters.clear();
+        self.forwards.clear();
+    }
+}
+
+/// What a commit must publish and save for one partition read: a home
+/// partition's task (the repartition topic's partition, and a store), or
+/// an input partition (no store).
 pub struct Staged {
-    /// Where `batch` goes.
-    pub store: Arc<Store>,
+    /// The topic read; with the partition beside it in the commit's list,
+    /// where `next_offset` is committed.
+    pub topic: Arc<str>,
+    /// Where `batch` goes: the task's store.
+    pub store: Option<Arc<Store>>,
     pub outcomes: Vec<Decided>,
     pub dead_letters: Vec<DeadLetter>,
+    pub forwards: Vec<Forward>,
     /// Changelog records: workflow ID → encoded state, or `None` for a tombstone.
     pub changelog: Vec<ChangelogRecord>,
     /// The store batch (data and timers; the checkpoint is added by the commit).
@@ -148,36 +177,42 @@ pub struct Staged {
 impl Staged {
     /// Whether there is nothing to commit.
     pub fn is_empty(&self) -> bool {
-        self.next_offset.is_none() && self.outcomes.is_empty() && self.changelog.is_empty() && self.batch.is_empty()
+        self.next_offset.is_none()
+            && self.outcomes.is_empty()
+            && self.dead_letters.is_empty()
+            && self.forwards.is_empty()
+            && self.changelog.is_empty()
+            && self.batch.is_empty()
     }
 }
 
 /// What a finished commit did.
 #[derive(Debug, Default)]
 pub struct Committed {
-    /// The input offsets committed: (partition, next offset).
-    pub offsets: Vec<(i32, i64)>,
+    /// The offsets committed: (topic, partition, next offset).
+    pub offsets: Vec<(Arc<str>, i32, i64)>,
     /// The partitions whose stores failed to take their batch, and why.
     /// Under `at_least_once` their offsets were not committed.
     pub failed: StoreFailures,
 }
 
-/// What a commit of `staged` did: the input offsets it covers, but for the
-/// `failed` partitions, whose offsets it did not commit under
-/// `at_least_once`, and which it reports.
+/// What a commit of `staged` did: the offsets it covers, but for the
+/// partitions numbered like a `failed` store (its task's, and the input
+/// partitions that fed that task directly), whose offsets it did not commit
+/// under `at_least_once`, and which it reports.
 fn committed(staged: &[(i32, Staged)], failed: StoreFailures) -> Committed {
     let offsets = staged
         .iter()
         .filter(|(p, _)| failed.iter().all(|(f, _)| f != p))
-        .filter_map(|(p, s)| Some((*p, s.next_offset?)))
+        .filter_map(|(p, s)| Some((Arc::clone(&s.topic), *p, s.next_offset?)))
         .collect();
     Committed { offsets, failed }
 }
 
-/// The offsets of `committed` on `topic`, to commit to the group.
-fn offsets(topic: &str, committed: &Committed) -> Result<TopicPartitionList, CommitError> {
+/// The offsets of `committed`, to commit to the group.
+fn offsets(committed: &Committed) -> Result<TopicPartitionList, CommitError> {
     let mut tpl = TopicPartitionList::new();
-    for (partition, next) in &committed.offsets {
+    for (topic, partition, next) in &committed.offsets {
         tpl.add_partition_offset(topic, *partition, Offset::Offset(*next)).map_err(CommitError::Offsets)?;
     }
     Ok(tpl)
@@ -185,7 +220,7 @@ fn offsets(topic: &str, committed: &Committed) -> Result<TopicPartitionList, Com
 
 /// The batches of `staged`, taken for the stores.
 fn batches(staged: &mut [(i32, Staged)]) -> impl Iterator<Item = (i32, Arc<Store>, StoreBatch)> + '_ {
-    staged.iter_mut().map(|(p, s)| (*p, Arc::clone(&s.store), std::mem::take(&mut s.batch)))
+    staged.iter_mut().filter_map(|(p, s)| Some((*p, Arc::clone(s.store.as_ref()?), std::mem::take(&mut s.batch))))
 }
 
 /// Counts published outcomes, and how long each waited since it was decided.

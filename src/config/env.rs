@@ -15,6 +15,8 @@ const OVERRIDABLE: &[&str] = &[
     "kafka.application_id",
     "kafka.instance_id",
     "kafka.input_topic",
+    "kafka.input_topics",
+    "kafka.home_partitions",
     "kafka.output_topic",
     "kafka.dead_letter_topic",
     "kafka.processing_guarantee",
@@ -51,7 +53,14 @@ impl Reader {
             match key {
                 Some(key) => {
                     let (section, field) = key.split_once('.').expect("overridable keys are section.key");
-                    section_mut(&mut self.table, section).insert(field.to_string(), Value::String(value));
+                    let table = section_mut(&mut self.table, section);
+                    // The one input topic or the list: the variable replaces either.
+                    match *key {
+                        "kafka.input_topic" => table.remove("input_topics"),
+                        "kafka.input_topics" => table.remove("input_topic"),
+                        _ => None,
+                    };
+                    table.insert(field.to_string(), Value::String(value));
                     self.env_values.insert(key.to_string(), var);
                 }
                 None => self.errors.push(ConfigError {

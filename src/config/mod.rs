@@ -9,6 +9,7 @@
 //! `sasl.password`).
 
 mod env;
+mod mapping;
 mod read;
 mod validate;
 mod workflows;
@@ -46,7 +47,12 @@ pub struct KafkaConfig {
     /// Distinguishes this instance's transactional producer from its peers'.
     /// `None`: the ID kept in the state directory (see [`crate::runtime::instance`]).
     pub instance_id: Option<String>,
-    pub input_topic: String,
+    /// The topics step events are read from (`input_topics`, or the one `input_topic`).
+    pub input_topics: Vec<InputTopic>,
+    /// The partition count of junction's own topics (the changelog and the
+    /// repartition topic) when it creates them: `None`, the largest input
+    /// topic's. Kept from then on (see "Routing" in the README).
+    pub home_partitions: Option<usize>,
     pub output_topic: String,
     pub dead_letter_topic: String,
     pub processing_guarantee: Guarantee,
@@ -59,6 +65,15 @@ pub struct KafkaConfig {
 impl KafkaConfig {
     pub fn changelog_topic(&self) -> String {
         names::changelog_topic(&self.application_id)
+    }
+
+    pub fn repartition_topic(&self) -> String {
+        names::repartition_topic(&self.application_id)
+    }
+
+    /// The input topic named `name`, with its mapping.
+    pub fn input(&self, name: &str) -> Option<&InputTopic> {
+        self.input_topics.iter().find(|t| t.name == name)
     }
 
     /// The largest key or value junction copies into a dead letter: the
@@ -92,7 +107,8 @@ impl fmt::Debug for KafkaConfig {
             .field("bootstrap_servers", &self.bootstrap_servers)
             .field("application_id", &self.application_id)
             .field("instance_id", &self.instance_id)
-            .field("input_topic", &self.input_topic)
+            .field("input_topics", &self.input_topics)
+            .field("home_partitions", &self.home_partitions)
             .field("output_topic", &self.output_topic)
             .field("dead_letter_topic", &self.dead_letter_topic)
             .field("processing_guarantee", &self.processing_guarantee)
@@ -101,6 +117,40 @@ impl fmt::Debug for KafkaConfig {
             .field("properties", &properties)
             .finish()
     }
+}
+
+/// One input topic, and how its records read as step events.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputTopic {
+    pub name: String,
+    /// `None`: records are step events in junction's own format.
+    pub mapping: Option<Mapping>,
+}
+
+/// Where a topic's own JSON format keeps each field of a step event:
+/// JSON pointers (RFC 6901), or a value fixed for the whole topic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mapping {
+    pub workflow_id: String,
+    /// `None`: the one configured workflow type.
+    pub workflow_type: Option<Field>,
+    pub step: Field,
+    /// `None`: every record reports `succeeded`.
+    pub status: Option<String>,
+    /// The topic's status values, and the status each stands for; empty:
+    /// the values are junction's own (`succeeded`, `failed`, `compensated`).
+    pub status_values: BTreeMap<String, String>,
+    pub event_id: Option<String>,
+    /// `None`: the record's timestamp.
+    pub occurred_at: Option<String>,
+    pub payload: Option<String>,
+}
+
+/// A mapped field: read at a JSON pointer, or the same for every record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Field {
+    Pointer(String),
+    Fixed(String),
 }
 
 #[derive(Debug, Clone)]
@@ -380,7 +430,69 @@ deadline = "15m"
         let text = MINIMAL.replace("input_topic = \"steps\"\n", "input_topik = \"steps\"\n");
         let shown = parse_with(&text, &[]).unwrap_err().to_string();
         assert!(shown.contains("`kafka.input_topik`: unknown key"), "{shown}");
-        assert!(shown.contains("`kafka.input_topic`: missing; this setting is required"), "{shown}");
+        assert!(shown.contains("`kafka.input_topics`: missing; name the topics"), "{shown}");
+    }
+
+    #[test]
+    fn several_input_topics_each_with_its_own_format() {
+        let text = MINIMAL.replace("input_topic = \"steps\"\n", "input_topics = [\"steps\", \"psp.callbacks\"]\n")
+            + r#"
+[kafka.mappings."psp.callbacks"]
+workflow_id = "/merchant/reference"
+fixed_step = "payment"
+status = "/code"
+status_values = { AUTH = "succeeded", REFUSED = "failed" }
+occurred_at = "/at"
+payload = ""
+"#;
+        let c = parse_with(&text, &[]).unwrap();
+        assert_eq!(c.kafka.input_topics.len(), 2);
+        assert_eq!(c.kafka.input_topics[0], InputTopic { name: "steps".into(), mapping: None });
+        let m = c.kafka.input("psp.callbacks").and_then(|t| t.mapping.as_ref()).unwrap();
+        assert_eq!(m.workflow_id, "/merchant/reference");
+        assert_eq!(m.step, Field::Fixed("payment".into()));
+        assert_eq!(m.status_values.get("REFUSED").map(String::as_str), Some("failed"));
+        assert_eq!(m.payload.as_deref(), Some(""));
+        let c = parse_with(MINIMAL, &[("JUNCTION_KAFKA_INPUT_TOPICS", "a, b")]).unwrap();
+        let names: Vec<&str> = c.kafka.input_topics.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"], "the environment replaces input_topic with a list");
+        assert_eq!(c.kafka.repartition_topic(), "junction-repartition");
+    }
+
+    #[test]
+    fn bad_mappings_name_the_key_and_what_was_expected() {
+        let text = MINIMAL.replace("input_topic = \"steps\"\n", "input_topics = [\"steps\", \"cb\", \"outcomes\"]\nhome_partitions = 0\n")
+            + r#"
+[kafka.mappings.cb]
+workflow_id = "merchant"
+step = "/kind"
+fixed_step = "payment"
+status_values = { AUTH = "done" }
+color = "/c"
+
+[kafka.mappings.other]
+workflow_id = "/id"
+fixed_step = "refund"
+"#;
+        let errors = parse_with(&text, &[]).unwrap_err().to_string();
+        for expected in [
+            "`kafka.input_topics[2]`: \"outcomes\" is a topic junction writes",
+            "`kafka.home_partitions`: expected a partition count from 1",
+            "`kafka.mappings.cb.color`: unknown key",
+            "`kafka.mappings.cb.workflow_id`: \"merchant\" is not a JSON pointer",
+            "`kafka.mappings.cb.fixed_step`: set step (a JSON pointer) or fixed_step, not both",
+            "`kafka.mappings.cb.status_values.AUTH`: expected \"succeeded\", \"failed\" or \"compensated\", got \"done\"",
+            "`kafka.mappings.cb.status_values`: status_values without status",
+            "`kafka.mappings.other`: a mapping for a topic that is not an input topic",
+        ] {
+            assert!(errors.contains(expected), "missing {expected:?} in:\n{errors}");
+        }
+        let unknown_step = MINIMAL.replace("input_topic = \"steps\"\n", "input_topics = [\"cb\"]\n")
+            + "\n[kafka.mappings.cb]\nworkflow_id = \"/id\"\nfixed_step = \"refund\"\n";
+        let errors = parse_with(&unknown_step, &[]).unwrap_err().to_string();
+        assert!(errors.contains("`kafka.mappings.cb.fixed_step`: step \"refund\" is not a step of \"order\""), "{errors}");
+        let both = MINIMAL.replace("input_topic = \"steps\"\n", "input_topic = \"a\"\ninput_topics = [\"b\"]\n");
+        assert!(parse_with(&both, &[]).unwrap_err().to_string().contains("set input_topic or input_topics, not both"));
     }
 
     #[test]

@@ -10,10 +10,13 @@ use std::time::Duration;
 use toml::{Table, Value};
 
 use super::{
-    parse_duration, Config, ConfigError, Guarantee, HttpConfig, KafkaConfig, Origin, StateConfig,
+    parse_duration, Config, ConfigError, Guarantee, HttpConfig, InputTopic, KafkaConfig, Origin, StateConfig,
     DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MEMORY_BYTES, MIN_MEMORY_BYTES,
 };
 use crate::names;
+
+/// The most partitions junction's own topics may have.
+const MAX_HOME_PARTITIONS: u64 = 10_000;
 
 pub(super) struct Reader {
     pub(super) file: Origin,
@@ -52,6 +55,7 @@ impl Reader {
         let http = self.http(&http);
         let mut workflows = self.workflows(&top);
         self.outcomes_fit(&workflows, &kafka, state.max_payload_bytes);
+        self.mappings_fit(&kafka, &workflows);
         // No workflow lives forever: a type without a deadline gets the default.
         for w in workflows.iter_mut().filter(|w| w.deadline.is_none()) {
             w.deadline = Some(state.default_deadline);
@@ -68,6 +72,9 @@ impl Reader {
                 "application_id",
                 "instance_id",
                 "input_topic",
+                "input_topics",
+                "mappings",
+                "home_partitions",
                 "output_topic",
                 "dead_letter_topic",
                 "processing_guarantee",
@@ -78,7 +85,11 @@ impl Reader {
         );
         let application_id = self.string(kafka, "kafka.application_id", Some("junction"));
         self.topic_name("kafka.application_id", &application_id);
-        let (input_topic, output_topic, dead_letter_topic) = self.topics(kafka);
+        let (input_topics, output_topic, dead_letter_topic) = self.topics(kafka, &application_id);
+        let home_partitions = kafka.get("home_partitions").map(|_| self.integer(kafka, "kafka.home_partitions", 1));
+        if home_partitions.is_some_and(|n| n == 0 || n > MAX_HOME_PARTITIONS) {
+            self.error("kafka.home_partitions", format!("expected a partition count from 1 to {MAX_HOME_PARTITIONS}"));
+        }
         let guarantee = match self.string(kafka, "kafka.processing_guarantee", Some("at_least_once")).as_str() {
             "at_least_once" => Guarantee::AtLeastOnce,
             "exactly_once" => Guarantee::ExactlyOnce,
@@ -106,7 +117,8 @@ impl Reader {
             bootstrap_servers: self.string(kafka, "kafka.bootstrap_servers", None),
             application_id,
             instance_id,
-            input_topic,
+            input_topics,
+            home_partitions: home_partitions.map(|n| n as usize),
             output_topic,
             dead_letter_topic,
             processing_guarantee: guarantee,
@@ -116,25 +128,97 @@ impl Reader {
         }
     }
 
-    /// The input, output and dead-letter topics: valid names, and the input apart from the other two.
-    fn topics(&mut self, kafka: &Table) -> (String, String, String) {
-        let input_topic = self.string(kafka, "kafka.input_topic", None);
+    /// The input topics (`input_topics`, or the one `input_topic`) with
+    /// their mappings, and the output and dead-letter topics: valid names,
+    /// and no topic junction writes among the inputs.
+    fn topics(&mut self, kafka: &Table, application_id: &str) -> (Vec<InputTopic>, String, String) {
+        let names = self.input_topic_names(kafka);
         let output_topic = self.string(kafka, "kafka.output_topic", None);
         let dead_letter_topic = self.string(kafka, "kafka.dead_letter_topic", None);
-        for (key, topic) in [
-            ("kafka.input_topic", &input_topic),
-            ("kafka.output_topic", &output_topic),
-            ("kafka.dead_letter_topic", &dead_letter_topic),
-        ] {
+        for (key, topic) in [("kafka.output_topic", &output_topic), ("kafka.dead_letter_topic", &dead_letter_topic)] {
             self.topic_name(key, topic);
         }
-        if !input_topic.is_empty() && (input_topic == output_topic || input_topic == dead_letter_topic) {
+        let own = [
+            output_topic.clone(),
+            dead_letter_topic.clone(),
+            names::changelog_topic(application_id),
+            names::repartition_topic(application_id),
+        ];
+        for (key, name) in &names {
+            self.topic_name(key, name);
+            if !name.is_empty() && own.contains(name) {
+                self.error(
+                    key,
+                    format!(
+                        "{name:?} is a topic junction writes (output, dead letters, changelog or repartition); \
+                         an input must be another, or junction would read its own records"
+                    ),
+                );
+            }
+        }
+        let mut mappings = self.mappings(kafka);
+        let topics = names
+            .into_iter()
+            .map(|(_, name)| InputTopic { mapping: mappings.remove(&name), name })
+            .collect();
+        for topic in mappings.into_keys() {
             self.error(
-                "kafka.input_topic",
-                "must differ from output_topic and dead_letter_topic, or junction would read its own records",
+                &format!("kafka.mappings.{topic}"),
+                "a mapping for a topic that is not an input topic; add it to kafka.input_topics or remove the mapping",
             );
         }
-        (input_topic, output_topic, dead_letter_topic)
+        (topics, output_topic, dead_letter_topic)
+    }
+
+    /// The input topics' names, each with the key that named it: one of
+    /// `input_topic` or `input_topics` (a list, or a comma-separated string,
+    /// as the environment sets it).
+    fn input_topic_names(&mut self, kafka: &Table) -> Vec<(String, String)> {
+        let names = match (kafka.get("input_topic"), kafka.get("input_topics")) {
+            (Some(_), Some(_)) => {
+                self.error("kafka.input_topics", "set input_topic or input_topics, not both");
+                return Vec::new();
+            }
+            (None, None) => {
+                self.error("kafka.input_topics", "missing; name the topics step events are read from");
+                return Vec::new();
+            }
+            (Some(_), None) => vec![("kafka.input_topic".to_string(), self.string(kafka, "kafka.input_topic", None))],
+            (None, Some(Value::String(list))) => list
+                .split(',')
+                .enumerate()
+                .map(|(i, n)| (format!("kafka.input_topics[{i}]"), n.trim().to_string()))
+                .collect(),
+            (None, Some(Value::Array(items))) => {
+                let mut names = Vec::new();
+                for (i, item) in items.iter().enumerate() {
+                    match item {
+                        Value::String(n) => names.push((format!("kafka.input_topics[{i}]"), n.clone())),
+                        other => self.error(
+                            &format!("kafka.input_topics[{i}]"),
+                            format!("expected a topic name, got {}", describe(other)),
+                        ),
+                    }
+                }
+                names
+            }
+            (None, Some(other)) => {
+                self.error("kafka.input_topics", format!("expected a list of topic names, got {}", describe(other)));
+                return Vec::new();
+            }
+        };
+        if names.is_empty() {
+            self.error("kafka.input_topics", "expected at least one topic");
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (key, name) in &names {
+            if name.is_empty() {
+                self.error(key, "expected a topic name, got an empty string");
+            } else if !seen.insert(name.clone()) {
+                self.error(key, format!("{name:?} is listed twice"));
+            }
+        }
+        names
     }
 
     fn state(&mut self, state: &Table) -> StateConfig {

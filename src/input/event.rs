@@ -7,8 +7,8 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::config::{Config, WorkflowSpec};
-use crate::input::scan;
+use crate::config::{Config, Field, Mapping, WorkflowSpec};
+use crate::input::{mapped, scan};
 use crate::names::{Reason, MAX_EVENT_ID_BYTES, MAX_WORKFLOW_ID_BYTES};
 use crate::time::parse_time;
 
@@ -59,11 +59,14 @@ pub struct StepEvent<'a> {
 pub struct BadInput {
     pub reason: Reason,
     pub detail: String,
+    /// The workflow ID, when the record gave one before the fault: the dead
+    /// letter is keyed by it.
+    pub workflow_id: Option<String>,
 }
 
 impl BadInput {
-    fn new(reason: Reason, detail: impl Into<String>) -> BadInput {
-        BadInput { reason, detail: detail.into() }
+    pub fn new(reason: Reason, detail: impl Into<String>) -> BadInput {
+        BadInput { reason, detail: detail.into(), workflow_id: None }
     }
 }
 
@@ -91,34 +94,82 @@ struct SerdeFields<'a> {
 #[derive(Deserialize)]
 struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
 
-/// Decodes one input record. `record_timestamp_ms` stands in for a missing
-/// `occurred_at`. The fields are checked in this order, so that a record
-/// with several faults always gets the same reason.
+/// Decodes one input record's value: in junction's own format, or, for a
+/// topic with a `mapping`, in that topic's format. `record_timestamp_ms`
+/// stands in for a missing `occurred_at`. The fields are checked in this
+/// order, so that a record with several faults always gets the same reason.
+/// The record's key plays no part: it only routes (see [`crate::runtime`]).
 pub fn decode<'a>(
     config: &Config,
-    key: Option<&'a [u8]>,
+    mapping: Option<&Mapping>,
     value: Option<&'a [u8]>,
     record_timestamp_ms: i64,
 ) -> Result<StepEvent<'a>, BadInput> {
-    let fields = object_fields(config, value)?;
-    let workflow_id = workflow_id(fields.workflow_id, key)?;
-    let workflow = workflow_type(config, fields.workflow_type)?;
-    let spec = &config.workflows[workflow];
-    let step = step(spec, fields.step)?;
-    let status = status(fields.status)?;
-    let event_id = event_id(fields.event_id)?;
-    let occurred_at_ms = match optional_text(fields.occurred_at, "occurred_at")? {
-        None => record_timestamp_ms,
-        Some(t) => parse_time(&t).ok_or_else(|| {
-            BadInput::new(Reason::InvalidField, format!("`occurred_at` is {t:?}; expected an RFC 3339 time"))
-        })?,
+    let fields = match mapping {
+        None => object_fields(config, value)?,
+        Some(m) => mapped::fields(m, sized_value(config, value)?)?,
     };
-    let payload = payload(config, fields.payload)?;
+    let names = Names { mapping };
+    let workflow_id = workflow_id(&names, fields.workflow_id)?;
+    let with_id = |mut bad: BadInput| {
+        bad.workflow_id = Some(workflow_id.to_string());
+        bad
+    };
+    let workflow = match mapping.and_then(|m| m.workflow_type.as_ref()) {
+        Some(Field::Fixed(name)) => fixed_workflow_type(config, name).map_err(with_id)?,
+        _ => workflow_type(config, &names, fields.workflow_type).map_err(with_id)?,
+    };
+    let spec = &config.workflows[workflow];
+    let step = match mapping.map(|m| &m.step) {
+        Some(Field::Fixed(name)) => step_index(spec, name).map_err(with_id)?,
+        _ => step(spec, &names, fields.step).map_err(with_id)?,
+    };
+    let status = status(&names, fields.status).map_err(with_id)?;
+    let event_id = event_id(&names, fields.event_id).map_err(with_id)?;
+    let occurred_at_ms = occurred_at(&names, fields.occurred_at, record_timestamp_ms).map_err(with_id)?;
+    let payload = payload(config, &names, fields.payload).map_err(with_id)?;
     Ok(StepEvent { workflow_id, workflow, step, status, event_id, occurred_at_ms, payload })
 }
 
-/// The value's fields, once it is known to be a JSON object of a size that may be read.
-fn object_fields<'a>(config: &Config, value: Option<&'a [u8]>) -> Result<scan::Fields<'a>, BadInput> {
+/// How the messages name each field: `` `step` `` in junction's format, and
+/// in a mapped topic the pointer it was looked for at, `` `/kind` (step) ``.
+/// A mapped topic also has its own status values, and may give the workflow
+/// ID as a number and the time as milliseconds since the epoch.
+struct Names<'m> {
+    mapping: Option<&'m Mapping>,
+}
+
+impl Names<'_> {
+    fn of(&self, field: &str) -> String {
+        let pointer = self.mapping.and_then(|m| match field {
+            "workflow_id" => Some(m.workflow_id.as_str()),
+            "workflow_type" => match &m.workflow_type {
+                Some(Field::Pointer(p)) => Some(p.as_str()),
+                _ => None,
+            },
+            "step" => match &m.step {
+                Field::Pointer(p) => Some(p.as_str()),
+                Field::Fixed(_) => None,
+            },
+            "status" => m.status.as_deref(),
+            "event_id" => m.event_id.as_deref(),
+            "occurred_at" => m.occurred_at.as_deref(),
+            "payload" => m.payload.as_deref(),
+            _ => None,
+        });
+        match pointer {
+            Some(p) => format!("`{p}` ({field})"),
+            None => format!("`{field}`"),
+        }
+    }
+
+    fn is_mapped(&self) -> bool {
+        self.mapping.is_some()
+    }
+}
+
+/// The value, once it is known to be there and of a size that may be read.
+fn sized_value<'a>(config: &Config, value: Option<&'a [u8]>) -> Result<&'a [u8], BadInput> {
     let value = match value {
         Some(v) if !v.is_empty() => v,
         _ => return Err(BadInput::new(Reason::EmptyValue, "the record has no value")),
@@ -129,6 +180,12 @@ fn object_fields<'a>(config: &Config, value: Option<&'a [u8]>) -> Result<scan::F
             format!("the value is {} bytes, more than max_event_bytes ({})", value.len(), config.kafka.max_event_bytes),
         ));
     }
+    Ok(value)
+}
+
+/// The value's fields, once it is known to be a JSON object of a size that may be read.
+fn object_fields<'a>(config: &Config, value: Option<&'a [u8]>) -> Result<scan::Fields<'a>, BadInput> {
+    let value = sized_value(config, value)?;
     // serde would read a JSON array into the struct by position: only an object is an event.
     if value.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(match serde_json::from_slice::<serde::de::IgnoredAny>(value) {
@@ -142,50 +199,48 @@ fn object_fields<'a>(config: &Config, value: Option<&'a [u8]>) -> Result<scan::F
     }
 }
 
-/// `workflow_id`, which the record key must equal when there is one.
-fn workflow_id<'a>(raw: Option<&'a str>, key: Option<&[u8]>) -> Result<Cow<'a, str>, BadInput> {
-    let workflow_id = required_text(raw, "workflow_id")?;
+/// The workflow ID: a non-empty string (in a mapped topic, a number too) of a bounded size.
+fn workflow_id<'a>(names: &Names<'_>, raw: Option<&'a str>) -> Result<Cow<'a, str>, BadInput> {
+    let workflow_id = match raw {
+        Some(r) if names.is_mapped() && r.starts_with(|c: char| c == '-' || c.is_ascii_digit()) => Cow::Borrowed(r),
+        _ => required_text(raw, &names.of("workflow_id"))?,
+    };
     if workflow_id.is_empty() {
-        return Err(BadInput::new(Reason::InvalidField, "`workflow_id` must not be empty"));
+        return Err(BadInput::new(Reason::InvalidField, format!("{} must not be empty", names.of("workflow_id"))));
     }
     if workflow_id.len() > MAX_WORKFLOW_ID_BYTES {
         return Err(BadInput::new(
             Reason::WorkflowIdTooLong,
-            format!("`workflow_id` is {} bytes, more than {MAX_WORKFLOW_ID_BYTES}", workflow_id.len()),
+            format!("{} is {} bytes, more than {MAX_WORKFLOW_ID_BYTES}", names.of("workflow_id"), workflow_id.len()),
         ));
-    }
-    if let Some(key) = key {
-        match std::str::from_utf8(key) {
-            Ok(k) if k == workflow_id => {}
-            Ok(k) => {
-                return Err(BadInput::new(
-                    Reason::KeyMismatch,
-                    format!("the record key {k:?} differs from workflow_id {workflow_id:?}"),
-                ))
-            }
-            Err(_) => return Err(BadInput::new(Reason::KeyMismatch, "the record key is not UTF-8")),
-        }
     }
     Ok(workflow_id)
 }
 
 /// The index of the event's workflow type; it may be left out when only one is configured.
-fn workflow_type(config: &Config, raw: Option<&str>) -> Result<usize, BadInput> {
-    match optional_text(raw, "workflow_type")? {
-        Some(t) => config.workflows.iter().position(|w| w.workflow_type == t).ok_or_else(|| {
-            BadInput::new(Reason::UnknownWorkflowType, format!("workflow type {t:?} is not configured"))
-        }),
+fn workflow_type(config: &Config, names: &Names<'_>, raw: Option<&str>) -> Result<usize, BadInput> {
+    match optional_text(raw, &names.of("workflow_type"))? {
+        Some(t) => fixed_workflow_type(config, &t),
         None if config.workflows.len() == 1 => Ok(0),
         None => Err(BadInput::new(
             Reason::MissingField,
-            "`workflow_type` is required when more than one workflow type is configured",
+            format!("{} is required when more than one workflow type is configured", names.of("workflow_type")),
         )),
     }
 }
 
-fn step(spec: &WorkflowSpec, raw: Option<&str>) -> Result<usize, BadInput> {
-    let step_name = required_text(raw, "step")?;
-    spec.step_index(&step_name).ok_or_else(|| {
+fn fixed_workflow_type(config: &Config, name: &str) -> Result<usize, BadInput> {
+    config.workflows.iter().position(|w| w.workflow_type == name).ok_or_else(|| {
+        BadInput::new(Reason::UnknownWorkflowType, format!("workflow type {name:?} is not configured"))
+    })
+}
+
+fn step(spec: &WorkflowSpec, names: &Names<'_>, raw: Option<&str>) -> Result<usize, BadInput> {
+    step_index(spec, &required_text(raw, &names.of("step"))?)
+}
+
+fn step_index(spec: &WorkflowSpec, step_name: &str) -> Result<usize, BadInput> {
+    spec.step_index(step_name).ok_or_else(|| {
         BadInput::new(
             Reason::UnknownStep,
             format!("step {step_name:?} is not one of {:?}'s steps {:?}", spec.workflow_type, spec.steps),
@@ -193,37 +248,76 @@ fn step(spec: &WorkflowSpec, raw: Option<&str>) -> Result<usize, BadInput> {
     })
 }
 
-fn status(raw: Option<&str>) -> Result<Status, BadInput> {
-    match optional_text(raw, "status")? {
-        None => Ok(Status::Succeeded),
-        Some(s) => Status::parse(&s).ok_or_else(|| {
+fn status(names: &Names<'_>, raw: Option<&str>) -> Result<Status, BadInput> {
+    let values = names.mapping.map(|m| &m.status_values).filter(|v| !v.is_empty());
+    let text = match (raw, values) {
+        // A topic's own values may be numbers or booleans too: matched by their JSON text.
+        (Some(r), Some(_)) if !r.starts_with('"') && r != "null" => Some(Cow::Borrowed(r)),
+        _ => optional_text(raw, &names.of("status"))?,
+    };
+    let Some(s) = text else { return Ok(Status::Succeeded) };
+    let status = match values {
+        Some(values) => values.get(s.as_ref()).and_then(|v| Status::parse(v)).ok_or_else(|| {
+            let known: Vec<&str> = values.keys().map(String::as_str).collect();
             BadInput::new(
                 Reason::InvalidField,
-                format!("`status` is {s:?}; expected \"succeeded\", \"failed\" or \"compensated\""),
+                format!("{} is {s:?}, which status_values does not map; expected one of {known:?}", names.of("status")),
             )
-        }),
-    }
+        })?,
+        None => Status::parse(&s).ok_or_else(|| {
+            BadInput::new(
+                Reason::InvalidField,
+                format!("{} is {s:?}; expected \"succeeded\", \"failed\" or \"compensated\"", names.of("status")),
+            )
+        })?,
+    };
+    Ok(status)
 }
 
-fn event_id(raw: Option<&str>) -> Result<Option<Cow<'_, str>>, BadInput> {
-    let event_id = optional_text(raw, "event_id")?;
+fn event_id<'a>(names: &Names<'_>, raw: Option<&'a str>) -> Result<Option<Cow<'a, str>>, BadInput> {
+    let event_id = match raw {
+        Some(r) if names.is_mapped() && r.starts_with(|c: char| c == '-' || c.is_ascii_digit()) => {
+            Some(Cow::Borrowed(r))
+        }
+        _ => optional_text(raw, &names.of("event_id"))?,
+    };
     if let Some(id) = event_id.as_ref().filter(|id| id.len() > MAX_EVENT_ID_BYTES) {
         return Err(BadInput::new(
             Reason::InvalidField,
-            format!("`event_id` is {} bytes, more than {MAX_EVENT_ID_BYTES}", id.len()),
+            format!("{} is {} bytes, more than {MAX_EVENT_ID_BYTES}", names.of("event_id"), id.len()),
         ));
     }
     Ok(event_id)
 }
 
+/// The event's time: an RFC 3339 time (in a mapped topic, milliseconds
+/// since the epoch too), or the record's timestamp when there is none.
+fn occurred_at(names: &Names<'_>, raw: Option<&str>, record_timestamp_ms: i64) -> Result<i64, BadInput> {
+    if let Some(r) = raw.filter(|r| names.is_mapped() && r.starts_with(|c: char| c == '-' || c.is_ascii_digit())) {
+        return r.parse::<i64>().map_err(|_| {
+            BadInput::new(
+                Reason::InvalidField,
+                format!("{} is {r}; expected an RFC 3339 time or whole milliseconds since 1970", names.of("occurred_at")),
+            )
+        });
+    }
+    match optional_text(raw, &names.of("occurred_at"))? {
+        None => Ok(record_timestamp_ms),
+        Some(t) => parse_time(&t).ok_or_else(|| {
+            BadInput::new(Reason::InvalidField, format!("{} is {t:?}; expected an RFC 3339 time", names.of("occurred_at")))
+        }),
+    }
+}
+
 /// The payload, kept in state and repeated in the outcome: its size is bounded.
-fn payload<'a>(config: &Config, raw: Option<&'a str>) -> Result<Option<&'a RawValue>, BadInput> {
+fn payload<'a>(config: &Config, names: &Names<'_>, raw: Option<&'a str>) -> Result<Option<&'a RawValue>, BadInput> {
     let Some(p) = raw else { return Ok(None) };
     if p.len() > config.state.max_payload_bytes {
         return Err(BadInput::new(
             Reason::PayloadTooLarge,
             format!(
-                "`payload` is {} bytes, more than state.max_payload_bytes ({})",
+                "{} is {} bytes, more than state.max_payload_bytes ({})",
+                names.of("payload"),
                 p.len(),
                 config.state.max_payload_bytes
             ),
@@ -231,7 +325,7 @@ fn payload<'a>(config: &Config, raw: Option<&'a str>) -> Result<Option<&'a RawVa
     }
     serde_json::from_str::<&RawValue>(p)
         .map(Some)
-        .map_err(|e| BadInput::new(Reason::NotJson, format!("`payload` is not valid JSON: {e}")))
+        .map_err(|e| BadInput::new(Reason::NotJson, format!("{} is not valid JSON: {e}", names.of("payload"))))
 }
 
 /// The fields of an event, read by serde_json: the same as [`scan::fields`]
@@ -264,12 +358,12 @@ fn optional_text<'a>(raw: Option<&'a str>, field: &str) -> Result<Option<Cow<'a,
         }
         Some(r) => serde_json::from_str::<Text<'a>>(r)
             .map(|t| Some(t.0))
-            .map_err(|_| BadInput::new(Reason::InvalidField, format!("`{field}` must be a string, got {r}"))),
+            .map_err(|_| BadInput::new(Reason::InvalidField, format!("{field} must be a string, got {r}"))),
     }
 }
 
 fn required_text<'a>(raw: Option<&'a str>, field: &str) -> Result<Cow<'a, str>, BadInput> {
-    optional_text(raw, field)?.ok_or_else(|| BadInput::new(Reason::MissingField, format!("`{field}` is required")))
+    optional_text(raw, field)?.ok_or_else(|| BadInput::new(Reason::MissingField, format!("{field} is required")))
 }
 
 #[cfg(test)]
@@ -291,8 +385,8 @@ mod tests {
         config_with("[[workflows]]\ntype = \"order\"\nsteps = [\"payment\", \"inventory\"]\n[[workflows]]\ntype = \"signup\"\nsteps = [\"email\"]\n")
     }
 
-    fn reason(key: Option<&[u8]>, value: &[u8]) -> Reason {
-        decode(&two_types(), key, Some(value), 0).unwrap_err().reason
+    fn reason(value: &[u8]) -> Reason {
+        decode(&two_types(), None, Some(value), 0).unwrap_err().reason
     }
 
     const EVENTS: &[&str] = &[
@@ -384,7 +478,7 @@ mod tests {
     fn a_full_event_decodes_and_borrows() {
         let c = two_types();
         let v = br#"{"workflow_id":"order-1","workflow_type":"order","step":"inventory","status":"failed","event_id":"e1","occurred_at":"2026-11-22T10:00:00.123+01:00","payload":{"a":1}}"#;
-        let e = decode(&c, Some(b"order-1"), Some(v), 5).unwrap();
+        let e = decode(&c, None, Some(v), 5).unwrap();
         assert!(matches!(e.workflow_id, Cow::Borrowed("order-1")));
         assert_eq!((e.workflow, e.step, e.status), (0, 1, Status::Failed));
         assert_eq!(e.event_id.as_deref(), Some("e1"));
@@ -403,43 +497,39 @@ mod tests {
     #[test]
     fn every_kind_of_bad_input_has_its_reason() {
         assert_eq!(decode(&two_types(), None, None, 0).unwrap_err().reason, Reason::EmptyValue);
-        assert_eq!(reason(None, b"{not json"), Reason::NotJson);
-        assert_eq!(reason(None, b"\xff\xfe"), Reason::NotJson);
-        assert_eq!(reason(None, b"[1,2]"), Reason::NotObject);
-        assert_eq!(reason(None, br#"{"workflow_type":"order","step":"payment"}"#), Reason::MissingField);
-        assert_eq!(reason(None, br#"{"workflow_id":"w","step":"payment"}"#), Reason::MissingField);
+        assert_eq!(reason(b"{not json"), Reason::NotJson);
+        assert_eq!(reason(b"\xff\xfe"), Reason::NotJson);
+        assert_eq!(reason(b"[1,2]"), Reason::NotObject);
+        assert_eq!(reason(br#"{"workflow_type":"order","step":"payment"}"#), Reason::MissingField);
+        assert_eq!(reason(br#"{"workflow_id":"w","step":"payment"}"#), Reason::MissingField);
         assert_eq!(
-            reason(None, br#"{"workflow_id":7,"workflow_type":"order","step":"payment"}"#),
+            reason(br#"{"workflow_id":7,"workflow_type":"order","step":"payment"}"#),
             Reason::InvalidField
         );
         assert_eq!(
-            reason(None, br#"{"workflow_id":"","workflow_type":"order","step":"payment"}"#),
+            reason(br#"{"workflow_id":"","workflow_type":"order","step":"payment"}"#),
             Reason::InvalidField
         );
         assert_eq!(
-            reason(None, br#"{"workflow_id":"w","workflow_type":"nope","step":"payment"}"#),
+            reason(br#"{"workflow_id":"w","workflow_type":"nope","step":"payment"}"#),
             Reason::UnknownWorkflowType
         );
-        assert_eq!(reason(None, br#"{"workflow_id":"w","workflow_type":"order","step":"email"}"#), Reason::UnknownStep);
+        assert_eq!(reason(br#"{"workflow_id":"w","workflow_type":"order","step":"email"}"#), Reason::UnknownStep);
         assert_eq!(
-            reason(None, br#"{"workflow_id":"w","workflow_type":"order","step":"payment","status":"done"}"#),
+            reason(br#"{"workflow_id":"w","workflow_type":"order","step":"payment","status":"done"}"#),
             Reason::InvalidField
         );
         assert_eq!(
-            reason(None, br#"{"workflow_id":"w","workflow_type":"order","step":"payment","occurred_at":"yesterday"}"#),
+            reason(br#"{"workflow_id":"w","workflow_type":"order","step":"payment","occurred_at":"yesterday"}"#),
             Reason::InvalidField
-        );
-        assert_eq!(
-            reason(Some(b"other"), br#"{"workflow_id":"w","workflow_type":"order","step":"payment"}"#),
-            Reason::KeyMismatch
         );
         let long = format!(r#"{{"workflow_id":"{}","workflow_type":"order","step":"payment"}}"#, "x".repeat(257));
-        assert_eq!(reason(None, long.as_bytes()), Reason::WorkflowIdTooLong);
+        assert_eq!(reason(long.as_bytes()), Reason::WorkflowIdTooLong);
         let long_event_id = format!(
             r#"{{"workflow_id":"w","workflow_type":"order","step":"payment","event_id":"{}"}}"#,
             "e".repeat(257)
         );
-        assert_eq!(reason(None, long_event_id.as_bytes()), Reason::InvalidField);
+        assert_eq!(reason(long_event_id.as_bytes()), Reason::InvalidField);
         let mut c = two_types();
         c.state.max_payload_bytes = 8;
         let payload = br#"{"workflow_id":"w","workflow_type":"order","step":"payment","payload":"123456789"}"#;
@@ -448,5 +538,55 @@ mod tests {
         assert!(decode(&c, None, Some(small), 0).is_ok(), "a payload within the limit is kept");
         c.kafka.max_event_bytes = 10;
         assert_eq!(decode(&c, None, Some(br#"{"workflow_id":"w"}"#), 0).unwrap_err().reason, Reason::TooLarge);
+    }
+
+    fn mapped() -> Config {
+        let text = "[kafka]\nbootstrap_servers = \"x:1\"\ninput_topics = [\"cb\"]\noutput_topic = \"out\"\ndead_letter_topic = \"dlq\"\n\
+            [kafka.mappings.cb]\nworkflow_id = \"/ref/order\"\nfixed_step = \"payment\"\nstatus = \"/code\"\n\
+            status_values = { AUTH = \"succeeded\", REFUSED = \"failed\", \"3\" = \"compensated\" }\nevent_id = \"/psp\"\n\
+            occurred_at = \"/at\"\npayload = \"/amount\"\n\
+            [[workflows]]\ntype = \"order\"\nsteps = [\"payment\", \"inventory\"]\n";
+        config::parse(Path::new("t.toml"), text, Vec::new()).unwrap()
+    }
+
+    #[test]
+    fn a_mapped_topic_reads_its_own_format() {
+        let c = mapped();
+        let m = c.kafka.input_topics[0].mapping.as_ref();
+        let v = br#"{"ref":{"order":"order-9"},"code":"REFUSED","psp":"p-1","at":"2026-11-22T10:00:00Z","amount":{"v":5}}"#;
+        let e = decode(&c, m, Some(v), 7).unwrap();
+        assert_eq!(e.workflow_id, "order-9");
+        assert_eq!((e.workflow, e.step, e.status), (0, 0, Status::Failed));
+        assert_eq!(e.event_id.as_deref(), Some("p-1"));
+        assert_eq!(format_time(e.occurred_at_ms), "2026-11-22T10:00:00.000Z");
+        assert_eq!(e.payload.unwrap().get(), r#"{"v":5}"#);
+        let numbers = br#"{"ref":{"order":1001},"code":3,"psp":77,"at":1764000000000}"#;
+        let e = decode(&c, m, Some(numbers), 7).unwrap();
+        assert_eq!((e.workflow_id.as_ref(), e.status, e.occurred_at_ms), ("1001", Status::Compensated, 1_764_000_000_000));
+        assert_eq!(e.event_id.as_deref(), Some("77"));
+        let defaults = br#"{"ref":{"order":"o"}}"#;
+        let e = decode(&c, m, Some(defaults), 7).unwrap();
+        assert_eq!((e.status, e.occurred_at_ms, e.event_id), (Status::Succeeded, 7, None));
+    }
+
+    #[test]
+    fn a_record_the_mapping_cannot_read_names_the_pointer_that_failed() {
+        let c = mapped();
+        let m = c.kafka.input_topics[0].mapping.as_ref();
+        let bad = |v: &[u8]| decode(&c, m, Some(v), 0).unwrap_err();
+        let missing = bad(br#"{"order":"o"}"#);
+        assert_eq!(missing.reason, Reason::MissingField);
+        assert!(missing.detail.contains("`/ref/order` (workflow_id)"), "{}", missing.detail);
+        let wrong = bad(br#"{"ref":{"order":["o"]}}"#);
+        assert_eq!(wrong.reason, Reason::InvalidField);
+        assert!(wrong.detail.contains("`/ref/order`"), "{}", wrong.detail);
+        let unmapped = bad(br#"{"ref":{"order":"o"},"code":"PENDING"}"#);
+        assert_eq!(unmapped.reason, Reason::InvalidField);
+        assert!(unmapped.detail.contains("`/code` (status)") && unmapped.detail.contains("PENDING"), "{}", unmapped.detail);
+        assert_eq!(unmapped.workflow_id.as_deref(), Some("o"), "the dead letter is keyed by the workflow ID");
+        let time = bad(br#"{"ref":{"order":"o"},"at":"soon"}"#);
+        assert!(time.detail.contains("`/at` (occurred_at)"), "{}", time.detail);
+        assert_eq!(bad(b"not json").reason, Reason::NotJson);
+        assert_eq!(decode(&c, m, None, 0).unwrap_err().reason, Reason::EmptyValue);
     }
 }

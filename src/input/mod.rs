@@ -3,8 +3,12 @@
 //!
 //! - [`event`]: decoding a step event, or saying exactly why it is bad input;
 //! - [`scan`]: the fast path of that decoding, for well-formed JSON;
+//! - [`mapped`]: where a topic with its own format keeps each field;
+//! - [`record`]: an input record, as the stages see it;
 //! - [`dead_letter`]: what a bad record becomes.
 
 pub mod dead_letter;
 pub mod event;
+pub mod mapped;
+pub mod record;
 pub mod scan;

@@ -24,7 +24,7 @@ pub(crate) fn base(config: &KafkaConfig) -> ClientConfig {
     c
 }
 
-/// The group consumer of the input topic. Offsets are committed by junction
+/// The group consumer of the input topics and the repartition topic. Offsets are committed by junction
 /// only, after the state and outputs they cover are safe.
 pub fn consumer_config(config: &KafkaConfig) -> ClientConfig {
     let mut c = base(config);
@@ -72,15 +72,15 @@ pub fn uses_consumer_protocol(config: &KafkaConfig) -> bool {
     config.properties.get("group.protocol").map(String::as_str) == Some("consumer")
 }
 
-/// Where the group has committed an input partition (asked of the group
+/// Where the group has committed a partition it reads (asked of the group
 /// coordinator, which waits for offsets that an open transaction holds), or,
 /// when it never has, where `auto.offset.reset` starts reading it.
 pub fn committed_offset<C: ConsumerContext>(
     config: &KafkaConfig,
     consumer: &BaseConsumer<C>,
+    topic: &str,
     partition: i32,
 ) -> Result<i64, KafkaError> {
-    let topic = config.input_topic.as_str();
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition(topic, partition);
     let committed = consumer.committed_offsets(tpl, REQUEST_TIMEOUT)?;
@@ -115,6 +115,10 @@ fn queue_backoff(c: &mut ClientConfig) {
 pub fn producer_config(config: &KafkaConfig, transactional_id: &str) -> ClientConfig {
     let mut c = base(config);
     c.set("enable.idempotence", "true");
+    // Outcomes and dead letters are keyed by workflow ID and partitioned as
+    // Java clients and Kafka Streams partition, so that their consumers
+    // co-partition with them (librdkafka's own default is CRC32).
+    c.set("partitioner", "murmur2_random");
     c.set_if_absent("compression.type", "lz4");
     c.set_if_absent("linger.ms", "5");
     if config.processing_guarantee == Guarantee::ExactlyOnce {

@@ -1,12 +1,13 @@
 //! The Kafka adapters, apart from what they carry: client configurations
 //! ([`clients`]), topic preparation ([`topics`]), the producer and its
-//! records ([`producer`]), delivery tracking ([`delivery`]) and the default
-//! partitioner ([`partitioner`]). Nothing here decides what to commit or when.
+//! records ([`producer`]), delivery tracking ([`delivery`]) and the purge of
+//! the repartition topic ([`purge`]). Nothing here
+//! decides what to commit or when.
 
 pub mod clients;
 pub mod delivery;
-pub mod partitioner;
 pub mod producer;
+pub mod purge;
 pub mod topics;
 
 pub use clients::{consumer_config, producer_config};

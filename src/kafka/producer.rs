@@ -1,4 +1,4 @@
-//! The producer of outcomes, dead letters and changelog records: it turns
+//! The producer of outcomes, dead letters, forwarded records and changelog records: it turns
 //! each into its Kafka record (key, value, headers), sends it tagged with
 //! its commit interval (its epoch), waits while librdkafka's queue is full,
 //! and waits for deliveries. It decides nothing about commits: the commit
@@ -19,6 +19,7 @@ use crate::join::outcome::OutcomeRecord;
 use crate::kafka::clients;
 use crate::kafka::delivery::DeliveryTracker;
 use crate::names;
+use crate::route::Forward;
 
 /// How long a send may wait for room in librdkafka's queue.
 const QUEUE_FULL_WAIT: Duration = Duration::from_secs(60);
@@ -33,6 +34,7 @@ pub struct Producer {
     output_topic: String,
     dead_letter_topic: String,
     changelog_topic: String,
+    repartition_topic: String,
 }
 
 impl Producer {
@@ -46,6 +48,7 @@ impl Producer {
             output_topic: config.output_topic.clone(),
             dead_letter_topic: config.dead_letter_topic.clone(),
             changelog_topic: config.changelog_topic(),
+            repartition_topic: config.repartition_topic(),
         })
     }
 
@@ -84,18 +87,57 @@ impl Producer {
         Ok(())
     }
 
-    /// Sends dead letters: the bad record's bytes, with why and where it came from as headers.
+    /// Sends dead letters: the bad record's bytes, with why and where it
+    /// came from as headers; keyed by the workflow ID when the record gave
+    /// one (its own key then goes in a header), by its own key otherwise.
     pub fn send_dead_letters(&self, epoch: usize, dead_letters: &[DeadLetter]) -> Result<(), KafkaError> {
         for d in dead_letters {
+            let mut headers = dead_letter_headers(d);
+            let key = match (&d.error.workflow_id, &d.key) {
+                (Some(id), own) => {
+                    if let Some(k) = own {
+                        headers = headers.insert(Header { key: names::HEADER_SOURCE_KEY, value: Some(k.as_slice()) });
+                    }
+                    Some(id.as_bytes())
+                }
+                (None, own) => own.as_deref(),
+            };
             let mut record: BaseRecord<'_, [u8], [u8], usize> =
-                BaseRecord::with_opaque_to(&self.dead_letter_topic, epoch).headers(dead_letter_headers(d));
-            if let Some(k) = &d.key {
-                record = record.key(k.as_slice());
+                BaseRecord::with_opaque_to(&self.dead_letter_topic, epoch).headers(headers);
+            if let Some(k) = key {
+                record = record.key(k);
             }
             if let Some(v) = &d.value {
                 record = record.payload(v.as_slice());
             }
             if let Some(ts) = d.timestamp_ms {
+                record = record.timestamp(ts);
+            }
+            self.send(record)?;
+        }
+        Ok(())
+    }
+
+    /// Sends records read off their workflow's home partition to it, on the
+    /// repartition topic: keyed by workflow ID, with the source record's
+    /// value and timestamp, and where it came from as headers.
+    pub fn send_forwards(&self, epoch: usize, forwards: &[Forward]) -> Result<(), KafkaError> {
+        for f in forwards {
+            let partition = f.source_partition.to_string();
+            let offset = f.source_offset.to_string();
+            let mut headers = OwnedHeaders::new_with_capacity(4)
+                .insert(Header { key: names::HEADER_SOURCE_TOPIC, value: Some(f.source_topic.as_str()) })
+                .insert(Header { key: names::HEADER_SOURCE_PARTITION, value: Some(partition.as_str()) })
+                .insert(Header { key: names::HEADER_SOURCE_OFFSET, value: Some(offset.as_str()) });
+            if let Some(k) = &f.key {
+                headers = headers.insert(Header { key: names::HEADER_SOURCE_KEY, value: Some(k.as_slice()) });
+            }
+            let mut record: BaseRecord<'_, str, [u8], usize> = BaseRecord::with_opaque_to(&self.repartition_topic, epoch)
+                .key(f.workflow_id.as_str())
+                .partition(f.home)
+                .payload(f.value.as_slice())
+                .headers(headers);
+            if let Some(ts) = f.timestamp_ms {
                 record = record.timestamp(ts);
             }
             self.send(record)?;
@@ -154,6 +196,12 @@ impl Producer {
     /// Returns the changelog offsets delivered since the last time.
     pub fn flush(&self, timeout: Duration) -> Result<HashMap<i32, i64>, KafkaError> {
         self.inner.flush(timeout)?;
+        self.drain_deliveries(timeout)
+    }
+
+    /// Waits (without flushing) until nothing is in flight, then takes what
+    /// was delivered, as [`Producer::await_deliveries`].
+    pub fn drain_deliveries(&self, timeout: Duration) -> Result<HashMap<i32, i64>, KafkaError> {
         self.await_deliveries(|| self.tracker().in_flight_total(), Instant::now() + timeout)
     }
 

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::config::Config;
 use crate::join::WorkflowState;
-use crate::kafka::partitioner::murmur2_partition;
+use crate::route;
 use crate::ops::view::View;
 use crate::state::codec;
 use crate::time::format_time;
@@ -86,34 +86,32 @@ async fn readyz(State(app): State<AppState>) -> Response {
 }
 
 async fn workflow(State(app): State<AppState>, Path(id): Path<String>) -> Response {
-    let partitions = app.view.health().input_partitions;
-    let owner = (partitions > 0).then(|| murmur2_partition(id.as_bytes(), partitions));
-    let stores = app.view.stores();
+    let partitions = app.view.health().home_partitions;
+    let Some(home) = (partitions > 0).then(|| route::home(&id, partitions)) else {
+        let message = "junction has not reached the Kafka cluster yet: it does not know the home partitions";
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": message}))).into_response();
+    };
+    let Some(store) = app.view.stores().into_iter().find(|(p, _)| *p == home).map(|(_, s)| s) else {
+        let message = format!(
+            "workflow {id:?} is not on this instance: its home partition {home} (murmur2 of the workflow ID mod \
+             {partitions}) is held by another instance, or not assigned"
+        );
+        return (StatusCode::NOT_FOUND, Json(json!({"error": message, "home_partition": home}))).into_response();
+    };
     let lookup_id = id.clone();
-    let found = tokio::task::spawn_blocking(move || {
-        for (partition, store) in stores {
-            match store.get_state(&lookup_id) {
-                Ok(Some(bytes)) => return Ok(Some((partition, bytes))),
-                Ok(None) => {}
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-        Ok(None)
-    })
-    .await
-    .unwrap_or_else(|e| Err(e.to_string()));
+    let found = tokio::task::spawn_blocking(move || store.get_state(&lookup_id).map_err(|e| e.to_string()))
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
     match found {
-        Ok(Some((partition, bytes))) => match codec::decode(&bytes) {
-            Ok(state) => (StatusCode::OK, Json(describe(&app.config, &id, partition, &state))).into_response(),
+        Ok(Some(bytes)) => match codec::decode(&bytes) {
+            Ok(state) => (StatusCode::OK, Json(describe(&app.config, &id, home, &state))).into_response(),
             Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": e.to_string()}))).into_response(),
         },
         Ok(None) => {
-            let owned = owner.is_some_and(|p| app.view.shows_store(p));
-            let message = match (owner, owned) {
-                (Some(p), false) => format!("workflow {id:?} is not on this instance; its partition ({p}, by the default murmur2 partitioner) is owned by another instance or not assigned"),
-                _ => format!("workflow {id:?} is not known (never seen, or purged after its retention)"),
-            };
-            (StatusCode::NOT_FOUND, Json(json!({"error": message, "partition": owner}))).into_response()
+            let message = format!(
+                "workflow {id:?} is not known on its home partition {home} (never seen, or purged after its retention)"
+            );
+            (StatusCode::NOT_FOUND, Json(json!({"error": message, "home_partition": home}))).into_response()
         }
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": e}))).into_response(),
     }
@@ -139,7 +137,7 @@ fn describe(config: &Config, id: &str, partition: i32, state: &WorkflowState) ->
     json!({
         "workflow_id": id,
         "workflow_type": state.workflow_type,
-        "partition": partition,
+        "home_partition": partition,
         "open": state.is_open(),
         "outcome": state.decision.map(|d| d.outcome.as_str()),
         "compensated": state.decision.is_some_and(|d| d.compensated_at_ms.is_some()),

@@ -25,7 +25,7 @@ pub struct View {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Health {
     pub in_group: bool,
-    pub input_partitions: usize,
+    pub home_partitions: usize,
     pub assigned: Vec<i32>,
     pub restoring: Vec<i32>,
     /// Partitions stopped because their state store failed, and why.

@@ -13,6 +13,7 @@ use tracing::warn;
 use crate::commit::{self, CommitError, Committed, Staged, Strategy};
 use crate::config::{Config, Guarantee};
 use crate::kafka::clients;
+use crate::kafka::purge::Purger;
 use crate::metrics::Metrics;
 use crate::runtime::partitions::Partitions;
 use crate::time::now_ms;
@@ -25,12 +26,20 @@ pub struct Commits {
     transactional_id: String,
     /// Set once the stream thread cannot go on: nothing is committed after that.
     halted: bool,
+    /// Deletes the repartition topic's committed records.
+    purger: Purger,
 }
 
 impl Commits {
-    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>, transactional_id: String) -> Result<Commits, CommitError> {
+    pub fn new(
+        config: Arc<Config>,
+        metrics: Arc<Metrics>,
+        transactional_id: String,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<Commits, CommitError> {
         let strategy = commit::strategy(Arc::clone(&config), Arc::clone(&metrics), &transactional_id)?;
-        Ok(Commits { config, metrics, strategy, transactional_id, halted: false })
+        let purger = Purger::new(&config.kafka, runtime);
+        Ok(Commits { config, metrics, strategy, transactional_id, halted: false, purger })
     }
 
     pub fn is_committing(&self) -> bool {
@@ -82,11 +91,12 @@ impl Commits {
                 return Ok(true);
             }
         }
-        let staged: Vec<(i32, Staged)> = partitions
+        let mut staged: Vec<(i32, Staged)> = partitions
             .active()
             .filter(|(_, s)| s.task.is_dirty())
             .map(|(partition, s)| (partition, s.task.stage()))
             .collect();
+        staged.extend(partitions.sources().filter(|s| s.is_dirty()).map(|s| (s.partition, s.stage())));
         if staged.is_empty() {
             return Ok(true);
         }
@@ -114,6 +124,7 @@ impl Commits {
         partitions: &mut Partitions,
         consumer: &BaseConsumer<C>,
     ) -> Result<(), CommitError> {
+        let topic = self.config.kafka.repartition_topic();
         for (partition, slot) in partitions.active() {
             if !slot.task.is_dirty() || slot.task.has_offset() {
                 continue;
@@ -121,7 +132,7 @@ impl Commits {
             let offset = match slot.replay_from {
                 Some(offset) => offset,
                 None => {
-                    let offset = clients::committed_offset(&self.config.kafka, consumer, partition)
+                    let offset = clients::committed_offset(&self.config.kafka, consumer, &topic, partition)
                         .map_err(CommitError::Offsets)?;
                     slot.replay_from = Some(offset);
                     offset
@@ -132,7 +143,7 @@ impl Commits {
         Ok(())
     }
 
-    /// Sends what the active tasks decided since the last time (under
+    /// Sends what the active tasks and the sources produced since the last time (under
     /// `at_least_once`; under `exactly_once` it waits for the commit).
     pub fn publish<C: ConsumerContext>(
         &mut self,
@@ -141,13 +152,25 @@ impl Commits {
     ) -> anyhow::Result<()> {
         let mut result = Ok(());
         for (_, slot) in partitions.active() {
-            let (outcomes, dead_letters) = slot.task.outputs();
-            if outcomes.is_empty() && dead_letters.is_empty() {
+            let outputs = slot.task.outputs();
+            if outputs.is_empty() {
                 continue;
             }
-            if let Err(e) = self.strategy.publish(outcomes, dead_letters) {
+            if let Err(e) = self.strategy.publish(outputs) {
                 result = Err(e);
                 break;
+            }
+        }
+        if result.is_ok() {
+            for source in partitions.sources() {
+                let outputs = source.outputs();
+                if outputs.is_empty() {
+                    continue;
+                }
+                if let Err(e) = self.strategy.publish(outputs) {
+                    result = Err(e);
+                    break;
+                }
             }
         }
         match result {
@@ -172,20 +195,26 @@ impl Commits {
     }
 
     fn committed<C: ConsumerContext>(
-        &self,
+        &mut self,
         partitions: &mut Partitions,
         consumer: &BaseConsumer<C>,
         committed: Committed,
     ) {
-        for (partition, next) in committed.offsets {
-            if let Some(slot) = partitions.get_mut(partition) {
-                slot.replay_from = Some(next);
+        for (topic, partition, next) in committed.offsets {
+            if *topic == *partitions.repartition_topic() {
+                self.purger.committed(partition, next);
+                if let Some(slot) = partitions.get_mut(partition) {
+                    slot.replay_from = Some(next);
+                }
+            } else if let Some(source) = partitions.source_mut(&topic, partition) {
+                source.replay_from = Some(next);
             }
         }
         for (partition, e) in committed.failed {
             partitions.park(consumer, partition, &e, None);
         }
         partitions.for_each_task(|task| task.committed());
+        self.purger.maybe_purge();
     }
 
     /// A commit failed: nothing of it counts. Rewinds to the last commit,

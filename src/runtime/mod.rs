@@ -6,6 +6,8 @@
 //! - [`engine`]: its state, shared with the rebalance callbacks;
 //! - [`rebalance`]: the consumer's callbacks (assign, revoke, statistics);
 //! - [`partitions`]: each partition's lifecycle (restoring, active, stopped);
+//! - [`source`]: one input partition, which routes its records (joined
+//!   directly at home, or forwarded; see [`crate::route`]);
 //! - [`commits`]: when to commit, and what a failed commit means;
 //! - [`task`]: one partition's processing and timers;
 //! - [`instance`]: this process's claim on its state directory, and its ID.
@@ -31,6 +33,7 @@ pub mod engine;
 pub mod instance;
 pub mod partitions;
 pub mod rebalance;
+pub mod source;
 pub mod stream_thread;
 pub mod task;
 

@@ -1,8 +1,11 @@
-//! The partition lifecycle: each assigned input partition is restoring
-//! (its store catching up from the changelog, its input paused), active
-//! (its task processing), or stopped (its store failed). This owns the
-//! tasks, opens and closes their stores, pauses, resumes and seeks their
-//! input, and publishes what it holds to the operations view.
+//! The partition lifecycle. Each assigned home partition (a partition of
+//! the repartition topic) is restoring (its store catching up from the
+//! changelog, its repartition partition paused), active (its task
+//! processing), or stopped (its store failed). Each assigned input
+//! partition is a [`Source`], which routes its records: joined directly by
+//! the active task of the same number, or forwarded. This owns the tasks and
+//! the sources, opens and closes the stores, pauses, resumes and seeks what
+//! they read, and publishes what it holds to the operations view.
 //!
 //! A partition whose store fails (a write refused for lack of space, an I/O
 //! error, a store that cannot be opened) is stopped alone: it is paused, its
@@ -12,7 +15,8 @@
 //! [`PARK_RETRY_MAX`]), through the same path as an assignment: the store is
 //! checked and caught up from the changelog; then it is flushed, which proves
 //! that it can write to disk again, and its input is replayed from the last
-//! commit.
+//! commit, as is the input of its number that it joined directly (the
+//! events of other homes it held are forwarded meanwhile).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -25,7 +29,10 @@ use rdkafka::{Offset, TopicPartitionList};
 use tracing::{error, info, info_span, warn};
 
 use crate::config::Config;
+use crate::input::event;
 use crate::ops::view::View;
+use crate::route;
+use crate::runtime::source::Source;
 use crate::runtime::task::{stored_timer, InputRecord, Task};
 use crate::state::{RestoreError, Restorer};
 
@@ -64,7 +71,15 @@ struct Parked {
 pub struct Partitions {
     config: Arc<Config>,
     view: Arc<View>,
+    /// N, the home partitions.
+    home_partitions: usize,
+    /// The repartition topic, whose partitions are the tasks'.
+    repartition_topic: Arc<str>,
+    /// The input topics, in configuration order.
+    input_topics: Vec<Arc<str>>,
     slots: BTreeMap<i32, Slot>,
+    /// The assigned input partitions, by (index into `input_topics`, partition).
+    sources: BTreeMap<(usize, i32), Source>,
     parked: BTreeMap<i32, Parked>,
     /// Each partition's last stop and the pause it got, so that a partition
     /// that fails again soon after it resumed waits longer.
@@ -73,13 +88,17 @@ pub struct Partitions {
 }
 
 impl Partitions {
-    pub fn new(config: Arc<Config>, view: Arc<View>) -> Result<Partitions, RestoreError> {
+    pub fn new(config: Arc<Config>, view: Arc<View>, home_partitions: usize) -> Result<Partitions, RestoreError> {
         let timers = stored_timer(Arc::clone(&config));
         let restorer = Restorer::new(&config.kafka, &config.state, Arc::clone(&view.metrics), timers)?;
         Ok(Partitions {
+            home_partitions,
+            repartition_topic: config.kafka.repartition_topic().into(),
+            input_topics: config.kafka.input_topics.iter().map(|t| Arc::from(t.name.as_str())).collect(),
             config,
             view,
             slots: BTreeMap::new(),
+            sources: BTreeMap::new(),
             parked: BTreeMap::new(),
             stops: HashMap::new(),
             restorer,
@@ -89,6 +108,45 @@ impl Partitions {
     /// The active partitions, with their tasks.
     pub fn active(&mut self) -> impl Iterator<Item = (i32, &mut Slot)> {
         self.slots.iter_mut().filter(|(_, s)| s.phase == Phase::Active).map(|(p, s)| (*p, s))
+    }
+
+    /// The assigned input partitions.
+    pub fn sources(&mut self) -> impl Iterator<Item = &mut Source> {
+        self.sources.values_mut()
+    }
+
+    /// The source of `partition` of `topic`, if it is assigned here.
+    pub fn source_mut(&mut self, topic: &str, partition: i32) -> Option<&mut Source> {
+        let index = self.input_topics.iter().position(|t| **t == *topic)?;
+        self.sources.get_mut(&(index, partition))
+    }
+
+    pub fn repartition_topic(&self) -> &str {
+        &self.repartition_topic
+    }
+
+    /// Starts reading assigned input partitions.
+    pub fn add_sources(&mut self, assigned: &[(String, i32)]) {
+        for (topic, partition) in assigned {
+            let Some(index) = self.input_topics.iter().position(|t| **t == **topic) else { continue };
+            let topic = Arc::clone(&self.input_topics[index]);
+            self.sources.entry((index, *partition)).or_insert_with(|| Source::new(topic, *partition, &self.view.metrics));
+        }
+    }
+
+    /// Gives up revoked input partitions (their work is committed).
+    pub fn remove_sources(&mut self, revoked: &[(String, i32)]) {
+        for (topic, partition) in revoked {
+            if let Some(index) = self.input_topics.iter().position(|t| **t == **topic) {
+                self.sources.remove(&(index, *partition));
+                self.view.metrics.forget_lag(topic, *partition);
+            }
+        }
+    }
+
+    /// The input partitions held, as (topic, partition).
+    pub fn held_sources(&self) -> Vec<(String, i32)> {
+        self.sources.values().map(|s| (s.topic.to_string(), s.partition)).collect()
     }
 
     /// Calls `f` with every task, restoring ones included.
@@ -189,6 +247,7 @@ impl Partitions {
             "partition stopped: its state store failed; its offsets stay at the last saved commit, and the other partitions go on"
         );
         self.view.metrics.partition_stopped();
+        self.rewind_sources(consumer, |p| p == partition);
         self.parked.insert(
             partition,
             Parked { error: format!("partition {partition} stopped: {error}"), from, retry_at: now + backoff },
@@ -216,6 +275,7 @@ impl Partitions {
             self.stops.remove(&partition);
             self.restorer.cancel(partition);
             self.view.metrics.forget_partition(partition);
+            self.view.metrics.forget_lag(&self.repartition_topic, partition);
             self.view.hide_store(partition);
             if let Some(slot) = self.slots.remove(&partition) {
                 if let Err(e) = slot.task.store.flush() {
@@ -236,9 +296,10 @@ impl Partitions {
         self.view.hide_all_stores();
     }
 
+    /// Pauses or resumes a task's partition of the repartition topic.
     fn pause<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, partition: i32, pause: bool) {
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(&self.config.kafka.input_topic, partition);
+        tpl.add_partition(&self.repartition_topic, partition);
         let result = if pause { consumer.pause(&tpl) } else { consumer.resume(&tpl) };
         if let Err(e) = result {
             warn!(partition, error = %e, pause, "cannot pause or resume a partition");
@@ -278,7 +339,7 @@ impl Partitions {
         }
         self.view.show_store(partition, Arc::clone(&slot.task.store));
         if let Some(offset) = resume_from {
-            self.seek(consumer, partition, offset);
+            self.seek(consumer, &self.repartition_topic, partition, offset);
         }
         self.pause(consumer, partition, false);
         if reopened {
@@ -287,14 +348,31 @@ impl Partitions {
         self.publish_health(true);
     }
 
-    fn seek<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, partition: i32, offset: i64) {
-        if let Err(e) = consumer.seek(&self.config.kafka.input_topic, partition, Offset::Offset(offset), SEEK_TIMEOUT) {
-            self.view.update_health(|h| h.failure = Some(format!("cannot seek partition {partition}: {e}")));
-            error!(partition, offset, error = %e, "cannot seek the input partition");
+    fn seek<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, topic: &str, partition: i32, offset: i64) {
+        if let Err(e) = consumer.seek(topic, partition, Offset::Offset(offset), SEEK_TIMEOUT) {
+            self.view.update_health(|h| h.failure = Some(format!("cannot seek {topic} partition {partition}: {e}")));
+            error!(topic, partition, offset, error = %e, "cannot seek a partition");
         }
     }
 
-    /// Hands each record to its partition's task.
+    /// Forgets what the sources `which` picks read since the last commit,
+    /// and seeks them back there.
+    fn rewind_sources<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, which: impl Fn(i32) -> bool) {
+        let mut seeks = Vec::new();
+        for source in self.sources.values_mut().filter(|s| which(s.partition)) {
+            source.discard();
+            if let Some(offset) = source.replay_from {
+                source.rewound = true;
+                seeks.push((Arc::clone(&source.topic), source.partition, offset));
+            }
+        }
+        for (topic, partition, offset) in seeks {
+            self.seek(consumer, &topic, partition, offset);
+        }
+    }
+
+    /// Hands each record read back from the repartition topic to its task,
+    /// and routes each input record.
     pub fn process<C: ConsumerContext>(
         &mut self,
         consumer: &BaseConsumer<C>,
@@ -302,37 +380,104 @@ impl Partitions {
         now: i64,
     ) {
         let _span = info_span!("poll_batch", records = messages.len()).entered();
-        // The only topic subscribed: not asked of librdkafka record by record.
-        let config = Arc::clone(&self.config);
-        let topic = config.kafka.input_topic.as_str();
+        for source in self.sources.values_mut() {
+            source.rewound = false;
+        }
         for m in messages {
-            let partition = m.partition();
-            let Some(slot) = self.slots.get_mut(&partition) else {
-                // Fetched before a stopped partition's pause took hold: processed when it resumes, from here.
-                if let Some(parked) = self.parked.get_mut(&partition) {
-                    parked.from.get_or_insert(m.offset());
-                }
-                continue;
-            };
-            if slot.phase != Phase::Active {
-                // Fetched before the pause took hold: processed after the restore, from here.
-                if slot.resume_from.is_none() {
-                    slot.resume_from = Some(m.offset());
-                }
-                continue;
+            let topic = m.topic();
+            if topic == &*self.repartition_topic {
+                self.process_forwarded(consumer, m, now);
+            } else if let Some(index) = self.input_topics.iter().position(|t| **t == *topic) {
+                self.process_input(consumer, index, m, now);
             }
-            slot.replay_from.get_or_insert(m.offset());
-            let record = InputRecord {
+        }
+    }
+
+    fn process_forwarded<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, m: &BorrowedMessage<'_>, now: i64) {
+        let partition = m.partition();
+        let Some(slot) = self.slots.get_mut(&partition) else {
+            // Fetched before a stopped partition's pause took hold: processed when it resumes, from here.
+            if let Some(parked) = self.parked.get_mut(&partition) {
+                parked.from.get_or_insert(m.offset());
+            }
+            return;
+        };
+        if slot.phase != Phase::Active {
+            // Fetched before the pause took hold: processed after the restore, from here.
+            if slot.resume_from.is_none() {
+                slot.resume_from = Some(m.offset());
+            }
+            return;
+        }
+        slot.replay_from.get_or_insert(m.offset());
+        // The record it was forwarded from: where it came from is in its headers.
+        let record = match route::forwarded_origin(m) {
+            Some(o) => InputRecord {
+                key: o.key,
+                value: m.payload(),
+                timestamp_ms: m.timestamp().to_millis(),
+                topic: o.topic,
+                partition: o.partition,
+                offset: o.offset,
+            },
+            None => InputRecord {
                 key: m.key(),
                 value: m.payload(),
                 timestamp_ms: m.timestamp().to_millis(),
-                topic,
+                topic: &self.repartition_topic,
+                partition,
                 offset: m.offset(),
-            };
-            if let Err(e) = slot.task.process(&record, now) {
-                self.park(consumer, partition, &e, None);
-            }
+            },
+        };
+        if let Err(e) = slot.task.process_forwarded(&record, m.offset(), now) {
+            self.park(consumer, partition, &e, None);
         }
+    }
+
+    /// Decodes an input record and finds its home: joined there directly
+    /// when it is the active task of the same number, forwarded otherwise.
+    fn process_input<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        index: usize,
+        m: &BorrowedMessage<'_>,
+        now: i64,
+    ) {
+        let partition = m.partition();
+        let Some(source) = self.sources.get_mut(&(index, partition)) else { return };
+        if source.rewound {
+            return;
+        }
+        let record = InputRecord {
+            key: m.key(),
+            value: m.payload(),
+            timestamp_ms: m.timestamp().to_millis(),
+            topic: &self.input_topics[index],
+            partition,
+            offset: m.offset(),
+        };
+        let mapping = self.config.kafka.input_topics[index].mapping.as_ref();
+        let event = match event::decode(&self.config, mapping, record.value, record.timestamp_ms.unwrap_or(now)) {
+            Ok(event) => event,
+            Err(bad) => {
+                source.dead_letter(&self.config, &self.view.metrics, &record, bad);
+                source.read(record.offset);
+                return;
+            }
+        };
+        let home = route::home(&event.workflow_id, self.home_partitions);
+        match self.slots.get_mut(&home) {
+            Some(slot) if home == partition && slot.phase == Phase::Active => {
+                if let Err(e) = slot.task.join(&event, &record, now) {
+                    // Not joined: the partition stops, and this input is read again from its last commit.
+                    source.replay_from.get_or_insert(record.offset);
+                    self.park(consumer, home, &e, None);
+                    return;
+                }
+            }
+            _ => source.forward(home, &event, &record),
+        }
+        source.read(record.offset);
     }
 
     /// Forgets every task's work since the last finished commit, and seeks
@@ -350,8 +495,9 @@ impl Partitions {
             self.park(consumer, partition, &e, None);
         }
         for (partition, offset) in seeks {
-            self.seek(consumer, partition, offset);
+            self.seek(consumer, &self.repartition_topic, partition, offset);
         }
+        self.rewind_sources(consumer, |_| true);
     }
 
     /// Refreshes `junction_state_bytes` from RocksDB's estimates.

@@ -16,7 +16,17 @@ use crate::runtime::engine::{lock, Engine};
 pub struct Callbacks {
     pub engine: Arc<Mutex<Engine>>,
     pub view: Arc<View>,
-    pub input_topic: String,
+    /// The repartition topic, whose partitions are the home partitions.
+    pub repartition_topic: String,
+    /// Every topic subscribed (the input topics and the repartition topic), for the lag.
+    pub topics: Vec<String>,
+}
+
+/// A rebalance's partitions: the home partitions (of the repartition topic)
+/// and the input partitions.
+struct Moved {
+    homes: Vec<i32>,
+    inputs: Vec<(String, i32)>,
 }
 
 impl ClientContext for Callbacks {
@@ -32,11 +42,13 @@ impl ClientContext for Callbacks {
         if statistics.brokers.values().any(|b| b.state == "UP") {
             self.view.set_unreachable(None);
         }
-        let Some(topic) = statistics.topics.get(&self.input_topic) else { return };
-        for (partition, p) in &topic.partitions {
-            // Partition -1 is librdkafka's internal unassigned queue; a lag of -1 is unknown.
-            if *partition >= 0 && p.consumer_lag >= 0 && p.fetch_state == "active" {
-                self.view.metrics.set_consumer_lag(*partition, p.consumer_lag);
+        for name in &self.topics {
+            let Some(topic) = statistics.topics.get(name) else { continue };
+            for (partition, p) in &topic.partitions {
+                // Partition -1 is librdkafka's internal unassigned queue; a lag of -1 is unknown.
+                if *partition >= 0 && p.consumer_lag >= 0 && p.fetch_state == "active" {
+                    self.view.metrics.set_consumer_lag(name, *partition, p.consumer_lag);
+                }
             }
         }
     }
@@ -59,30 +71,49 @@ impl ConsumerContext for Callbacks {
 }
 
 impl Callbacks {
-    /// The input partitions of a rebalance's list.
-    fn partitions(&self, tpl: &TopicPartitionList) -> Vec<i32> {
-        tpl.elements_for_topic(&self.input_topic).iter().map(|e| e.partition()).collect()
+    /// The home and input partitions of a rebalance's list.
+    fn partitions(&self, tpl: &TopicPartitionList) -> Moved {
+        let mut moved = Moved { homes: Vec::new(), inputs: Vec::new() };
+        for e in tpl.elements() {
+            if e.topic() == self.repartition_topic {
+                moved.homes.push(e.partition());
+            } else {
+                moved.inputs.push((e.topic().to_string(), e.partition()));
+            }
+        }
+        moved
     }
 }
 
-fn on_assign(engine: &mut Engine, consumer: &BaseConsumer<Callbacks>, assigned: &[i32]) {
-    for &partition in assigned {
+fn on_assign(engine: &mut Engine, consumer: &BaseConsumer<Callbacks>, assigned: &Moved) {
+    engine.partitions.add_sources(&assigned.inputs);
+    for &partition in &assigned.homes {
         if let Err(e) = engine.partitions.open(consumer, partition) {
             engine.fail(e);
             return;
         }
     }
-    info!(partitions = ?engine.partitions.held(), "partitions assigned");
+    info!(
+        home_partitions = ?engine.partitions.held(),
+        input_partitions = ?engine.partitions.held_sources(),
+        "partitions assigned"
+    );
     engine.partitions.publish_health(true);
 }
 
-fn on_revoke(engine: &mut Engine, consumer: &BaseConsumer<Callbacks>, revoked: &[i32]) {
+fn on_revoke(engine: &mut Engine, consumer: &BaseConsumer<Callbacks>, revoked: &Moved) {
     // Finish the interval's work before the partitions are given up (not
     // after a failure: what failed must not be committed).
     if !engine.commits.is_halted() {
         engine.commit(consumer, true);
     }
-    engine.partitions.close(revoked);
-    info!(?revoked, keeping = ?engine.partitions.held(), "partitions revoked");
+    engine.partitions.close(&revoked.homes);
+    engine.partitions.remove_sources(&revoked.inputs);
+    info!(
+        revoked_homes = ?revoked.homes,
+        revoked_inputs = ?revoked.inputs,
+        keeping = ?engine.partitions.held(),
+        "partitions revoked"
+    );
     engine.partitions.publish_health(false);
 }

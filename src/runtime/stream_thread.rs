@@ -1,5 +1,5 @@
-//! The stream thread's loop: it polls the input topic, hands each batch to
-//! the partitions' tasks, steps the restorer, publishes outcomes every
+//! The stream thread's loop: it polls the input topics and the repartition
+//! topic, hands each batch to the partitions' sources and tasks, steps the restorer, publishes outcomes every
 //! [`PUBLISH_INTERVAL`], and starts a commit every `commit_interval`.
 
 use std::sync::atomic::Ordering;
@@ -42,25 +42,30 @@ pub fn run(config: Arc<Config>, view: Arc<View>, runtime: tokio::runtime::Handle
     // Held until the process ends: no other process uses this state directory, nor its instance ID.
     let instance = Instance::claim(&config)?;
     let transactional_id = clients::transactional_id(&config.kafka, &instance.id);
-    let Some(partitions) = prepare_topics(&config, &view, &runtime)? else { return Ok(()) };
-    view.update_health(|h| h.input_partitions = partitions);
+    let Some(layout) = prepare_topics(&config, &view, &runtime)? else { return Ok(()) };
+    view.update_health(|h| h.home_partitions = layout.home_partitions);
     let metrics = Arc::clone(&view.metrics);
     metrics.register_workflow_types(config.workflows.iter().map(|w| w.workflow_type.as_str()));
-    let commits = Commits::new(Arc::clone(&config), metrics, transactional_id.clone())?;
-    let engine = Engine::new(Arc::clone(&view), Partitions::new(Arc::clone(&config), Arc::clone(&view))?, commits);
-    let engine = Arc::new(Mutex::new(engine));
+    metrics.register_input_topics(config.kafka.input_topics.iter().map(|t| t.name.as_str()));
+    let commits = Commits::new(Arc::clone(&config), metrics, transactional_id.clone(), runtime.clone())?;
+    let partitions = Partitions::new(Arc::clone(&config), Arc::clone(&view), layout.home_partitions)?;
+    let engine = Arc::new(Mutex::new(Engine::new(Arc::clone(&view), partitions, commits)));
+    let mut topics: Vec<String> = config.kafka.input_topics.iter().map(|t| t.name.clone()).collect();
+    topics.push(config.kafka.repartition_topic());
     let callbacks = Callbacks {
         engine: Arc::clone(&engine),
         view: Arc::clone(&view),
-        input_topic: config.kafka.input_topic.clone(),
+        repartition_topic: config.kafka.repartition_topic(),
+        topics: topics.clone(),
     };
     let consumer: BaseConsumer<Callbacks> = clients::consumer_config(&config.kafka)
         .create_with_context(callbacks)
         .context("creating the input consumer")?;
-    consumer.subscribe(&[&config.kafka.input_topic]).context("subscribing to the input topic")?;
+    let subscribed: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&subscribed).context("subscribing to the input and repartition topics")?;
     info!(
-        input = %config.kafka.input_topic,
-        partitions,
+        inputs = ?layout.inputs,
+        home_partitions = layout.home_partitions,
         guarantee = config.kafka.processing_guarantee.as_str(),
         instance_id = %instance.id,
         transactional_id = if config.kafka.processing_guarantee == Guarantee::ExactlyOnce { transactional_id.as_str() } else { "" },
@@ -169,13 +174,13 @@ fn prepare_topics(
     config: &Config,
     view: &View,
     runtime: &tokio::runtime::Handle,
-) -> Result<Option<usize>, topics::TopicError> {
+) -> Result<Option<topics::Layout>, topics::TopicError> {
     let mut pause = STARTUP_RETRY_FIRST;
     loop {
         match topics::prepare_topics(&config.kafka, runtime) {
-            Ok(partitions) => {
+            Ok(layout) => {
                 view.set_unreachable(None);
-                return Ok(Some(partitions));
+                return Ok(Some(layout));
             }
             Err(e) if e.is_transient() => {
                 warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "cannot reach the Kafka cluster at start-up");

@@ -1,19 +1,22 @@
-//! One task per assigned input partition: it decodes each record, loads
+//! One task per assigned home partition: it joins the events of the
+//! workflows whose home it is, read directly from the input partition of
+//! its number or forwarded through the repartition topic. For each it loads
 //! the workflow's state through the record cache, asks the join, and keeps
 //! the outcomes and dead letters until the commit takes them. It fires the
 //! partition's timers (deadlines and purges) when the stream thread asks.
 //! It knows nothing of Kafka clients or commits: the stream thread hands it
-//! records and takes what it staged.
+//! events and records and takes what it staged.
 
 use std::sync::Arc;
 
 use prometheus::IntGauge;
 use tracing::warn;
 
-use crate::commit::{Decided, Staged};
+use crate::commit::{Decided, Outputs, Staged};
 use crate::config::Config;
 use crate::input::dead_letter::DeadLetter;
-use crate::input::event::{self, BadInput};
+use crate::input::event::{self, BadInput, StepEvent};
+pub use crate::input::record::InputRecord;
 use crate::join::{self, EventResult, TimerResult, WorkflowState};
 use crate::metrics::Metrics;
 use crate::state::{codec, CachedStore, Store, StoreError, TimerOf};
@@ -21,23 +24,18 @@ use crate::state::{codec, CachedStore, Store, StoreError, TimerOf};
 /// The most timers one punctuation fires, so that a backlog cannot stall a commit.
 const TIMERS_PER_PUNCTUATION: usize = 10_000;
 
-/// One input record, as the task needs it.
-pub struct InputRecord<'a> {
-    pub key: Option<&'a [u8]>,
-    pub value: Option<&'a [u8]>,
-    pub timestamp_ms: Option<i64>,
-    pub topic: &'a str,
-    pub offset: i64,
-}
-
 pub struct Task {
     pub partition: i32,
     pub store: Arc<Store>,
+    /// The repartition topic, whose partition of this number the task reads.
+    topic: Arc<str>,
     config: Arc<Config>,
     metrics: Arc<Metrics>,
     states: CachedStore,
     outcomes: Vec<Decided>,
     dead_letters: Vec<DeadLetter>,
+    /// Always empty: a task forwards nothing (for [`Task::outputs`]).
+    no_forwards: Vec<crate::route::Forward>,
     next_offset: Option<i64>,
     /// Workflows waiting for a decision, as `junction_workflows_open` shows.
     open: IntGauge,
@@ -53,17 +51,33 @@ pub fn stored_timer(config: Arc<Config>) -> TimerOf {
     })
 }
 
+/// The dead letter of a bad record, logged and counted.
+pub fn dead_letter(config: &Config, metrics: &Metrics, record: &InputRecord<'_>, error: BadInput) -> DeadLetter {
+    warn!(
+        topic = record.topic,
+        partition = record.partition,
+        offset = record.offset,
+        reason = error.reason.code(),
+        detail = %error.detail,
+        "bad input sent to the dead-letter topic"
+    );
+    metrics.dead_letter(error.reason);
+    DeadLetter::of(record, error, config.kafka.max_record_bytes())
+}
+
 impl Task {
     pub fn new(partition: i32, store: Arc<Store>, config: Arc<Config>, metrics: Arc<Metrics>) -> Task {
         let open = metrics.workflows_open(partition);
         Task {
             partition,
+            topic: config.kafka.repartition_topic().into(),
             states: CachedStore::new(partition, Arc::clone(&store)),
             store,
             config,
             metrics,
             outcomes: Vec::new(),
             dead_letters: Vec::new(),
+            no_forwards: Vec::new(),
             next_offset: None,
             open,
         }
@@ -102,23 +116,25 @@ impl Task {
         self.next_offset.get_or_insert(offset);
     }
 
-    /// Processes one record. On a store error the record counts as not
-    /// processed: its offset is not committed.
-    pub fn process(&mut self, record: &InputRecord<'_>, now_ms: i64) -> Result<(), StoreError> {
-        self.apply(record, now_ms)?;
-        self.next_offset = Some(record.offset + 1);
+    /// Processes one record read back from the repartition topic at
+    /// `offset`: `record` is the input record it was forwarded from, which
+    /// that record's topic's mapping reads. On a store error the record counts
+    /// as not processed: its offset is not committed.
+    pub fn process_forwarded(&mut self, record: &InputRecord<'_>, offset: i64, now_ms: i64) -> Result<(), StoreError> {
+        let config = Arc::clone(&self.config);
+        let mapping = config.kafka.input(record.topic).and_then(|t| t.mapping.as_ref());
+        match event::decode(&config, mapping, record.value, record.timestamp_ms.unwrap_or(now_ms)) {
+            Ok(e) => self.join(&e, record, now_ms)?,
+            Err(bad) => self.dead_letter(record, bad),
+        }
+        self.next_offset = Some(offset + 1);
         Ok(())
     }
 
-    fn apply(&mut self, record: &InputRecord<'_>, now_ms: i64) -> Result<(), StoreError> {
+    /// Joins one event of a workflow whose home this is. On a store error
+    /// the event counts as not joined.
+    pub fn join(&mut self, event: &StepEvent<'_>, record: &InputRecord<'_>, now_ms: i64) -> Result<(), StoreError> {
         let config = Arc::clone(&self.config);
-        let event = match event::decode(&config, record.key, record.value, record.timestamp_ms.unwrap_or(now_ms)) {
-            Ok(e) => e,
-            Err(bad) => {
-                self.dead_letter(record, bad);
-                return Ok(());
-            }
-        };
         let spec = &config.workflows[event.workflow];
         let id = event.workflow_id.as_ref();
         let (loaded, from) = self.states.load(id)?;
@@ -126,17 +142,18 @@ impl Task {
         let mut state = match loaded {
             Some(s) if s.workflow_type == spec.workflow_type => s,
             Some(s) => {
-                let bad = BadInput {
-                    reason: crate::names::Reason::UnknownWorkflowType,
-                    detail: format!("workflow {id:?} is of type {:?}, not {:?}", s.workflow_type, spec.workflow_type),
-                };
+                let mut bad = BadInput::new(
+                    crate::names::Reason::UnknownWorkflowType,
+                    format!("workflow {id:?} is of type {:?}, not {:?}", s.workflow_type, spec.workflow_type),
+                );
+                bad.workflow_id = Some(id.to_string());
                 self.states.put_back(Some(s), from);
                 self.dead_letter(record, bad);
                 return Ok(());
             }
             None => WorkflowState::new(&spec.workflow_type, event.occurred_at_ms),
         };
-        let (result, outcomes) = join::apply_event(spec, &mut state, id, &event, now_ms);
+        let (result, outcomes) = join::apply_event(spec, &mut state, id, event, now_ms);
         self.metrics.event(result);
         match (was_open, state.is_open()) {
             (false, true) => self.open.inc(),
@@ -190,45 +207,14 @@ impl Task {
         Ok(())
     }
 
-    fn dead_letter(&mut self, record: &InputRecord<'_>, mut error: BadInput) {
-        // A key or value too large for the producer is not copied: a dead
-        // letter that can never be delivered would fail every commit.
-        let limit = self.config.kafka.max_record_bytes();
-        let copy = |bytes: Option<&[u8]>, what: &str, error: &mut BadInput| match bytes {
-            Some(b) if b.len() > limit => {
-                error.detail.push_str(&format!(
-                    "; the {what} ({} bytes) is not copied here: it stays at the source offset",
-                    b.len()
-                ));
-                None
-            }
-            other => other.map(<[u8]>::to_vec),
-        };
-        let key = copy(record.key, "key", &mut error);
-        let value = copy(record.value, "value", &mut error);
-        warn!(
-            partition = self.partition,
-            offset = record.offset,
-            reason = error.reason.code(),
-            detail = %error.detail,
-            "bad input sent to the dead-letter topic"
-        );
-        self.metrics.dead_letter(error.reason);
-        self.dead_letters.push(DeadLetter {
-            key,
-            value,
-            timestamp_ms: record.timestamp_ms,
-            error,
-            source_topic: record.topic.to_string(),
-            source_partition: self.partition,
-            source_offset: record.offset,
-        });
+    fn dead_letter(&mut self, record: &InputRecord<'_>, error: BadInput) {
+        self.dead_letters.push(dead_letter(&self.config, &self.metrics, record, error));
     }
 
     /// The outcomes and dead letters decided and not yet published, for
     /// [`crate::commit::Strategy::publish`], which empties them.
-    pub fn outputs(&mut self) -> (&mut Vec<Decided>, &mut Vec<DeadLetter>) {
-        (&mut self.outcomes, &mut self.dead_letters)
+    pub fn outputs(&mut self) -> Outputs<'_> {
+        Outputs { outcomes: &mut self.outcomes, dead_letters: &mut self.dead_letters, forwards: &mut self.no_forwards }
     }
 
     /// Takes everything the next commit must publish and save, leaving the
@@ -238,9 +224,11 @@ impl Task {
         let config = Arc::clone(&self.config);
         let changes = self.states.stage(|state| state.timer_ms(config.workflow(&state.workflow_type), retention));
         Staged {
-            store: Arc::clone(&self.store),
+            topic: Arc::clone(&self.topic),
+            store: Some(Arc::clone(&self.store)),
             outcomes: std::mem::take(&mut self.outcomes),
             dead_letters: std::mem::take(&mut self.dead_letters),
+            forwards: Vec::new(),
             changelog: changes.changelog,
             batch: changes.batch,
             next_offset: self.next_offset.take(),
@@ -284,16 +272,16 @@ steps = ["payment", "inventory"]
     }
 
     fn record<'a>(value: &'a [u8], offset: i64) -> InputRecord<'a> {
-        InputRecord { key: None, value: Some(value), timestamp_ms: Some(1_000), topic: "in", offset }
+        InputRecord { key: None, value: Some(value), timestamp_ms: Some(1_000), topic: "in", partition: 0, offset }
     }
 
     #[test]
     fn a_workflow_opened_and_finished_in_one_interval_writes_one_changelog_record() {
         let dir = tempfile::tempdir().unwrap();
         let mut t = task(dir.path());
-        t.process(&record(br#"{"workflow_id":"w","step":"payment"}"#, 0), 5_000).unwrap();
-        t.process(&record(br#"{"workflow_id":"w","step":"payment"}"#, 1), 5_000).unwrap();
-        t.process(&record(br#"{"workflow_id":"w","step":"inventory"}"#, 2), 5_000).unwrap();
+        t.process_forwarded(&record(br#"{"workflow_id":"w","step":"payment"}"#, 0), 0, 5_000).unwrap();
+        t.process_forwarded(&record(br#"{"workflow_id":"w","step":"payment"}"#, 1), 1, 5_000).unwrap();
+        t.process_forwarded(&record(br#"{"workflow_id":"w","step":"inventory"}"#, 2), 2, 5_000).unwrap();
         let staged = t.stage();
         assert_eq!(staged.changelog.len(), 1);
         assert_eq!(staged.outcomes.len(), 1);
@@ -305,15 +293,15 @@ steps = ["payment", "inventory"]
     fn the_next_interval_reads_the_states_of_the_commit_in_flight() {
         let dir = tempfile::tempdir().unwrap();
         let mut t = task(dir.path());
-        t.process(&record(br#"{"workflow_id":"w","step":"payment"}"#, 0), 5_000).unwrap();
+        t.process_forwarded(&record(br#"{"workflow_id":"w","step":"payment"}"#, 0), 0, 5_000).unwrap();
         let in_flight = t.stage();
         assert_eq!(in_flight.changelog.len(), 1);
-        t.process(&record(br#"{"workflow_id":"w","step":"payment"}"#, 1), 5_000).unwrap();
-        t.process(&record(br#"{"workflow_id":"w","step":"inventory"}"#, 2), 5_000).unwrap();
+        t.process_forwarded(&record(br#"{"workflow_id":"w","step":"payment"}"#, 1), 1, 5_000).unwrap();
+        t.process_forwarded(&record(br#"{"workflow_id":"w","step":"inventory"}"#, 2), 2, 5_000).unwrap();
         let next = t.stage();
         assert_eq!(next.outcomes.len(), 1, "the second step completes the workflow staged before it");
-        in_flight.store.write(in_flight.batch).unwrap();
-        next.store.write(next.batch).unwrap();
+        t.store.write(in_flight.batch).unwrap();
+        t.store.write(next.batch).unwrap();
         t.committed();
         let stored = codec::decode(&t.store.get_state("w").unwrap().unwrap()).unwrap();
         assert!(stored.is_final());
@@ -323,12 +311,12 @@ steps = ["payment", "inventory"]
     fn a_duplicate_of_committed_state_writes_nothing_and_bad_input_is_dead_lettered() {
         let dir = tempfile::tempdir().unwrap();
         let mut t = task(dir.path());
-        t.process(&record(br#"{"workflow_id":"w","step":"payment"}"#, 0), 5_000).unwrap();
+        t.process_forwarded(&record(br#"{"workflow_id":"w","step":"payment"}"#, 0), 0, 5_000).unwrap();
         let staged = t.stage();
         t.store.write(staged.batch).unwrap();
         t.committed();
-        t.process(&record(br#"{"workflow_id":"w","step":"payment"}"#, 1), 5_000).unwrap();
-        t.process(&record(b"nope", 2), 5_000).unwrap();
+        t.process_forwarded(&record(br#"{"workflow_id":"w","step":"payment"}"#, 1), 1, 5_000).unwrap();
+        t.process_forwarded(&record(b"nope", 2), 2, 5_000).unwrap();
         let staged = t.stage();
         assert!(staged.changelog.is_empty(), "a duplicate changes no state");
         assert_eq!(staged.dead_letters.len(), 1);
@@ -341,9 +329,9 @@ steps = ["payment", "inventory"]
         let dir = tempfile::tempdir().unwrap();
         let mut t = task(dir.path());
         let large = vec![b'x'; 300_000];
-        t.process(&record(&large, 0), 5_000).unwrap();
+        t.process_forwarded(&record(&large, 0), 0, 5_000).unwrap();
         let huge = vec![b'x'; 2_000_000];
-        t.process(&record(&huge, 1), 5_000).unwrap();
+        t.process_forwarded(&record(&huge, 1), 1, 5_000).unwrap();
         let staged = t.stage().dead_letters;
         assert_eq!(staged.len(), 2);
         assert!(staged.iter().all(|d| d.error.reason == crate::names::Reason::TooLarge));
@@ -356,8 +344,8 @@ steps = ["payment", "inventory"]
     fn the_retention_purges_a_decided_workflow_with_a_tombstone() {
         let dir = tempfile::tempdir().unwrap();
         let mut t = task(dir.path());
-        t.process(&record(br#"{"workflow_id":"w","step":"payment"}"#, 0), 5_000).unwrap();
-        t.process(&record(br#"{"workflow_id":"w","step":"inventory"}"#, 1), 5_000).unwrap();
+        t.process_forwarded(&record(br#"{"workflow_id":"w","step":"payment"}"#, 0), 0, 5_000).unwrap();
+        t.process_forwarded(&record(br#"{"workflow_id":"w","step":"inventory"}"#, 1), 1, 5_000).unwrap();
         let staged = t.stage();
         t.store.write(staged.batch).unwrap();
         t.committed();

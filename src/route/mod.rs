@@ -1,0 +1,66 @@
+//! Routing: every workflow has one home partition, `murmur2(workflow_id)
+//! mod N`, where N is the partition count of junction's own topics (the
+//! changelog and `<application_id>-repartition`); the task of that
+//! partition joins all of its events. A record read on its workflow's home
+//! partition (the input partition of the same number, while this instance
+//! holds that task) is joined directly; any other, whatever its key, its
+//! producer's partitioner or its topic, is forwarded: re-keyed by workflow
+//! ID to its home partition of the repartition topic, with its value, its
+//! timestamp and where it came from, and joined when it is read back.
+//!
+//! - [`partitioner`]: Kafka's default partitioner, murmur2;
+//! - [`Forward`]: a record on its way home, and [`forwarded_origin`], where
+//!   a record read back from the repartition topic came from.
+//!
+//! Pure: no Kafka client, no store.
+
+pub mod partitioner;
+
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+
+use crate::names;
+
+/// The home partition of `workflow_id` among `home_partitions`.
+pub fn home(workflow_id: &str, home_partitions: usize) -> i32 {
+    partitioner::murmur2_partition(workflow_id.as_bytes(), home_partitions)
+}
+
+/// A record read off its workflow's home partition, to send there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    pub home: i32,
+    pub workflow_id: String,
+    /// The source record's key, value and timestamp, unchanged.
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    pub timestamp_ms: Option<i64>,
+    pub source_topic: String,
+    pub source_partition: i32,
+    pub source_offset: i64,
+}
+
+/// Where a record read from the repartition topic came from: the source
+/// topic (whose mapping reads it), partition, offset and key, from the
+/// headers the forward wrote. `None` for a record without them.
+pub struct Origin<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<&'a [u8]>,
+}
+
+pub fn forwarded_origin<'a>(m: &'a BorrowedMessage<'_>) -> Option<Origin<'a>> {
+    let headers = m.headers()?;
+    let (mut topic, mut partition, mut offset, mut key) = (None, None, None, None);
+    for h in headers.iter() {
+        let value = h.value.unwrap_or_default();
+        match h.key {
+            names::HEADER_SOURCE_TOPIC => topic = std::str::from_utf8(value).ok(),
+            names::HEADER_SOURCE_PARTITION => partition = std::str::from_utf8(value).ok()?.parse().ok(),
+            names::HEADER_SOURCE_OFFSET => offset = std::str::from_utf8(value).ok()?.parse().ok(),
+            names::HEADER_SOURCE_KEY => key = Some(value),
+            _ => {}
+        }
+    }
+    Some(Origin { topic: topic?, partition: partition?, offset: offset?, key })
+}

@@ -1,0 +1,108 @@
+//! One assigned input partition: it decodes each record with its topic's
+//! mapping and finds the workflow's home. The stream thread joins the event
+//! directly when the home is the task of the same number on this instance
+//! and active; otherwise the source forwards the record there. Bad records
+//! become dead letters here, where they were read. It keeps its forwards,
+//! dead letters and next offset until the commit takes them.
+
+use std::sync::Arc;
+
+use prometheus::IntCounter;
+
+use crate::commit::{Decided, Outputs, Staged};
+use crate::config::Config;
+use crate::input::dead_letter::DeadLetter;
+use crate::input::event::{BadInput, StepEvent};
+use crate::input::record::InputRecord;
+use crate::metrics::Metrics;
+use crate::route::Forward;
+use crate::runtime::task::dead_letter;
+use crate::state::StoreBatch;
+
+pub struct Source {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    /// Where to rewind to: the offset after the last commit.
+    pub replay_from: Option<i64>,
+    /// Rewound during this poll batch: its later records in the batch were
+    /// fetched before the seek, and are read again after it.
+    pub rewound: bool,
+    next_offset: Option<i64>,
+    forwards: Vec<Forward>,
+    dead_letters: Vec<DeadLetter>,
+    /// Always empty: a source decides nothing (for [`Source::outputs`]).
+    no_outcomes: Vec<Decided>,
+    forwarded: IntCounter,
+}
+
+impl Source {
+    pub fn new(topic: Arc<str>, partition: i32, metrics: &Metrics) -> Source {
+        Source {
+            forwarded: metrics.forwarded(&topic),
+            topic,
+            partition,
+            replay_from: None,
+            rewound: false,
+            next_offset: None,
+            forwards: Vec::new(),
+            dead_letters: Vec::new(),
+            no_outcomes: Vec::new(),
+        }
+    }
+
+    /// A record read: its offset is committed with the next commit.
+    pub fn read(&mut self, offset: i64) {
+        self.replay_from.get_or_insert(offset);
+        self.next_offset = Some(offset + 1);
+    }
+
+    /// Sends `record`, whose workflow's home is `home`, there.
+    pub fn forward(&mut self, home: i32, event: &StepEvent<'_>, record: &InputRecord<'_>) {
+        self.forwarded.inc();
+        self.forwards.push(Forward {
+            home,
+            workflow_id: event.workflow_id.to_string(),
+            key: record.key.map(<[u8]>::to_vec),
+            value: record.value.unwrap_or_default().to_vec(),
+            timestamp_ms: record.timestamp_ms,
+            source_topic: record.topic.to_string(),
+            source_partition: record.partition,
+            source_offset: record.offset,
+        });
+    }
+
+    pub fn dead_letter(&mut self, config: &Config, metrics: &Metrics, record: &InputRecord<'_>, error: BadInput) {
+        self.dead_letters.push(dead_letter(config, metrics, record, error));
+    }
+
+    pub fn is_dirty(&self) -> bool {
+        self.next_offset.is_some() || !self.forwards.is_empty() || !self.dead_letters.is_empty()
+    }
+
+    /// The forwards and dead letters not yet published, for
+    /// [`crate::commit::Strategy::publish`], which empties them.
+    pub fn outputs(&mut self) -> Outputs<'_> {
+        Outputs { outcomes: &mut self.no_outcomes, dead_letters: &mut self.dead_letters, forwards: &mut self.forwards }
+    }
+
+    /// Takes everything the next commit must publish, and the offset it commits.
+    pub fn stage(&mut self) -> Staged {
+        Staged {
+            topic: Arc::clone(&self.topic),
+            store: None,
+            outcomes: Vec::new(),
+            dead_letters: std::mem::take(&mut self.dead_letters),
+            forwards: std::mem::take(&mut self.forwards),
+            changelog: Vec::new(),
+            batch: StoreBatch::default(),
+            next_offset: self.next_offset.take(),
+        }
+    }
+
+    /// Forgets everything since the last finished commit: its input is read again.
+    pub fn discard(&mut self) {
+        self.forwards.clear();
+        self.dead_letters.clear();
+        self.next_offset = None;
+    }
+}
