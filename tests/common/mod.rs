@@ -320,8 +320,16 @@ impl Broker {
     }
 
     pub fn create_topic(&self, name: &str, partitions: i32) {
+        self.create_topic_with(name, partitions, &[])
+    }
+
+    /// Creates a topic with settings (`cleanup.policy` and the like).
+    pub fn create_topic_with(&self, name: &str, partitions: i32, settings: &[(&str, &str)]) {
         let admin: AdminClient<DefaultClientContext> = self.client_config().create().unwrap();
-        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        for (key, value) in settings {
+            topic = topic.set(key, value);
+        }
         let results = self.runtime.block_on(admin.create_topics([&topic], &AdminOptions::new())).unwrap();
         for r in results {
             r.unwrap_or_else(|(t, e)| panic!("cannot create topic {t}: {e}"));
@@ -372,13 +380,32 @@ impl Broker {
         (0..partitions).map(|p| client.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap().1).collect()
     }
 
+    /// A producer as a user of a librdkafka-based client (Python, Go,
+    /// .NET, Node) has one: its default partitioner hashes keys with CRC32,
+    /// not murmur2, so most records land off their workflow's home partition.
     pub fn producer(&self) -> BaseProducer {
-        self.client_config().set("partitioner", "murmur2_random").set("linger.ms", "5").create().unwrap()
+        self.producer_with(None)
+    }
+
+    /// A producer with `partitioner` set (`murmur2_random` partitions as
+    /// Java clients do), or librdkafka's default.
+    pub fn producer_with(&self, partitioner: Option<&str>) -> BaseProducer {
+        let mut c = self.client_config();
+        c.set("linger.ms", "5");
+        if let Some(p) = partitioner {
+            c.set("partitioner", p);
+        }
+        c.create().unwrap()
     }
 
     /// Produces records (key, value) to a topic and waits for every delivery.
     pub fn produce(&self, topic: &str, records: &[RawRecord]) {
-        let producer = self.producer();
+        self.produce_with(None, topic, records)
+    }
+
+    /// Produces records (key, value) with a producer whose partitioner is `partitioner`.
+    pub fn produce_with(&self, partitioner: Option<&str>, topic: &str, records: &[RawRecord]) {
+        let producer = self.producer_with(partitioner);
         for (key, value) in records {
             let mut r: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
             if let Some(k) = key {
@@ -648,6 +675,9 @@ pub fn event(workflow_id: &str, workflow_type: &str, step: &str, status: &str, e
 pub struct Setup {
     pub app: String,
     pub input: String,
+    /// Input topics beside `input`, and their `[kafka.mappings.*]` tables.
+    pub more_inputs: Vec<String>,
+    pub mappings: String,
     pub output: String,
     pub dead_letters: String,
     pub partitions: i32,
@@ -680,6 +710,8 @@ impl Setup {
         let app = unique("app");
         Setup {
             input: format!("{app}-in"),
+            more_inputs: Vec::new(),
+            mappings: String::new(),
             output: format!("{app}-out"),
             dead_letters: format!("{app}-dlq"),
             app,
@@ -703,7 +735,7 @@ impl Setup {
 [kafka]
 bootstrap_servers = "{bootstrap}"
 application_id = "{app}"
-input_topic = "{input}"
+input_topics = [{inputs}]
 output_topic = "{output}"
 dead_letter_topic = "{dlq}"
 processing_guarantee = "{guarantee}"
@@ -713,6 +745,7 @@ commit_interval = "{interval}"
 "topic.metadata.refresh.interval.ms" = "1000"
 {group}
 {properties}
+{mappings}
 [state]
 dir = "{dir}"
 retention = "{retention}"
@@ -725,7 +758,12 @@ listen = "127.0.0.1:{http_port}"
 "#,
             bootstrap = self.bootstrap,
             app = self.app,
-            input = self.input,
+            inputs = std::iter::once(&self.input)
+                .chain(&self.more_inputs)
+                .map(|t| format!("{t:?}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            mappings = self.mappings,
             output = self.output,
             dlq = self.dead_letters,
             guarantee = self.guarantee,

@@ -1,0 +1,185 @@
+//! Routing: every workflow joins, whoever produced its events. Producers
+//! configured as users configure them (a Java-style murmur2 producer, a
+//! librdkafka-default CRC32 producer, an unkeyed one, a third party's topic
+//! in its own format with another partition count) put a workflow's steps on
+//! different partitions; junction forwards each to its home partition and
+//! joins it there, through crashes, under both guarantees.
+
+mod common;
+
+use common::{
+    assert_one_outcome_each, by_workflow, event, http_get, wait_until, Broker, Junction, RawRecord, Running, Setup,
+};
+use junction::route;
+use serde_json::{json, Value};
+
+fn keyed(e: &Value) -> RawRecord {
+    (Some(e["workflow_id"].as_str().unwrap().as_bytes().to_vec()), Some(serde_json::to_vec(e).unwrap()))
+}
+
+fn unkeyed(e: &Value) -> RawRecord {
+    (None, Some(serde_json::to_vec(e).unwrap()))
+}
+
+#[test]
+fn steps_from_a_murmur2_a_crc32_and_an_unkeyed_producer_all_join() {
+    let Running { work: _work, junction, setup, broker } = Running::start(4);
+    let n = 400;
+    let ids: Vec<String> = (0..n).map(|i| format!("mixed-{i}")).collect();
+    let step = |step: &str| -> Vec<Value> {
+        ids.iter().map(|id| event(id, "order", step, "succeeded", Some(&format!("{id}-{step}")))).collect()
+    };
+    // The payment service partitions as Java clients do; the inventory
+    // service is a Python or Go client with librdkafka's default; the fraud
+    // check sends no key at all.
+    broker.produce_with(Some("murmur2_random"), &setup.input, &step("payment").iter().map(keyed).collect::<Vec<_>>());
+    broker.produce_with(None, &setup.input, &step("inventory").iter().map(keyed).collect::<Vec<_>>());
+    broker.produce_with(None, &setup.input, &step("fraud_check").iter().map(unkeyed).collect::<Vec<_>>());
+
+    let mut out = broker.reader(&setup.output);
+    let records = out.read_until("every workflow's outcome", |r| by_workflow(r).len() >= n).to_vec();
+    assert_eq!(assert_one_outcome_each(&records, n), 0, "no repeats without a crash");
+    assert!(records.iter().all(|r| r.json()["outcome"] == "completed"), "every workflow completed");
+    for r in &records {
+        // Keyed by workflow ID with murmur2: a Java consumer or Kafka Streams co-partitions with them.
+        let id = r.json()["workflow_id"].as_str().unwrap().to_string();
+        assert_eq!(r.key.as_deref(), Some(id.as_bytes()));
+        assert_eq!(r.partition, route::home(&id, 4), "{id}'s outcome is on its murmur2 partition");
+    }
+    let forwarded = junction.metric("junction_forwarded_total", &format!("topic=\"{}\"", setup.input));
+    // The murmur2 steps were read at home; about 3/4 of the others were not.
+    assert!(forwarded > 300.0 && forwarded < 2.0 * n as f64, "forwarded {forwarded}");
+    let (status, body) = http_get(junction.http_port, "/workflows/mixed-7").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let state: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(state["home_partition"], route::home("mixed-7", 4));
+    eprintln!("three producers: {n} workflows completed, {forwarded} records forwarded");
+}
+
+/// A payment provider's callback topic, in the provider's format.
+const CALLBACK_MAPPING: &str = r#"
+[kafka.mappings.CALLBACKS]
+workflow_id = "/merchantReference"
+fixed_workflow_type = "callback"
+fixed_step = "callback"
+status = "/eventCode"
+status_values = { AUTHORISATION = "succeeded", REFUSED = "failed" }
+event_id = "/pspReference"
+occurred_at = "/eventDate"
+payload = "/amount"
+"#;
+
+#[test]
+fn two_input_topics_of_different_sizes_one_in_a_foreign_format() {
+    let broker = Broker::start();
+    let mut setup = Setup::new(&broker, 3);
+    let callbacks = format!("{}-psp", setup.app);
+    broker.create_topic(&callbacks, 5);
+    setup.more_inputs = vec![callbacks.clone()];
+    setup.mappings = CALLBACK_MAPPING.replace("CALLBACKS", &callbacks);
+    let work = tempfile::tempdir().unwrap();
+    let mut junction = Junction::start(&setup, work.path(), "j");
+    junction.wait_ready();
+    assert_eq!(broker.partition_count(&format!("{}-repartition", setup.app)), 5, "N: the largest input's count");
+    assert_eq!(broker.partition_count(&format!("{}-state-changelog", setup.app)), 5);
+
+    let n = 200;
+    let requests: Vec<RawRecord> = (0..n)
+        .map(|i| keyed(&event(&format!("pay-{i}"), "callback", "request", "succeeded", Some(&format!("req-{i}")))))
+        .collect();
+    broker.produce(&setup.input, &requests);
+    // The provider keys by its own reference, with its own partitioner.
+    let at = junction::time::format_time(junction::time::now_ms());
+    let callback = |i: usize, code: &str| -> RawRecord {
+        let v = json!({
+            "merchantReference": format!("pay-{i}"),
+            "pspReference": format!("psp-{i}"),
+            "eventCode": code,
+            "eventDate": at,
+            "amount": {"value": i, "currency": "EUR"},
+            "success": "true",
+        });
+        (Some(format!("psp-{i}").into_bytes()), Some(serde_json::to_vec(&v).unwrap()))
+    };
+    let mut records: Vec<RawRecord> =
+        (0..n).map(|i| callback(i, if i % 10 == 3 { "REFUSED" } else { "AUTHORISATION" })).collect();
+    // What the mapping cannot read: no reference, an unmapped code, not JSON.
+    let no_reference = br#"{"pspReference":"psp-x","eventCode":"AUTHORISATION"}"#.to_vec();
+    let unmapped = serde_json::to_vec(&json!({"merchantReference": "pay-1", "eventCode": "CHARGEBACK"})).unwrap();
+    records.push((Some(b"x1".to_vec()), Some(no_reference.clone())));
+    records.push((Some(b"x2".to_vec()), Some(unmapped.clone())));
+    records.push((Some(b"x3".to_vec()), Some(b"<xml/>".to_vec())));
+    broker.produce(&callbacks, &records);
+
+    let mut out = broker.reader(&setup.output);
+    let outcomes = out.read_until("every payment's outcome", |r| by_workflow(r).len() >= n).to_vec();
+    assert_one_outcome_each(&outcomes, n);
+    for (id, o) in by_workflow(&outcomes) {
+        let i: usize = id.strip_prefix("pay-").unwrap().parse().unwrap();
+        let expected = if i % 10 == 3 { "failed" } else { "completed" };
+        assert_eq!(o[0]["outcome"], expected, "{id}: {}", o[0]);
+        assert_eq!(o[0]["steps"]["callback"]["payload"]["value"], i, "the mapped payload is carried");
+        assert_eq!(o[0]["steps"]["callback"]["occurred_at"], at.as_str(), "the mapped time is the event's");
+    }
+
+    let mut dlq = broker.reader(&setup.dead_letters);
+    let dead = dlq.read_until("the unreadable callbacks", |r| r.len() >= 3).to_vec();
+    assert_eq!(dead.len(), 3, "only the unreadable callbacks are dead-lettered");
+    let find = |value: &[u8]| dead.iter().find(|d| d.value.as_deref() == Some(value)).expect("dead letter");
+    let missing = find(&no_reference);
+    assert_eq!(missing.header("junction.error"), "missing_field");
+    assert!(missing.header("junction.error.detail").contains("/merchantReference"), "names the pointer");
+    assert_eq!(missing.header("junction.source.topic"), callbacks);
+    let code = find(&unmapped);
+    assert_eq!(code.header("junction.error"), "invalid_field");
+    assert!(code.header("junction.error.detail").contains("/eventCode") && code.header("junction.error.detail").contains("CHARGEBACK"));
+    assert_eq!(code.key.as_deref(), Some(&b"pay-1"[..]), "keyed by the workflow ID it gave");
+    assert_eq!(code.header("junction.source.key"), "x2");
+    assert_eq!(find(b"<xml/>").header("junction.error"), "not_json");
+    assert!(junction.is_running());
+}
+
+/// Workflows whose every step is sent without a key: almost all of them
+/// are forwarded.
+fn unkeyed_orders(prefix: &str, range: std::ops::Range<usize>) -> Vec<RawRecord> {
+    let mut records = Vec::new();
+    for step in ["payment", "inventory", "fraud_check"] {
+        for i in range.clone() {
+            let id = format!("{prefix}-{i}");
+            records.push(unkeyed(&event(&id, "order", step, "succeeded", Some(&format!("{id}-{step}")))));
+        }
+    }
+    records
+}
+
+fn kill_9_while_forwarding(broker: Broker, guarantee: &'static str) -> usize {
+    let mut setup = Setup::new(&broker, 4);
+    setup.guarantee = guarantee;
+    let work = tempfile::tempdir().unwrap();
+    let mut junction = Junction::start(&setup, work.path(), "j");
+    junction.wait_ready();
+    let n = 3_000;
+    broker.produce(&setup.input, &unkeyed_orders("fwd", 0..n / 2));
+    wait_until("records being forwarded", || junction.metric("junction_forwarded_total", "") > 500.0);
+    junction.kill();
+    broker.produce(&setup.input, &unkeyed_orders("fwd", n / 2..n));
+    junction.start_again();
+
+    let mut out = broker.reader(&setup.output);
+    let records = out.read_until("every outcome after the restart", |r| by_workflow(r).len() >= n).to_vec();
+    let repeats = assert_one_outcome_each(&records, n);
+    assert!(records.iter().all(|r| r.json()["outcome"] == "completed"), "a repeated forward is absorbed");
+    eprintln!("kill -9 while forwarding ({guarantee}): {n} workflows, {} records, {repeats} repeats", records.len());
+    repeats
+}
+
+#[test]
+fn kill_9_while_forwarding_loses_nothing_at_least_once() {
+    kill_9_while_forwarding(Broker::start(), "at_least_once");
+}
+
+#[test]
+fn kill_9_while_forwarding_loses_nothing_and_repeats_nothing_exactly_once() {
+    // The reader is read_committed: a forward and its outcome are in the transaction of their input.
+    assert_eq!(kill_9_while_forwarding(Broker::kafka(), "exactly_once"), 0, "no outcome is repeated");
+}
