@@ -84,8 +84,9 @@ fn samples() -> Vec<(String, Vec<u8>)> {
 }
 
 fn feed(bootstrap: &str, topic: &str) -> Result<(), String> {
-    let producer: BaseProducer =
-        client(bootstrap).set("partitioner", "murmur2_random").create().map_err(|e| e.to_string())?;
+    // librdkafka's default partitioner (CRC32), as a Python or Go service
+    // would have: junction forwards what lands off its home partition.
+    let producer: BaseProducer = client(bootstrap).create().map_err(|e| e.to_string())?;
     let records = samples();
     for (key, value) in &records {
         producer

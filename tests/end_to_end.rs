@@ -187,7 +187,8 @@ fn every_kind_of_bad_input_goes_to_the_dead_letter_topic_while_good_input_flows(
         ("payload_too_large", raw(Some(b"fat"), Some(fat_payload.as_bytes()))),
     ];
     // A key that is not the workflow ID only routes: the record is joined.
-    let foreign_key = raw(Some(b"other"), Some(br#"{"workflow_id":"good-3","workflow_type":"order","step":"payment"}"#));
+    let foreign_key =
+        raw(Some(b"other"), Some(br#"{"workflow_id":"good-3","workflow_type":"order","step":"payment"}"#));
     let mut records = vec![good("good-1", "payment"), good("good-2", "payment"), foreign_key];
     for (_, r) in &bad {
         records.push(r.clone());

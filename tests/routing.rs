@@ -132,7 +132,10 @@ fn two_input_topics_of_different_sizes_one_in_a_foreign_format() {
     assert_eq!(missing.header("junction.source.topic"), callbacks);
     let code = find(&unmapped);
     assert_eq!(code.header("junction.error"), "invalid_field");
-    assert!(code.header("junction.error.detail").contains("/eventCode") && code.header("junction.error.detail").contains("CHARGEBACK"));
+    assert!(
+        code.header("junction.error.detail").contains("/eventCode")
+            && code.header("junction.error.detail").contains("CHARGEBACK")
+    );
     assert_eq!(code.key.as_deref(), Some(&b"pay-1"[..]), "keyed by the workflow ID it gave");
     assert_eq!(code.header("junction.source.key"), "x2");
     assert_eq!(find(b"<xml/>").header("junction.error"), "not_json");

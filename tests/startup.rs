@@ -62,11 +62,48 @@ quorum = 0
 }
 
 #[test]
+fn validate_names_every_bad_mapping_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mapped.toml");
+    std::fs::write(
+        &path,
+        r#"
+[kafka]
+bootstrap_servers = "127.0.0.1:9092"
+input_topics = ["steps", "psp"]
+output_topic = "out"
+dead_letter_topic = "dlq"
+
+[kafka.mappings.psp]
+workflow_id = "merchantReference"
+fixed_step = "shipping"
+status = "/code"
+status_values = { OK = "done" }
+
+[[workflows]]
+type = "order"
+steps = ["payment", "inventory"]
+"#,
+    )
+    .unwrap();
+    let (code, _, stderr) = validate(&path);
+    assert_eq!(code, Some(2));
+    for expected in [
+        "3 configuration errors",
+        "`kafka.mappings.psp.workflow_id`: \"merchantReference\" is not a JSON pointer",
+        "`kafka.mappings.psp.status_values.OK`: expected \"succeeded\", \"failed\" or \"compensated\", got \"done\"",
+        "`kafka.mappings.psp.fixed_step`: step \"shipping\" is not a step of \"order\"",
+    ] {
+        assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
+    }
+}
+
+#[test]
 fn home_partitions_are_kept_once_chosen_and_a_disagreement_is_refused() {
     let broker = Broker::start();
     let mut setup = Setup::new(&broker, 2);
     // An existing changelog (a deployment from before the repartition topic) keeps its N.
-    broker.create_topic(&format!("{}-state-changelog", setup.app), 3);
+    broker.create_topic_with(&format!("{}-state-changelog", setup.app), 3, &[("cleanup.policy", "compact")]);
     let work = tempfile::tempdir().unwrap();
     let mut junction = Junction::start(&setup, work.path(), "j");
     junction.wait_ready();
@@ -77,17 +114,14 @@ fn home_partitions_are_kept_once_chosen_and_a_disagreement_is_refused() {
     let mut junction = Junction::start(&setup, work.path(), "j2");
     assert_eq!(junction.wait_exit(), Some(1));
     let log = junction.logs();
-    assert!(
-        log.contains("kafka.home_partitions is 2 while") && log.contains("set kafka.home_partitions = 3"),
-        "{log}"
-    );
+    assert!(log.contains("kafka.home_partitions is 2 while") && log.contains("set kafka.home_partitions = 3"), "{log}");
 }
 
 #[test]
 fn own_topics_that_disagree_or_have_the_wrong_cleanup_policy_are_refused() {
     let broker = Broker::start();
     let setup = Setup::new(&broker, 2);
-    broker.create_topic(&format!("{}-state-changelog", setup.app), 2);
+    broker.create_topic_with(&format!("{}-state-changelog", setup.app), 2, &[("cleanup.policy", "compact")]);
     broker.create_topic(&format!("{}-repartition", setup.app), 4);
     let work = tempfile::tempdir().unwrap();
     let mut junction = Junction::start(&setup, work.path(), "j");

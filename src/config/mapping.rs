@@ -69,7 +69,10 @@ impl Reader {
         self.unknown_keys(at, t, KEYS);
         let workflow_id = self.pointer(t, at, "workflow_id");
         if workflow_id.is_none() && !t.contains_key("workflow_id") {
-            self.error(&format!("{at}.workflow_id"), "missing; the JSON pointer to the workflow ID, such as \"/order/id\"");
+            self.error(
+                &format!("{at}.workflow_id"),
+                "missing; the JSON pointer to the workflow ID, such as \"/order/id\"",
+            );
         }
         let workflow_type = self.field(t, at, "workflow_type", false);
         let step = self.field(t, at, "step", true);
@@ -78,8 +81,9 @@ impl Reader {
         if !t.contains_key("status") && t.contains_key("status_values") {
             self.error(&format!("{at}.status_values"), "status_values without status: set the pointer to the status");
         }
+        // A wrong pointer is recorded already: the rest is still checked.
         Some(Mapping {
-            workflow_id: workflow_id?,
+            workflow_id: workflow_id.unwrap_or_default(),
             workflow_type,
             step: step?,
             status,
@@ -98,7 +102,10 @@ impl Reader {
         let fixed = t.get(&fixed_key).map(|_| self.string(t, &format!("{at}.{fixed_key}"), None));
         match (pointer, fixed) {
             (Some(_), Some(_)) => {
-                self.error(&format!("{at}.{fixed_key}"), format!("set {key} (a JSON pointer) or {fixed_key}, not both"));
+                self.error(
+                    &format!("{at}.{fixed_key}"),
+                    format!("set {key} (a JSON pointer) or {fixed_key}, not both"),
+                );
                 None
             }
             (Some(p), None) => Some(Field::Pointer(p)),
@@ -147,7 +154,10 @@ impl Reader {
             Some(other) => {
                 self.error(
                     &key,
-                    format!("expected a table such as {{ OK = \"succeeded\", KO = \"failed\" }}, got {}", describe(other)),
+                    format!(
+                        "expected a table such as {{ OK = \"succeeded\", KO = \"failed\" }}, got {}",
+                        describe(other)
+                    ),
                 );
                 return out;
             }

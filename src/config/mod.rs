@@ -461,8 +461,10 @@ payload = ""
 
     #[test]
     fn bad_mappings_name_the_key_and_what_was_expected() {
-        let text = MINIMAL.replace("input_topic = \"steps\"\n", "input_topics = [\"steps\", \"cb\", \"outcomes\"]\nhome_partitions = 0\n")
-            + r#"
+        let text = MINIMAL.replace(
+            "input_topic = \"steps\"\n",
+            "input_topics = [\"steps\", \"cb\", \"outcomes\"]\nhome_partitions = 0\n",
+        ) + r#"
 [kafka.mappings.cb]
 workflow_id = "merchant"
 step = "/kind"
@@ -490,7 +492,10 @@ fixed_step = "refund"
         let unknown_step = MINIMAL.replace("input_topic = \"steps\"\n", "input_topics = [\"cb\"]\n")
             + "\n[kafka.mappings.cb]\nworkflow_id = \"/id\"\nfixed_step = \"refund\"\n";
         let errors = parse_with(&unknown_step, &[]).unwrap_err().to_string();
-        assert!(errors.contains("`kafka.mappings.cb.fixed_step`: step \"refund\" is not a step of \"order\""), "{errors}");
+        assert!(
+            errors.contains("`kafka.mappings.cb.fixed_step`: step \"refund\" is not a step of \"order\""),
+            "{errors}"
+        );
         let both = MINIMAL.replace("input_topic = \"steps\"\n", "input_topic = \"a\"\ninput_topics = [\"b\"]\n");
         assert!(parse_with(&both, &[]).unwrap_err().to_string().contains("set input_topic or input_topics, not both"));
     }

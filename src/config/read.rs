@@ -157,10 +157,7 @@ impl Reader {
             }
         }
         let mut mappings = self.mappings(kafka);
-        let topics = names
-            .into_iter()
-            .map(|(_, name)| InputTopic { mapping: mappings.remove(&name), name })
-            .collect();
+        let topics = names.into_iter().map(|(_, name)| InputTopic { mapping: mappings.remove(&name), name }).collect();
         for topic in mappings.into_keys() {
             self.error(
                 &format!("kafka.mappings.{topic}"),

@@ -230,9 +230,11 @@ fn workflow_type(config: &Config, names: &Names<'_>, raw: Option<&str>) -> Resul
 }
 
 fn fixed_workflow_type(config: &Config, name: &str) -> Result<usize, BadInput> {
-    config.workflows.iter().position(|w| w.workflow_type == name).ok_or_else(|| {
-        BadInput::new(Reason::UnknownWorkflowType, format!("workflow type {name:?} is not configured"))
-    })
+    config
+        .workflows
+        .iter()
+        .position(|w| w.workflow_type == name)
+        .ok_or_else(|| BadInput::new(Reason::UnknownWorkflowType, format!("workflow type {name:?} is not configured")))
 }
 
 fn step(spec: &WorkflowSpec, names: &Names<'_>, raw: Option<&str>) -> Result<usize, BadInput> {
@@ -297,14 +299,20 @@ fn occurred_at(names: &Names<'_>, raw: Option<&str>, record_timestamp_ms: i64) -
         return r.parse::<i64>().map_err(|_| {
             BadInput::new(
                 Reason::InvalidField,
-                format!("{} is {r}; expected an RFC 3339 time or whole milliseconds since 1970", names.of("occurred_at")),
+                format!(
+                    "{} is {r}; expected an RFC 3339 time or whole milliseconds since 1970",
+                    names.of("occurred_at")
+                ),
             )
         });
     }
     match optional_text(raw, &names.of("occurred_at"))? {
         None => Ok(record_timestamp_ms),
         Some(t) => parse_time(&t).ok_or_else(|| {
-            BadInput::new(Reason::InvalidField, format!("{} is {t:?}; expected an RFC 3339 time", names.of("occurred_at")))
+            BadInput::new(
+                Reason::InvalidField,
+                format!("{} is {t:?}; expected an RFC 3339 time", names.of("occurred_at")),
+            )
         }),
     }
 }
@@ -502,14 +510,8 @@ mod tests {
         assert_eq!(reason(b"[1,2]"), Reason::NotObject);
         assert_eq!(reason(br#"{"workflow_type":"order","step":"payment"}"#), Reason::MissingField);
         assert_eq!(reason(br#"{"workflow_id":"w","step":"payment"}"#), Reason::MissingField);
-        assert_eq!(
-            reason(br#"{"workflow_id":7,"workflow_type":"order","step":"payment"}"#),
-            Reason::InvalidField
-        );
-        assert_eq!(
-            reason(br#"{"workflow_id":"","workflow_type":"order","step":"payment"}"#),
-            Reason::InvalidField
-        );
+        assert_eq!(reason(br#"{"workflow_id":7,"workflow_type":"order","step":"payment"}"#), Reason::InvalidField);
+        assert_eq!(reason(br#"{"workflow_id":"","workflow_type":"order","step":"payment"}"#), Reason::InvalidField);
         assert_eq!(
             reason(br#"{"workflow_id":"w","workflow_type":"nope","step":"payment"}"#),
             Reason::UnknownWorkflowType
@@ -553,7 +555,8 @@ mod tests {
     fn a_mapped_topic_reads_its_own_format() {
         let c = mapped();
         let m = c.kafka.input_topics[0].mapping.as_ref();
-        let v = br#"{"ref":{"order":"order-9"},"code":"REFUSED","psp":"p-1","at":"2026-11-22T10:00:00Z","amount":{"v":5}}"#;
+        let v =
+            br#"{"ref":{"order":"order-9"},"code":"REFUSED","psp":"p-1","at":"2026-11-22T10:00:00Z","amount":{"v":5}}"#;
         let e = decode(&c, m, Some(v), 7).unwrap();
         assert_eq!(e.workflow_id, "order-9");
         assert_eq!((e.workflow, e.step, e.status), (0, 0, Status::Failed));
@@ -562,7 +565,10 @@ mod tests {
         assert_eq!(e.payload.unwrap().get(), r#"{"v":5}"#);
         let numbers = br#"{"ref":{"order":1001},"code":3,"psp":77,"at":1764000000000}"#;
         let e = decode(&c, m, Some(numbers), 7).unwrap();
-        assert_eq!((e.workflow_id.as_ref(), e.status, e.occurred_at_ms), ("1001", Status::Compensated, 1_764_000_000_000));
+        assert_eq!(
+            (e.workflow_id.as_ref(), e.status, e.occurred_at_ms),
+            ("1001", Status::Compensated, 1_764_000_000_000)
+        );
         assert_eq!(e.event_id.as_deref(), Some("77"));
         let defaults = br#"{"ref":{"order":"o"}}"#;
         let e = decode(&c, m, Some(defaults), 7).unwrap();
@@ -582,7 +588,11 @@ mod tests {
         assert!(wrong.detail.contains("`/ref/order`"), "{}", wrong.detail);
         let unmapped = bad(br#"{"ref":{"order":"o"},"code":"PENDING"}"#);
         assert_eq!(unmapped.reason, Reason::InvalidField);
-        assert!(unmapped.detail.contains("`/code` (status)") && unmapped.detail.contains("PENDING"), "{}", unmapped.detail);
+        assert!(
+            unmapped.detail.contains("`/code` (status)") && unmapped.detail.contains("PENDING"),
+            "{}",
+            unmapped.detail
+        );
         assert_eq!(unmapped.workflow_id.as_deref(), Some("o"), "the dead letter is keyed by the workflow ID");
         let time = bad(br#"{"ref":{"order":"o"},"at":"soon"}"#);
         assert!(time.detail.contains("`/at` (occurred_at)"), "{}", time.detail);

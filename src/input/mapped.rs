@@ -52,7 +52,8 @@ fn resolve<'a>(root: &'a RawValue, pointer: &str) -> Result<Option<&'a str>, Bad
         let token = unescape(token);
         let text = at.get().trim_start();
         let next = if text.starts_with('{') {
-            let members: HashMap<Cow<'a, str>, &'a RawValue> = serde_json::from_str(at.get()).map_err(|e| bad(pointer, e))?;
+            let members: HashMap<Cow<'a, str>, &'a RawValue> =
+                serde_json::from_str(at.get()).map_err(|e| bad(pointer, e))?;
             members.get(token.as_ref()).copied()
         } else if text.starts_with('[') {
             let items: Vec<&'a RawValue> = serde_json::from_str(at.get()).map_err(|e| bad(pointer, e))?;

@@ -132,11 +132,12 @@ impl Producer {
             if let Some(k) = &f.key {
                 headers = headers.insert(Header { key: names::HEADER_SOURCE_KEY, value: Some(k.as_slice()) });
             }
-            let mut record: BaseRecord<'_, str, [u8], usize> = BaseRecord::with_opaque_to(&self.repartition_topic, epoch)
-                .key(f.workflow_id.as_str())
-                .partition(f.home)
-                .payload(f.value.as_slice())
-                .headers(headers);
+            let mut record: BaseRecord<'_, str, [u8], usize> =
+                BaseRecord::with_opaque_to(&self.repartition_topic, epoch)
+                    .key(f.workflow_id.as_str())
+                    .partition(f.home)
+                    .payload(f.value.as_slice())
+                    .headers(headers);
             if let Some(ts) = f.timestamp_ms {
                 record = record.timestamp(ts);
             }

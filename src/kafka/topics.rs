@@ -106,12 +106,15 @@ pub fn prepare_topics(config: &KafkaConfig, runtime: &tokio::runtime::Handle) ->
     };
     let mut inputs = Vec::new();
     for topic in &config.input_topics {
-        let n = partitions_of(&topic.name).filter(|&n| n > 0).ok_or_else(|| TopicError::MissingInput(topic.name.clone()))?;
+        let n = partitions_of(&topic.name)
+            .filter(|&n| n > 0)
+            .ok_or_else(|| TopicError::MissingInput(topic.name.clone()))?;
         inputs.push((topic.name.clone(), n));
     }
     let replication = metadata.brokers().len().clamp(1, 3) as i32;
     let (changelog, repartition) = (config.changelog_topic(), config.repartition_topic());
-    let existing = [(changelog.as_str(), partitions_of(&changelog)), (repartition.as_str(), partitions_of(&repartition))];
+    let existing =
+        [(changelog.as_str(), partitions_of(&changelog)), (repartition.as_str(), partitions_of(&repartition))];
     let home_partitions = home_partitions(config, &existing, &inputs)?;
 
     let mut to_create = Vec::new();
@@ -155,9 +158,8 @@ fn home_partitions(
     inputs: &[(String, usize)],
 ) -> Result<usize, TopicError> {
     let found: Vec<(&str, usize)> = existing.iter().filter_map(|(t, n)| Some((*t, (*n)?))).collect();
-    let describe = |found: &[(&str, usize)]| {
-        found.iter().map(|(t, n)| format!("{t:?} has {n}")).collect::<Vec<_>>().join(" and ")
-    };
+    let describe =
+        |found: &[(&str, usize)]| found.iter().map(|(t, n)| format!("{t:?} has {n}")).collect::<Vec<_>>().join(" and ");
     let remedy = "delete junction's own topics and its state directories to choose another N (open workflows are then \
                   lost), or use another application_id";
     match found.as_slice() {

@@ -13,8 +13,8 @@ use serde_json::json;
 
 use crate::config::Config;
 use crate::join::WorkflowState;
-use crate::route;
 use crate::ops::view::View;
+use crate::route;
 use crate::state::codec;
 use crate::time::format_time;
 

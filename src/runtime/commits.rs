@@ -10,7 +10,7 @@ use anyhow::anyhow;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext};
 use tracing::warn;
 
-use crate::commit::{self, CommitError, Committed, Staged, Strategy};
+use crate::commit::{self, CommitError, Committed, Outputs, Staged, Strategy};
 use crate::config::{Config, Guarantee};
 use crate::kafka::clients;
 use crate::kafka::purge::Purger;
@@ -150,28 +150,11 @@ impl Commits {
         partitions: &mut Partitions,
         consumer: &BaseConsumer<C>,
     ) -> anyhow::Result<()> {
-        let mut result = Ok(());
-        for (_, slot) in partitions.active() {
-            let outputs = slot.task.outputs();
-            if outputs.is_empty() {
-                continue;
-            }
-            if let Err(e) = self.strategy.publish(outputs) {
-                result = Err(e);
-                break;
-            }
-        }
+        let strategy = &mut self.strategy;
+        let mut publish = |outputs: Outputs<'_>| if outputs.is_empty() { Ok(()) } else { strategy.publish(outputs) };
+        let mut result = partitions.active().try_for_each(|(_, slot)| publish(slot.task.outputs()));
         if result.is_ok() {
-            for source in partitions.sources() {
-                let outputs = source.outputs();
-                if outputs.is_empty() {
-                    continue;
-                }
-                if let Err(e) = self.strategy.publish(outputs) {
-                    result = Err(e);
-                    break;
-                }
-            }
+            result = partitions.sources().try_for_each(|source| publish(source.outputs()));
         }
         match result {
             Ok(()) => Ok(()),

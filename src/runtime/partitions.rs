@@ -130,7 +130,9 @@ impl Partitions {
         for (topic, partition) in assigned {
             let Some(index) = self.input_topics.iter().position(|t| **t == **topic) else { continue };
             let topic = Arc::clone(&self.input_topics[index]);
-            self.sources.entry((index, *partition)).or_insert_with(|| Source::new(topic, *partition, &self.view.metrics));
+            self.sources
+                .entry((index, *partition))
+                .or_insert_with(|| Source::new(topic, *partition, &self.view.metrics));
         }
     }
 
