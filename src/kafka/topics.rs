@@ -204,7 +204,10 @@ fn check_settings(
                 continue;
             }
         };
-        let policy = resource.get("cleanup.policy").and_then(|e| e.value.clone()).unwrap_or_default();
+        let Some(policy) = resource.get("cleanup.policy").and_then(|e| e.value.clone()) else {
+            warn!(topic, "the broker does not say the topic's cleanup.policy; it is not checked");
+            continue;
+        };
         let compacted = policy.split(',').any(|p| p.trim() == "compact");
         if *topic == changelog && !compacted {
             return Err(TopicError::Setting {
