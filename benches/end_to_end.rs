@@ -18,11 +18,6 @@
 //!
 //! Under `cargo test` (no `--bench` argument) it runs the same phases on a
 //! small load and checks the counts, so that the benchmark itself is tested.
-//!
-//! The load's producer keys by workflow ID with murmur2, so every record is
-//! read on its home partition and joined directly. With `BENCH_ROUTE=away`
-//! (`scripts/bench.sh --forwarded`) it sends each record to the partition
-//! after its home instead, so that junction must forward every one.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -84,7 +79,7 @@ fn main() {
     // The input: W workflows × 3 steps, 5% failing, 2% of events sent twice.
     let load = Load::generate(sizes.workflows, 1_000);
     let produced = Instant::now();
-    produce_all(&broker, &setup.input, setup.partitions, &load.records);
+    produce_all(&broker, &setup.input, &load.records);
     report.line("input records", load.records.len() as f64, "");
     report.line("  of which duplicates", load.duplicates as f64, "");
     report.line("load producer rate", load.records.len() as f64 / produced.elapsed().as_secs_f64(), "records/s");
@@ -160,7 +155,7 @@ fn main() {
     // 5. Memory with `open` workflows waiting for their other steps.
     let before = offsets.total();
     let open = Load::first_steps(sizes.open);
-    produce_all(&broker, &setup.input, setup.partitions, &open);
+    produce_all(&broker, &setup.input, &open);
     wait_for(Duration::from_secs(600), "junction to take the open workflows", || {
         std::thread::sleep(Duration::from_millis(50));
         offsets.total() >= before + open.len() as i64
@@ -305,21 +300,10 @@ fn send_waiting(producer: &BaseProducer, mut record: BaseRecord<'_, [u8], [u8]>)
     }
 }
 
-/// Where the load sends a workflow's record: its home partition (the
-/// producer's murmur2 decides), or with `BENCH_ROUTE=away` the next one.
-fn away_partition(key: &[u8], partitions: i32) -> Option<i32> {
-    let away = std::env::var("BENCH_ROUTE").is_ok_and(|r| r == "away");
-    away.then(|| (junction::route::partitioner::murmur2_partition(key, partitions as usize) + 1) % partitions)
-}
-
-fn produce_all(broker: &Broker, topic: &str, partitions: i32, records: &[(Vec<u8>, Vec<u8>)]) {
+fn produce_all(broker: &Broker, topic: &str, records: &[(Vec<u8>, Vec<u8>)]) {
     let producer = load_producer(broker, "20");
     for (key, value) in records {
-        let mut record = BaseRecord::to(topic).key(key.as_slice()).payload(value.as_slice());
-        if let Some(p) = away_partition(key, partitions) {
-            record = record.partition(p);
-        }
-        send_waiting(&producer, record);
+        send_waiting(&producer, BaseRecord::to(topic).key(key.as_slice()).payload(value.as_slice()));
         producer.poll(Duration::ZERO);
     }
     producer.flush(Duration::from_secs(120)).unwrap();
@@ -582,11 +566,10 @@ fn latency_phase(broker: &Broker, setup: &Setup, rate: f64, length: Duration) ->
         for step in STEPS {
             let now = junction::time::now_ms();
             let value = format!(r#"{{"workflow_id":"{id}","workflow_type":"order","step":"{step}"}}"#);
-            let mut record = BaseRecord::to(&setup.input).key(id.as_bytes()).payload(value.as_bytes()).timestamp(now);
-            if let Some(p) = away_partition(id.as_bytes(), setup.partitions) {
-                record = record.partition(p);
-            }
-            send_waiting(&producer, record);
+            send_waiting(
+                &producer,
+                BaseRecord::to(&setup.input).key(id.as_bytes()).payload(value.as_bytes()).timestamp(now),
+            );
             last_sent[w].store(now, Ordering::SeqCst);
             sent_events += 1;
         }

@@ -4,8 +4,6 @@
 # on loopback ports, and prints a Markdown table of the figures.
 # Sizes can be changed with BENCH_WORKFLOWS, BENCH_OPEN_WORKFLOWS,
 # BENCH_PARTITIONS, BENCH_LATENCY_SECONDS and BENCH_LATENCY_RATE.
-#   scripts/bench.sh --forwarded   the same, with every record sent off its
-#                            workflow's home partition, so junction forwards all
 #   scripts/bench.sh --lso   how long read_committed readers wait after a
 #                            kill -9 under exactly_once (BENCH_LSO_RUNS runs)
 set -euo pipefail
@@ -14,7 +12,6 @@ source scripts/env.sh
 bash scripts/setup.sh kafka
 case "${1:-}" in
     --lso) cargo bench --bench lso_wait ;;
-    --forwarded) BENCH_ROUTE=away cargo bench --bench end_to_end ;;
     "") cargo bench --bench end_to_end ;;
-    *) echo "usage: $0 [--forwarded|--lso]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--lso]" >&2; exit 2 ;;
 esac

@@ -197,8 +197,7 @@ pub struct Committed {
 }
 
 /// What a commit of `staged` did: the offsets it covers, but for the
-/// partitions numbered like a `failed` store (its task's, and the input
-/// partitions that fed that task directly), whose offsets it did not commit
+/// partitions numbered like a `failed` store, whose offsets it did not commit
 /// under `at_least_once`, and which it reports.
 fn committed(staged: &[(i32, Staged)], failed: StoreFailures) -> Committed {
     let offsets = staged

@@ -1,12 +1,12 @@
 //! Routing: every workflow has one home partition, `murmur2(workflow_id)
 //! mod N`, where N is the partition count of junction's own topics (the
 //! changelog and `<application_id>-repartition`); the task of that
-//! partition joins all of its events. A record read on its workflow's home
-//! partition (the input partition of the same number, while this instance
-//! holds that task) is joined directly; any other, whatever its key, its
-//! producer's partitioner or its topic, is forwarded: re-keyed by workflow
-//! ID to its home partition of the repartition topic, with its value, its
-//! timestamp and where it came from, and joined when it is read back.
+//! partition joins all of its events. Every input record, whatever its key,
+//! its producer's partitioner or its topic, is forwarded: re-keyed by
+//! workflow ID to its home partition of the repartition topic, with its
+//! value, its timestamp and where it came from, and joined when it is read
+//! back. A workflow's events so reach its task in one order, the same on
+//! every replay after a crash.
 //!
 //! - [`partitioner`]: Kafka's default partitioner, murmur2;
 //! - [`Forward`]: a record on its way home, and [`forwarded_origin`], where

@@ -6,8 +6,8 @@
 //! - [`engine`]: its state, shared with the rebalance callbacks;
 //! - [`rebalance`]: the consumer's callbacks (assign, revoke, statistics);
 //! - [`partitions`]: each partition's lifecycle (restoring, active, stopped);
-//! - [`source`]: one input partition, which routes its records (joined
-//!   directly at home, or forwarded; see [`crate::route`]);
+//! - [`source`]: one input partition, which forwards its records to their
+//!   home partitions (see [`crate::route`]);
 //! - [`commits`]: when to commit, and what a failed commit means;
 //! - [`task`]: one partition's processing and timers;
 //! - [`instance`]: this process's claim on its state directory, and its ID.

@@ -2,8 +2,8 @@
 //! the repartition topic) is restoring (its store catching up from the
 //! changelog, its repartition partition paused), active (its task
 //! processing), or stopped (its store failed). Each assigned input
-//! partition is a [`Source`], which routes its records: joined directly by
-//! the active task of the same number, or forwarded. This owns the tasks and
+//! partition is a [`Source`], which forwards its records to their homes.
+//! This owns the tasks and
 //! the sources, opens and closes the stores, pauses, resumes and seeks what
 //! they read, and publishes what it holds to the operations view.
 //!
@@ -15,8 +15,7 @@
 //! [`PARK_RETRY_MAX`]), through the same path as an assignment: the store is
 //! checked and caught up from the changelog; then it is flushed, which proves
 //! that it can write to disk again, and its input is replayed from the last
-//! commit, as is the input of its number that it joined directly (the
-//! events of other homes it held are forwarded meanwhile).
+//! commit.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -249,7 +248,6 @@ impl Partitions {
             "partition stopped: its state store failed; its offsets stay at the last saved commit, and the other partitions go on"
         );
         self.view.metrics.partition_stopped();
-        self.rewind_sources(consumer, |p| p == partition);
         self.parked.insert(
             partition,
             Parked { error: format!("partition {partition} stopped: {error}"), from, retry_at: now + backoff },
@@ -357,14 +355,12 @@ impl Partitions {
         }
     }
 
-    /// Forgets what the sources `which` picks read since the last commit,
-    /// and seeks them back there.
-    fn rewind_sources<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, which: impl Fn(i32) -> bool) {
+    /// Forgets what the sources read since the last commit, and seeks them back there.
+    fn rewind_sources<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
         let mut seeks = Vec::new();
-        for source in self.sources.values_mut().filter(|s| which(s.partition)) {
+        for source in self.sources.values_mut() {
             source.discard();
             if let Some(offset) = source.replay_from {
-                source.rewound = true;
                 seeks.push((Arc::clone(&source.topic), source.partition, offset));
             }
         }
@@ -382,15 +378,12 @@ impl Partitions {
         now: i64,
     ) {
         let _span = info_span!("poll_batch", records = messages.len()).entered();
-        for source in self.sources.values_mut() {
-            source.rewound = false;
-        }
         for m in messages {
             let topic = m.topic();
             if topic == &*self.repartition_topic {
                 self.process_forwarded(consumer, m, now);
             } else if let Some(index) = self.input_topics.iter().position(|t| **t == *topic) {
-                self.process_input(consumer, index, m, now);
+                self.process_input(index, m, now);
             }
         }
     }
@@ -436,20 +429,10 @@ impl Partitions {
         }
     }
 
-    /// Decodes an input record and finds its home: joined there directly
-    /// when it is the active task of the same number, forwarded otherwise.
-    fn process_input<C: ConsumerContext>(
-        &mut self,
-        consumer: &BaseConsumer<C>,
-        index: usize,
-        m: &BorrowedMessage<'_>,
-        now: i64,
-    ) {
+    /// Decodes an input record and forwards it to its home partition.
+    fn process_input(&mut self, index: usize, m: &BorrowedMessage<'_>, now: i64) {
         let partition = m.partition();
         let Some(source) = self.sources.get_mut(&(index, partition)) else { return };
-        if source.rewound {
-            return;
-        }
         let record = InputRecord {
             key: m.key(),
             value: m.payload(),
@@ -467,18 +450,12 @@ impl Partitions {
                 return;
             }
         };
-        let home = route::home(&event.workflow_id, self.home_partitions);
-        match self.slots.get_mut(&home) {
-            Some(slot) if home == partition && slot.phase == Phase::Active => {
-                if let Err(e) = slot.task.join(&event, &record, now) {
-                    // Not joined: the partition stops, and this input is read again from its last commit.
-                    source.replay_from.get_or_insert(record.offset);
-                    self.park(consumer, home, &e, None);
-                    return;
-                }
-            }
-            _ => source.forward(home, &event, &record),
-        }
+        // Every event goes through its home's partition of the repartition
+        // topic, even one read on its home's number: a workflow's events then
+        // reach its task in one order, the same on every replay, so a crash
+        // that repeats an outcome repeats the same record. (Joining some
+        // directly would let a replay interleave the two paths differently.)
+        source.forward(route::home(&event.workflow_id, self.home_partitions), &event, &record);
         source.read(record.offset);
     }
 
@@ -499,7 +476,7 @@ impl Partitions {
         for (partition, offset) in seeks {
             self.seek(consumer, &self.repartition_topic, partition, offset);
         }
-        self.rewind_sources(consumer, |_| true);
+        self.rewind_sources(consumer);
     }
 
     /// Refreshes `junction_state_bytes` from RocksDB's estimates.

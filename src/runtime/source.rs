@@ -1,8 +1,7 @@
 //! One assigned input partition: it decodes each record with its topic's
-//! mapping and finds the workflow's home. The stream thread joins the event
-//! directly when the home is the task of the same number on this instance
-//! and active; otherwise the source forwards the record there. Bad records
-//! become dead letters here, where they were read. It keeps its forwards,
+//! mapping, finds the workflow's home and forwards the record there through
+//! the repartition topic. Bad records become dead letters here, where they
+//! were read. It keeps its forwards,
 //! dead letters and next offset until the commit takes them.
 
 use std::sync::Arc;
@@ -24,9 +23,6 @@ pub struct Source {
     pub partition: i32,
     /// Where to rewind to: the offset after the last commit.
     pub replay_from: Option<i64>,
-    /// Rewound during this poll batch: its later records in the batch were
-    /// fetched before the seek, and are read again after it.
-    pub rewound: bool,
     next_offset: Option<i64>,
     forwards: Vec<Forward>,
     dead_letters: Vec<DeadLetter>,
@@ -42,7 +38,6 @@ impl Source {
             topic,
             partition,
             replay_from: None,
-            rewound: false,
             next_offset: None,
             forwards: Vec::new(),
             dead_letters: Vec::new(),

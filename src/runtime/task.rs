@@ -1,6 +1,6 @@
 //! One task per assigned home partition: it joins the events of the
-//! workflows whose home it is, read directly from the input partition of
-//! its number or forwarded through the repartition topic. For each it loads
+//! workflows whose home it is, forwarded to it through the repartition
+//! topic. For each it loads
 //! the workflow's state through the record cache, asks the join, and keeps
 //! the outcomes and dead letters until the commit takes them. It fires the
 //! partition's timers (deadlines and purges) when the stream thread asks.
