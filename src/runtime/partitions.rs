@@ -116,8 +116,13 @@ impl Partitions {
 
     /// The source of `partition` of `topic`, if it is assigned here.
     pub fn source_mut(&mut self, topic: &str, partition: i32) -> Option<&mut Source> {
-        let index = self.input_topics.iter().position(|t| **t == *topic)?;
+        let index = self.topic_index(topic)?;
         self.sources.get_mut(&(index, partition))
+    }
+
+    /// Where `topic` is in `input_topics`, if it is an input topic.
+    fn topic_index(&self, topic: &str) -> Option<usize> {
+        self.input_topics.iter().position(|t| **t == *topic)
     }
 
     pub fn repartition_topic(&self) -> &str {
@@ -127,7 +132,7 @@ impl Partitions {
     /// Starts reading assigned input partitions.
     pub fn add_sources(&mut self, assigned: &[(String, i32)]) {
         for (topic, partition) in assigned {
-            let Some(index) = self.input_topics.iter().position(|t| **t == **topic) else { continue };
+            let Some(index) = self.topic_index(topic) else { continue };
             let topic = Arc::clone(&self.input_topics[index]);
             self.sources
                 .entry((index, *partition))
@@ -138,7 +143,7 @@ impl Partitions {
     /// Gives up revoked input partitions (their work is committed).
     pub fn remove_sources(&mut self, revoked: &[(String, i32)]) {
         for (topic, partition) in revoked {
-            if let Some(index) = self.input_topics.iter().position(|t| **t == **topic) {
+            if let Some(index) = self.topic_index(topic) {
                 self.sources.remove(&(index, *partition));
                 self.view.metrics.forget_lag(topic, *partition);
             }
@@ -382,7 +387,7 @@ impl Partitions {
             let topic = m.topic();
             if topic == &*self.repartition_topic {
                 self.process_forwarded(consumer, m, now);
-            } else if let Some(index) = self.input_topics.iter().position(|t| **t == *topic) {
+            } else if let Some(index) = self.topic_index(topic) {
                 self.process_input(index, m, now);
             }
         }
