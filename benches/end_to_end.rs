@@ -71,10 +71,12 @@ fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let sizes = sizes(full);
     let broker = Broker::start();
+    let mut report = Report::default();
     let work = tempfile::tempdir().unwrap();
     let mut setup = Setup::new(&broker, sizes.partitions);
     setup.workflows = WORKFLOWS.to_string();
-    let mut report = Report::default();
+    setup.guarantee = guarantee();
+    report.title = format!("{}, load partitioned by {}", setup.guarantee, partitioner());
 
     // The input: W workflows × 3 steps, 5% failing, 2% of events sent twice.
     let load = Load::generate(sizes.workflows, 1_000);
@@ -158,7 +160,7 @@ fn main() {
     produce_all(&broker, &setup.input, &open);
     wait_for(Duration::from_secs(600), "junction to take the open workflows", || {
         std::thread::sleep(Duration::from_millis(50));
-        offsets.total() >= before + open.len() as i64
+        offsets.caught_up(before + open.len() as i64)
     });
     std::thread::sleep(Duration::from_secs(1));
     let open_gauge = junction.metric("junction_workflows_open", "");
@@ -174,6 +176,8 @@ const MIB: f64 = 1024.0 * 1024.0;
 
 #[derive(Default)]
 struct Report {
+    /// What the run measured: the guarantee and the load's partitioner.
+    title: String,
     lines: Vec<(String, f64, String)>,
 }
 
@@ -184,7 +188,7 @@ impl Report {
     }
 
     fn print(&self, full: bool) {
-        println!("\n## end-to-end benchmark{}", if full { "" } else { " (small test run)" });
+        println!("\n## end-to-end benchmark{}: {}", if full { "" } else { " (small test run)" }, self.title);
         println!("| measure | value | unit |\n| --- | ---: | --- |");
         for (what, value, unit) in &self.lines {
             let value = if value.fract() == 0.0 || value.abs() >= 1000.0 {
@@ -276,10 +280,26 @@ impl Load {
     }
 }
 
+/// `BENCH_GUARANTEE`: junction's guarantee (default `at_least_once`).
+fn guarantee() -> &'static str {
+    match std::env::var("BENCH_GUARANTEE").as_deref() {
+        Ok("exactly_once") => "exactly_once",
+        Ok("at_least_once") | Err(_) => "at_least_once",
+        Ok(other) => panic!("BENCH_GUARANTEE is at_least_once or exactly_once, not {other:?}"),
+    }
+}
+
+/// `BENCH_PARTITIONER`: how the load is partitioned (default `murmur2_random`,
+/// as Java clients and junction's homes; librdkafka's own default,
+/// `consistent_random`, puts most workflows off their homes).
+fn partitioner() -> String {
+    std::env::var("BENCH_PARTITIONER").unwrap_or_else(|_| "murmur2_random".to_string())
+}
+
 fn load_producer(broker: &Broker, linger_ms: &str) -> BaseProducer {
     broker
         .client_config()
-        .set("partitioner", "murmur2_random")
+        .set("partitioner", partitioner())
         .set("linger.ms", linger_ms)
         .set("compression.type", "lz4")
         .set("queue.buffering.max.messages", "1000000")
@@ -328,7 +348,7 @@ fn run_junction(
     let cpu = Cpu::start(broker, junction.pid());
     wait_for(Duration::from_secs(600), "junction to commit the whole input", || {
         std::thread::sleep(Duration::from_millis(20));
-        offsets.total() >= n as i64
+        offsets.caught_up(n as i64)
     });
     (junction, n as f64 / started.elapsed().as_secs_f64(), cpu)
 }
@@ -408,6 +428,7 @@ fn bench_config(setup: &Setup) -> junction::config::Config {
 struct CommittedOffsets {
     consumer: BaseConsumer,
     tpl: TopicPartitionList,
+    repartition: String,
 }
 
 impl CommittedOffsets {
@@ -417,14 +438,38 @@ impl CommittedOffsets {
         for p in 0..setup.partitions {
             tpl.add_partition(&setup.input, p);
         }
-        CommittedOffsets { consumer, tpl }
+        let repartition = format!("{}-repartition", setup.app);
+        CommittedOffsets { consumer, tpl, repartition }
     }
 
+    /// The input offsets committed, in all.
     fn total(&self) -> i64 {
         let Ok(committed) = self.consumer.committed_offsets(self.tpl.clone(), Duration::from_secs(5)) else {
             return 0;
         };
         committed.elements().iter().filter_map(|e| e.offset().to_raw()).filter(|o| *o > 0).sum()
+    }
+
+    /// Whether junction has committed `input` input records and joined
+    /// every one it forwarded: the repartition topic's committed offsets
+    /// reach its ends. (An input offset is committed once its record is
+    /// joined or forwarded.)
+    fn caught_up(&self, input: i64) -> bool {
+        if self.total() < input {
+            return false;
+        }
+        let mut tpl = TopicPartitionList::new();
+        let mut ends = 0;
+        for p in 0..self.tpl.count() as i32 {
+            tpl.add_partition(&self.repartition, p);
+            let Ok((_, high)) = self.consumer.fetch_watermarks(&self.repartition, p, Duration::from_secs(5)) else {
+                return false;
+            };
+            ends += high;
+        }
+        let Ok(committed) = self.consumer.committed_offsets(tpl, Duration::from_secs(5)) else { return false };
+        let joined: i64 = committed.elements().iter().filter_map(|e| e.offset().to_raw()).filter(|o| *o > 0).sum();
+        joined >= ends
     }
 }
 

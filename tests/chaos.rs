@@ -65,6 +65,30 @@ fn load(workflows: usize, random: &mut Random) -> (Vec<RawRecord>, usize) {
     (records, bad)
 }
 
+/// Says what the instances know of workflows without an outcome: which
+/// home partitions they are on, what `/readyz` says, and each one's state
+/// where its home partition is held.
+fn explain_missing(instances: &[Junction], seen: &HashSet<String>, workflows: usize) {
+    let missing: Vec<String> = (0..workflows).map(|w| format!("chaos-{w}")).filter(|id| !seen.contains(id)).collect();
+    let mut homes: HashMap<i32, usize> = HashMap::new();
+    for id in &missing {
+        *homes.entry(junction::route::home(id, PARTITIONS as usize)).or_default() += 1;
+    }
+    eprintln!("chaos: {} workflows without an outcome, by home partition: {homes:?}", missing.len());
+    for (i, j) in instances.iter().enumerate() {
+        eprintln!("chaos: j{i} /readyz: {:?}", j.get("/readyz"));
+        if let Some((_, metrics)) = j.get("/metrics") {
+            let lines = metrics
+                .lines()
+                .filter(|l| l.starts_with("junction_consumer_lag") || l.starts_with("junction_partitions"));
+            eprintln!("chaos: j{i} metrics:\n{}", lines.collect::<Vec<_>>().join("\n"));
+        }
+        for id in missing.iter().take(5) {
+            eprintln!("chaos: j{i} /workflows/{id}: {:?}", j.get(&format!("/workflows/{id}")));
+        }
+    }
+}
+
 /// The input records that dead letters name: (partition, offset).
 fn source_offsets(dead_letters: &[Record]) -> HashSet<(String, String)> {
     dead_letters
@@ -148,7 +172,10 @@ fn chaos(guarantee: &'static str, mut broker: Broker) {
     let mut seen: HashSet<String> = HashSet::new();
     let mut read = 0;
     while seen.len() < workflows {
-        assert!(Instant::now() < deadline, "only {} of {workflows} workflows have an outcome", seen.len());
+        if Instant::now() >= deadline {
+            explain_missing(&instances, &seen, workflows);
+            panic!("only {} of {workflows} workflows have an outcome", seen.len());
+        }
         let records = output.read_for(Duration::from_secs(1));
         for r in &records[read..] {
             seen.insert(r.json()["workflow_id"].as_str().unwrap().to_string());

@@ -27,8 +27,9 @@ use std::time::Instant;
 
 use rdkafka::consumer::CommitMode;
 use rdkafka::error::KafkaError;
+use rdkafka::producer::Producer as _;
 use rdkafka::types::RDKafkaErrorCode;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::{committed, count_commit, count_outcomes, offsets, CommitError, Committed, Decided, InputGroup, Outputs};
 use super::{Staged, Strategy, COMMIT_TIMEOUT};
@@ -161,9 +162,24 @@ impl AtLeastOnce {
         self.producer.drain_deliveries(COMMIT_TIMEOUT).map(|_| true).map_err(CommitError::Delivery)
     }
 
+    /// `e`, or the producer's fatal error when it has one. An idempotent
+    /// producer that hit a fatal error (its sequence numbers lost, say)
+    /// fails every send from then on: it must be replaced, or no commit
+    /// would ever succeed again.
+    fn fatal_or(&self, e: CommitError) -> CommitError {
+        match self.producer.client().client().fatal_error() {
+            Some((code, reason)) if !e.needs_new_producer() => {
+                warn!(error = %e, code = ?code, reason, "the producer hit a fatal error; it is replaced");
+                CommitError::Fatal(KafkaError::MessageProduction(code))
+            }
+            _ => e,
+        }
+    }
+
     /// Drops the commit in flight after an error, and waits for what is still
     /// being delivered, so that the next commit counts only its own records.
     fn abandon(&mut self, e: CommitError) -> CommitError {
+        let e = self.fatal_or(e);
         if let Some(f) = self.in_flight.take() {
             let _ = self.producer.flush(COMMIT_TIMEOUT);
             // A later commit's write must never land before this one's.
@@ -181,7 +197,7 @@ impl Strategy for AtLeastOnce {
         let sent = self.send_outputs(outputs.outcomes, outputs.dead_letters, outputs.forwards);
         count_outcomes(&self.metrics, outputs.outcomes);
         outputs.clear();
-        sent
+        sent.map_err(|e| self.fatal_or(e))
     }
 
     fn is_committing(&self) -> bool {

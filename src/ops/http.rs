@@ -60,6 +60,8 @@ async fn readyz(State(app): State<AppState>) -> Response {
                 h.stopped.keys().collect::<Vec<_>>()
             )
         })
+    } else if let Some(why) = &h.seeking {
+        Some(why.clone())
     } else if let Some(why) = &h.unreachable {
         Some(format!("the Kafka cluster is unreachable: {why}"))
     } else if !h.in_group {

@@ -31,6 +31,8 @@ pub struct Health {
     /// Partitions stopped because their state store failed, and why.
     pub stopped: BTreeMap<i32, String>,
     pub failure: Option<String>,
+    /// Set while a partition rewound after a failed commit cannot seek back: why.
+    pub seeking: Option<String>,
     /// Set while the Kafka cluster cannot be reached: why.
     pub unreachable: Option<String>,
 }

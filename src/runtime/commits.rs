@@ -85,6 +85,7 @@ impl Commits {
         for (partition, e) in failed {
             partitions.park(consumer, partition, &e, None);
         }
+        partitions.rewind_stopped_homes_sources(consumer);
         if self.config.kafka.processing_guarantee == Guarantee::ExactlyOnce {
             if let Err(e) = self.cover_offsets(partitions, consumer) {
                 self.failed(partitions, consumer, e)?;

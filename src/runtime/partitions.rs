@@ -17,7 +17,7 @@
 //! that it can write to disk again, and its input is replayed from the last
 //! commit.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{error, info, info_span, warn};
 
-use crate::config::Config;
+use crate::config::{Config, Guarantee};
 use crate::input::event;
 use crate::ops::view::View;
 use crate::route;
@@ -84,12 +84,30 @@ pub struct Partitions {
     /// that fails again soon after it resumed waits longer.
     stops: HashMap<i32, (Instant, Duration)>,
     restorer: Restorer,
+    /// Whether an input record read on its workflow's home partition is
+    /// joined there directly instead of forwarded: under `exactly_once`
+    /// only. Under `at_least_once` a crash replays what it had published,
+    /// and a replay may interleave the direct and the forwarded records of
+    /// one workflow otherwise than the first time, so that an outcome
+    /// repeated could differ from the one published. Through the
+    /// repartition topic alone, a workflow's events reach its task in one
+    /// order, the same on every replay. (Under `exactly_once` nothing of an
+    /// interval is visible before its transaction commits, and a replay
+    /// redoes it from the start.)
+    joins_directly: bool,
+    /// Home partitions stopped since the last commit began, whose input
+    /// partitions of the same number must be read again from their last
+    /// commit: what they joined directly was lost with the task.
+    stopped_homes: BTreeSet<i32>,
+    /// The partitions whose seek failed, and where they must be read from.
+    unsought: Vec<(Arc<str>, i32, i64)>,
 }
 
 impl Partitions {
     pub fn new(config: Arc<Config>, view: Arc<View>, home_partitions: usize) -> Result<Partitions, RestoreError> {
         let timers = stored_timer(Arc::clone(&config));
         let restorer = Restorer::new(&config.kafka, &config.state, Arc::clone(&view.metrics), timers)?;
+        let joins_directly = config.kafka.processing_guarantee == Guarantee::ExactlyOnce;
         Ok(Partitions {
             home_partitions,
             repartition_topic: config.kafka.repartition_topic().into(),
@@ -101,6 +119,9 @@ impl Partitions {
             parked: BTreeMap::new(),
             stops: HashMap::new(),
             restorer,
+            joins_directly,
+            stopped_homes: BTreeSet::new(),
+            unsought: Vec::new(),
         })
     }
 
@@ -143,6 +164,7 @@ impl Partitions {
     /// Gives up revoked input partitions (their work is committed).
     pub fn remove_sources(&mut self, revoked: &[(String, i32)]) {
         for (topic, partition) in revoked {
+            self.unsought.retain(|(t, p, _)| !(**t == **topic && p == partition));
             if let Some(index) = self.topic_index(topic) {
                 self.sources.remove(&(index, *partition));
                 self.view.metrics.forget_lag(topic, *partition);
@@ -234,6 +256,9 @@ impl Partitions {
         self.pause(consumer, partition, true);
         self.restorer.cancel(partition);
         self.view.hide_store(partition);
+        if self.joins_directly {
+            self.stopped_homes.insert(partition);
+        }
         let from = match self.slots.remove(&partition) {
             Some(slot) => slot.replay_from.or(slot.resume_from).or(from),
             None => from,
@@ -276,6 +301,8 @@ impl Partitions {
     /// Gives up revoked partitions: drops their tasks and closes their stores.
     pub fn close(&mut self, revoked: &[i32]) {
         for &partition in revoked {
+            let repartition = &self.repartition_topic;
+            self.unsought.retain(|(t, p, _)| !(t == repartition && *p == partition));
             self.parked.remove(&partition);
             self.stops.remove(&partition);
             self.restorer.cancel(partition);
@@ -344,7 +371,8 @@ impl Partitions {
         }
         self.view.show_store(partition, Arc::clone(&slot.task.store));
         if let Some(offset) = resume_from {
-            self.seek(consumer, &self.repartition_topic, partition, offset);
+            let topic = Arc::clone(&self.repartition_topic);
+            self.seek(consumer, &topic, partition, offset);
         }
         self.pause(consumer, partition, false);
         if reopened {
@@ -353,17 +381,70 @@ impl Partitions {
         self.publish_health(true);
     }
 
-    fn seek<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, topic: &str, partition: i32, offset: i64) {
+    /// Moves where `partition` of `topic` is read to `offset`. When the
+    /// consumer cannot, the partition's records are not processed until it
+    /// can ([`Partitions::retry_seeks`]): what they follow was discarded.
+    fn seek<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, topic: &Arc<str>, partition: i32, offset: i64) {
+        self.unsought.retain(|(t, p, _)| !(t == topic && *p == partition));
         if let Err(e) = consumer.seek(topic, partition, Offset::Offset(offset), SEEK_TIMEOUT) {
-            self.view.update_health(|h| h.failure = Some(format!("cannot seek {topic} partition {partition}: {e}")));
-            error!(topic, partition, offset, error = %e, "cannot seek a partition");
+            error!(
+                topic = &**topic,
+                partition,
+                offset,
+                error = %e,
+                "cannot seek a partition; its records wait until it can read from there"
+            );
+            self.unsought.push((Arc::clone(topic), partition, offset));
+            let why = format!("cannot seek {topic} partition {partition} back to offset {offset}: {e}");
+            self.view.update_health(|h| h.seeking = Some(why));
         }
+    }
+
+    /// Seeks again the partitions whose seek failed.
+    pub fn retry_seeks<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
+        if self.unsought.is_empty() {
+            return;
+        }
+        for (topic, partition, offset) in std::mem::take(&mut self.unsought) {
+            self.seek(consumer, &topic, partition, offset);
+        }
+        if self.unsought.is_empty() {
+            info!("every partition that could not seek has now: they read from their last commit again");
+            self.view.update_health(|h| h.seeking = None);
+        }
+    }
+
+    /// Whether `partition` of `topic` waits for a seek: its records are not processed.
+    fn waits_for_seek(&self, topic: &str, partition: i32) -> bool {
+        self.unsought.iter().any(|(t, p, _)| **t == *topic && *p == partition)
     }
 
     /// Forgets what the sources read since the last commit, and seeks them back there.
     fn rewind_sources<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
+        self.stopped_homes.clear();
+        self.rewind_sources_where(consumer, |_| true);
+    }
+
+    /// Reads again, from their last commit, the input partitions that
+    /// joined directly into a task stopped since (none under
+    /// `at_least_once`). Called before a commit stages the sources, with no
+    /// commit in flight, so that the offsets of what the stopped task lost
+    /// are not committed.
+    pub fn rewind_stopped_homes_sources<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
+        if self.stopped_homes.is_empty() {
+            return;
+        }
+        let homes = std::mem::take(&mut self.stopped_homes);
+        self.rewind_sources_where(consumer, |source| homes.contains(&source.partition));
+    }
+
+    fn rewind_sources_where<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        which: impl Fn(&Source) -> bool,
+    ) {
         let mut seeks = Vec::new();
-        for source in self.sources.values_mut() {
+        for source in self.sources.values_mut().filter(|s| which(s)) {
             source.discard();
             if let Some(offset) = source.replay_from {
                 seeks.push((Arc::clone(&source.topic), source.partition, offset));
@@ -385,10 +466,13 @@ impl Partitions {
         let _span = info_span!("poll_batch", records = messages.len()).entered();
         for m in messages {
             let topic = m.topic();
+            if !self.unsought.is_empty() && self.waits_for_seek(topic, m.partition()) {
+                continue;
+            }
             if topic == &*self.repartition_topic {
                 self.process_forwarded(consumer, m, now);
             } else if let Some(index) = self.topic_index(topic) {
-                self.process_input(index, m, now);
+                self.process_input(consumer, index, m, now);
             }
         }
     }
@@ -434,15 +518,24 @@ impl Partitions {
         }
     }
 
-    /// Decodes an input record and forwards it to its home partition.
-    fn process_input(&mut self, index: usize, m: &BorrowedMessage<'_>, now: i64) {
+    /// Decodes an input record, and joins it when it was read on its
+    /// workflow's home partition and may be (see [`Partitions::joins_directly`]);
+    /// otherwise forwards it there.
+    fn process_input<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        index: usize,
+        m: &BorrowedMessage<'_>,
+        now: i64,
+    ) {
         let partition = m.partition();
+        let topic = Arc::clone(&self.input_topics[index]);
         let Some(source) = self.sources.get_mut(&(index, partition)) else { return };
         let record = InputRecord {
             key: m.key(),
             value: m.payload(),
             timestamp_ms: m.timestamp().to_millis(),
-            topic: &self.input_topics[index],
+            topic: &topic,
             partition,
             offset: m.offset(),
         };
@@ -455,13 +548,19 @@ impl Partitions {
                 return;
             }
         };
-        // Every event goes through its home's partition of the repartition
-        // topic, even one read on its home's number: a workflow's events then
-        // reach its task in one order, the same on every replay, so a crash
-        // that repeats an outcome repeats the same record. (Joining some
-        // directly would let a replay interleave the two paths differently.)
-        source.forward(route::home(&event.workflow_id, self.home_partitions), &event, &record);
         source.read(record.offset);
+        let home = route::home(&event.workflow_id, self.home_partitions);
+        if home == partition && self.joins_directly {
+            if let Some(slot) = self.slots.get_mut(&home).filter(|s| s.phase == Phase::Active) {
+                match slot.task.join(&event, &record, now) {
+                    Ok(()) => return,
+                    // Not joined: the partition stops, and the record waits for it in the repartition topic.
+                    Err(e) => self.park(consumer, home, &e, None),
+                }
+            }
+        }
+        let source = self.sources.get_mut(&(index, partition)).expect("the source read above");
+        source.forward(home, &event, &record);
     }
 
     /// Forgets every task's work since the last finished commit, and seeks
@@ -478,8 +577,9 @@ impl Partitions {
         for (partition, e) in failed {
             self.park(consumer, partition, &e, None);
         }
+        let topic = Arc::clone(&self.repartition_topic);
         for (partition, offset) in seeks {
-            self.seek(consumer, &self.repartition_topic, partition, offset);
+            self.seek(consumer, &topic, partition, offset);
         }
         self.rewind_sources(consumer);
     }

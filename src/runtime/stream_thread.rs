@@ -107,6 +107,7 @@ fn poll_loop(
             if e.partitions.has_parked() {
                 e.retry_parked(consumer);
             }
+            e.partitions.retry_seeks(consumer);
             if e.partitions.is_restoring() {
                 let budget = if e.partitions.has_active() { RESTORE_SLICE } else { MAX_POLL_WAIT };
                 e.partitions.restore_step(consumer, budget);
