@@ -111,6 +111,7 @@ fn main() {
         junction = Some(j);
     }
     let mut junction = junction.expect("a junction ran");
+    report.line("  of which forwarded by the last round", junction.metric("junction_forwarded_total", ""), "records");
     report.line("ceiling: pass-through, best", ceiling_rate, "events/s");
     report.line("junction, best", rate, "events/s");
     report.line("junction / ceiling", rate / ceiling_rate, "");
@@ -359,6 +360,7 @@ fn fresh_application(broker: &Broker, setup: &Setup) -> Setup {
     let mut fresh = Setup::named(broker, setup.partitions);
     fresh.input = setup.input.clone();
     fresh.workflows = setup.workflows.clone();
+    fresh.guarantee = setup.guarantee;
     fresh
 }
 
@@ -366,7 +368,9 @@ fn fresh_application(broker: &Broker, setup: &Setup) -> Setup {
 /// consumer settings and produce it on with junction's producer settings,
 /// flushing and committing every commit interval, as junction does.
 fn pass_through(broker: &Broker, setup: &Setup, round: usize, n: usize) -> Duration {
-    let config = bench_config(setup);
+    let mut config = bench_config(setup);
+    // Stateless: its producer is not transactional, whatever junction's guarantee.
+    config.kafka.processing_guarantee = junction::config::Guarantee::AtLeastOnce;
     let output = format!("{}-passthrough-{round}", setup.app);
     broker.create_topic(&output, setup.partitions);
     let consumer: BaseConsumer = junction::kafka::consumer_config(&config.kafka)
@@ -429,6 +433,8 @@ struct CommittedOffsets {
     consumer: BaseConsumer,
     tpl: TopicPartitionList,
     repartition: String,
+    /// Under `exactly_once`: each transaction ends with a marker.
+    transactional: bool,
 }
 
 impl CommittedOffsets {
@@ -439,7 +445,7 @@ impl CommittedOffsets {
             tpl.add_partition(&setup.input, p);
         }
         let repartition = format!("{}-repartition", setup.app);
-        CommittedOffsets { consumer, tpl, repartition }
+        CommittedOffsets { consumer, tpl, repartition, transactional: setup.guarantee == "exactly_once" }
     }
 
     /// The input offsets committed, in all.
@@ -453,23 +459,26 @@ impl CommittedOffsets {
     /// Whether junction has committed `input` input records and joined
     /// every one it forwarded: the repartition topic's committed offsets
     /// reach its ends. (An input offset is committed once its record is
-    /// joined or forwarded.)
+    /// joined or forwarded. Under `exactly_once` a partition's last offset
+    /// is the marker of the last transaction that wrote to it, which a
+    /// consumer's offset stops before.)
     fn caught_up(&self, input: i64) -> bool {
         if self.total() < input {
             return false;
         }
         let mut tpl = TopicPartitionList::new();
-        let mut ends = 0;
         for p in 0..self.tpl.count() as i32 {
             tpl.add_partition(&self.repartition, p);
-            let Ok((_, high)) = self.consumer.fetch_watermarks(&self.repartition, p, Duration::from_secs(5)) else {
-                return false;
-            };
-            ends += high;
         }
         let Ok(committed) = self.consumer.committed_offsets(tpl, Duration::from_secs(5)) else { return false };
-        let joined: i64 = committed.elements().iter().filter_map(|e| e.offset().to_raw()).filter(|o| *o > 0).sum();
-        joined >= ends
+        committed.elements().iter().all(|e| {
+            let Ok((_, end)) = self.consumer.fetch_watermarks(&self.repartition, e.partition(), Duration::from_secs(5))
+            else {
+                return false;
+            };
+            let marker = i64::from(self.transactional && end > 0);
+            e.offset().to_raw().unwrap_or(0).max(0) >= end - marker
+        })
     }
 }
 

@@ -3,7 +3,11 @@
 # what it needs like the other scripts, starts its own Apache Kafka broker
 # on loopback ports, and prints a Markdown table of the figures.
 # Sizes can be changed with BENCH_WORKFLOWS, BENCH_OPEN_WORKFLOWS,
-# BENCH_PARTITIONS, BENCH_LATENCY_SECONDS and BENCH_LATENCY_RATE.
+# BENCH_PARTITIONS, BENCH_LATENCY_SECONDS and BENCH_LATENCY_RATE;
+# BENCH_GUARANTEE=exactly_once measures that guarantee (default
+# at_least_once), and BENCH_PARTITIONER how the load is partitioned (default
+# murmur2_random, which puts every record on its workflow's home partition;
+# consistent_random, librdkafka's default, puts three in four elsewhere).
 #   scripts/bench.sh --lso   how long read_committed readers wait after a
 #                            kill -9 under exactly_once (BENCH_LSO_RUNS runs)
 set -euo pipefail

@@ -196,13 +196,14 @@ pub struct Committed {
     pub failed: StoreFailures,
 }
 
-/// What a commit of `staged` did: the offsets it covers, but for the
-/// partitions numbered like a `failed` store, whose offsets it did not commit
-/// under `at_least_once`, and which it reports.
+/// What a commit of `staged` did: the offsets it covers, but for the tasks
+/// whose store `failed`, whose offsets it did not commit under
+/// `at_least_once`, and which it reports. (An input partition has no store:
+/// one numbered like a failed store is committed all the same.)
 fn committed(staged: &[(i32, Staged)], failed: StoreFailures) -> Committed {
     let offsets = staged
         .iter()
-        .filter(|(p, _)| failed.iter().all(|(f, _)| f != p))
+        .filter(|(p, s)| s.store.is_none() || failed.iter().all(|(f, _)| f != p))
         .filter_map(|(p, s)| Some((Arc::clone(&s.topic), *p, s.next_offset?)))
         .collect();
     Committed { offsets, failed }
