@@ -216,13 +216,21 @@ fn a_full_disk_stops_only_its_partition_commits_nothing_past_unsaved_state_and_h
         junction.metric("junction_store_failures_total", "") >= 2.0
     });
     assert_eq!(junction.get("/readyz").map(|(s, _)| s), Some(503));
-    // Their offsets are committed to the end; partition 0's is not past what it saved.
-    let end = broker.end_offsets(&setup.input, PARTITIONS);
-    wait_until("partitions 1 and 2 committed to their end", || {
-        let committed = broker.committed_offsets(&setup.app, &setup.input, PARTITIONS);
+    // Every input record is forwarded and committed, all to the end (an
+    // input partition has no store). On the repartition topic, home
+    // partitions 1 and 2 are committed to their end; partition 0 not past
+    // what it saved.
+    let input_end = broker.end_offsets(&setup.input, PARTITIONS);
+    wait_until("the input committed to its end", || {
+        broker.committed_offsets(&setup.app, &setup.input, PARTITIONS) == input_end
+    });
+    let repartition = format!("{}-repartition", setup.app);
+    let end = broker.end_offsets(&repartition, PARTITIONS);
+    wait_until("home partitions 1 and 2 committed to their end", || {
+        let committed = broker.committed_offsets(&setup.app, &repartition, PARTITIONS);
         committed[1..] == end[1..]
     });
-    let committed = broker.committed_offsets(&setup.app, &setup.input, PARTITIONS);
+    let committed = broker.committed_offsets(&setup.app, &repartition, PARTITIONS);
     eprintln!("while stopped: committed {committed:?}, end {end:?}");
     assert!(committed[0] < end[0], "partition 0 committed {} of {} although its store failed", committed[0], end[0]);
     // Exactly up to its last commit whose store write succeeded, which is where it resumes.
