@@ -164,7 +164,7 @@ impl Partitions {
     /// Gives up revoked input partitions (their work is committed).
     pub fn remove_sources(&mut self, revoked: &[(String, i32)]) {
         for (topic, partition) in revoked {
-            self.unsought.retain(|(t, p, _)| !(**t == **topic && p == partition));
+            self.forget_seek(topic, *partition);
             if let Some(index) = self.topic_index(topic) {
                 self.sources.remove(&(index, *partition));
                 self.view.metrics.forget_lag(topic, *partition);
@@ -301,8 +301,8 @@ impl Partitions {
     /// Gives up revoked partitions: drops their tasks and closes their stores.
     pub fn close(&mut self, revoked: &[i32]) {
         for &partition in revoked {
-            let repartition = &self.repartition_topic;
-            self.unsought.retain(|(t, p, _)| !(t == repartition && *p == partition));
+            let repartition = Arc::clone(&self.repartition_topic);
+            self.forget_seek(&repartition, partition);
             self.parked.remove(&partition);
             self.stops.remove(&partition);
             self.restorer.cancel(partition);
@@ -385,7 +385,7 @@ impl Partitions {
     /// consumer cannot, the partition's records are not processed until it
     /// can ([`Partitions::retry_seeks`]): what they follow was discarded.
     fn seek<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, topic: &Arc<str>, partition: i32, offset: i64) {
-        self.unsought.retain(|(t, p, _)| !(t == topic && *p == partition));
+        self.forget_seek(topic, partition);
         if let Err(e) = consumer.seek(topic, partition, Offset::Offset(offset), SEEK_TIMEOUT) {
             error!(
                 topic = &**topic,
@@ -417,6 +417,11 @@ impl Partitions {
     /// Whether `partition` of `topic` waits for a seek: its records are not processed.
     fn waits_for_seek(&self, topic: &str, partition: i32) -> bool {
         self.unsought.iter().any(|(t, p, _)| **t == *topic && *p == partition)
+    }
+
+    /// Drops a failed seek of `partition` of `topic`: sought since, or given up.
+    fn forget_seek(&mut self, topic: &str, partition: i32) {
+        self.unsought.retain(|(t, p, _)| !(**t == *topic && *p == partition));
     }
 
     /// Forgets what the sources read since the last commit, and seeks them back there.
