@@ -81,6 +81,24 @@ fn a_joining_instance_moves_only_some_partitions(group_protocol: &'static str) {
     let second_log = second.logs();
     assert!(second_log.contains("partitions assigned"), "{second_log}");
 
+    // The state moved too: each instance ends up with half of the home
+    // partitions (the repartition topic's, whose tasks hold the stores), not
+    // one with every input partition and the other with every store; and it
+    // reads the input partitions of the same numbers.
+    let (first_homes, first_inputs) = holdings(&log);
+    let (second_homes, second_inputs) = holdings(&second_log);
+    println!("rebalance ({group_protocol} protocol): j0 holds homes {first_homes:?} and inputs {first_inputs:?}");
+    println!("rebalance ({group_protocol} protocol): j1 holds homes {second_homes:?} and inputs {second_inputs:?}");
+    for (name, homes) in [("first", &first_homes), ("second", &second_homes)] {
+        assert_eq!(
+            homes.len(),
+            PARTITIONS / 2,
+            "the {name} instance holds half of the home partitions:\n{log}\n{second_log}"
+        );
+    }
+    assert_eq!(first_homes, first_inputs, "the first instance reads the input partitions of its homes");
+    assert_eq!(second_homes, second_inputs, "the second instance reads the input partitions of its homes");
+
     // Each input partition's longest gap between outcomes around the join,
     // from the outcome records' timestamps (set when junction sends them).
     let mut by_partition: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
@@ -99,4 +117,35 @@ fn a_joining_instance_moves_only_some_partitions(group_protocol: &'static str) {
         println!("rebalance: input partition {p}: longest pause between outcomes {pause} ms");
     }
     println!("rebalance: {}", revokes.join("\nrebalance: "));
+}
+
+/// The home and input partition numbers an instance's log last said it
+/// holds: its last "partitions assigned" line names both; a revoke after it
+/// names the homes kept (`keeping`), and the inputs are then those assigned
+/// less those revoked.
+fn holdings(log: &str) -> (Vec<i32>, Vec<i32>) {
+    let numbers = |text: &str| -> Vec<i32> {
+        text.split(|c: char| !c.is_ascii_digit()).filter(|n| !n.is_empty()).map(|n| n.parse().unwrap()).collect()
+    };
+    let list = |line: &str, key: &str| -> String {
+        let from = line.split(&format!("{key}=[")).nth(1).unwrap_or_default();
+        // Up to the list's closing bracket: the first "]" not inside a tuple's parentheses.
+        from.split(']').next().unwrap_or_default().to_string()
+    };
+    // An input list is [("topic", n), ...]: each number follows a topic's closing quote.
+    let inputs = |text: &str| -> Vec<i32> {
+        text.split("\", ").skip(1).filter_map(|r| r.split(')').next()).flat_map(numbers).collect()
+    };
+    let (mut homes, mut held_inputs) = (Vec::new(), Vec::new());
+    for line in log.lines() {
+        if line.contains("partitions assigned") {
+            homes = numbers(&list(line, "home_partitions"));
+            held_inputs = inputs(&list(line, "input_partitions"));
+        } else if line.contains("partitions revoked") {
+            homes = numbers(&list(line, "keeping"));
+            let revoked = inputs(&list(line, "revoked_inputs"));
+            held_inputs.retain(|p| !revoked.contains(p));
+        }
+    }
+    (homes, held_inputs)
 }

@@ -25,6 +25,17 @@ pub fn home(workflow_id: &str, home_partitions: usize) -> i32 {
     partitioner::murmur2_partition(workflow_id.as_bytes(), home_partitions)
 }
 
+/// The input partitions of a topic with `topic_partitions` that the holder
+/// of home partition `home` reads: the one of its number, and, of a topic
+/// with more partitions than N, each whose number is `home` modulo N. The
+/// group assigns only the home partitions; each input partition so has one
+/// reader, the instance that holds the home partition of its number (where,
+/// under `exactly_once`, a record read on its home partition is joined
+/// directly).
+pub fn input_partitions_of(home: i32, home_partitions: usize, topic_partitions: usize) -> impl Iterator<Item = i32> {
+    (home as usize..topic_partitions).step_by(home_partitions.max(1)).map(|p| p as i32)
+}
+
 /// A record read off its workflow's home partition, to send there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Forward {
@@ -63,4 +74,29 @@ pub fn forwarded_origin<'a>(m: &'a BorrowedMessage<'_>) -> Option<Origin<'a>> {
         }
     }
     Some(Origin { topic: topic?, partition: partition?, offset: offset?, key })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::input_partitions_of;
+
+    #[test]
+    fn every_input_partition_has_one_home_whatever_the_topics_partition_count() {
+        for n in 1..=8usize {
+            for count in 1..=20usize {
+                let mut seen = vec![0; count];
+                for home in 0..n as i32 {
+                    for p in input_partitions_of(home, n, count) {
+                        assert_eq!(
+                            p as usize % n,
+                            home as usize,
+                            "partition {p} of {count} read by home {home} of {n}"
+                        );
+                        seen[p as usize] += 1;
+                    }
+                }
+                assert!(seen.iter().all(|&s| s == 1), "{n} homes, {count} partitions: {seen:?}");
+            }
+        }
+    }
 }

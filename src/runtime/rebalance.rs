@@ -2,15 +2,23 @@
 //! rebalance, with its statistics, and with client-wide errors. A
 //! rebalance reaches the stream thread's state through the engine's mutex,
 //! which the loop never holds while polling.
+//!
+//! The group is subscribed to the repartition topic alone, so that it
+//! balances the home partitions, which hold the state; each instance then
+//! assigns itself the input partitions of the home partitions it holds
+//! ([`route::input_partitions_of`]) and gives them up with them. (Balancing
+//! the input and repartition topics together, an assignor may give one
+//! member every input partition and another every home partition.)
 
 use std::sync::{Arc, Mutex};
 
-use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::{ClientContext, Statistics, TopicPartitionList};
 use tracing::{info, warn};
 
 use crate::ops::view::View;
+use crate::route;
 use crate::runtime::engine::{lock, Engine};
 
 pub struct Callbacks {
@@ -18,12 +26,16 @@ pub struct Callbacks {
     pub view: Arc<View>,
     /// The repartition topic, whose partitions are the home partitions.
     pub repartition_topic: String,
-    /// Every topic subscribed (the input topics and the repartition topic), for the lag.
+    /// N, the home partitions.
+    pub home_partitions: usize,
+    /// Each input topic and its partition count.
+    pub inputs: Vec<(String, usize)>,
+    /// Every topic read (the input topics and the repartition topic), for the lag.
     pub topics: Vec<String>,
 }
 
 /// A rebalance's partitions: the home partitions (of the repartition topic)
-/// and the input partitions.
+/// and the input partitions that go with them.
 struct Moved {
     homes: Vec<i32>,
     inputs: Vec<(String, i32)>,
@@ -71,21 +83,42 @@ impl ConsumerContext for Callbacks {
 }
 
 impl Callbacks {
-    /// The home and input partitions of a rebalance's list.
+    /// The home partitions of a rebalance's list, and their input partitions.
     fn partitions(&self, tpl: &TopicPartitionList) -> Moved {
-        let mut moved = Moved { homes: Vec::new(), inputs: Vec::new() };
-        for e in tpl.elements() {
-            if e.topic() == self.repartition_topic {
-                moved.homes.push(e.partition());
-            } else {
-                moved.inputs.push((e.topic().to_string(), e.partition()));
+        let homes: Vec<i32> =
+            tpl.elements().iter().filter(|e| e.topic() == self.repartition_topic).map(|e| e.partition()).collect();
+        let mut inputs = Vec::new();
+        for (topic, count) in &self.inputs {
+            for &home in &homes {
+                inputs
+                    .extend(route::input_partitions_of(home, self.home_partitions, *count).map(|p| (topic.clone(), p)));
             }
         }
-        moved
+        Moved { homes, inputs }
+    }
+}
+
+/// Starts (`read`) or stops reading `inputs`; one starts at its committed offset.
+fn read_inputs(consumer: &BaseConsumer<Callbacks>, inputs: &[(String, i32)], read: bool) -> KafkaResult<()> {
+    if inputs.is_empty() {
+        return Ok(());
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition) in inputs {
+        tpl.add_partition(topic, *partition);
+    }
+    if read {
+        consumer.incremental_assign(&tpl)
+    } else {
+        consumer.incremental_unassign(&tpl)
     }
 }
 
 fn on_assign(engine: &mut Engine, consumer: &BaseConsumer<Callbacks>, assigned: &Moved) {
+    if let Err(e) = read_inputs(consumer, &assigned.inputs, true) {
+        engine.fail(anyhow::anyhow!(e).context(format!("cannot read the input partitions {:?}", assigned.inputs)));
+        return;
+    }
     engine.partitions.add_sources(&assigned.inputs);
     for &partition in &assigned.homes {
         if let Err(e) = engine.partitions.open(consumer, partition) {
@@ -109,6 +142,9 @@ fn on_revoke(engine: &mut Engine, consumer: &BaseConsumer<Callbacks>, revoked: &
     }
     engine.partitions.close(&revoked.homes);
     engine.partitions.remove_sources(&revoked.inputs);
+    if let Err(e) = read_inputs(consumer, &revoked.inputs, false) {
+        warn!(error = %e, inputs = ?revoked.inputs, "cannot stop reading revoked input partitions");
+    }
     info!(
         revoked_homes = ?revoked.homes,
         revoked_inputs = ?revoked.inputs,

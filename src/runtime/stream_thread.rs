@@ -1,5 +1,6 @@
 //! The stream thread's loop: it polls the input topics and the repartition
-//! topic, hands each batch to the partitions' sources and tasks, steps the restorer, publishes outcomes every
+//! topic (through one consumer: the group assigns it home partitions, and
+//! it reads their input partitions), hands each batch to the partitions' sources and tasks, steps the restorer, publishes outcomes every
 //! [`PUBLISH_INTERVAL`], and starts a commit every `commit_interval`.
 
 use std::sync::atomic::Ordering;
@@ -56,13 +57,16 @@ pub fn run(config: Arc<Config>, view: Arc<View>, runtime: tokio::runtime::Handle
         engine: Arc::clone(&engine),
         view: Arc::clone(&view),
         repartition_topic: config.kafka.repartition_topic(),
-        topics: topics.clone(),
+        home_partitions: layout.home_partitions,
+        inputs: layout.inputs.clone(),
+        topics,
     };
     let consumer: BaseConsumer<Callbacks> = clients::consumer_config(&config.kafka)
         .create_with_context(callbacks)
         .context("creating the input consumer")?;
-    let subscribed: Vec<&str> = topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&subscribed).context("subscribing to the input and repartition topics")?;
+    // The group balances the home partitions; each instance reads the input
+    // partitions of those it holds (see `runtime::rebalance`).
+    consumer.subscribe(&[&config.kafka.repartition_topic()]).context("subscribing to the repartition topic")?;
     info!(
         inputs = ?layout.inputs,
         home_partitions = layout.home_partitions,
