@@ -216,3 +216,40 @@ fn kill_9_while_forwarding_loses_nothing_and_repeats_nothing_exactly_once() {
     // The reader is read_committed: a forward and its outcome are in the transaction of their input.
     assert_eq!(kill_9_while_forwarding(Broker::kafka(), "exactly_once"), 0, "no outcome is repeated");
 }
+
+#[test]
+fn an_input_topic_that_gains_partitions_is_read_on_its_new_ones() {
+    let broker = Broker::kafka();
+    // The tests' junction, like librdkafka, looks at the topics' metadata every second
+    // (`topic.metadata.refresh.interval.ms`).
+    let setup = Setup::new(&broker, 2);
+    let work = tempfile::tempdir().unwrap();
+    let mut junction = Junction::start(&setup, work.path(), "j");
+    junction.wait_ready();
+    let mut out = broker.reader(&setup.output);
+    let before: Vec<RawRecord> = ["payment", "inventory", "fraud_check"]
+        .iter()
+        .map(|s| keyed(&event("before", "order", s, "succeeded", None)))
+        .collect();
+    broker.produce(&setup.input, &before);
+    out.read_until("the outcome before the topic grew", |r| !r.is_empty());
+
+    // The operator scales the topic out; producers (librdkafka's default
+    // partitioner, keyed by workflow ID) now spread over 4 partitions,
+    // while N stays 2: partitions 2 and 3 belong with homes 0 and 1.
+    broker.add_partitions(&setup.input, 4);
+    let n = 200;
+    let mut records = Vec::new();
+    for step in ["payment", "inventory", "fraud_check"] {
+        records.extend((0..n).map(|i| keyed(&event(&format!("grown-{i}"), "order", step, "succeeded", None))));
+    }
+    broker.produce(&setup.input, &records);
+    let ends = broker.end_offsets(&setup.input, 4);
+    assert!(ends[2] > 0 && ends[3] > 0, "records landed on the new partitions: {ends:?}");
+
+    let outcomes = out.read_until("every outcome after the topic grew", |r| by_workflow(r).len() > n).to_vec();
+    assert_eq!(assert_one_outcome_each(&outcomes, n + 1), 0);
+    assert!(outcomes.iter().all(|r| r.json()["outcome"] == "completed"), "none waited for its deadline");
+    assert_eq!(broker.partition_count(&format!("{}-repartition", setup.app)), 2, "N is kept");
+    assert!(junction.logs().contains("an input topic gained partitions"), "{}", junction.logs());
+}

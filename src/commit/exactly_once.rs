@@ -46,12 +46,16 @@ impl ExactlyOnce {
         let failed = |e: KafkaError| transaction_error(e, began.elapsed());
         self.producer.client().begin_transaction().map_err(failed)?;
         if let Err(e) = self.send_transaction(&staged, group, began) {
+            let e = self.fatal_or(e, began);
             if !e.needs_new_producer() {
-                self.abort()?;
+                self.abort().map_err(|e| self.fatal_or(e, began))?;
             }
             return Err(e);
         }
-        let changelog_last = self.producer.drain_deliveries(COMMIT_TIMEOUT).map_err(CommitError::Delivery)?;
+        let changelog_last = self
+            .producer
+            .drain_deliveries(COMMIT_TIMEOUT)
+            .map_err(|e| self.fatal_or(CommitError::Delivery(e), began))?;
         let failed = state::write_batches(batches(&mut staged), &changelog_last);
         staged.iter().for_each(|(_, s)| count_outcomes(&self.metrics, &s.outcomes));
         Ok(committed(&staged, failed))
@@ -107,6 +111,22 @@ impl ExactlyOnce {
         }
     }
 
+    /// `e`, or the producer's fatal error when it has hit one, sorted like
+    /// a transaction's error: a record refused because a newer producer with
+    /// the same transactional ID fenced this one fails its delivery first,
+    /// and the fence must still be told apart from other fatal errors (see
+    /// [`crate::runtime::commits`]).
+    fn fatal_or(&self, e: CommitError, began: Instant) -> CommitError {
+        let Some((code, reason)) = self.producer.client().client().fatal_error() else { return e };
+        warn!(error = %e, code = ?code, reason, "the producer hit a fatal error");
+        let source = KafkaError::MessageProduction(code);
+        if is_fence(code) {
+            CommitError::Fenced { source, transaction_age: began.elapsed() }
+        } else {
+            CommitError::Fatal(source)
+        }
+    }
+
     /// Aborts the open transaction, then waits for its delivery reports (its
     /// purged and failed records) and forgets them: they belong to no later
     /// transaction, which must not mistake them for its own failures. An
@@ -155,15 +175,13 @@ impl Strategy for ExactlyOnce {
 /// Sorts an error of a transaction `age` old into the ways of handling it.
 fn transaction_error(e: KafkaError, transaction_age: Duration) -> CommitError {
     match &e {
-        KafkaError::Transaction(rde)
-            if matches!(
-                rde.code(),
-                RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch
-            ) =>
-        {
-            CommitError::Fenced { source: e, transaction_age }
-        }
+        KafkaError::Transaction(rde) if is_fence(rde.code()) => CommitError::Fenced { source: e, transaction_age },
         KafkaError::Transaction(rde) if rde.is_fatal() => CommitError::Fatal(e),
         _ => CommitError::Aborted(e),
     }
+}
+
+/// Whether `code` says that a newer producer with the same transactional ID fenced this one.
+fn is_fence(code: RDKafkaErrorCode) -> bool {
+    matches!(code, RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
 }

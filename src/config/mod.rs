@@ -84,7 +84,19 @@ impl KafkaConfig {
         let max = self.properties.get("message.max.bytes").and_then(|v| v.parse::<usize>().ok());
         max.unwrap_or(DEFAULT_MESSAGE_MAX_BYTES).saturating_sub(64 * 1024)
     }
+
+    /// How often the input topics are checked for new partitions:
+    /// librdkafka's `topic.metadata.refresh.interval.ms`, 5 minutes unless
+    /// set; `None` when it is negative (librdkafka then never refreshes).
+    pub fn metadata_refresh_interval(&self) -> Option<Duration> {
+        let ms = self.properties.get("topic.metadata.refresh.interval.ms").and_then(|v| v.trim().parse::<i64>().ok());
+        let ms = ms.unwrap_or(DEFAULT_METADATA_REFRESH_MS);
+        u64::try_from(ms).ok().map(Duration::from_millis)
+    }
 }
+
+/// librdkafka's default `topic.metadata.refresh.interval.ms`.
+const DEFAULT_METADATA_REFRESH_MS: i64 = 300_000;
 
 /// librdkafka's default `message.max.bytes`.
 const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
@@ -534,6 +546,21 @@ fixed_step = "refund"
         );
         let c = parse_with(MINIMAL, &[("JUNCTION_KAFKA_PROPERTY_MESSAGE_MAX_BYTES", "2000000")]).unwrap();
         assert_eq!(c.kafka.max_record_bytes(), 2_000_000 - 64 * 1024);
+    }
+
+    #[test]
+    fn a_metadata_refresh_interval_that_is_not_a_number_is_refused() {
+        let text = MINIMAL.to_string() + "\n[kafka.properties]\n\"topic.metadata.refresh.interval.ms\" = \"5s\"\n";
+        let shown = parse_with(&text, &[]).unwrap_err().to_string();
+        assert!(
+            shown.contains(
+                "`kafka.properties.topic.metadata.refresh.interval.ms`: expected a number of milliseconds, got \"5s\""
+            ),
+            "{shown}"
+        );
+        assert_eq!(parse_with(MINIMAL, &[]).unwrap().kafka.metadata_refresh_interval(), Some(Duration::from_secs(300)));
+        let never = MINIMAL.to_string() + "\n[kafka.properties]\n\"topic.metadata.refresh.interval.ms\" = \"-1\"\n";
+        assert_eq!(parse_with(&never, &[]).unwrap().kafka.metadata_refresh_interval(), None);
     }
 
     #[test]

@@ -112,7 +112,7 @@ impl Reader {
         let instance_id = kafka.get("instance_id").map(|_| self.string(kafka, "kafka.instance_id", None));
         let properties = self.properties(kafka);
         self.group_protocol_fits(&properties);
-        self.message_max_bytes_is_a_number(&properties);
+        self.read_properties_are_numbers(&properties);
         KafkaConfig {
             bootstrap_servers: self.string(kafka, "kafka.bootstrap_servers", None),
             application_id,

@@ -52,11 +52,17 @@ impl Reader {
         }
     }
 
+    /// The client properties junction reads itself must be numbers:
     /// `message.max.bytes` bounds what a dead letter copies and what an
-    /// outcome may take: it must be a number of bytes.
-    pub(super) fn message_max_bytes_is_a_number(&mut self, properties: &BTreeMap<String, String>) {
+    /// outcome may take; `topic.metadata.refresh.interval.ms` is also how
+    /// often the input topics are checked for new partitions (-1: never).
+    pub(super) fn read_properties_are_numbers(&mut self, properties: &BTreeMap<String, String>) {
         if let Some(v) = properties.get("message.max.bytes").filter(|v| v.trim().parse::<usize>().is_err()) {
             self.error("kafka.properties.message.max.bytes", format!("expected a number of bytes, got {v:?}"));
+        }
+        let refresh = "topic.metadata.refresh.interval.ms";
+        if let Some(v) = properties.get(refresh).filter(|v| v.trim().parse::<i64>().is_err()) {
+            self.error(&format!("kafka.properties.{refresh}"), format!("expected a number of milliseconds, got {v:?}"));
         }
     }
 

@@ -149,6 +149,29 @@ pub fn prepare_topics(config: &KafkaConfig, runtime: &tokio::runtime::Handle) ->
     Ok(Layout { home_partitions, inputs })
 }
 
+/// Asks the cluster for the input topics' partition counts, to notice
+/// topics that grew, through one client kept for the purpose.
+pub struct InputCounts {
+    config: KafkaConfig,
+    probe: Probe,
+}
+
+impl InputCounts {
+    pub fn new(config: &KafkaConfig) -> Result<InputCounts, TopicError> {
+        Ok(InputCounts { probe: probe(config)?, config: config.clone() })
+    }
+
+    /// Each input topic's partition count now, in configuration order
+    /// (`None` for one the metadata does not show).
+    pub fn now(&self) -> Result<Vec<Option<usize>>, TopicError> {
+        let metadata = metadata(&self.config, &self.probe)?;
+        let count = |name: &str| {
+            metadata.topics().iter().find(|t| t.name() == name && t.error().is_none()).map(|t| t.partitions().len())
+        };
+        Ok(self.config.input_topics.iter().map(|topic| count(&topic.name)).collect())
+    }
+}
+
 /// N: what the existing changelog and repartition topic have (they must
 /// agree, and agree with `kafka.home_partitions` when it is set), or, when
 /// neither exists yet, `kafka.home_partitions` or the largest input topic's count.
@@ -231,22 +254,31 @@ fn check_settings(
     Ok(())
 }
 
+/// A client that asks for metadata. A consumer, because its poll serves
+/// librdkafka's error and log events.
+type Probe = BaseConsumer<ProbeContext>;
+
+fn probe(config: &KafkaConfig) -> Result<Probe, TopicError> {
+    base(config)
+        .set_log_level(RDKafkaLogLevel::Error)
+        .create_with_context(ProbeContext::default())
+        .map_err(|source| TopicError::Metadata { servers: config.bootstrap_servers.clone(), source })
+}
+
 /// The cluster's metadata, asked with a probe that tells a refused
 /// connection (authentication, TLS) apart from an unreachable cluster.
 fn cluster_metadata(config: &KafkaConfig) -> Result<Metadata, TopicError> {
-    let unreachable = |source| TopicError::Metadata { servers: config.bootstrap_servers.clone(), source };
-    // A consumer, because its poll serves librdkafka's error and log events.
-    let probe: BaseConsumer<ProbeContext> = base(config)
-        .set_log_level(RDKafkaLogLevel::Error)
-        .create_with_context(ProbeContext::default())
-        .map_err(unreachable)?;
+    metadata(config, &probe(config)?)
+}
+
+fn metadata(config: &KafkaConfig, probe: &Probe) -> Result<Metadata, TopicError> {
     probe.fetch_metadata(None, METADATA_TIMEOUT).map_err(|source| {
         // librdkafka reports a refused login or handshake as an error event;
         // the request itself only fails as a transport failure.
         let _ = probe.poll(PROBE_EVENTS_WAIT);
         match probe.context().refusal.lock().expect("refusal lock").take() {
             Some(reason) => TopicError::Refused { servers: config.bootstrap_servers.clone(), reason },
-            None => unreachable(source),
+            None => TopicError::Metadata { servers: config.bootstrap_servers.clone(), source },
         }
     })
 }

@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rdkafka::consumer::{BaseConsumer, ConsumerContext};
-use tracing::error;
+use tracing::{error, info};
 
 use crate::ops::view::View;
 use crate::runtime::commits::Commits;
@@ -52,6 +52,19 @@ impl Engine {
     pub fn retry_parked<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
         if let Err(e) = self.partitions.retry_parked(consumer) {
             self.fail(e);
+        }
+    }
+
+    /// Reads the new partitions of input topics that grew (`counts`: each
+    /// one's partition count now) that go with the home partitions held here.
+    pub fn grow_inputs<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, counts: &[Option<usize>]) {
+        let new = self.partitions.grow_inputs(counts);
+        if new.is_empty() {
+            return;
+        }
+        match self.partitions.add_sources(consumer, &new) {
+            Ok(()) => info!(reading = ?new, "reading the new input partitions of the home partitions held here"),
+            Err(e) => self.fail(anyhow::anyhow!(e).context(format!("cannot read the new input partitions {new:?}"))),
         }
     }
 

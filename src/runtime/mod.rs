@@ -5,6 +5,7 @@
 //! - [`stream_thread`]: the loop (poll, process, restore, publish, commit);
 //! - [`engine`]: its state, shared with the rebalance callbacks;
 //! - [`rebalance`]: the consumer's callbacks (assign, revoke, statistics);
+//! - [`input_watch`]: notices input topics that gain partitions;
 //! - [`partitions`]: each partition's lifecycle (restoring, active, stopped);
 //! - [`source`]: one input partition, which forwards its records to their
 //!   home partitions (see [`crate::route`]);
@@ -21,6 +22,8 @@
 //! - one `junction-save` thread per `at_least_once` commit (see
 //!   [`crate::commit::at_least_once`]): sends the changelog, waits for it
 //!   and writes the stores, at a lower priority;
+//! - `junction-inputs`, which asks the cluster for the input topics'
+//!   partition counts every `topic.metadata.refresh.interval.ms`;
 //! - two `junction-restore` threads that write restored batches to the
 //!   stores (see [`crate::state::restore_writer`]);
 //! - librdkafka's own threads (network, delivery reports), RocksDB's
@@ -30,6 +33,7 @@
 
 pub mod commits;
 pub mod engine;
+pub mod input_watch;
 pub mod instance;
 pub mod partitions;
 pub mod rebalance;

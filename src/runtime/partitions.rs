@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaResult;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{error, info, info_span, warn};
@@ -76,6 +77,8 @@ pub struct Partitions {
     repartition_topic: Arc<str>,
     /// The input topics, in configuration order.
     input_topics: Vec<Arc<str>>,
+    /// Their partition counts, as last seen.
+    input_counts: Vec<usize>,
     slots: BTreeMap<i32, Slot>,
     /// The assigned input partitions, by (index into `input_topics`, partition).
     sources: BTreeMap<(usize, i32), Source>,
@@ -104,7 +107,13 @@ pub struct Partitions {
 }
 
 impl Partitions {
-    pub fn new(config: Arc<Config>, view: Arc<View>, home_partitions: usize) -> Result<Partitions, RestoreError> {
+    /// `input_counts`: each input topic's partition count, in configuration order.
+    pub fn new(
+        config: Arc<Config>,
+        view: Arc<View>,
+        home_partitions: usize,
+        input_counts: Vec<usize>,
+    ) -> Result<Partitions, RestoreError> {
         let timers = stored_timer(Arc::clone(&config));
         let restorer = Restorer::new(&config.kafka, &config.state, Arc::clone(&view.metrics), timers)?;
         let joins_directly = config.kafka.processing_guarantee == Guarantee::ExactlyOnce;
@@ -112,6 +121,7 @@ impl Partitions {
             home_partitions,
             repartition_topic: config.kafka.repartition_topic().into(),
             input_topics: config.kafka.input_topics.iter().map(|t| Arc::from(t.name.as_str())).collect(),
+            input_counts,
             config,
             view,
             slots: BTreeMap::new(),
@@ -150,8 +160,52 @@ impl Partitions {
         &self.repartition_topic
     }
 
-    /// Starts reading assigned input partitions.
-    pub fn add_sources(&mut self, assigned: &[(String, i32)]) {
+    /// The input partitions that go with `homes` (see [`route::input_partitions_of`]).
+    pub fn inputs_of(&self, homes: &[i32]) -> Vec<(String, i32)> {
+        let mut inputs = Vec::new();
+        for (topic, &count) in self.input_topics.iter().zip(&self.input_counts) {
+            for &home in homes {
+                inputs.extend(
+                    route::input_partitions_of(home, self.home_partitions, count).map(|p| (topic.to_string(), p)),
+                );
+            }
+        }
+        inputs
+    }
+
+    /// Takes in the input topics' partition counts as they are now, and
+    /// returns the new input partitions that go with the home partitions
+    /// held here, which this instance must now read. (A topic never loses
+    /// partitions; a smaller count is ignored.)
+    pub fn grow_inputs(&mut self, counts: &[Option<usize>]) -> Vec<(String, i32)> {
+        let homes: BTreeSet<i32> = self.slots.keys().chain(self.parked.keys()).copied().collect();
+        let mut new = Vec::new();
+        for (index, count) in counts.iter().enumerate().take(self.input_topics.len()) {
+            let (known, Some(count)) = (self.input_counts[index], *count) else { continue };
+            if count <= known {
+                continue;
+            }
+            self.input_counts[index] = count;
+            let topic = &self.input_topics[index];
+            info!(topic = &**topic, from = known, to = count, "an input topic gained partitions");
+            for &home in &homes {
+                let of_home = route::input_partitions_of(home, self.home_partitions, count);
+                new.extend(of_home.filter(|&p| p as usize >= known).map(|p| (topic.to_string(), p)));
+            }
+        }
+        new
+    }
+
+    /// Starts reading input partitions, each from its committed offset.
+    pub fn add_sources<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        assigned: &[(String, i32)],
+    ) -> KafkaResult<()> {
+        if assigned.is_empty() {
+            return Ok(());
+        }
+        consumer.incremental_assign(&partition_list(assigned))?;
         for (topic, partition) in assigned {
             let Some(index) = self.topic_index(topic) else { continue };
             let topic = Arc::clone(&self.input_topics[index]);
@@ -159,16 +213,23 @@ impl Partitions {
                 .entry((index, *partition))
                 .or_insert_with(|| Source::new(topic, *partition, &self.view.metrics));
         }
+        Ok(())
     }
 
     /// Gives up revoked input partitions (their work is committed).
-    pub fn remove_sources(&mut self, revoked: &[(String, i32)]) {
+    pub fn remove_sources<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, revoked: &[(String, i32)]) {
         for (topic, partition) in revoked {
             self.forget_seek(topic, *partition);
             if let Some(index) = self.topic_index(topic) {
                 self.sources.remove(&(index, *partition));
                 self.view.metrics.forget_lag(topic, *partition);
             }
+        }
+        if revoked.is_empty() {
+            return;
+        }
+        if let Err(e) = consumer.incremental_unassign(&partition_list(revoked)) {
+            warn!(error = %e, inputs = ?revoked, "cannot stop reading revoked input partitions");
         }
     }
 
@@ -610,4 +671,13 @@ impl Partitions {
             h.stopped = self.parked.iter().map(|(p, parked)| (*p, parked.error.clone())).collect();
         });
     }
+}
+
+/// A list of (topic, partition), each read from its committed offset.
+fn partition_list(partitions: &[(String, i32)]) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition) in partitions {
+        tpl.add_partition(topic, *partition);
+    }
+    tpl
 }

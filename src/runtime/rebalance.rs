@@ -6,19 +6,18 @@
 //! The group is subscribed to the repartition topic alone, so that it
 //! balances the home partitions, which hold the state; each instance then
 //! assigns itself the input partitions of the home partitions it holds
-//! ([`route::input_partitions_of`]) and gives them up with them. (Balancing
+//! ([`crate::route::input_partitions_of`]) and gives them up with them. (Balancing
 //! the input and repartition topics together, an assignor may give one
 //! member every input partition and another every home partition.)
 
 use std::sync::{Arc, Mutex};
 
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{ClientContext, Statistics, TopicPartitionList};
 use tracing::{info, warn};
 
 use crate::ops::view::View;
-use crate::route;
 use crate::runtime::engine::{lock, Engine};
 
 pub struct Callbacks {
@@ -26,19 +25,8 @@ pub struct Callbacks {
     pub view: Arc<View>,
     /// The repartition topic, whose partitions are the home partitions.
     pub repartition_topic: String,
-    /// N, the home partitions.
-    pub home_partitions: usize,
-    /// Each input topic and its partition count.
-    pub inputs: Vec<(String, usize)>,
     /// Every topic read (the input topics and the repartition topic), for the lag.
     pub topics: Vec<String>,
-}
-
-/// A rebalance's partitions: the home partitions (of the repartition topic)
-/// and the input partitions that go with them.
-struct Moved {
-    homes: Vec<i32>,
-    inputs: Vec<(String, i32)>,
 }
 
 impl ClientContext for Callbacks {
@@ -69,13 +57,13 @@ impl ClientContext for Callbacks {
 impl ConsumerContext for Callbacks {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
-            on_revoke(&mut lock(&self.engine), consumer, &self.partitions(tpl));
+            on_revoke(&mut lock(&self.engine), consumer, &self.homes(tpl));
         }
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
-            Rebalance::Assign(tpl) => on_assign(&mut lock(&self.engine), consumer, &self.partitions(tpl)),
+            Rebalance::Assign(tpl) => on_assign(&mut lock(&self.engine), consumer, &self.homes(tpl)),
             Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => warn!(error = %e, "rebalance error"),
         }
@@ -83,44 +71,19 @@ impl ConsumerContext for Callbacks {
 }
 
 impl Callbacks {
-    /// The home partitions of a rebalance's list, and their input partitions.
-    fn partitions(&self, tpl: &TopicPartitionList) -> Moved {
-        let homes: Vec<i32> =
-            tpl.elements().iter().filter(|e| e.topic() == self.repartition_topic).map(|e| e.partition()).collect();
-        let mut inputs = Vec::new();
-        for (topic, count) in &self.inputs {
-            for &home in &homes {
-                inputs
-                    .extend(route::input_partitions_of(home, self.home_partitions, *count).map(|p| (topic.clone(), p)));
-            }
-        }
-        Moved { homes, inputs }
+    /// The home partitions of a rebalance's list.
+    fn homes(&self, tpl: &TopicPartitionList) -> Vec<i32> {
+        tpl.elements().iter().filter(|e| e.topic() == self.repartition_topic).map(|e| e.partition()).collect()
     }
 }
 
-/// Starts (`read`) or stops reading `inputs`; one starts at its committed offset.
-fn read_inputs(consumer: &BaseConsumer<Callbacks>, inputs: &[(String, i32)], read: bool) -> KafkaResult<()> {
-    if inputs.is_empty() {
-        return Ok(());
-    }
-    let mut tpl = TopicPartitionList::new();
-    for (topic, partition) in inputs {
-        tpl.add_partition(topic, *partition);
-    }
-    if read {
-        consumer.incremental_assign(&tpl)
-    } else {
-        consumer.incremental_unassign(&tpl)
-    }
-}
-
-fn on_assign(engine: &mut Engine, consumer: &BaseConsumer<Callbacks>, assigned: &Moved) {
-    if let Err(e) = read_inputs(consumer, &assigned.inputs, true) {
-        engine.fail(anyhow::anyhow!(e).context(format!("cannot read the input partitions {:?}", assigned.inputs)));
+fn on_assign(engine: &mut Engine, consumer: &BaseConsumer<Callbacks>, homes: &[i32]) {
+    let inputs = engine.partitions.inputs_of(homes);
+    if let Err(e) = engine.partitions.add_sources(consumer, &inputs) {
+        engine.fail(anyhow::anyhow!(e).context(format!("cannot read the input partitions {inputs:?}")));
         return;
     }
-    engine.partitions.add_sources(&assigned.inputs);
-    for &partition in &assigned.homes {
+    for &partition in homes {
         if let Err(e) = engine.partitions.open(consumer, partition) {
             engine.fail(e);
             return;
@@ -134,20 +97,18 @@ fn on_assign(engine: &mut Engine, consumer: &BaseConsumer<Callbacks>, assigned: 
     engine.partitions.publish_health(true);
 }
 
-fn on_revoke(engine: &mut Engine, consumer: &BaseConsumer<Callbacks>, revoked: &Moved) {
+fn on_revoke(engine: &mut Engine, consumer: &BaseConsumer<Callbacks>, homes: &[i32]) {
+    let inputs = engine.partitions.inputs_of(homes);
     // Finish the interval's work before the partitions are given up (not
     // after a failure: what failed must not be committed).
     if !engine.commits.is_halted() {
         engine.commit(consumer, true);
     }
-    engine.partitions.close(&revoked.homes);
-    engine.partitions.remove_sources(&revoked.inputs);
-    if let Err(e) = read_inputs(consumer, &revoked.inputs, false) {
-        warn!(error = %e, inputs = ?revoked.inputs, "cannot stop reading revoked input partitions");
-    }
+    engine.partitions.close(homes);
+    engine.partitions.remove_sources(consumer, &inputs);
     info!(
-        revoked_homes = ?revoked.homes,
-        revoked_inputs = ?revoked.inputs,
+        revoked_homes = ?homes,
+        revoked_inputs = ?inputs,
         keeping = ?engine.partitions.held(),
         "partitions revoked"
     );

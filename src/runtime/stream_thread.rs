@@ -4,6 +4,7 @@
 //! [`PUBLISH_INTERVAL`], and starts a commit every `commit_interval`.
 
 use std::sync::atomic::Ordering;
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,7 @@ use crate::kafka::{clients, topics};
 use crate::ops::view::View;
 use crate::runtime::commits::Commits;
 use crate::runtime::engine::{lock, Engine};
+use crate::runtime::input_watch;
 use crate::runtime::instance::Instance;
 use crate::runtime::partitions::Partitions;
 use crate::runtime::rebalance::Callbacks;
@@ -49,7 +51,11 @@ pub fn run(config: Arc<Config>, view: Arc<View>, runtime: tokio::runtime::Handle
     metrics.register_workflow_types(config.workflows.iter().map(|w| w.workflow_type.as_str()));
     metrics.register_input_topics(config.kafka.input_topics.iter().map(|t| t.name.as_str()));
     let commits = Commits::new(Arc::clone(&config), metrics, transactional_id.clone(), runtime.clone())?;
-    let partitions = Partitions::new(Arc::clone(&config), Arc::clone(&view), layout.home_partitions)?;
+    let input_counts: Vec<usize> = layout.inputs.iter().map(|(_, n)| *n).collect();
+    let grown =
+        input_watch::spawn(Arc::clone(&config), Arc::clone(&view), input_counts.iter().copied().map(Some).collect())
+            .context("starting the thread that watches the input topics")?;
+    let partitions = Partitions::new(Arc::clone(&config), Arc::clone(&view), layout.home_partitions, input_counts)?;
     let engine = Arc::new(Mutex::new(Engine::new(Arc::clone(&view), partitions, commits)));
     let mut topics: Vec<String> = config.kafka.input_topics.iter().map(|t| t.name.clone()).collect();
     topics.push(config.kafka.repartition_topic());
@@ -57,8 +63,6 @@ pub fn run(config: Arc<Config>, view: Arc<View>, runtime: tokio::runtime::Handle
         engine: Arc::clone(&engine),
         view: Arc::clone(&view),
         repartition_topic: config.kafka.repartition_topic(),
-        home_partitions: layout.home_partitions,
-        inputs: layout.inputs.clone(),
         topics,
     };
     let consumer: BaseConsumer<Callbacks> = clients::consumer_config(&config.kafka)
@@ -75,7 +79,7 @@ pub fn run(config: Arc<Config>, view: Arc<View>, runtime: tokio::runtime::Handle
         transactional_id = if config.kafka.processing_guarantee == Guarantee::ExactlyOnce { transactional_id.as_str() } else { "" },
         "junction is running"
     );
-    let result = poll_loop(&config, &view, &engine, &consumer);
+    let result = poll_loop(&config, &view, &engine, &consumer, &grown);
 
     info!("shutting down: committing, closing stores, leaving the group");
     if result.is_ok() {
@@ -94,6 +98,7 @@ fn poll_loop(
     view: &View,
     engine: &Mutex<Engine>,
     consumer: &BaseConsumer<Callbacks>,
+    grown: &Receiver<input_watch::Counts>,
 ) -> anyhow::Result<()> {
     let interval = config.kafka.commit_interval;
     let mut next_commit = Instant::now() + interval;
@@ -112,6 +117,9 @@ fn poll_loop(
                 e.retry_parked(consumer);
             }
             e.partitions.retry_seeks(consumer);
+            if let Ok(counts) = grown.try_recv() {
+                e.grow_inputs(consumer, &counts);
+            }
             if e.partitions.is_restoring() {
                 let budget = if e.partitions.has_active() { RESTORE_SLICE } else { MAX_POLL_WAIT };
                 e.partitions.restore_step(consumer, budget);

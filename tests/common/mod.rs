@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -334,7 +334,22 @@ impl Broker {
         for r in results {
             r.unwrap_or_else(|(t, e)| panic!("cannot create topic {t}: {e}"));
         }
-        // Wait until the metadata shows every partition.
+        self.wait_for_partitions(name, partitions);
+    }
+
+    /// Grows a topic to `partitions`, as an operator scaling it out would.
+    pub fn add_partitions(&self, name: &str, partitions: i32) {
+        let admin: AdminClient<DefaultClientContext> = self.client_config().create().unwrap();
+        let grow = NewPartitions::new(name, partitions as usize);
+        let results = self.runtime.block_on(admin.create_partitions([&grow], &AdminOptions::new())).unwrap();
+        for r in results {
+            r.unwrap_or_else(|(t, e)| panic!("cannot add partitions to topic {t}: {e}"));
+        }
+        self.wait_for_partitions(name, partitions);
+    }
+
+    /// Waits until the metadata shows every partition of a topic.
+    fn wait_for_partitions(&self, name: &str, partitions: i32) {
         let deadline = Instant::now() + PATIENCE;
         let client: BaseConsumer = self.client_config().create().unwrap();
         loop {
