@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{by_workflow, event, Broker, Junction, RawRecord, Running, Setup};
+use common::{by_workflow, event, wait_until, Broker, Junction, RawRecord, Running, Setup};
 use serde_json::json;
 
 #[test]
@@ -49,7 +49,8 @@ fn the_join_completes_on_quorum_and_absorbs_duplicates_and_late_events() {
         assert_eq!(r.key.as_deref(), Some(r.json()["workflow_id"].as_str().unwrap().as_bytes()));
     }
 
-    // The open workflow's join state is visible over HTTP.
+    // The open workflow's join state is visible over HTTP, as of the last finished commit.
+    wait_until("order-2's committed state", || junction.get("/workflows/order-2").is_some_and(|(s, _)| s == 200));
     let (status, body) = junction.get("/workflows/order-2").unwrap();
     assert_eq!(status, 200, "{body}");
     let state: serde_json::Value = serde_json::from_str(&body).unwrap();

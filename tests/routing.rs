@@ -76,6 +76,10 @@ fn three_producers(broker: Broker, guarantee: &'static str) {
             .count();
         assert_eq!(murmur2_forwarded, 0, "a murmur2 producer keyed by workflow ID puts every record on its home");
     }
+    // As of the last finished commit, which can follow an at_least_once outcome.
+    wait_until("mixed-7's committed state", || {
+        http_get(junction.http_port, "/workflows/mixed-7").is_some_and(|(s, _)| s == 200)
+    });
     let (status, body) = http_get(junction.http_port, "/workflows/mixed-7").unwrap();
     assert_eq!(status, 200, "{body}");
     let state: Value = serde_json::from_str(&body).unwrap();

@@ -37,6 +37,9 @@ fn junction_works_over_tls_with_scram_and_never_shows_the_password() {
         assert_eq!(outcomes[0]["outcome"], "completed", "{id}: {outcomes:?}");
     }
 
+    // The lookup shows the state as of the last finished commit, which can
+    // follow an at_least_once outcome by up to a commit interval.
+    wait_until("the workflow's committed state", || junction.get("/workflows/secure-1").is_some_and(|(s, _)| s == 200));
     let mut seen = String::new();
     for path in ["/metrics", "/healthz", "/readyz", "/workflows/secure-1"] {
         let (status, body) = junction.get(path).expect("the HTTP endpoint answers");
