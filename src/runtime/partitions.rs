@@ -164,13 +164,25 @@ impl Partitions {
     pub fn inputs_of(&self, homes: &[i32]) -> Vec<(String, i32)> {
         let mut inputs = Vec::new();
         for (topic, &count) in self.input_topics.iter().zip(&self.input_counts) {
-            for &home in homes {
-                inputs.extend(
-                    route::input_partitions_of(home, self.home_partitions, count).map(|p| (topic.to_string(), p)),
-                );
-            }
+            inputs.extend(self.partitions_of_homes(topic, count, 0, homes.iter().copied()));
         }
         inputs
+    }
+
+    /// The partitions of `topic` (with `count` partitions), from `first` on, that go with `homes`.
+    fn partitions_of_homes<'a>(
+        &self,
+        topic: &'a str,
+        count: usize,
+        first: usize,
+        homes: impl Iterator<Item = i32> + 'a,
+    ) -> impl Iterator<Item = (String, i32)> + 'a {
+        let n = self.home_partitions;
+        homes.flat_map(move |home| {
+            route::input_partitions_of(home, n, count)
+                .filter(move |&p| p as usize >= first)
+                .map(move |p| (topic.to_string(), p))
+        })
     }
 
     /// Takes in the input topics' partition counts as they are now, and
@@ -178,7 +190,7 @@ impl Partitions {
     /// held here, which this instance must now read. (A topic never loses
     /// partitions; a smaller count is ignored.)
     pub fn grow_inputs(&mut self, counts: &[Option<usize>]) -> Vec<(String, i32)> {
-        let homes: BTreeSet<i32> = self.slots.keys().chain(self.parked.keys()).copied().collect();
+        let homes = self.assigned_homes();
         let mut new = Vec::new();
         for (index, count) in counts.iter().enumerate().take(self.input_topics.len()) {
             let (known, Some(count)) = (self.input_counts[index], *count) else { continue };
@@ -188,12 +200,14 @@ impl Partitions {
             self.input_counts[index] = count;
             let topic = &self.input_topics[index];
             info!(topic = &**topic, from = known, to = count, "an input topic gained partitions");
-            for &home in &homes {
-                let of_home = route::input_partitions_of(home, self.home_partitions, count);
-                new.extend(of_home.filter(|&p| p as usize >= known).map(|p| (topic.to_string(), p)));
-            }
+            new.extend(self.partitions_of_homes(topic, count, known, homes.iter().copied()));
         }
         new
+    }
+
+    /// The home partitions assigned here: active, restoring or stopped.
+    fn assigned_homes(&self) -> BTreeSet<i32> {
+        self.slots.keys().chain(self.parked.keys()).copied().collect()
     }
 
     /// Starts reading input partitions, each from its committed offset.
@@ -664,9 +678,7 @@ impl Partitions {
         self.view.metrics.set_partitions(self.slots.len() - restoring.len(), restoring.len(), self.parked.len());
         self.view.update_health(|h| {
             h.in_group = in_group;
-            h.assigned = self.slots.keys().copied().collect();
-            h.assigned.extend(self.parked.keys());
-            h.assigned.sort_unstable();
+            h.assigned = self.assigned_homes().into_iter().collect();
             h.restoring = restoring;
             h.stopped = self.parked.iter().map(|(p, parked)| (*p, parked.error.clone())).collect();
         });
