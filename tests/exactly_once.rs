@@ -13,7 +13,7 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
@@ -317,4 +317,112 @@ fn a_thawed_instance_does_not_fire_the_deadlines_its_successor_fired() {
     assert_eq!(by_workflow(&records).len(), ids.len());
     assert_no_panic(&a, "a");
     assert_no_panic(&b, "b");
+}
+
+/// An instance paused in the middle of a transaction may have sent its
+/// input offsets to it before its changelog records reached the broker.
+/// The instance that takes its partitions over must wait for that
+/// transaction before it counts its store as up to date: otherwise, once
+/// the transaction commits, it reads on from offsets past records whose
+/// state its store lacks, and their workflows never decide. The paused
+/// instance is staged by a member of the group that the test runs itself:
+/// its transaction commits the input offsets past a workflow's three steps
+/// at once, and that workflow's state and outcome (as a junction of its
+/// own wrote them) only once its successor holds the partition.
+#[test]
+fn a_successor_waits_for_its_predecessors_open_transaction_before_it_trusts_its_store() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use rdkafka::{Offset, TopicPartitionList};
+    const TIMEOUT: Duration = Duration::from_secs(30);
+
+    let broker = Broker::kafka();
+    let steps: Vec<Value> = ["payment", "inventory", "fraud_check"]
+        .iter()
+        .map(|s| event("paused-1", "order", s, "succeeded", None))
+        .collect();
+    // The workflow's decided state and its outcome, as junction writes them.
+    let twin = exactly_once(&broker, 1);
+    let work = tempfile::tempdir().unwrap();
+    let mut t = Junction::start(&twin, work.path(), "twin");
+    t.wait_ready();
+    broker.produce_events(&twin.input, &steps);
+    let outcome = broker.reader(&twin.output).read_until("the twin's outcome", |r| !r.is_empty())[0].clone();
+    assert!(t.terminate());
+    let state = read_to_end(&broker, &format!("{}-state-changelog", twin.app), "read_committed").pop().unwrap();
+
+    let setup = exactly_once(&broker, 1);
+    let repartition = format!("{}-repartition", setup.app);
+    let mut j = Junction::start(&setup, work.path(), "j");
+    j.wait_ready();
+    assert!(j.terminate());
+    broker.produce_events(&setup.input, &steps);
+
+    // The predecessor: a member of the group whose open transaction holds
+    // the input offset past the three steps. It then leaves the group.
+    let member: BaseConsumer = broker
+        .client_config()
+        .set("group.id", &setup.app)
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("session.timeout.ms", "6000")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    member.subscribe(&[&repartition]).unwrap();
+    wait_until("the predecessor to hold the partition", || {
+        member.poll(Duration::from_millis(100));
+        member.assignment().unwrap().count() == 1
+    });
+    let producer: BaseProducer = broker
+        .client_config()
+        .set("transactional.id", unique("predecessor"))
+        .set("transaction.timeout.ms", "60000")
+        .create()
+        .unwrap();
+    producer.init_transactions(TIMEOUT).unwrap();
+    producer.begin_transaction().unwrap();
+    let mut offsets = TopicPartitionList::new();
+    offsets.add_partition_offset(&setup.input, 0, Offset::Offset(steps.len() as i64)).unwrap();
+    offsets.add_partition_offset(&repartition, 0, Offset::Offset(0)).unwrap();
+    producer.send_offsets_to_transaction(&offsets, &member.group_metadata().unwrap(), TIMEOUT).unwrap();
+    drop(member);
+
+    // The successor takes the partition while the transaction is open. (A
+    // successor that does not wait for it holds it, restored, within seconds.)
+    j.start_again();
+    let until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < until && !(j.assigned() == [0] && j.restoring().is_empty()) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let changelog = format!("{}-state-changelog", setup.app);
+    let key = state.key.clone().unwrap();
+    producer
+        .send(BaseRecord::<[u8], [u8]>::to(&changelog).partition(0).key(&key).payload(state.value.as_deref().unwrap()))
+        .unwrap();
+    let headers = outcome
+        .headers
+        .iter()
+        .fold(OwnedHeaders::new(), |h, (k, v)| h.insert(Header { key: k, value: Some(v.as_bytes()) }));
+    let outcome_key = outcome.key.clone().unwrap();
+    producer
+        .send(
+            BaseRecord::<[u8], [u8]>::to(&setup.output)
+                .key(&outcome_key)
+                .payload(outcome.value.as_deref().unwrap())
+                .headers(headers),
+        )
+        .unwrap();
+    producer.commit_transaction(TIMEOUT).unwrap();
+
+    wait_until("the successor to hold the workflow decided by its predecessor", || {
+        j.get("/workflows/paused-1")
+            .is_some_and(|(status, body)| status == 200 && body.contains("\"outcome\":\"completed\""))
+    });
+    j.wait_ready();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(j.terminate());
+    assert_no_panic(&j, "j");
+    let outcomes = read_to_end(&broker, &setup.output, "read_committed");
+    assert_eq!(outcomes.len(), 1, "the predecessor's outcome alone: {outcomes:?}");
 }

@@ -30,6 +30,7 @@ use tracing::{error, info, info_span, warn};
 
 use crate::config::{Config, Guarantee};
 use crate::input::event;
+use crate::kafka::clients;
 use crate::ops::view::View;
 use crate::route;
 use crate::runtime::source::Source;
@@ -293,6 +294,16 @@ impl Partitions {
         reopen: Option<&Parked>,
     ) -> anyhow::Result<()> {
         let from = reopen.and_then(|p| p.from);
+        // The store counts as up to date only once no transaction of the
+        // partition's previous owner is still open (see `await_stable_offsets`).
+        let mut offsets = vec![(self.repartition_topic.to_string(), partition)];
+        offsets.extend(self.inputs_of(&[partition]));
+        clients::await_stable_offsets(&self.config.kafka, consumer, &offsets).map_err(|e| {
+            anyhow!(e).context(format!(
+                "partition {partition}: its committed offsets are still held by an open transaction (its previous \
+                 owner's), or the group coordinator cannot be reached"
+            ))
+        })?;
         let dir = self.config.state.dir.join(&self.config.kafka.application_id).join(partition.to_string());
         let (store, open) = match self.restorer.open(partition, &dir) {
             Ok(opened) => opened,
