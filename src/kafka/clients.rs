@@ -2,7 +2,7 @@
 //! the producer, and the settings junction manages on them. Everything that
 //! knows librdkafka property names lives here.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
@@ -93,45 +93,16 @@ pub fn committed_offset<C: ConsumerContext>(
     Ok(if from_end { high } else { low })
 }
 
-/// How much longer than `transaction.timeout.ms` a transaction may stay
-/// open: the broker aborts the transactions past their timeout in a sweep,
-/// every 10 s by default (`transaction.abort.timed.out.transaction.cleanup.interval.ms`).
-const TRANSACTION_SWEEP: Duration = Duration::from_secs(20);
-/// The pause before asking again for offsets that a transaction still holds.
-const STABLE_RETRY: Duration = Duration::from_millis(100);
-
-/// Waits until no transaction holds offsets of `partitions` for the group:
-/// until the transaction of the instance that held them before, which may
-/// have been paused in the middle of one, has committed or been aborted.
-/// The group coordinator then answers (librdkafka asks with
-/// `require_stable` under `read_committed`). Only after that does the
-/// changelog hold everything the committed offsets stand for: such a
-/// transaction can have sent its offsets before its changelog records.
-/// It waits at most the transaction timeout and the broker's sweep.
-pub fn await_stable_offsets<C: ConsumerContext>(
-    config: &KafkaConfig,
-    consumer: &BaseConsumer<C>,
-    partitions: &[(String, i32)],
-) -> Result<(), KafkaError> {
-    let mut tpl = TopicPartitionList::new();
-    for (topic, partition) in partitions {
-        tpl.add_partition(topic, *partition);
-    }
-    let deadline = Instant::now() + transaction_timeout(config) + TRANSACTION_SWEEP;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let error = match consumer.committed_offsets(tpl.clone(), left.max(STABLE_RETRY)) {
-            Ok(committed) => match committed.elements().iter().find_map(|e| e.error().err()) {
-                None => return Ok(()),
-                Some(e) => e,
-            },
-            Err(e) => e,
-        };
-        if Instant::now() + STABLE_RETRY >= deadline {
-            return Err(error);
-        }
-        std::thread::sleep(STABLE_RETRY);
-    }
+/// A client that asks the group coordinator for the group's committed
+/// offsets, as the input consumer would, without being a member: for
+/// [`crate::kafka::stable_offsets`].
+pub fn offsets_client_config(config: &KafkaConfig) -> ClientConfig {
+    let mut c = base(config);
+    c.set("group.id", &config.application_id)
+        .set("enable.auto.commit", "false")
+        // Asks with `require_stable`: offsets that an open transaction holds are waited for.
+        .set("isolation.level", "read_committed");
+    c
 }
 
 /// A client that reads the changelog's high watermarks, which count the

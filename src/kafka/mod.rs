@@ -1,13 +1,15 @@
 //! The Kafka adapters, apart from what they carry: client configurations
 //! ([`clients`]), topic preparation ([`topics`]), the producer and its
 //! records ([`producer`]), delivery tracking ([`delivery`]) and the purge of
-//! the repartition topic ([`purge`]). Nothing here
+//! the repartition topic ([`purge`]), and the wait for a previous owner's
+//! transaction ([`stable_offsets`]). Nothing here
 //! decides what to commit or when.
 
 pub mod clients;
 pub mod delivery;
 pub mod producer;
 pub mod purge;
+pub mod stable_offsets;
 pub mod topics;
 
 pub use clients::{consumer_config, producer_config};

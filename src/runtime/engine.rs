@@ -55,6 +55,13 @@ impl Engine {
         }
     }
 
+    /// Opens the stores of the partitions whose offsets no transaction holds any more.
+    pub fn take_stable<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
+        if let Err(e) = self.partitions.take_stable(consumer) {
+            self.fail(e);
+        }
+    }
+
     /// Reads the new partitions of input topics that grew (`counts`: each
     /// one's partition count now) that go with the home partitions held here.
     pub fn grow_inputs<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, counts: &[Option<usize>]) {

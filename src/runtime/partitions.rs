@@ -30,7 +30,7 @@ use tracing::{error, info, info_span, warn};
 
 use crate::config::{Config, Guarantee};
 use crate::input::event;
-use crate::kafka::clients;
+use crate::kafka::stable_offsets::StableOffsets;
 use crate::ops::view::View;
 use crate::route;
 use crate::runtime::source::Source;
@@ -69,6 +69,18 @@ struct Parked {
     retry_at: Instant,
 }
 
+/// A partition assigned, waiting until no transaction holds its offsets
+/// before its store is opened ([`crate::kafka::stable_offsets`]). It is
+/// paused, and counts as restoring.
+struct Awaiting {
+    /// The request whose answer it waits for.
+    ticket: u64,
+    /// Where its input resumes (as [`Parked::from`]).
+    from: Option<i64>,
+    /// Opened again after it stopped.
+    reopened: bool,
+}
+
 pub struct Partitions {
     config: Arc<Config>,
     view: Arc<View>,
@@ -105,6 +117,9 @@ pub struct Partitions {
     stopped_homes: BTreeSet<i32>,
     /// The partitions whose seek failed, and where they must be read from.
     unsought: Vec<(Arc<str>, i32, i64)>,
+    awaiting: BTreeMap<i32, Awaiting>,
+    stable: StableOffsets,
+    tickets: u64,
 }
 
 impl Partitions {
@@ -114,8 +129,10 @@ impl Partitions {
         view: Arc<View>,
         home_partitions: usize,
         input_counts: Vec<usize>,
-    ) -> Result<Partitions, RestoreError> {
+    ) -> anyhow::Result<Partitions> {
         let timers = stored_timer(Arc::clone(&config));
+        let stable = StableOffsets::new(&config.kafka)
+            .map_err(|e| anyhow!(e).context("creating the client that checks the group's offsets"))?;
         let restorer = Restorer::new(&config.kafka, &config.state, Arc::clone(&view.metrics), timers)?;
         let joins_directly = config.kafka.processing_guarantee == Guarantee::ExactlyOnce;
         Ok(Partitions {
@@ -133,6 +150,9 @@ impl Partitions {
             joins_directly,
             stopped_homes: BTreeSet::new(),
             unsought: Vec::new(),
+            awaiting: BTreeMap::new(),
+            stable,
+            tickets: 0,
         })
     }
 
@@ -206,9 +226,10 @@ impl Partitions {
         new
     }
 
-    /// The home partitions assigned here: active, restoring or stopped.
+    /// The home partitions assigned here: active, restoring, stopped, or
+    /// waiting for their offsets.
     fn assigned_homes(&self) -> BTreeSet<i32> {
-        self.slots.keys().chain(self.parked.keys()).copied().collect()
+        self.slots.keys().chain(self.parked.keys()).chain(self.awaiting.keys()).copied().collect()
     }
 
     /// Starts reading input partitions, each from its committed offset.
@@ -263,7 +284,7 @@ impl Partitions {
     }
 
     pub fn held(&self) -> Vec<i32> {
-        self.slots.keys().copied().collect()
+        self.assigned_homes().into_iter().collect()
     }
 
     pub fn has_active(&self) -> bool {
@@ -278,32 +299,66 @@ impl Partitions {
         !self.parked.is_empty()
     }
 
-    /// Opens a partition's store and makes its task: active at once when
-    /// the store is up to date, restoring otherwise (paused meanwhile). A
-    /// stopped partition opened again (`reopen`) processes from where it
-    /// stopped, once its store has proved it can write. A store that fails
-    /// stops the partition; an error only for what stops the whole processor.
+    /// Takes a partition assigned: paused, it waits until no transaction
+    /// holds its offsets ([`Partitions::take_stable`] then opens its store).
     pub fn open<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, partition: i32) -> anyhow::Result<()> {
-        self.open_as(consumer, partition, None)
+        self.await_offsets(consumer, partition, None, false)
     }
 
-    fn open_as<C: ConsumerContext>(
+    fn await_offsets<C: ConsumerContext>(
         &mut self,
         consumer: &BaseConsumer<C>,
         partition: i32,
-        reopen: Option<&Parked>,
+        from: Option<i64>,
+        reopened: bool,
     ) -> anyhow::Result<()> {
-        let from = reopen.and_then(|p| p.from);
-        // The store counts as up to date only once no transaction of the
-        // partition's previous owner is still open (see `await_stable_offsets`).
+        self.pause(consumer, partition, true);
         let mut offsets = vec![(self.repartition_topic.to_string(), partition)];
         offsets.extend(self.inputs_of(&[partition]));
-        clients::await_stable_offsets(&self.config.kafka, consumer, &offsets).map_err(|e| {
-            anyhow!(e).context(format!(
-                "partition {partition}: its committed offsets are still held by an open transaction (its previous \
-                 owner's), or the group coordinator cannot be reached"
-            ))
-        })?;
+        self.tickets += 1;
+        let ticket = self.tickets;
+        self.stable
+            .ask(partition, ticket, &offsets)
+            .map_err(|e| anyhow!(e).context("starting a thread that checks the group's offsets"))?;
+        self.awaiting.insert(partition, Awaiting { ticket, from, reopened });
+        Ok(())
+    }
+
+    /// Opens the stores of the partitions whose offsets no transaction
+    /// holds any more. An error: the group coordinator could not say (it
+    /// stops the whole processor, as an error opening a store does).
+    pub fn take_stable<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> anyhow::Result<()> {
+        for answer in self.stable.answered() {
+            let home = answer.home;
+            if self.awaiting.get(&home).is_none_or(|a| a.ticket != answer.ticket) {
+                continue; // revoked since
+            }
+            let awaiting = self.awaiting.remove(&home).expect("awaiting");
+            answer.result.map_err(|e| {
+                anyhow!(e).context(format!(
+                    "partition {home}: its committed offsets are still held by an open transaction (its previous \
+                     owner's), or the group coordinator cannot be reached"
+                ))
+            })?;
+            self.open_store(consumer, home, awaiting.from, awaiting.reopened)?;
+            self.publish_health(true);
+        }
+        Ok(())
+    }
+
+    /// Opens a partition's store and makes its task: active at once when
+    /// the store is up to date, restoring otherwise (paused meanwhile). A
+    /// stopped partition opened again (`reopened`) processes from where it
+    /// stopped (`from`), once its store has proved it can write. A store
+    /// that fails stops the partition; an error only for what stops the
+    /// whole processor.
+    fn open_store<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        partition: i32,
+        from: Option<i64>,
+        reopened: bool,
+    ) -> anyhow::Result<()> {
         let dir = self.config.state.dir.join(&self.config.kafka.application_id).join(partition.to_string());
         let (store, open) = match self.restorer.open(partition, &dir) {
             Ok(opened) => opened,
@@ -318,13 +373,12 @@ impl Partitions {
         if let Some(open) = open {
             task.set_open(open);
         }
-        let reopened = reopen.is_some();
         self.slots.insert(partition, Slot { task, phase, resume_from: from, replay_from: from, reopened });
         match phase {
             Phase::Restoring => self.pause(consumer, partition, true),
-            // Paused since it stopped: resumes once its store proves it can write.
-            Phase::Active if reopened => self.activate(consumer, partition),
-            Phase::Active => self.view.show_store(partition, store),
+            // Paused while it waited for its offsets (and, opened again, since
+            // it stopped: it resumes once its store proves it can write).
+            Phase::Active => self.activate(consumer, partition),
         }
         Ok(())
     }
@@ -378,7 +432,7 @@ impl Partitions {
         for partition in due {
             let parked = self.parked.remove(&partition).expect("parked");
             info!(partition, "opening a stopped partition's state store again");
-            self.open_as(consumer, partition, Some(&parked))?;
+            self.await_offsets(consumer, partition, parked.from, true)?;
             self.publish_health(true);
         }
         Ok(())
@@ -390,6 +444,7 @@ impl Partitions {
             let repartition = Arc::clone(&self.repartition_topic);
             self.forget_seek(&repartition, partition);
             self.parked.remove(&partition);
+            self.awaiting.remove(&partition);
             self.stops.remove(&partition);
             self.restorer.cancel(partition);
             self.view.metrics.forget_partition(partition);
@@ -574,6 +629,8 @@ impl Partitions {
             // Fetched before a stopped partition's pause took hold: processed when it resumes, from here.
             if let Some(parked) = self.parked.get_mut(&partition) {
                 parked.from.get_or_insert(m.offset());
+            } else if let Some(awaiting) = self.awaiting.get_mut(&partition) {
+                awaiting.from.get_or_insert(m.offset());
             }
             return;
         };
@@ -684,13 +741,19 @@ impl Partitions {
 
     /// Shows what this instance holds on `/readyz` and in the metrics.
     pub fn publish_health(&self, in_group: bool) {
-        let restoring: Vec<i32> =
-            self.slots.iter().filter(|(_, s)| s.phase == Phase::Restoring).map(|(p, _)| *p).collect();
-        self.view.metrics.set_partitions(self.slots.len() - restoring.len(), restoring.len(), self.parked.len());
+        let restoring: BTreeSet<i32> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.phase == Phase::Restoring)
+            .map(|(p, _)| *p)
+            .chain(self.awaiting.keys().copied())
+            .collect();
+        let active = self.slots.values().filter(|s| s.phase == Phase::Active).count();
+        self.view.metrics.set_partitions(active, restoring.len(), self.parked.len());
         self.view.update_health(|h| {
             h.in_group = in_group;
             h.assigned = self.assigned_homes().into_iter().collect();
-            h.restoring = restoring;
+            h.restoring = restoring.into_iter().collect();
             h.stopped = self.parked.iter().map(|(p, parked)| (*p, parked.error.clone())).collect();
         });
     }

@@ -116,6 +116,7 @@ fn poll_loop(
             if e.partitions.has_parked() {
                 e.retry_parked(consumer);
             }
+            e.take_stable(consumer);
             e.partitions.retry_seeks(consumer);
             if let Ok(counts) = grown.try_recv() {
                 e.grow_inputs(consumer, &counts);
