@@ -203,7 +203,7 @@ fn object_fields<'a>(config: &Config, value: Option<&'a [u8]>) -> Result<scan::F
 fn workflow_id<'a>(names: &Names<'_>, raw: Option<&'a str>) -> Result<Cow<'a, str>, BadInput> {
     let workflow_id = match raw {
         Some(r) if names.is_mapped() && r.starts_with(|c: char| c == '-' || c.is_ascii_digit()) => Cow::Borrowed(r),
-        _ => required_text(raw, &names.of("workflow_id"))?,
+        _ => required_text(raw, names, "workflow_id")?,
     };
     if workflow_id.is_empty() {
         return Err(BadInput::new(Reason::InvalidField, format!("{} must not be empty", names.of("workflow_id"))));
@@ -219,7 +219,7 @@ fn workflow_id<'a>(names: &Names<'_>, raw: Option<&'a str>) -> Result<Cow<'a, st
 
 /// The index of the event's workflow type; it may be left out when only one is configured.
 fn workflow_type(config: &Config, names: &Names<'_>, raw: Option<&str>) -> Result<usize, BadInput> {
-    match optional_text(raw, &names.of("workflow_type"))? {
+    match optional_text(raw, names, "workflow_type")? {
         Some(t) => fixed_workflow_type(config, &t),
         None if config.workflows.len() == 1 => Ok(0),
         None => Err(BadInput::new(
@@ -238,7 +238,7 @@ fn fixed_workflow_type(config: &Config, name: &str) -> Result<usize, BadInput> {
 }
 
 fn step(spec: &WorkflowSpec, names: &Names<'_>, raw: Option<&str>) -> Result<usize, BadInput> {
-    step_index(spec, &required_text(raw, &names.of("step"))?)
+    step_index(spec, &required_text(raw, names, "step")?)
 }
 
 fn step_index(spec: &WorkflowSpec, step_name: &str) -> Result<usize, BadInput> {
@@ -255,7 +255,7 @@ fn status(names: &Names<'_>, raw: Option<&str>) -> Result<Status, BadInput> {
     let text = match (raw, values) {
         // A topic's own values may be numbers or booleans too: matched by their JSON text.
         (Some(r), Some(_)) if !r.starts_with('"') && r != "null" => Some(Cow::Borrowed(r)),
-        _ => optional_text(raw, &names.of("status"))?,
+        _ => optional_text(raw, names, "status")?,
     };
     let Some(s) = text else { return Ok(Status::Succeeded) };
     let status = match values {
@@ -281,7 +281,7 @@ fn event_id<'a>(names: &Names<'_>, raw: Option<&'a str>) -> Result<Option<Cow<'a
         Some(r) if names.is_mapped() && r.starts_with(|c: char| c == '-' || c.is_ascii_digit()) => {
             Some(Cow::Borrowed(r))
         }
-        _ => optional_text(raw, &names.of("event_id"))?,
+        _ => optional_text(raw, names, "event_id")?,
     };
     if let Some(id) = event_id.as_ref().filter(|id| id.len() > MAX_EVENT_ID_BYTES) {
         return Err(BadInput::new(
@@ -306,7 +306,7 @@ fn occurred_at(names: &Names<'_>, raw: Option<&str>, record_timestamp_ms: i64) -
             )
         });
     }
-    match optional_text(raw, &names.of("occurred_at"))? {
+    match optional_text(raw, names, "occurred_at")? {
         None => Ok(record_timestamp_ms),
         Some(t) => parse_time(&t).ok_or_else(|| {
             BadInput::new(
@@ -356,8 +356,9 @@ fn serde_fields(value: &[u8]) -> Result<scan::Fields<'_>, BadInput> {
     })
 }
 
-/// A field's text, from its raw JSON.
-fn optional_text<'a>(raw: Option<&'a str>, field: &str) -> Result<Option<Cow<'a, str>>, BadInput> {
+/// A field's text, from its raw JSON. (`names` names the field in an
+/// error only: nothing is formatted for a good record.)
+fn optional_text<'a>(raw: Option<&'a str>, names: &Names<'_>, field: &str) -> Result<Option<Cow<'a, str>>, BadInput> {
     match raw {
         None => Ok(None),
         // A string without escapes is its text between the quotes (the raw value is already valid JSON).
@@ -366,12 +367,13 @@ fn optional_text<'a>(raw: Option<&'a str>, field: &str) -> Result<Option<Cow<'a,
         }
         Some(r) => serde_json::from_str::<Text<'a>>(r)
             .map(|t| Some(t.0))
-            .map_err(|_| BadInput::new(Reason::InvalidField, format!("{field} must be a string, got {r}"))),
+            .map_err(|_| BadInput::new(Reason::InvalidField, format!("{} must be a string, got {r}", names.of(field)))),
     }
 }
 
-fn required_text<'a>(raw: Option<&'a str>, field: &str) -> Result<Cow<'a, str>, BadInput> {
-    optional_text(raw, field)?.ok_or_else(|| BadInput::new(Reason::MissingField, format!("{field} is required")))
+fn required_text<'a>(raw: Option<&'a str>, names: &Names<'_>, field: &str) -> Result<Cow<'a, str>, BadInput> {
+    optional_text(raw, names, field)?
+        .ok_or_else(|| BadInput::new(Reason::MissingField, format!("{} is required", names.of(field))))
 }
 
 #[cfg(test)]
