@@ -328,6 +328,7 @@ impl Partitions {
     /// holds any more. An error: the group coordinator could not say (it
     /// stops the whole processor, as an error opening a store does).
     pub fn take_stable<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> anyhow::Result<()> {
+        let mut opened = false;
         for answer in self.stable.answered() {
             let home = answer.home;
             if self.awaiting.get(&home).is_none_or(|a| a.ticket != answer.ticket) {
@@ -341,6 +342,9 @@ impl Partitions {
                 ))
             })?;
             self.open_store(consumer, home, awaiting.from, awaiting.reopened)?;
+            opened = true;
+        }
+        if opened {
             self.publish_health(true);
         }
         Ok(())
@@ -752,7 +756,7 @@ impl Partitions {
         self.view.metrics.set_partitions(active, restoring.len(), self.parked.len());
         self.view.update_health(|h| {
             h.in_group = in_group;
-            h.assigned = self.assigned_homes().into_iter().collect();
+            h.assigned = self.held();
             h.restoring = restoring.into_iter().collect();
             h.stopped = self.parked.iter().map(|(p, parked)| (*p, parked.error.clone())).collect();
         });
