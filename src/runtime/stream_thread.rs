@@ -36,6 +36,8 @@ const COMMIT_CHECK: Duration = Duration::from_millis(1);
 /// The pauses between attempts to reach the cluster at start-up: doubling up to the maximum.
 const STARTUP_RETRY_FIRST: Duration = Duration::from_millis(500);
 const STARTUP_RETRY_MAX: Duration = Duration::from_secs(10);
+/// The longest the consumer waits for an input topic's partitions at start-up.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often `junction_state_bytes` is refreshed.
 const STATE_SIZE_REPORT: Duration = Duration::from_secs(5);
 
@@ -68,6 +70,7 @@ pub fn run(config: Arc<Config>, view: Arc<View>, runtime: tokio::runtime::Handle
     let consumer: BaseConsumer<Callbacks> = clients::consumer_config(&config.kafka)
         .create_with_context(callbacks)
         .context("creating the input consumer")?;
+    learn_input_topics(&config, &consumer);
     // The group balances the home partitions; each instance reads the input
     // partitions of those it holds (see `runtime::rebalance`).
     consumer.subscribe(&[&config.kafka.repartition_topic()]).context("subscribing to the repartition topic")?;
@@ -90,6 +93,21 @@ pub fn run(config: Arc<Config>, view: Arc<View>, runtime: tokio::runtime::Handle
     let mut e = lock(&engine);
     e.partitions.close_all();
     result.and(e.take_failure().map_or(Ok(()), Err))
+}
+
+/// Makes the consumer look up the input topics' partitions and leaders
+/// now. It subscribes to the repartition topic alone, and librdkafka looks
+/// up a topic it does not know at its next scan for unknown topics, once a
+/// second: the input partitions of the first assignment would otherwise
+/// wait up to a second more for their leaders before their first fetch
+/// (measured: 0.4 to 1.2 s from `/readyz` to the first record). A failure
+/// only costs that wait.
+fn learn_input_topics(config: &Config, consumer: &BaseConsumer<Callbacks>) {
+    for topic in &config.kafka.input_topics {
+        if let Err(e) = consumer.fetch_metadata(Some(&topic.name), METADATA_TIMEOUT) {
+            warn!(topic = %topic.name, error = %e, "cannot look up an input topic's partitions yet");
+        }
+    }
 }
 
 /// The loop itself, until shutdown or an error.
