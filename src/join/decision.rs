@@ -137,9 +137,11 @@ fn quorum_decision(
     now_ms: i64,
 ) -> Option<OutcomeRecord> {
     let n = spec.steps.len();
-    let outcome = if state.count(Status::Succeeded) >= spec.quorum {
+    // Event time: only the reports that occurred by the deadline decide.
+    let until = state.deadline_ms(Some(spec));
+    let outcome = if state.count(Status::Succeeded, until) >= spec.quorum {
         Some(Outcome::Completed)
-    } else if state.count(Status::Failed) > n - spec.quorum {
+    } else if state.count(Status::Failed, until) > n - spec.quorum {
         Some(Outcome::Failed)
     } else {
         None
@@ -394,6 +396,22 @@ mod tests {
         assert_eq!(out[0].compensate, ["payment"]);
         assert_eq!(state.timer_ms(Some(&s), 50_000), Some(51_100));
         assert_eq!(on_timer(Some(&s), &mut state, "w", 51_100, 50_000), TimerResult::Purge);
+    }
+
+    #[test]
+    fn a_report_that_occurred_after_the_deadline_does_not_count_toward_the_quorum() {
+        let s = spec(Some(2), Some(1_000));
+        // Read while the clock is still before the deadline, but it occurred after it.
+        let (mut state, out) = run(&s, &[ev(0, Succeeded, None, 100), ev(1, Succeeded, None, 1_200)], 500);
+        assert!(out.is_empty(), "{out:?}");
+        let TimerResult::Decided(out) = on_timer(Some(&s), &mut state, "w", 1_100, 50_000) else {
+            panic!("deadline not fired")
+        };
+        assert_eq!(out[0].outcome, Outcome::TimedOut);
+        assert_eq!(out[0].compensate, ["payment", "inventory"], "a late success still needs compensating");
+        // One that occurred in time counts, however late the clock reads it.
+        let (_, out) = run(&s, &[ev(0, Succeeded, None, 100), ev(1, Succeeded, None, 1_100)], 500);
+        assert_eq!(out.iter().map(|o| o.outcome).collect::<Vec<_>>(), [Outcome::Completed]);
     }
 
     #[test]

@@ -106,8 +106,13 @@ impl WorkflowState {
             .collect()
     }
 
-    pub(super) fn count(&self, status: Status) -> usize {
-        self.steps.iter().filter(|s| s.work == Some(status)).count()
+    /// The steps whose work report is `status` and occurred by `until` (all
+    /// of them without a deadline): a report that occurred after the
+    /// deadline came too late to count toward a decision, however early it
+    /// is read.
+    pub(super) fn count(&self, status: Status, until: Option<i64>) -> usize {
+        let in_time = |s: &&StepState| until.is_none_or(|d| s.occurred_at_ms <= d);
+        self.steps.iter().filter(|s| s.work == Some(status)).filter(in_time).count()
     }
 }
 
