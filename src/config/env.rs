@@ -27,6 +27,7 @@ const OVERRIDABLE: &[&str] = &[
     "state.memory_bytes",
     "state.write_buffer_bytes",
     "state.default_deadline",
+    "state.grace",
     "state.max_payload_bytes",
     "http.listen",
 ];

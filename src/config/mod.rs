@@ -175,6 +175,9 @@ pub struct StateConfig {
     pub write_buffer_bytes: u64,
     /// The deadline of a workflow type that sets none, so that no workflow waits forever.
     pub default_deadline: Duration,
+    /// How far a home partition's clock stays behind the latest time it
+    /// knows (see [`crate::runtime::task`]): the lateness a record may have.
+    pub grace: Duration,
     /// The largest step payload kept in state (and repeated in the outcome).
     pub max_payload_bytes: usize,
 }

@@ -222,7 +222,15 @@ impl Reader {
         self.unknown_keys(
             "state",
             state,
-            &["dir", "retention", "memory_bytes", "write_buffer_bytes", "default_deadline", "max_payload_bytes"],
+            &[
+                "dir",
+                "retention",
+                "memory_bytes",
+                "write_buffer_bytes",
+                "default_deadline",
+                "grace",
+                "max_payload_bytes",
+            ],
         );
         let state_dir = PathBuf::from(self.string(state, "state.dir", Some("./data")));
         let memory_bytes = self.integer(state, "state.memory_bytes", DEFAULT_MEMORY_BYTES);
@@ -250,6 +258,7 @@ impl Reader {
             memory_bytes,
             write_buffer_bytes,
             default_deadline,
+            grace: self.duration(state, "state.grace", "1s"),
             max_payload_bytes,
         }
     }

@@ -29,12 +29,12 @@ const TRANSACTION_SWEEP: Duration = Duration::from_secs(20);
 /// The pause before asking again after an error.
 const RETRY: Duration = Duration::from_millis(100);
 
-/// The answer for one home partition: `Ok` once its offsets are stable.
+/// The answer for one home partition: its committed offsets, once they are stable.
 pub struct Stable {
     pub home: i32,
     /// The request answered: a partition revoked and assigned again asks anew.
     pub ticket: u64,
-    pub result: Result<(), KafkaError>,
+    pub result: Result<TopicPartitionList, KafkaError>,
 }
 
 pub struct StableOffsets {
@@ -75,12 +75,16 @@ impl StableOffsets {
     }
 }
 
-fn wait_stable(client: &BaseConsumer, tpl: &TopicPartitionList, deadline: Instant) -> Result<(), KafkaError> {
+fn wait_stable(
+    client: &BaseConsumer,
+    tpl: &TopicPartitionList,
+    deadline: Instant,
+) -> Result<TopicPartitionList, KafkaError> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let error = match client.committed_offsets(tpl.clone(), left.max(RETRY)) {
             Ok(committed) => match committed.elements().iter().find_map(|e| e.error().err()) {
-                None => return Ok(()),
+                None => return Ok(committed),
                 Some(e) => e,
             },
             Err(e) => e,

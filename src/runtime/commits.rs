@@ -76,9 +76,10 @@ impl Commits {
             }
         }
         let now = now_ms();
+        let caught_up = partitions.caught_up_homes(consumer);
         let mut failed = Vec::new();
         for (partition, slot) in partitions.active() {
-            if let Err(e) = slot.task.punctuate(now) {
+            if let Err(e) = slot.task.punctuate(now, caught_up.contains(&partition)) {
                 failed.push((partition, e));
             }
         }
@@ -198,6 +199,7 @@ impl Commits {
             partitions.park(consumer, partition, &e, None);
         }
         partitions.for_each_task(|task| task.committed());
+        partitions.forwards_committed();
         self.purger.maybe_purge();
     }
 

@@ -30,6 +30,7 @@ use tracing::{error, info, info_span, warn};
 
 use crate::config::{Config, Guarantee};
 use crate::input::event;
+use crate::kafka::caught_up;
 use crate::kafka::stable_offsets::StableOffsets;
 use crate::ops::view::View;
 use crate::route;
@@ -119,6 +120,13 @@ pub struct Partitions {
     unsought: Vec<(Arc<str>, i32, i64)>,
     awaiting: BTreeMap<i32, Awaiting>,
     stable: StableOffsets,
+    /// Each partition's committed offset when it was assigned: where it
+    /// starts, for [`Partitions::caught_up_homes`] until it delivers a record.
+    starts: HashMap<(String, i32), i64>,
+    /// The homes this instance forwarded records to since its last finished
+    /// commit: records not yet readable there (under `exactly_once`, not
+    /// before their transaction commits), so those homes have not caught up.
+    forwarded_to: BTreeSet<i32>,
     tickets: u64,
 }
 
@@ -152,6 +160,8 @@ impl Partitions {
             unsought: Vec::new(),
             awaiting: BTreeMap::new(),
             stable,
+            starts: HashMap::new(),
+            forwarded_to: BTreeSet::new(),
             tickets: 0,
         })
     }
@@ -335,12 +345,17 @@ impl Partitions {
                 continue; // revoked since
             }
             let awaiting = self.awaiting.remove(&home).expect("awaiting");
-            answer.result.map_err(|e| {
+            let committed = answer.result.map_err(|e| {
                 anyhow!(e).context(format!(
                     "partition {home}: its committed offsets are still held by an open transaction (its previous \
                      owner's), or the group coordinator cannot be reached"
                 ))
             })?;
+            for e in committed.elements() {
+                if let Offset::Offset(o) = e.offset() {
+                    self.starts.insert((e.topic().to_string(), e.partition()), o);
+                }
+            }
             self.open_store(consumer, home, awaiting.from, awaiting.reopened)?;
             opened = true;
         }
@@ -713,6 +728,7 @@ impl Partitions {
         }
         let source = self.sources.get_mut(&(index, partition)).expect("the source read above");
         source.forward(home, &event, &record);
+        self.forwarded_to.insert(home);
     }
 
     /// Forgets every task's work since the last finished commit, and seeks
@@ -741,6 +757,42 @@ impl Partitions {
         for (partition, slot) in self.slots.iter().filter(|(_, s)| s.phase == Phase::Active) {
             self.view.metrics.set_state_bytes(*partition, slot.task.store.estimated_bytes());
         }
+    }
+
+    /// The active home partitions that have caught up with their input:
+    /// their repartition partition and the input partitions of their number
+    /// are read to their ends, and nothing this instance forwarded to them
+    /// waits for a commit. Their clocks may follow the wall clock.
+    pub fn caught_up_homes<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>) -> BTreeSet<i32> {
+        let positions = consumer.position().ok();
+        let position =
+            |topic: &str, partition: i32| match positions.as_ref()?.find_partition(topic, partition)?.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            };
+        let read_to_end = |topic: &str, partition: i32| {
+            let start = self.starts.get(&(topic.to_string(), partition)).copied();
+            caught_up::has_caught_up(
+                position(topic, partition),
+                start,
+                caught_up::cached_ends(consumer, topic, partition),
+            )
+        };
+        self.slots
+            .iter()
+            .filter(|(_, s)| s.phase == Phase::Active)
+            .map(|(home, _)| *home)
+            .filter(|&home| {
+                !self.forwarded_to.contains(&home)
+                    && read_to_end(&self.repartition_topic, home)
+                    && self.inputs_of(&[home]).iter().all(|(topic, partition)| read_to_end(topic, *partition))
+            })
+            .collect()
+    }
+
+    /// A commit finished: what was forwarded before it is readable at its homes.
+    pub fn forwards_committed(&mut self) {
+        self.forwarded_to.clear();
     }
 
     /// Shows what this instance holds on `/readyz` and in the metrics.

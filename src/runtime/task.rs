@@ -37,6 +37,13 @@ pub struct Task {
     /// Always empty: a task forwards nothing (for [`Task::outputs`]).
     no_forwards: Vec<crate::route::Forward>,
     next_offset: Option<i64>,
+    /// The partition's clock, in event time: the latest record timestamp
+    /// joined, or the wall clock once the partition has caught up with its
+    /// input, less the grace; it never goes back. Deadlines and retention
+    /// are kept by it, so a backlog read late decides as it would have on
+    /// time. (`i64::MIN`: nothing seen yet.)
+    clock_ms: i64,
+    grace_ms: i64,
     /// Workflows waiting for a decision, as `junction_workflows_open` shows.
     open: IntGauge,
 }
@@ -68,6 +75,7 @@ pub fn dead_letter(config: &Config, metrics: &Metrics, record: &InputRecord<'_>,
 impl Task {
     pub fn new(partition: i32, store: Arc<Store>, config: Arc<Config>, metrics: Arc<Metrics>) -> Task {
         let open = metrics.workflows_open(partition);
+        let grace_ms = config.state.grace.as_millis() as i64;
         Task {
             partition,
             topic: config.kafka.repartition_topic().into(),
@@ -79,6 +87,8 @@ impl Task {
             dead_letters: Vec::new(),
             no_forwards: Vec::new(),
             next_offset: None,
+            clock_ms: i64::MIN,
+            grace_ms,
             open,
         }
     }
@@ -153,7 +163,8 @@ impl Task {
             }
             None => WorkflowState::new(&spec.workflow_type, event.occurred_at_ms),
         };
-        let (result, outcomes) = join::apply_event(spec, &mut state, id, event, now_ms);
+        self.advance_clock(record.timestamp_ms.unwrap_or(event.occurred_at_ms));
+        let (result, outcomes) = join::apply_event(spec, &mut state, id, event, self.clock_ms);
         self.metrics.event(result);
         match (was_open, state.is_open()) {
             (false, true) => self.open.inc(),
@@ -171,11 +182,26 @@ impl Task {
         Ok(())
     }
 
-    /// Fires the timers due at `now_ms`: deadlines and purges.
-    pub fn punctuate(&mut self, now_ms: i64) -> Result<(), StoreError> {
+    /// Moves the clock on to `at_ms` less the grace, if that is later.
+    fn advance_clock(&mut self, at_ms: i64) {
+        self.clock_ms = self.clock_ms.max(at_ms.saturating_sub(self.grace_ms));
+    }
+
+    /// Fires the timers due by the partition's clock: deadlines and purges.
+    /// A partition that has `caught_up` with its input keeps time by the
+    /// wall clock (`now_ms`) from here: no unread record can still meet a
+    /// deadline that passes (less the grace).
+    pub fn punctuate(&mut self, now_ms: i64, caught_up: bool) -> Result<(), StoreError> {
+        if caught_up {
+            self.advance_clock(now_ms);
+        }
+        if self.clock_ms == i64::MIN {
+            return Ok(());
+        }
+        let clock = self.clock_ms;
         let retention = self.config.state.retention.as_millis() as i64;
         let config = Arc::clone(&self.config);
-        for timer in self.states.due_timers(now_ms, TIMERS_PER_PUNCTUATION)? {
+        for timer in self.states.due_timers(clock, TIMERS_PER_PUNCTUATION)? {
             let id = timer.workflow_id.as_str();
             let (loaded, from) = self.states.load(id)?;
             let Some(mut state) = loaded else {
@@ -190,7 +216,7 @@ impl Task {
                 self.states.spend_timer(timer);
                 continue;
             }
-            match join::on_timer(spec, &mut state, id, now_ms, retention) {
+            match join::on_timer(spec, &mut state, id, clock, retention) {
                 TimerResult::NotDue => self.states.put_back(Some(state), from),
                 TimerResult::Decided(outcomes) => {
                     self.open.dec();
@@ -349,10 +375,13 @@ steps = ["payment", "inventory"]
         let staged = t.stage();
         t.store.write(staged.batch).unwrap();
         t.committed();
-        let retention = 86_400_000;
-        t.punctuate(5_000 + retention - 1).unwrap();
+        // Decided at the partition's clock: the record's timestamp (1 s) less the grace (1 s).
+        let (retention, grace) = (86_400_000, 1_000);
+        t.punctuate(retention - 1 + grace, true).unwrap();
         assert!(t.stage().changelog.is_empty());
-        t.punctuate(5_000 + retention).unwrap();
+        t.punctuate(retention + grace, false).unwrap();
+        assert!(t.stage().changelog.is_empty(), "a partition that has not caught up keeps its clock");
+        t.punctuate(retention + grace, true).unwrap();
         let staged = t.stage();
         assert_eq!(staged.changelog, vec![("w".to_string(), None)]);
         t.store.write(staged.batch).unwrap();
