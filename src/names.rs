@@ -73,10 +73,12 @@ pub enum Reason {
     WorkflowIdTooLong,
     /// `payload` is larger than `state.max_payload_bytes`.
     PayloadTooLarge,
+    /// `occurred_at` is later than the record's timestamp by more than `state.max_clock_skew`.
+    ClockSkew,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 11] = [
         Reason::EmptyValue,
         Reason::TooLarge,
         Reason::NotJson,
@@ -87,6 +89,7 @@ impl Reason {
         Reason::UnknownStep,
         Reason::WorkflowIdTooLong,
         Reason::PayloadTooLarge,
+        Reason::ClockSkew,
     ];
 
     pub fn code(self) -> &'static str {
@@ -101,6 +104,7 @@ impl Reason {
             Reason::UnknownStep => "unknown_step",
             Reason::WorkflowIdTooLong => "workflow_id_too_long",
             Reason::PayloadTooLarge => "payload_too_large",
+            Reason::ClockSkew => "clock_skew",
         }
     }
 }

@@ -186,6 +186,13 @@ fn every_kind_of_bad_input_goes_to_the_dead_letter_topic_while_good_input_flows(
         ("too_large", raw(Some(b"big"), Some(too_large.as_bytes()))),
         ("workflow_id_too_long", raw(None, Some(long_id.as_bytes()))),
         ("payload_too_large", raw(Some(b"fat"), Some(fat_payload.as_bytes()))),
+        (
+            "clock_skew",
+            raw(
+                Some(b"k9"),
+                Some(br#"{"workflow_id":"k9","workflow_type":"order","step":"payment","occurred_at":"2999-01-01T00:00:00Z"}"#),
+            ),
+        ),
     ];
     // A key that is not the workflow ID only routes: the record is joined.
     let foreign_key =

@@ -28,6 +28,7 @@ const OVERRIDABLE: &[&str] = &[
     "state.write_buffer_bytes",
     "state.default_deadline",
     "state.grace",
+    "state.max_clock_skew",
     "state.max_payload_bytes",
     "http.listen",
 ];

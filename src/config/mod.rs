@@ -178,6 +178,8 @@ pub struct StateConfig {
     /// How far a home partition's clock stays behind the latest time it
     /// knows (see [`crate::runtime::task`]): the lateness a record may have.
     pub grace: Duration,
+    /// How far ahead of its record's timestamp an `occurred_at` may be.
+    pub max_clock_skew: Duration,
     /// The largest step payload kept in state (and repeated in the outcome).
     pub max_payload_bytes: usize,
 }

@@ -229,6 +229,7 @@ impl Reader {
                 "write_buffer_bytes",
                 "default_deadline",
                 "grace",
+                "max_clock_skew",
                 "max_payload_bytes",
             ],
         );
@@ -259,6 +260,7 @@ impl Reader {
             write_buffer_bytes,
             default_deadline,
             grace: self.duration(state, "state.grace", "1s"),
+            max_clock_skew: self.duration(state, "state.max_clock_skew", "5m"),
             max_payload_bytes,
         }
     }

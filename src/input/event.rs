@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 use crate::config::{Config, Field, Mapping, WorkflowSpec};
 use crate::input::{mapped, scan};
 use crate::names::{Reason, MAX_EVENT_ID_BYTES, MAX_WORKFLOW_ID_BYTES};
-use crate::time::parse_time;
+use crate::time::{format_time, parse_time};
 
 /// A step's reported status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, Deserialize)]
@@ -126,7 +126,9 @@ pub fn decode<'a>(
     };
     let status = status(&names, fields.status).map_err(with_id)?;
     let event_id = event_id(&names, fields.event_id).map_err(with_id)?;
-    let occurred_at_ms = occurred_at(&names, fields.occurred_at, record_timestamp_ms).map_err(with_id)?;
+    let occurred_at_ms = occurred_at(&names, fields.occurred_at, record_timestamp_ms)
+        .and_then(|at| in_range(config, &names, at, record_timestamp_ms))
+        .map_err(with_id)?;
     let payload = payload(config, &names, fields.payload).map_err(with_id)?;
     Ok(StepEvent { workflow_id, workflow, step, status, event_id, occurred_at_ms, payload })
 }
@@ -317,6 +319,31 @@ fn occurred_at(names: &Names<'_>, raw: Option<&str>, record_timestamp_ms: i64) -
     }
 }
 
+/// An event time that a deadline can be kept by: not before 1970, and not
+/// further ahead of its record's timestamp than `state.max_clock_skew`.
+fn in_range(config: &Config, names: &Names<'_>, at_ms: i64, record_timestamp_ms: i64) -> Result<i64, BadInput> {
+    if at_ms < 0 {
+        return Err(BadInput::new(
+            Reason::InvalidField,
+            format!("{} is {}, before 1970", names.of("occurred_at"), format_time(at_ms)),
+        ));
+    }
+    let skew_ms = config.state.max_clock_skew.as_millis() as i64;
+    if at_ms > record_timestamp_ms.saturating_add(skew_ms) {
+        return Err(BadInput::new(
+            Reason::ClockSkew,
+            format!(
+                "{} is {}, more than state.max_clock_skew ({} s) after the record's timestamp {}",
+                names.of("occurred_at"),
+                format_time(at_ms),
+                skew_ms / 1000,
+                format_time(record_timestamp_ms)
+            ),
+        ));
+    }
+    Ok(at_ms)
+}
+
 /// The payload, kept in state and repeated in the outcome: its size is bounded.
 fn payload<'a>(config: &Config, names: &Names<'_>, raw: Option<&'a str>) -> Result<Option<&'a RawValue>, BadInput> {
     let Some(p) = raw else { return Ok(None) };
@@ -393,6 +420,28 @@ mod tests {
 
     fn two_types() -> Config {
         config_with("[[workflows]]\ntype = \"order\"\nsteps = [\"payment\", \"inventory\"]\n[[workflows]]\ntype = \"signup\"\nsteps = [\"email\"]\n")
+    }
+
+    /// A record timestamp after every `occurred_at` of these tests (2027-01-15).
+    const LATER: i64 = 1_800_000_000_000;
+
+    #[test]
+    fn an_event_time_before_1970_or_too_far_ahead_of_its_record_is_bad_input() {
+        let c = two_types();
+        let at =
+            |t: &str| format!(r#"{{"workflow_id":"w","workflow_type":"order","step":"payment","occurred_at":"{t}"}}"#);
+        let record_ms = crate::time::parse_time("2026-12-01T10:00:00Z").unwrap();
+        let bad = decode(&c, None, Some(at("1969-12-31T23:59:59Z").as_bytes()), record_ms).unwrap_err();
+        assert_eq!(bad.reason, Reason::InvalidField);
+        assert!(bad.detail.contains("before 1970"), "{}", bad.detail);
+        // Up to state.max_clock_skew (5 minutes by default) ahead is a producer's clock; further is not.
+        assert!(decode(&c, None, Some(at("2026-12-01T10:05:00Z").as_bytes()), record_ms).is_ok());
+        let bad = decode(&c, None, Some(at("2026-12-01T10:05:00.001Z").as_bytes()), record_ms).unwrap_err();
+        assert_eq!(bad.reason, Reason::ClockSkew);
+        assert!(bad.detail.contains("state.max_clock_skew (300 s)"), "{}", bad.detail);
+        assert_eq!(bad.workflow_id.as_deref(), Some("w"));
+        let far = decode(&c, None, Some(at("9999-12-31T23:59:59Z").as_bytes()), record_ms).unwrap_err();
+        assert_eq!(far.reason, Reason::ClockSkew, "a time that would push the deadline out of reach");
     }
 
     fn reason(value: &[u8]) -> Reason {
@@ -488,7 +537,7 @@ mod tests {
     fn a_full_event_decodes_and_borrows() {
         let c = two_types();
         let v = br#"{"workflow_id":"order-1","workflow_type":"order","step":"inventory","status":"failed","event_id":"e1","occurred_at":"2026-11-22T10:00:00.123+01:00","payload":{"a":1}}"#;
-        let e = decode(&c, None, Some(v), 5).unwrap();
+        let e = decode(&c, None, Some(v), LATER).unwrap();
         assert!(matches!(e.workflow_id, Cow::Borrowed("order-1")));
         assert_eq!((e.workflow, e.step, e.status), (0, 1, Status::Failed));
         assert_eq!(e.event_id.as_deref(), Some("e1"));
@@ -559,14 +608,14 @@ mod tests {
         let m = c.kafka.input_topics[0].mapping.as_ref();
         let v =
             br#"{"ref":{"order":"order-9"},"code":"REFUSED","psp":"p-1","at":"2026-11-22T10:00:00Z","amount":{"v":5}}"#;
-        let e = decode(&c, m, Some(v), 7).unwrap();
+        let e = decode(&c, m, Some(v), LATER).unwrap();
         assert_eq!(e.workflow_id, "order-9");
         assert_eq!((e.workflow, e.step, e.status), (0, 0, Status::Failed));
         assert_eq!(e.event_id.as_deref(), Some("p-1"));
         assert_eq!(format_time(e.occurred_at_ms), "2026-11-22T10:00:00.000Z");
         assert_eq!(e.payload.unwrap().get(), r#"{"v":5}"#);
         let numbers = br#"{"ref":{"order":1001},"code":3,"psp":77,"at":1764000000000}"#;
-        let e = decode(&c, m, Some(numbers), 7).unwrap();
+        let e = decode(&c, m, Some(numbers), LATER).unwrap();
         assert_eq!(
             (e.workflow_id.as_ref(), e.status, e.occurred_at_ms),
             ("1001", Status::Compensated, 1_764_000_000_000)
