@@ -26,6 +26,9 @@ pub const HEADER_SOURCE_OFFSET: &str = "junction.source.offset";
 /// source record's own key, when it had one.
 pub const HEADER_SOURCE_KEY: &str = "junction.source.key";
 
+/// The changelog key of a partition's clock: not UTF-8, so never a workflow ID.
+pub const CLOCK_RECORD_KEY: &[u8] = b"\xffjunction.clock";
+
 /// The longest workflow ID accepted, in bytes.
 pub const MAX_WORKFLOW_ID_BYTES: usize = 256;
 /// The most steps one workflow type may name (a step set is a bitmask).

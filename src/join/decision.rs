@@ -1,8 +1,9 @@
 //! The join decision, pure: a function of (state, event, now) to (new state,
 //! outcome records), and of (state, now) for deadlines and purges. No Kafka,
-//! no RocksDB, no clock: the runtime supplies `now`, which makes every rule
-//! here testable on its own and every replay of the same input give the same
-//! records.
+//! no RocksDB, no clock: the runtime supplies `now`, the home partition's
+//! clock in event time (see [`crate::runtime::task`]), which makes every
+//! rule here testable on its own and every replay of the same input give
+//! the same records.
 //!
 //! The rules, from DESIGN.md:
 //! - `completed` once `quorum` distinct steps succeeded;
@@ -166,14 +167,21 @@ pub fn on_timer(
             }
             _ => TimerResult::NotDue,
         },
-        Some(d) if d.decided_at_ms.saturating_add(retention_ms) <= now_ms => TimerResult::Purge,
+        Some(_) if retention_passed(state, now_ms, retention_ms) => TimerResult::Purge,
         Some(_) => TimerResult::NotDue,
     }
 }
 
+/// Whether a decided workflow's retention has passed by `now_ms`: it is
+/// forgotten then, whether its purge timer fired yet or not.
+pub fn retention_passed(state: &WorkflowState, now_ms: i64, retention_ms: i64) -> bool {
+    state.decision.is_some_and(|d| d.decided_at_ms.saturating_add(retention_ms) <= now_ms)
+}
+
 fn time_out(spec: &WorkflowSpec, state: &mut WorkflowState, workflow_id: &str, now_ms: i64) -> Vec<OutcomeRecord> {
     let deadline = state.deadline_ms(Some(spec)).expect("only called with a deadline");
-    state.decision = Some(Decision { outcome: Outcome::TimedOut, decided_at_ms: now_ms, compensated_at_ms: None });
+    // Decided at the deadline, wherever the clock read it: a replay decides at the same time.
+    state.decision = Some(Decision { outcome: Outcome::TimedOut, decided_at_ms: deadline, compensated_at_ms: None });
     let mut out = vec![record(spec, state, workflow_id, Outcome::TimedOut, deadline)];
     out.extend(check_compensated(spec, state, workflow_id, now_ms));
     out

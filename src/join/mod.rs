@@ -11,5 +11,5 @@ pub mod decision;
 pub mod outcome;
 pub mod state;
 
-pub use decision::{apply_event, on_timer, EventResult, TimerResult};
+pub use decision::{apply_event, on_timer, retention_passed, EventResult, TimerResult};
 pub use state::{timer_ms, Decision, StepState, WorkflowState};

@@ -25,9 +25,10 @@ pub struct StepState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Decision {
     pub outcome: Outcome,
-    /// Wall-clock time of the decision: the retention counts from here.
+    /// When the decision was taken, by the partition's clock (event time;
+    /// the deadline for `timed_out`): the retention counts from here.
     pub decided_at_ms: i64,
-    /// Wall-clock time the `compensated` record was decided, if it was.
+    /// When the `compensated` record was decided, by the same clock, if it was.
     pub compensated_at_ms: Option<i64>,
 }
 

@@ -147,7 +147,8 @@ impl Producer {
     }
 
     /// Sends one store's changelog records to its changelog partition.
-    /// Each record is a workflow ID and its encoded state, or `None` for a tombstone.
+    /// Each record is a workflow ID and its encoded state, or `None` for a
+    /// tombstone; the empty ID is the partition's clock.
     pub fn send_changelog(
         &self,
         epoch: usize,
@@ -155,8 +156,9 @@ impl Producer {
         changelog: &[(String, Option<Vec<u8>>)],
     ) -> Result<(), KafkaError> {
         for (id, value) in changelog {
-            let mut record: BaseRecord<'_, str, [u8], usize> =
-                BaseRecord::with_opaque_to(&self.changelog_topic, epoch).key(id.as_str()).partition(partition);
+            let key = if id.is_empty() { names::CLOCK_RECORD_KEY } else { id.as_bytes() };
+            let mut record: BaseRecord<'_, [u8], [u8], usize> =
+                BaseRecord::with_opaque_to(&self.changelog_topic, epoch).key(key).partition(partition);
             if let Some(v) = value {
                 record = record.payload(v.as_slice());
             }

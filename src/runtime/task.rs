@@ -43,6 +43,10 @@ pub struct Task {
     /// are kept by it, so a backlog read late decides as it would have on
     /// time. (`i64::MIN`: nothing seen yet.)
     clock_ms: i64,
+    /// The clock of the last commit staged, and of the last one finished
+    /// (what a failed commit rewinds to).
+    staged_clock_ms: i64,
+    committed_clock_ms: i64,
     grace_ms: i64,
     /// Workflows waiting for a decision, as `junction_workflows_open` shows.
     open: IntGauge,
@@ -88,6 +92,8 @@ impl Task {
             no_forwards: Vec::new(),
             next_offset: None,
             clock_ms: i64::MIN,
+            staged_clock_ms: i64::MIN,
+            committed_clock_ms: i64::MIN,
             grace_ms,
             open,
         }
@@ -99,6 +105,14 @@ impl Task {
         let mut open = 0;
         self.store.for_each_state(|_, bytes| open += i64::from(codec::is_open(bytes)))?;
         self.open.set(open);
+        Ok(())
+    }
+
+    /// Takes the clock saved with the store's last commit: once its store
+    /// is up to date (opened or restored), before the first record.
+    pub fn read_clock(&mut self) -> Result<(), StoreError> {
+        let clock = self.store.clock()?.unwrap_or(i64::MIN);
+        (self.clock_ms, self.staged_clock_ms, self.committed_clock_ms) = (clock, clock, clock);
         Ok(())
     }
 
@@ -147,7 +161,11 @@ impl Task {
         let config = Arc::clone(&self.config);
         let spec = &config.workflows[event.workflow];
         let id = event.workflow_id.as_ref();
+        self.advance_clock(record.timestamp_ms.unwrap_or(event.occurred_at_ms));
         let (loaded, from) = self.states.load(id)?;
+        // A decided workflow whose retention has passed is forgotten, as its purge would have done.
+        let retention = config.state.retention.as_millis() as i64;
+        let loaded = loaded.filter(|s| !join::retention_passed(s, self.clock_ms, retention));
         let was_open = loaded.as_ref().is_some_and(WorkflowState::is_open);
         let mut state = match loaded {
             Some(s) if s.workflow_type == spec.workflow_type => s,
@@ -163,7 +181,6 @@ impl Task {
             }
             None => WorkflowState::new(&spec.workflow_type, event.occurred_at_ms),
         };
-        self.advance_clock(record.timestamp_ms.unwrap_or(event.occurred_at_ms));
         let (result, outcomes) = join::apply_event(spec, &mut state, id, event, self.clock_ms);
         self.metrics.event(result);
         match (was_open, state.is_open()) {
@@ -248,7 +265,11 @@ impl Task {
     pub fn stage(&mut self) -> Staged {
         let retention = self.config.state.retention.as_millis() as i64;
         let config = Arc::clone(&self.config);
-        let changes = self.states.stage(|state| state.timer_ms(config.workflow(&state.workflow_type), retention));
+        let mut changes = self.states.stage(|state| state.timer_ms(config.workflow(&state.workflow_type), retention));
+        if self.clock_ms != self.staged_clock_ms {
+            changes.save_clock(self.clock_ms);
+            self.staged_clock_ms = self.clock_ms;
+        }
         Staged {
             topic: Arc::clone(&self.topic),
             store: Some(Arc::clone(&self.store)),
@@ -264,6 +285,7 @@ impl Task {
     /// The commit of what was staged is saved: the store has its states now.
     pub fn committed(&mut self) {
         self.states.committed();
+        self.committed_clock_ms = self.staged_clock_ms;
     }
 
     /// Forgets everything since the last finished commit, after a commit failed.
@@ -272,6 +294,7 @@ impl Task {
         self.outcomes.clear();
         self.dead_letters.clear();
         self.next_offset = None;
+        (self.clock_ms, self.staged_clock_ms) = (self.committed_clock_ms, self.committed_clock_ms);
         self.recount_open()
     }
 }
@@ -297,6 +320,11 @@ steps = ["payment", "inventory"]
         Task::new(0, Arc::new(Store::open(dir, &memory).unwrap()), config, Arc::new(Metrics::new()))
     }
 
+    /// The changelog records of workflow states, without the clock's.
+    fn states(changelog: &[crate::state::ChangelogRecord]) -> Vec<&crate::state::ChangelogRecord> {
+        changelog.iter().filter(|(id, _)| !id.is_empty()).collect()
+    }
+
     fn record<'a>(value: &'a [u8], offset: i64) -> InputRecord<'a> {
         InputRecord { key: None, value: Some(value), timestamp_ms: Some(1_000), topic: "in", partition: 0, offset }
     }
@@ -309,7 +337,7 @@ steps = ["payment", "inventory"]
         t.process_forwarded(&record(br#"{"workflow_id":"w","step":"payment"}"#, 1), 1, 5_000).unwrap();
         t.process_forwarded(&record(br#"{"workflow_id":"w","step":"inventory"}"#, 2), 2, 5_000).unwrap();
         let staged = t.stage();
-        assert_eq!(staged.changelog.len(), 1);
+        assert_eq!(states(&staged.changelog).len(), 1);
         assert_eq!(staged.outcomes.len(), 1);
         assert_eq!(staged.next_offset, Some(3));
         assert!(!t.is_dirty());
@@ -321,7 +349,7 @@ steps = ["payment", "inventory"]
         let mut t = task(dir.path());
         t.process_forwarded(&record(br#"{"workflow_id":"w","step":"payment"}"#, 0), 0, 5_000).unwrap();
         let in_flight = t.stage();
-        assert_eq!(in_flight.changelog.len(), 1);
+        assert_eq!(states(&in_flight.changelog).len(), 1);
         t.process_forwarded(&record(br#"{"workflow_id":"w","step":"payment"}"#, 1), 1, 5_000).unwrap();
         t.process_forwarded(&record(br#"{"workflow_id":"w","step":"inventory"}"#, 2), 2, 5_000).unwrap();
         let next = t.stage();
@@ -378,15 +406,43 @@ steps = ["payment", "inventory"]
         // Decided at the partition's clock: the record's timestamp (1 s) less the grace (1 s).
         let (retention, grace) = (86_400_000, 1_000);
         t.punctuate(retention - 1 + grace, true).unwrap();
-        assert!(t.stage().changelog.is_empty());
+        assert!(states(&t.stage().changelog).is_empty());
         t.punctuate(retention + grace, false).unwrap();
-        assert!(t.stage().changelog.is_empty(), "a partition that has not caught up keeps its clock");
+        assert!(states(&t.stage().changelog).is_empty(), "a partition that has not caught up keeps its clock");
         t.punctuate(retention + grace, true).unwrap();
         let staged = t.stage();
-        assert_eq!(staged.changelog, vec![("w".to_string(), None)]);
+        assert_eq!(states(&staged.changelog), vec![&("w".to_string(), None)]);
         t.store.write(staged.batch).unwrap();
         t.committed();
         assert!(t.store.get_state("w").unwrap().is_none());
         assert!(t.store.due_timers(i64::MAX, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_clock_is_saved_with_the_commit_and_a_failed_commit_rewinds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = task(dir.path());
+        t.process_forwarded(&record(br#"{"workflow_id":"w","step":"payment"}"#, 0), 0, 5_000).unwrap();
+        let staged = t.stage();
+        let clock: i64 = 1_000 - 1_000;
+        assert_eq!(staged.changelog.last(), Some(&(String::new(), Some(clock.to_be_bytes().to_vec()))));
+        t.store.write(staged.batch).unwrap();
+        t.committed();
+        // Later records move the clock on; their commit fails, and the clock goes back with them.
+        let mut later = record(br#"{"workflow_id":"v","step":"payment"}"#, 1);
+        later.timestamp_ms = Some(90_000);
+        t.process_forwarded(&later, 1, 5_000).unwrap();
+        assert_eq!(t.clock_ms, 89_000);
+        drop(t.stage());
+        t.discard().unwrap();
+        assert_eq!(t.clock_ms, clock);
+        // Nothing new: a stage saves no clock again.
+        t.process_forwarded(&record(br#"{"workflow_id":"w","step":"payment"}"#, 1), 1, 5_000).unwrap();
+        assert!(t.stage().changelog.is_empty());
+        // A task opened on the store starts from the clock saved.
+        let store = Arc::clone(&t.store);
+        let mut again = Task::new(0, store, Arc::clone(&t.config), Arc::new(Metrics::new()));
+        again.read_clock().unwrap();
+        assert_eq!(again.clock_ms, clock);
     }
 }

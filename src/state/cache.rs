@@ -20,7 +20,9 @@ use crate::state::store::{Store, StoreBatch, StoreError, Timer};
 /// Workflow ID → state (`None`: purged).
 type States = HashMap<String, Option<WorkflowState>, foldhash::fast::RandomState>;
 
-/// One changelog record: workflow ID → encoded state, or `None` for a tombstone.
+/// One changelog record: workflow ID → encoded state, or `None` for a
+/// tombstone. The empty ID (never a workflow's) carries the partition's
+/// clock, sent under [`crate::names::CLOCK_RECORD_KEY`].
 pub type ChangelogRecord = (String, Option<Vec<u8>>);
 
 pub struct CachedStore {
@@ -40,6 +42,14 @@ pub struct CachedStore {
 pub struct StateChanges {
     pub changelog: Vec<ChangelogRecord>,
     pub batch: StoreBatch,
+}
+
+impl StateChanges {
+    /// Saves the partition's clock with these changes, in the store and in the changelog.
+    pub fn save_clock(&mut self, clock_ms: i64) {
+        self.batch.set_clock(clock_ms);
+        self.changelog.push((String::new(), Some(clock_ms.to_be_bytes().to_vec())));
+    }
 }
 
 /// Where [`CachedStore::load`] found a state, with its key when it was a

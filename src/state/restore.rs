@@ -23,6 +23,7 @@ use tracing::{info, warn};
 use crate::config::{KafkaConfig, StateConfig};
 use crate::kafka::clients;
 use crate::metrics::Metrics;
+use crate::names;
 use crate::state::codec;
 use crate::state::restore_writer::{Write, Writer, Written};
 use crate::state::store::{Store, StoreBatch, StoreError, StoreMemory};
@@ -357,8 +358,13 @@ fn apply(
 ) {
     let partition = m.partition();
     let Some(r) = active.get_mut(&partition) else { return };
-    let id = String::from_utf8_lossy(m.key().unwrap_or_default());
+    let key = m.key().unwrap_or_default();
+    let id = String::from_utf8_lossy(key);
     match m.payload() {
+        _ if key == names::CLOCK_RECORD_KEY => match m.payload().and_then(|v| <[u8; 8]>::try_from(v).ok()) {
+            Some(clock) => r.batch.set_clock(i64::from_be_bytes(clock)),
+            None => warn!(partition, offset = m.offset(), "garbage clock record in the changelog; skipped"),
+        },
         None => r.batch.delete_state(&id),
         Some(bytes) => match codec::summary(bytes) {
             Ok(state) => r.batch.put_state(&id, bytes, timer_of(&state)),

@@ -8,7 +8,9 @@
 //!   changes; an entry that no longer matches its state's timer is stale and
 //!   is dropped when it comes due, so that writes never read first;
 //! - `m:checkpoint`: the changelog offset up to which this store is known
-//!   good, written in the same batch as the data it covers.
+//!   good, written in the same batch as the data it covers;
+//! - `m:clock`: the partition's clock (see [`crate::runtime::task`]) as of
+//!   that commit, in the same batch.
 //!
 //! Tuned for this access pattern:
 //! - **No write-ahead log.** The changelog is the source of truth. Without
@@ -31,6 +33,7 @@ use rocksdb::{
 const STATE_PREFIX: u8 = b'w';
 const TIMER_PREFIX: u8 = b't';
 const CHECKPOINT_KEY: &[u8] = b"m:checkpoint";
+const CLOCK_KEY: &[u8] = b"m:clock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -148,6 +151,10 @@ impl StoreBatch {
         self.batch.put(CHECKPOINT_KEY, changelog_offset.to_be_bytes());
     }
 
+    pub fn set_clock(&mut self, clock_ms: i64) {
+        self.batch.put(CLOCK_KEY, clock_ms.to_be_bytes());
+    }
+
     pub fn len(&self) -> usize {
         self.batch.len()
     }
@@ -222,7 +229,16 @@ impl Store {
     }
 
     pub fn checkpoint(&self) -> Result<Option<i64>, StoreError> {
-        let value = self.db.get(CHECKPOINT_KEY).map_err(|e| self.io(e))?;
+        self.get_i64(CHECKPOINT_KEY)
+    }
+
+    /// The partition's clock as of the last commit saved, if one was.
+    pub fn clock(&self) -> Result<Option<i64>, StoreError> {
+        self.get_i64(CLOCK_KEY)
+    }
+
+    fn get_i64(&self, key: &[u8]) -> Result<Option<i64>, StoreError> {
+        let value = self.db.get(key).map_err(|e| self.io(e))?;
         Ok(value.and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok()).map(i64::from_be_bytes))
     }
 
@@ -313,14 +329,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), &StoreMemory::new(8 << 20, 2 << 20)).unwrap();
         assert_eq!(store.checkpoint().unwrap(), None);
+        assert_eq!(store.clock().unwrap(), None);
         assert!(!store.has_state());
         let mut b = StoreBatch::default();
         b.put_state("a", b"1", Some(300));
         b.put_state("b", b"2", Some(100));
         b.put_state("c", b"3", None);
         b.set_checkpoint(17);
+        b.set_clock(-5);
         store.write(b).unwrap();
         assert_eq!(store.checkpoint().unwrap(), Some(17));
+        assert_eq!(store.clock().unwrap(), Some(-5));
         assert_eq!(store.get_state("b").unwrap().as_deref(), Some(&b"2"[..]));
         let due: Vec<String> = store.due_timers(300, 10).unwrap().into_iter().map(|t| t.workflow_id).collect();
         assert_eq!(due, ["b", "a"]);
