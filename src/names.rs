@@ -22,6 +22,9 @@ pub const HEADER_ERROR_DETAIL: &str = "junction.error.detail";
 pub const HEADER_SOURCE_TOPIC: &str = "junction.source.topic";
 pub const HEADER_SOURCE_PARTITION: &str = "junction.source.partition";
 pub const HEADER_SOURCE_OFFSET: &str = "junction.source.offset";
+/// On a tick of a home partition's clock in the repartition topic (see
+/// [`crate::route::Forward::tick`]): its timestamp is the wall clock's time.
+pub const HEADER_TICK: &str = "junction.tick";
 /// On a dead letter or a forwarded record keyed by the workflow ID: the
 /// source record's own key, when it had one.
 pub const HEADER_SOURCE_KEY: &str = "junction.source.key";

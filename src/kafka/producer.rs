@@ -123,6 +123,17 @@ impl Producer {
     /// value and timestamp, and where it came from as headers.
     pub fn send_forwards(&self, epoch: usize, forwards: &[Forward]) -> Result<(), KafkaError> {
         for f in forwards {
+            if f.is_tick() {
+                let headers = OwnedHeaders::new().insert(Header { key: names::HEADER_TICK, value: Some("") });
+                let record: BaseRecord<'_, [u8], [u8], usize> =
+                    BaseRecord::with_opaque_to(&self.repartition_topic, epoch)
+                        .partition(f.home)
+                        .payload(&[][..])
+                        .timestamp(f.timestamp_ms.unwrap_or_default())
+                        .headers(headers);
+                self.send(record)?;
+                continue;
+            }
             let partition = f.source_partition.to_string();
             let offset = f.source_offset.to_string();
             let mut headers = OwnedHeaders::new_with_capacity(4)

@@ -9,8 +9,9 @@
 //! every replay after a crash.
 //!
 //! - [`partitioner`]: Kafka's default partitioner, murmur2;
-//! - [`Forward`]: a record on its way home, and [`forwarded_origin`], where
-//!   a record read back from the repartition topic came from.
+//! - [`Forward`]: a record on its way home (or a tick of the wall clock),
+//!   and [`forwarded_origin`], where a record read back from the
+//!   repartition topic came from.
 //!
 //! Pure: no Kafka client, no store.
 
@@ -48,6 +49,35 @@ pub struct Forward {
     pub source_topic: String,
     pub source_partition: i32,
     pub source_offset: i64,
+}
+
+impl Forward {
+    /// A tick of the wall clock for `home`'s stream, at `at_ms`: once read
+    /// back, the partition's clock may follow the wall clock to there.
+    /// Under `at_least_once` the wall clock moves a partition's clock only
+    /// through ticks, so that a replay of its log meets it at the same
+    /// place. A tick has no workflow: its ID is empty.
+    pub fn tick(home: i32, at_ms: i64) -> Forward {
+        Forward {
+            home,
+            workflow_id: String::new(),
+            key: None,
+            value: Vec::new(),
+            timestamp_ms: Some(at_ms),
+            source_topic: String::new(),
+            source_partition: -1,
+            source_offset: -1,
+        }
+    }
+
+    pub fn is_tick(&self) -> bool {
+        self.workflow_id.is_empty()
+    }
+}
+
+/// Whether a record read from the repartition topic is a tick ([`Forward::tick`]).
+pub fn is_tick(m: &BorrowedMessage<'_>) -> bool {
+    m.headers().is_some_and(|headers| headers.iter().any(|h| h.key == names::HEADER_TICK))
 }
 
 /// Where a record read from the repartition topic came from: the source

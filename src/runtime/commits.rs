@@ -99,6 +99,7 @@ impl Commits {
             .map(|(partition, s)| (partition, s.task.stage()))
             .collect();
         staged.extend(partitions.sources().filter(|s| s.is_dirty()).map(|s| (s.partition, s.stage())));
+        partitions.forwards_staged();
         if staged.is_empty() {
             return Ok(true);
         }

@@ -123,10 +123,13 @@ pub struct Partitions {
     /// Each partition's committed offset when it was assigned: where it
     /// starts, for [`Partitions::caught_up_homes`] until it delivers a record.
     starts: HashMap<(String, i32), i64>,
-    /// The homes this instance forwarded records to since its last finished
-    /// commit: records not yet readable there (under `exactly_once`, not
-    /// before their transaction commits), so those homes have not caught up.
+    /// The homes this instance forwarded records to since the last commit
+    /// began, and before the commit in flight began: records not yet
+    /// readable there (under `exactly_once`, not before their transaction
+    /// commits; under `at_least_once`, perhaps not yet delivered), so those
+    /// homes have not caught up.
     forwarded_to: BTreeSet<i32>,
+    forwarded_in_commit: BTreeSet<i32>,
     tickets: u64,
 }
 
@@ -162,6 +165,7 @@ impl Partitions {
             stable,
             starts: HashMap::new(),
             forwarded_to: BTreeSet::new(),
+            forwarded_in_commit: BTreeSet::new(),
             tickets: 0,
         })
     }
@@ -662,6 +666,10 @@ impl Partitions {
             return;
         }
         slot.replay_from.get_or_insert(m.offset());
+        if route::is_tick(m) {
+            slot.task.tick(m.timestamp().to_millis().unwrap_or(i64::MIN), m.offset());
+            return;
+        }
         // The record it was forwarded from: where it came from is in its headers.
         let record = match route::forwarded_origin(m) {
             Some(o) => InputRecord {
@@ -785,15 +793,21 @@ impl Partitions {
             .map(|(home, _)| *home)
             .filter(|&home| {
                 !self.forwarded_to.contains(&home)
+                    && !self.forwarded_in_commit.contains(&home)
                     && read_to_end(&self.repartition_topic, home)
                     && self.inputs_of(&[home]).iter().all(|(topic, partition)| read_to_end(topic, *partition))
             })
             .collect()
     }
 
-    /// A commit finished: what was forwarded before it is readable at its homes.
+    /// A commit begins: it carries (or waits for) what was forwarded so far.
+    pub fn forwards_staged(&mut self) {
+        self.forwarded_in_commit.append(&mut self.forwarded_to);
+    }
+
+    /// A commit finished: what was forwarded before it began is readable at its homes.
     pub fn forwards_committed(&mut self) {
-        self.forwarded_to.clear();
+        self.forwarded_in_commit.clear();
     }
 
     /// Shows what this instance holds on `/readyz` and in the metrics.

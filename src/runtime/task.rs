@@ -13,12 +13,13 @@ use prometheus::IntGauge;
 use tracing::warn;
 
 use crate::commit::{Decided, Outputs, Staged};
-use crate::config::Config;
+use crate::config::{Config, Guarantee};
 use crate::input::dead_letter::DeadLetter;
 use crate::input::event::{self, BadInput, StepEvent};
 pub use crate::input::record::InputRecord;
 use crate::join::{self, EventResult, TimerResult, WorkflowState};
 use crate::metrics::Metrics;
+use crate::route::Forward;
 use crate::state::{codec, CachedStore, Store, StoreError, TimerOf};
 
 /// The most timers one punctuation fires, so that a backlog cannot stall a commit.
@@ -34,8 +35,13 @@ pub struct Task {
     states: CachedStore,
     outcomes: Vec<Decided>,
     dead_letters: Vec<DeadLetter>,
-    /// Always empty: a task forwards nothing (for [`Task::outputs`]).
-    no_forwards: Vec<crate::route::Forward>,
+    /// Ticks of the wall clock for this partition's own stream, to publish
+    /// (under `at_least_once`; see [`Task::punctuate`]).
+    ticks: Vec<Forward>,
+    /// The time of the tick published and not yet read back, if any.
+    tick_pending: Option<i64>,
+    /// Whether the wall clock moves the clock through ticks (`at_least_once`).
+    ticks_keep_time: bool,
     next_offset: Option<i64>,
     /// The partition's clock, in event time: the latest record timestamp
     /// joined, or the wall clock once the partition has caught up with its
@@ -80,6 +86,7 @@ impl Task {
     pub fn new(partition: i32, store: Arc<Store>, config: Arc<Config>, metrics: Arc<Metrics>) -> Task {
         let open = metrics.workflows_open(partition);
         let grace_ms = config.state.grace.as_millis() as i64;
+        let ticks_keep_time = config.kafka.processing_guarantee == Guarantee::AtLeastOnce;
         Task {
             partition,
             topic: config.kafka.repartition_topic().into(),
@@ -89,7 +96,9 @@ impl Task {
             metrics,
             outcomes: Vec::new(),
             dead_letters: Vec::new(),
-            no_forwards: Vec::new(),
+            ticks: Vec::new(),
+            tick_pending: None,
+            ticks_keep_time,
             next_offset: None,
             clock_ms: i64::MIN,
             staged_clock_ms: i64::MIN,
@@ -127,6 +136,7 @@ impl Task {
             || self.states.is_dirty()
             || !self.outcomes.is_empty()
             || !self.dead_letters.is_empty()
+            || !self.ticks.is_empty()
     }
 
     /// Whether the next commit has an input offset for this partition.
@@ -163,10 +173,19 @@ impl Task {
         let id = event.workflow_id.as_ref();
         self.advance_clock(record.timestamp_ms.unwrap_or(event.occurred_at_ms));
         let (loaded, from) = self.states.load(id)?;
-        // A decided workflow whose retention has passed is forgotten, as its purge would have done.
-        let retention = config.state.retention.as_millis() as i64;
-        let loaded = loaded.filter(|s| !join::retention_passed(s, self.clock_ms, retention));
         let was_open = loaded.as_ref().is_some_and(WorkflowState::is_open);
+        // What the partition's timers would have done by its clock comes
+        // first, wherever its punctuations fell: a passed deadline times the
+        // workflow out, a passed retention forgets it. A replay that meets
+        // its punctuations elsewhere so decides the same.
+        let (clock, retention) = (self.clock_ms, config.state.retention.as_millis() as i64);
+        let mut outcomes = Vec::new();
+        let loaded = loaded.and_then(|mut s| {
+            if let TimerResult::Decided(fired) = join::on_timer(config.workflow(&s.workflow_type), &mut s, id, clock, retention) {
+                outcomes = fired;
+            }
+            (!join::retention_passed(&s, clock, retention)).then_some(s)
+        });
         let mut state = match loaded {
             Some(s) if s.workflow_type == spec.workflow_type => s,
             Some(s) => {
@@ -175,28 +194,54 @@ impl Task {
                     format!("workflow {id:?} is of type {:?}, not {:?}", s.workflow_type, spec.workflow_type),
                 );
                 bad.workflow_id = Some(id.to_string());
-                self.states.put_back(Some(s), from);
+                self.count_open(was_open, s.is_open());
+                if outcomes.is_empty() {
+                    self.states.put_back(Some(s), from);
+                } else {
+                    self.states.put(id, from, Some(s));
+                }
                 self.dead_letter(record, bad);
+                self.add_outcomes(outcomes, record.timestamp_ms.unwrap_or(now_ms));
                 return Ok(());
             }
             None => WorkflowState::new(&spec.workflow_type, event.occurred_at_ms),
         };
-        let (result, outcomes) = join::apply_event(spec, &mut state, id, event, self.clock_ms);
+        let (result, more) = join::apply_event(spec, &mut state, id, event, clock);
+        outcomes.extend(more);
         self.metrics.event(result);
-        match (was_open, state.is_open()) {
-            (false, true) => self.open.inc(),
-            (true, false) => self.open.dec(),
-            _ => {}
-        }
+        self.count_open(was_open, state.is_open());
         // A duplicate or late event leaves the state as it was: no changelog record for it.
         if result != EventResult::Accepted && outcomes.is_empty() {
             self.states.put_back(Some(state), from);
         } else {
             self.states.put(id, from, Some(state));
         }
-        let decided_at_ms = record.timestamp_ms.unwrap_or(now_ms);
-        self.outcomes.extend(outcomes.into_iter().map(|record| Decided { record, decided_at_ms }));
+        self.add_outcomes(outcomes, record.timestamp_ms.unwrap_or(now_ms));
         Ok(())
+    }
+
+    /// Follows a workflow from open or not to open or not in `junction_workflows_open`.
+    fn count_open(&self, was_open: bool, is_open: bool) {
+        match (was_open, is_open) {
+            (false, true) => self.open.inc(),
+            (true, false) => self.open.dec(),
+            _ => {}
+        }
+    }
+
+    /// Keeps outcomes for the next publish; `decided_at_ms` (wall clock) is for the latency metric.
+    fn add_outcomes(&mut self, outcomes: Vec<join::outcome::OutcomeRecord>, decided_at_ms: i64) {
+        self.outcomes.extend(outcomes.into_iter().map(|record| Decided { record, decided_at_ms }));
+    }
+
+    /// Reads a tick of the wall clock back from the repartition topic at
+    /// `offset` ([`Forward::tick`]): the clock follows it.
+    pub fn tick(&mut self, at_ms: i64, offset: i64) {
+        self.advance_clock(at_ms);
+        if self.tick_pending.is_some_and(|pending| pending <= at_ms) {
+            self.tick_pending = None;
+        }
+        self.next_offset = Some(offset + 1);
     }
 
     /// Moves the clock on to `at_ms` less the grace, if that is later.
@@ -207,10 +252,15 @@ impl Task {
     /// Fires the timers due by the partition's clock: deadlines and purges.
     /// A partition that has `caught_up` with its input keeps time by the
     /// wall clock (`now_ms`) from here: no unread record can still meet a
-    /// deadline that passes (less the grace).
+    /// deadline that passes (less the grace). Under `exactly_once` the clock
+    /// moves at once (a replay is of a transaction nobody saw); under
+    /// `at_least_once`, once a tick of it is read back, when a timer waits for it.
     pub fn punctuate(&mut self, now_ms: i64, caught_up: bool) -> Result<(), StoreError> {
-        if caught_up {
+        if caught_up && !self.ticks_keep_time {
             self.advance_clock(now_ms);
+        }
+        if caught_up && self.ticks_keep_time {
+            self.request_tick(now_ms)?;
         }
         if self.clock_ms == i64::MIN {
             return Ok(());
@@ -237,7 +287,7 @@ impl Task {
                 TimerResult::NotDue => self.states.put_back(Some(state), from),
                 TimerResult::Decided(outcomes) => {
                     self.open.dec();
-                    self.outcomes.extend(outcomes.into_iter().map(|record| Decided { record, decided_at_ms: now_ms }));
+                    self.add_outcomes(outcomes, now_ms);
                     self.states.put(id, from, Some(state));
                     self.states.spend_timer(timer);
                 }
@@ -250,6 +300,21 @@ impl Task {
         Ok(())
     }
 
+    /// Publishes a tick at `now_ms` when a timer is due by it that the clock
+    /// has not reached, unless one is on its way.
+    fn request_tick(&mut self, now_ms: i64) -> Result<(), StoreError> {
+        let by_wall_clock = now_ms.saturating_sub(self.grace_ms);
+        if self.tick_pending.is_some() || by_wall_clock <= self.clock_ms {
+            return Ok(());
+        }
+        if self.states.due_timers(by_wall_clock, 1)?.is_empty() {
+            return Ok(());
+        }
+        self.ticks.push(Forward::tick(self.partition, now_ms));
+        self.tick_pending = Some(now_ms);
+        Ok(())
+    }
+
     fn dead_letter(&mut self, record: &InputRecord<'_>, error: BadInput) {
         self.dead_letters.push(dead_letter(&self.config, &self.metrics, record, error));
     }
@@ -257,7 +322,7 @@ impl Task {
     /// The outcomes and dead letters decided and not yet published, for
     /// [`crate::commit::Strategy::publish`], which empties them.
     pub fn outputs(&mut self) -> Outputs<'_> {
-        Outputs { outcomes: &mut self.outcomes, dead_letters: &mut self.dead_letters, forwards: &mut self.no_forwards }
+        Outputs { outcomes: &mut self.outcomes, dead_letters: &mut self.dead_letters, forwards: &mut self.ticks }
     }
 
     /// Takes everything the next commit must publish and save, leaving the
@@ -275,7 +340,7 @@ impl Task {
             store: Some(Arc::clone(&self.store)),
             outcomes: std::mem::take(&mut self.outcomes),
             dead_letters: std::mem::take(&mut self.dead_letters),
-            forwards: Vec::new(),
+            forwards: std::mem::take(&mut self.ticks),
             changelog: changes.changelog,
             batch: changes.batch,
             next_offset: self.next_offset.take(),
@@ -293,6 +358,8 @@ impl Task {
         self.states.discard();
         self.outcomes.clear();
         self.dead_letters.clear();
+        self.ticks.clear();
+        self.tick_pending = None;
         self.next_offset = None;
         (self.clock_ms, self.staged_clock_ms) = (self.committed_clock_ms, self.committed_clock_ms);
         self.recount_open()
@@ -304,9 +371,15 @@ mod tests {
     use super::*;
     use std::path::Path;
 
+    /// A task under `exactly_once`, where the wall clock moves the clock at once.
     fn task(dir: &Path) -> Task {
+        task_under(dir, "exactly_once")
+    }
+
+    fn task_under(dir: &Path, guarantee: &str) -> Task {
         let text = r#"
 [kafka]
+processing_guarantee = "GUARANTEE"
 bootstrap_servers = "x:1"
 input_topic = "in"
 output_topic = "out"
@@ -315,7 +388,8 @@ dead_letter_topic = "dlq"
 type = "order"
 steps = ["payment", "inventory"]
 "#;
-        let config = Arc::new(crate::config::parse(Path::new("t.toml"), text, Vec::new()).unwrap());
+        let text = text.replace("GUARANTEE", guarantee);
+        let config = Arc::new(crate::config::parse(Path::new("t.toml"), &text, Vec::new()).unwrap());
         let memory = crate::state::StoreMemory::new(16 << 20, 4 << 20);
         Task::new(0, Arc::new(Store::open(dir, &memory).unwrap()), config, Arc::new(Metrics::new()))
     }
@@ -444,5 +518,30 @@ steps = ["payment", "inventory"]
         let mut again = Task::new(0, store, Arc::clone(&t.config), Arc::new(Metrics::new()));
         again.read_clock().unwrap();
         assert_eq!(again.clock_ms, clock);
+    }
+
+    #[test]
+    fn under_at_least_once_the_wall_clock_enters_the_stream_as_a_tick() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = task_under(dir.path(), "at_least_once");
+        t.process_forwarded(&record(br#"{"workflow_id":"w","step":"payment"}"#, 0), 0, 5_000).unwrap();
+        t.process_forwarded(&record(br#"{"workflow_id":"w","step":"inventory"}"#, 1), 1, 5_000).unwrap();
+        let staged = t.stage();
+        t.store.write(staged.batch).unwrap();
+        t.committed();
+        let (retention, grace) = (86_400_000, 1_000);
+        t.punctuate(retention - 1 + grace, true).unwrap();
+        assert!(t.outputs().forwards.is_empty(), "no timer waits for the wall clock: no tick");
+        t.punctuate(retention + grace, true).unwrap();
+        let ticks = std::mem::take(t.outputs().forwards);
+        assert_eq!(ticks, vec![Forward::tick(0, retention + grace)]);
+        t.punctuate(retention + grace + 50, true).unwrap();
+        assert!(t.outputs().forwards.is_empty(), "one tick at a time");
+        assert!(states(&t.stage().changelog).is_empty(), "the clock waits for the tick to be read back");
+        t.tick(retention + grace, 2);
+        t.punctuate(retention + grace + 100, false).unwrap();
+        let staged = t.stage();
+        assert_eq!(states(&staged.changelog), vec![&("w".to_string(), None)]);
+        assert_eq!(staged.next_offset, Some(3), "the tick's offset is committed");
     }
 }
