@@ -108,3 +108,51 @@ fn a_deadline_that_fell_while_junction_was_down_fires_without_new_input() {
         assert_eq!(outcome["compensate"], serde_json::json!(["a"]), "{outcome}");
     }
 }
+
+/// Under `at_least_once` the outcomes go out before the commit that saves
+/// their state. A `kill -9` between the two replays the workflows after
+/// their deadline has passed by the wall clock: the replay decides as the
+/// first run did, by the steps' own times, and publishes the same records
+/// (same outcome IDs, same bytes), never a `timed_out` that contradicts them.
+#[test]
+fn a_kill_between_outcomes_and_their_changelog_replayed_after_the_deadline_contradicts_nothing() {
+    let broker = Broker::kafka();
+    let setup = quick_setup(&broker, "at_least_once");
+    let work = tempfile::tempdir().unwrap();
+    let mut junction = Junction::start(&setup, work.path(), "j");
+    junction.wait_ready();
+
+    // With batches of at most 16 bytes, no changelog record can be
+    // written: every commit stops after its outcomes (and is tried again).
+    let changelog = format!("{}-state-changelog", setup.app);
+    broker.set_topic_config(&changelog, "max.message.bytes", "16");
+    // The broker applies a setting shortly after it accepts it.
+    std::thread::sleep(Duration::from_secs(2));
+    let n = 50;
+    broker.produce_events(&setup.input, &both_steps("unsaved", n));
+    let mut out = broker.reader(&setup.output);
+    let first = out.read_until("an outcome for every workflow", |r| by_workflow(r).len() >= n).to_vec();
+    assert!(first.iter().all(|r| r.json()["outcome"] == "completed"));
+    let saved = common::read_to_end(&broker, &changelog, "read_uncommitted");
+    assert!(saved.is_empty(), "{} changelog records were saved: {:?}", saved.len(), saved.first().map(|r| &r.key));
+    junction.kill();
+
+    // Back after the deadline of every workflow, with the changelog writable again.
+    broker.set_topic_config(&changelog, "max.message.bytes", "1048588");
+    std::thread::sleep(Duration::from_secs(6));
+    junction.start_again();
+    junction.wait_ready();
+    common::wait_until("the replay to save every workflow", || {
+        junction.metric("junction_events_total", "result=\"accepted\"") >= 2.0 * n as f64
+    });
+    let all = out.read_for(Duration::from_secs(3)).to_vec();
+    let mut bytes_by_id: std::collections::HashMap<&str, &Option<Vec<u8>>> = std::collections::HashMap::new();
+    for r in &all {
+        let outcome = r.json();
+        assert_eq!(outcome["outcome"], "completed", "the replay contradicts the first run: {outcome}");
+        let before = bytes_by_id.entry(r.header(junction::names::HEADER_OUTCOME_ID)).or_insert(&r.value);
+        assert_eq!(*before, &r.value, "a repeat of {} differs", r.header(junction::names::HEADER_OUTCOME_ID));
+    }
+    assert_eq!(bytes_by_id.len(), n, "one outcome ID per workflow");
+    assert!(all.len() > n, "the replay published its repeats ({} records)", all.len());
+}

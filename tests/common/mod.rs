@@ -18,7 +18,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
+use rdkafka::admin::{
+    AdminClient, AdminOptions, AlterConfig, ConfigSource, NewPartitions, NewTopic, ResourceSpecifier, TopicReplication,
+};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -346,6 +348,30 @@ impl Broker {
             r.unwrap_or_else(|(t, e)| panic!("cannot add partitions to topic {t}: {e}"));
         }
         self.wait_for_partitions(name, partitions);
+    }
+
+    /// Sets one of a topic's settings, as an operator would, keeping the
+    /// others it has (the admin API replaces a topic's settings whole).
+    pub fn set_topic_config(&self, topic: &str, key: &str, value: &str) {
+        let admin: AdminClient<DefaultClientContext> = self.client_config().create().unwrap();
+        let options = AdminOptions::new();
+        let resource = ResourceSpecifier::Topic(topic);
+        let described = self.runtime.block_on(admin.describe_configs([&resource], &options)).unwrap();
+        let described = described.into_iter().next().unwrap().unwrap();
+        let kept: Vec<(String, String)> = described
+            .entries
+            .into_iter()
+            .filter(|e| e.source == ConfigSource::DynamicTopic && e.name != key)
+            .filter_map(|e| Some((e.name, e.value?)))
+            .collect();
+        let mut alter = AlterConfig::new(ResourceSpecifier::Topic(topic));
+        for (k, v) in &kept {
+            alter = alter.set(k, v);
+        }
+        alter = alter.set(key, value);
+        for r in self.runtime.block_on(admin.alter_configs([&alter], &options)).unwrap() {
+            r.unwrap_or_else(|(_, e)| panic!("cannot set {key} of topic {topic}: {e}"));
+        }
     }
 
     /// Waits until the metadata shows every partition of a topic.
