@@ -443,6 +443,14 @@ deadline = "15m"
     }
 
     #[test]
+    fn a_grace_shorter_than_the_commit_interval_is_an_error() {
+        let text = MINIMAL.to_string() + "\n[state]\ngrace = \"50ms\"\n";
+        let shown = parse_with(&text, &[]).unwrap_err().to_string();
+        assert!(shown.contains("`state.grace`: expected at least kafka.commit_interval (100ms)"), "{shown}");
+        assert!(parse_with(&(MINIMAL.to_string() + "\n[state]\ngrace = \"100ms\"\n"), &[]).is_ok());
+    }
+
+    #[test]
     fn a_missing_required_key_and_an_unknown_key_are_errors() {
         let text = MINIMAL.replace("input_topic = \"steps\"\n", "input_topik = \"steps\"\n");
         let shown = parse_with(&text, &[]).unwrap_err().to_string();

@@ -53,6 +53,17 @@ impl Reader {
         let kafka = self.kafka(&kafka);
         let state = self.state(&state);
         let http = self.http(&http);
+        if state.grace < kafka.commit_interval {
+            self.error(
+                "state.grace",
+                format!(
+                    "expected at least kafka.commit_interval ({:?}): what another instance forwards to a \
+                     partition becomes readable at its commit, up to an interval late, and must not be late \
+                     for its deadline",
+                    kafka.commit_interval
+                ),
+            );
+        }
         let mut workflows = self.workflows(&top);
         self.outcomes_fit(&workflows, &kafka, state.max_payload_bytes);
         self.mappings_fit(&kafka, &workflows);
