@@ -51,7 +51,7 @@ fn benches(c: &mut Criterion) {
     group.bench_function("decide", |b| {
         b.iter(|| {
             for wf in &decoded {
-                let spec = &config.workflows[wf[0].workflow];
+                let spec = configured(&config, &wf[0]);
                 let mut state = WorkflowState::new(&spec.workflow_type, wf[0].occurred_at_ms);
                 for event in wf {
                     black_box(apply_event(spec, &mut state, &event.workflow_id, event, 0));
@@ -65,7 +65,7 @@ fn benches(c: &mut Criterion) {
                 let mut state: Option<WorkflowState> = None;
                 for e in wf {
                     let event = decode(&config, None, Some(e), 0).unwrap();
-                    let spec = &config.workflows[event.workflow];
+                    let spec = configured(&config, &event);
                     let s = state.get_or_insert_with(|| WorkflowState::new(&spec.workflow_type, event.occurred_at_ms));
                     black_box(apply_event(spec, s, &event.workflow_id, &event, 0));
                 }
@@ -77,3 +77,14 @@ fn benches(c: &mut Criterion) {
 
 criterion_group!(join, benches);
 criterion_main!(join);
+
+/// The configured type of an event that names one.
+fn configured<'c>(
+    config: &'c junction::config::Config,
+    event: &junction::input::event::StepEvent<'_>,
+) -> &'c junction::config::WorkflowSpec {
+    match event.workflow {
+        junction::input::event::TypeRef::Configured(i) => &config.workflows[i],
+        _ => panic!("the benchmark's events name configured types"),
+    }
+}

@@ -97,7 +97,10 @@ proptest! {
         match decode(&config, mapping, Some(value.as_bytes()), 0) {
             Ok(event) => {
                 prop_assert!(!event.workflow_id.is_empty());
-                prop_assert!(event.step < config.workflows[event.workflow].steps.len());
+                prop_assert!(!event.step.is_empty() || !mapped, "a step is named");
+                if let junction::input::event::TypeRef::Unresolved { error, .. } = &event.workflow {
+                    prop_assert!(!error.detail.is_empty(), "an unresolved type comes with its reason");
+                }
             }
             Err(bad) => prop_assert!(!bad.detail.is_empty()),
         }

@@ -13,7 +13,7 @@ use std::borrow::Cow;
 use std::time::Duration;
 
 use junction::config::WorkflowSpec;
-use junction::input::event::{Status, StepEvent};
+use junction::input::event::{Status, StepEvent, TypeRef};
 use junction::join::outcome::{Outcome, OutcomeRecord};
 use junction::join::{apply_event, WorkflowState};
 use proptest::prelude::*;
@@ -31,8 +31,8 @@ fn spec(n: usize, quorum: usize) -> WorkflowSpec {
 fn event(step: usize, status: Status, id: Option<String>, at: i64) -> StepEvent<'static> {
     StepEvent {
         workflow_id: Cow::Borrowed("w"),
-        workflow: 0,
-        step,
+        workflow: TypeRef::Configured(0),
+        step: Cow::Owned(format!("s{step}")),
         status,
         event_id: id.map(Cow::Owned),
         occurred_at_ms: at,

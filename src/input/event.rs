@@ -44,14 +44,28 @@ impl Status {
 #[derive(Debug, Clone)]
 pub struct StepEvent<'a> {
     pub workflow_id: Cow<'a, str>,
-    /// Index into `Config::workflows`.
-    pub workflow: usize,
-    /// Index into the workflow type's steps.
-    pub step: usize,
+    /// Its workflow type, as far as the configuration tells it.
+    pub workflow: TypeRef<'a>,
+    /// The step it names. Whether the workflow has it is for its state to
+    /// say: one that started with a step removed since still takes it.
+    pub step: Cow<'a, str>,
     pub status: Status,
     pub event_id: Option<Cow<'a, str>>,
     pub occurred_at_ms: i64,
     pub payload: Option<&'a RawValue>,
+}
+
+/// An event's workflow type, as the configuration tells it.
+#[derive(Debug, Clone)]
+pub enum TypeRef<'a> {
+    /// A configured type (index into `Config::workflows`), or the only one
+    /// when the event names none.
+    Configured(usize),
+    /// A type that is not configured (`named`), or none named while several
+    /// are. Bad input (`error`), unless the workflow's state gives its type:
+    /// a workflow keeps its type when the type is removed, and an event that
+    /// names none when a second type is added still finds its workflow.
+    Unresolved { named: Option<Cow<'a, str>>, error: BadInput },
 }
 
 /// Why a record is bad input: the stable reason and a human explanation.
@@ -116,13 +130,16 @@ pub fn decode<'a>(
         bad
     };
     let workflow = match mapping.and_then(|m| m.workflow_type.as_ref()) {
-        Some(Field::Fixed(name)) => fixed_workflow_type(config, name).map_err(with_id)?,
-        _ => workflow_type(config, &names, fields.workflow_type).map_err(with_id)?,
+        Some(Field::Fixed(name)) => type_ref(config, &names, Some(Cow::Owned(name.clone()))),
+        _ => type_ref(config, &names, optional_text(fields.workflow_type, &names, "workflow_type").map_err(with_id)?),
     };
-    let spec = &config.workflows[workflow];
+    let workflow = match workflow {
+        TypeRef::Unresolved { named, error } => TypeRef::Unresolved { named, error: with_id(error) },
+        known => known,
+    };
     let step = match mapping.map(|m| &m.step) {
-        Some(Field::Fixed(name)) => step_index(spec, name).map_err(with_id)?,
-        _ => step(spec, &names, fields.step).map_err(with_id)?,
+        Some(Field::Fixed(name)) => Cow::Owned(name.clone()),
+        _ => required_text(fields.step, &names, "step").map_err(with_id)?,
     };
     let status = status(&names, fields.status).map_err(with_id)?;
     let event_id = event_id(&names, fields.event_id).map_err(with_id)?;
@@ -219,37 +236,34 @@ fn workflow_id<'a>(names: &Names<'_>, raw: Option<&'a str>) -> Result<Cow<'a, st
     Ok(workflow_id)
 }
 
-/// The index of the event's workflow type; it may be left out when only one is configured.
-fn workflow_type(config: &Config, names: &Names<'_>, raw: Option<&str>) -> Result<usize, BadInput> {
-    match optional_text(raw, names, "workflow_type")? {
-        Some(t) => fixed_workflow_type(config, &t),
-        None if config.workflows.len() == 1 => Ok(0),
-        None => Err(BadInput::new(
-            Reason::MissingField,
-            format!("{} is required when more than one workflow type is configured", names.of("workflow_type")),
-        )),
+/// The event's workflow type; it may be left out when only one is configured.
+fn type_ref<'a>(config: &Config, names: &Names<'_>, named: Option<Cow<'a, str>>) -> TypeRef<'a> {
+    match named {
+        Some(t) => match config.workflows.iter().position(|w| w.workflow_type == t) {
+            Some(i) => TypeRef::Configured(i),
+            None => {
+                let error =
+                    BadInput::new(Reason::UnknownWorkflowType, format!("workflow type {t:?} is not configured"));
+                TypeRef::Unresolved { named: Some(t), error }
+            }
+        },
+        None if config.workflows.len() == 1 => TypeRef::Configured(0),
+        None => TypeRef::Unresolved {
+            named: None,
+            error: BadInput::new(
+                Reason::MissingField,
+                format!("{} is required when more than one workflow type is configured", names.of("workflow_type")),
+            ),
+        },
     }
 }
 
-fn fixed_workflow_type(config: &Config, name: &str) -> Result<usize, BadInput> {
-    config
-        .workflows
-        .iter()
-        .position(|w| w.workflow_type == name)
-        .ok_or_else(|| BadInput::new(Reason::UnknownWorkflowType, format!("workflow type {name:?} is not configured")))
-}
-
-fn step(spec: &WorkflowSpec, names: &Names<'_>, raw: Option<&str>) -> Result<usize, BadInput> {
-    step_index(spec, &required_text(raw, names, "step")?)
-}
-
-fn step_index(spec: &WorkflowSpec, step_name: &str) -> Result<usize, BadInput> {
-    spec.step_index(step_name).ok_or_else(|| {
-        BadInput::new(
-            Reason::UnknownStep,
-            format!("step {step_name:?} is not one of {:?}'s steps {:?}", spec.workflow_type, spec.steps),
-        )
-    })
+/// Bad input: `step` is not one of `spec`'s steps.
+pub fn unknown_step(spec: &WorkflowSpec, step: &str) -> BadInput {
+    BadInput::new(
+        Reason::UnknownStep,
+        format!("step {step:?} is not one of {:?}'s steps {:?}", spec.workflow_type, spec.steps),
+    )
 }
 
 fn status(names: &Names<'_>, raw: Option<&str>) -> Result<Status, BadInput> {
@@ -444,8 +458,14 @@ mod tests {
         assert_eq!(far.reason, Reason::ClockSkew, "a time that would push the deadline out of reach");
     }
 
+    /// Why `value` is bad input, as far as decoding tells (a type it
+    /// cannot resolve is bad unless the workflow's state gives it).
     fn reason(value: &[u8]) -> Reason {
-        decode(&two_types(), None, Some(value), 0).unwrap_err().reason
+        match decode(&two_types(), None, Some(value), 0) {
+            Err(bad) => bad.reason,
+            Ok(StepEvent { workflow: TypeRef::Unresolved { error, .. }, .. }) => error.reason,
+            Ok(e) => panic!("{e:?} decoded"),
+        }
     }
 
     const EVENTS: &[&str] = &[
@@ -539,7 +559,8 @@ mod tests {
         let v = br#"{"workflow_id":"order-1","workflow_type":"order","step":"inventory","status":"failed","event_id":"e1","occurred_at":"2026-11-22T10:00:00.123+01:00","payload":{"a":1}}"#;
         let e = decode(&c, None, Some(v), LATER).unwrap();
         assert!(matches!(e.workflow_id, Cow::Borrowed("order-1")));
-        assert_eq!((e.workflow, e.step, e.status), (0, 1, Status::Failed));
+        assert!(matches!(e.workflow, TypeRef::Configured(0)));
+        assert_eq!((e.step.as_ref(), e.status), ("inventory", Status::Failed));
         assert_eq!(e.event_id.as_deref(), Some("e1"));
         assert_eq!(format_time(e.occurred_at_ms), "2026-11-22T09:00:00.123Z");
         assert_eq!(e.payload.unwrap().get(), r#"{"a":1}"#);
@@ -549,7 +570,8 @@ mod tests {
     fn defaults_apply_for_status_time_and_a_single_type() {
         let c = config_with("[[workflows]]\ntype = \"order\"\nsteps = [\"payment\"]\n");
         let e = decode(&c, None, Some(br#"{"workflow_id":"w","step":"payment"}"#), 1_700_000_000_000).unwrap();
-        assert_eq!((e.status, e.occurred_at_ms, e.workflow), (Status::Succeeded, 1_700_000_000_000, 0));
+        assert_eq!((e.status, e.occurred_at_ms), (Status::Succeeded, 1_700_000_000_000));
+        assert!(matches!(e.workflow, TypeRef::Configured(0)));
         assert!(e.payload.is_none() && e.event_id.is_none());
     }
 
@@ -567,7 +589,10 @@ mod tests {
             reason(br#"{"workflow_id":"w","workflow_type":"nope","step":"payment"}"#),
             Reason::UnknownWorkflowType
         );
-        assert_eq!(reason(br#"{"workflow_id":"w","workflow_type":"order","step":"email"}"#), Reason::UnknownStep);
+        // Whether the workflow has the step is for its state to say (see `runtime::task`).
+        let step =
+            decode(&two_types(), None, Some(br#"{"workflow_id":"w","workflow_type":"order","step":"email"}"#), 0);
+        assert_eq!(step.unwrap().step, "email");
         assert_eq!(
             reason(br#"{"workflow_id":"w","workflow_type":"order","step":"payment","status":"done"}"#),
             Reason::InvalidField
@@ -610,7 +635,8 @@ mod tests {
             br#"{"ref":{"order":"order-9"},"code":"REFUSED","psp":"p-1","at":"2026-11-22T10:00:00Z","amount":{"v":5}}"#;
         let e = decode(&c, m, Some(v), LATER).unwrap();
         assert_eq!(e.workflow_id, "order-9");
-        assert_eq!((e.workflow, e.step, e.status), (0, 0, Status::Failed));
+        assert!(matches!(e.workflow, TypeRef::Configured(0)));
+        assert_eq!(e.status, Status::Failed);
         assert_eq!(e.event_id.as_deref(), Some("p-1"));
         assert_eq!(format_time(e.occurred_at_ms), "2026-11-22T10:00:00.000Z");
         assert_eq!(e.payload.unwrap().get(), r#"{"v":5}"#);

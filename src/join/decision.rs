@@ -67,7 +67,7 @@ pub fn apply_event(
         outcomes.extend(time_out(spec, state, workflow_id, now_ms));
     }
 
-    let step_name = &spec.steps[event.step];
+    let step_name = event.step.as_ref();
     let is_repeat = match &event.event_id {
         Some(id) => state.event_ids.iter().any(|seen| seen == id.as_ref()),
         None => state.steps.iter().any(|s| &s.name == step_name && s.seen_without_id & status_bit(event.status) != 0),
@@ -276,8 +276,8 @@ mod tests {
     fn ev(step: usize, status: Status, id: Option<&str>, at: i64) -> StepEvent<'static> {
         StepEvent {
             workflow_id: Cow::Borrowed("w"),
-            workflow: 0,
-            step,
+            workflow: crate::input::event::TypeRef::Configured(0),
+            step: Cow::Borrowed(["payment", "inventory", "fraud_check"][step]),
             status,
             event_id: id.map(|i| Cow::Owned(i.to_string())),
             occurred_at_ms: at,

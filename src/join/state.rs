@@ -2,10 +2,13 @@
 //! taken. The stores keep it encoded (see [`crate::state::codec`]); the
 //! decision rules that change it are in [`super::decision`].
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use crate::config::WorkflowSpec;
 use crate::input::event::Status;
+use crate::join::definition::Definition;
 use crate::join::outcome::{Outcome, Payload};
 
 /// What one step has reported.
@@ -44,6 +47,10 @@ pub struct WorkflowState {
     pub steps: Vec<StepState>,
     pub event_ids: Vec<String>,
     pub decision: Option<Decision>,
+    /// The steps, quorum and deadline it started with (`None`: stored
+    /// before they were kept; see [`super::definition`]).
+    #[serde(default)]
+    pub definition: Option<Definition>,
 }
 
 impl WorkflowState {
@@ -55,6 +62,7 @@ impl WorkflowState {
             steps: Vec::new(),
             event_ids: Vec::new(),
             decision: None,
+            definition: None,
         }
     }
 
@@ -77,7 +85,7 @@ impl WorkflowState {
     /// When `on_timer` must next look at this workflow: its deadline while
     /// open, the end of its retention once decided.
     pub fn timer_ms(&self, spec: Option<&WorkflowSpec>, retention_ms: i64) -> Option<i64> {
-        timer_ms(self.started_at_ms, self.decision.as_ref(), spec, retention_ms)
+        timer_ms(self.started_at_ms, self.decision.as_ref(), spec.and_then(|s| s.deadline), retention_ms)
     }
 
     pub(super) fn step_mut(&mut self, name: &str) -> &mut StepState {
@@ -118,8 +126,13 @@ impl WorkflowState {
 }
 
 fn deadline_ms(started_at_ms: i64, spec: Option<&WorkflowSpec>) -> Option<i64> {
-    let deadline = spec?.deadline?;
-    Some(started_at_ms.saturating_add(deadline.as_millis() as i64))
+    deadline_after(started_at_ms, spec?.deadline)
+}
+
+/// A deadline `deadline` after `started_at_ms`; far ones saturate, never wrap.
+fn deadline_after(started_at_ms: i64, deadline: Option<Duration>) -> Option<i64> {
+    let deadline = i64::try_from(deadline?.as_millis()).unwrap_or(i64::MAX);
+    Some(started_at_ms.saturating_add(deadline))
 }
 
 /// [`WorkflowState::timer_ms`] from the fields it needs, which a stored
@@ -127,11 +140,11 @@ fn deadline_ms(started_at_ms: i64, spec: Option<&WorkflowSpec>) -> Option<i64> {
 pub fn timer_ms(
     started_at_ms: i64,
     decision: Option<&Decision>,
-    spec: Option<&WorkflowSpec>,
+    deadline: Option<Duration>,
     retention_ms: i64,
 ) -> Option<i64> {
     match decision {
-        None => deadline_ms(started_at_ms, spec),
+        None => deadline_after(started_at_ms, deadline),
         Some(d) => Some(d.decided_at_ms.saturating_add(retention_ms)),
     }
 }

@@ -121,7 +121,7 @@ async fn workflow(State(app): State<AppState>, Path(id): Path<String>) -> Respon
 
 /// A workflow's state as `GET /workflows/{id}` shows it.
 fn describe(config: &Config, id: &str, partition: i32, state: &WorkflowState) -> serde_json::Value {
-    let spec = config.workflow(&state.workflow_type);
+    let spec = crate::join::governing(config.workflow(&state.workflow_type), state, config.state.default_deadline);
     let steps: serde_json::Map<String, serde_json::Value> = state
         .steps
         .iter()
@@ -135,7 +135,7 @@ fn describe(config: &Config, id: &str, partition: i32, state: &WorkflowState) ->
             (s.name.clone(), v)
         })
         .collect();
-    let missing = spec.map(|sp| state.missing(sp)).unwrap_or_default();
+    let missing = state.missing(&spec);
     json!({
         "workflow_id": id,
         "workflow_type": state.workflow_type,
@@ -144,7 +144,7 @@ fn describe(config: &Config, id: &str, partition: i32, state: &WorkflowState) ->
         "outcome": state.decision.map(|d| d.outcome.as_str()),
         "compensated": state.decision.is_some_and(|d| d.compensated_at_ms.is_some()),
         "started_at": format_time(state.started_at_ms),
-        "deadline": state.deadline_ms(spec).map(format_time),
+        "deadline": state.deadline_ms(Some(&spec)).map(format_time),
         "steps": steps,
         "missing": missing,
     })

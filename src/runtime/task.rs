@@ -7,17 +7,18 @@
 //! It knows nothing of Kafka clients or commits: the stream thread hands it
 //! events and records and takes what it staged.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use prometheus::IntGauge;
 use tracing::warn;
 
 use crate::commit::{Decided, Outputs, Staged};
-use crate::config::{Config, Guarantee};
+use crate::config::{Config, Guarantee, WorkflowSpec};
 use crate::input::dead_letter::DeadLetter;
-use crate::input::event::{self, BadInput, StepEvent};
+use crate::input::event::{self, BadInput, StepEvent, TypeRef};
 pub use crate::input::record::InputRecord;
-use crate::join::{self, EventResult, TimerResult, WorkflowState};
+use crate::join::{self, Definition, EventResult, TimerResult, WorkflowState};
 use crate::metrics::Metrics;
 use crate::route::Forward;
 use crate::state::{codec, CachedStore, Store, StoreError, TimerOf};
@@ -64,8 +65,16 @@ pub struct Task {
 pub fn stored_timer(config: Arc<Config>) -> TimerOf {
     let retention = config.state.retention.as_millis() as i64;
     Box::new(move |s| {
-        join::timer_ms(s.started_at_ms, s.decision.as_ref(), config.workflow(&s.workflow_type), retention)
+        let configured = config.workflow(&s.workflow_type);
+        let deadline =
+            join::definition::governing_deadline(configured, s.own_deadline_ms, config.state.default_deadline);
+        join::timer_ms(s.started_at_ms, s.decision.as_ref(), deadline, retention)
     })
+}
+
+/// The definition `state` is decided by (see [`join::definition`]).
+fn governing<'c>(config: &'c Config, state: &WorkflowState) -> Cow<'c, WorkflowSpec> {
+    join::governing(config.workflow(&state.workflow_type), state, config.state.default_deadline)
 }
 
 /// The dead letter of a bad record, logged and counted.
@@ -165,12 +174,13 @@ impl Task {
         Ok(())
     }
 
-    /// Joins one event of a workflow whose home this is. On a store error
-    /// the event counts as not joined.
+    /// Joins one event of a workflow whose home this is, by the definition
+    /// the workflow started with (a new one: its type's as configured). On
+    /// a store error the event counts as not joined.
     pub fn join(&mut self, event: &StepEvent<'_>, record: &InputRecord<'_>, now_ms: i64) -> Result<(), StoreError> {
         let config = Arc::clone(&self.config);
-        let spec = &config.workflows[event.workflow];
         let id = event.workflow_id.as_ref();
+        let decided_at_ms = record.timestamp_ms.unwrap_or(now_ms);
         self.advance_clock(record.timestamp_ms.unwrap_or(event.occurred_at_ms));
         let (loaded, from) = self.states.load(id)?;
         let was_open = loaded.as_ref().is_some_and(WorkflowState::is_open);
@@ -180,44 +190,80 @@ impl Task {
         // its punctuations elsewhere so decides the same.
         let (clock, retention) = (self.clock_ms, config.state.retention.as_millis() as i64);
         let mut outcomes = Vec::new();
+        let mut forgotten = false;
         let loaded = loaded.and_then(|mut s| {
-            if let TimerResult::Decided(fired) = join::on_timer(config.workflow(&s.workflow_type), &mut s, id, clock, retention) {
+            let spec = governing(&config, &s);
+            if let TimerResult::Decided(fired) = join::on_timer(Some(&spec), &mut s, id, clock, retention) {
                 outcomes = fired;
             }
-            (!join::retention_passed(&s, clock, retention)).then_some(s)
+            forgotten = join::retention_passed(&s, clock, retention);
+            (!forgotten).then_some(s)
         });
-        let mut state = match loaded {
-            Some(s) if s.workflow_type == spec.workflow_type => s,
+        let named_type = match &event.workflow {
+            TypeRef::Configured(i) => Some(config.workflows[*i].workflow_type.as_str()),
+            TypeRef::Unresolved { named, .. } => named.as_deref(),
+        };
+        let existed = loaded.is_some();
+        let (mut state, spec) = match loaded {
+            Some(s) if named_type.is_none_or(|t| t == s.workflow_type) => {
+                let spec = governing(&config, &s);
+                (s, spec)
+            }
             Some(s) => {
-                let mut bad = BadInput::new(
-                    crate::names::Reason::UnknownWorkflowType,
-                    format!("workflow {id:?} is of type {:?}, not {:?}", s.workflow_type, spec.workflow_type),
-                );
+                let detail =
+                    format!("workflow {id:?} is of type {:?}, not {:?}", s.workflow_type, named_type.unwrap_or(""));
+                let mut bad = BadInput::new(crate::names::Reason::UnknownWorkflowType, detail);
                 bad.workflow_id = Some(id.to_string());
                 self.count_open(was_open, s.is_open());
-                if outcomes.is_empty() {
-                    self.states.put_back(Some(s), from);
-                } else {
-                    self.states.put(id, from, Some(s));
-                }
+                self.keep(id, Some(s), from, !outcomes.is_empty());
                 self.dead_letter(record, bad);
-                self.add_outcomes(outcomes, record.timestamp_ms.unwrap_or(now_ms));
+                self.add_outcomes(outcomes, decided_at_ms);
                 return Ok(());
             }
-            None => WorkflowState::new(&spec.workflow_type, event.occurred_at_ms),
+            None => match &event.workflow {
+                TypeRef::Configured(i) => {
+                    let spec = &config.workflows[*i];
+                    let mut s = WorkflowState::new(&spec.workflow_type, event.occurred_at_ms);
+                    s.definition = Some(Definition::of(spec));
+                    (s, Cow::Borrowed(spec))
+                }
+                TypeRef::Unresolved { error, .. } => {
+                    self.count_open(was_open, false);
+                    self.keep(id, None, from, forgotten);
+                    self.dead_letter(record, error.clone());
+                    self.add_outcomes(outcomes, decided_at_ms);
+                    return Ok(());
+                }
+            },
         };
-        let (result, more) = join::apply_event(spec, &mut state, id, event, clock);
+        if spec.step_index(&event.step).is_none() {
+            let mut bad = event::unknown_step(&spec, &event.step);
+            bad.workflow_id = Some(id.to_string());
+            // A workflow it would have started is not started.
+            self.count_open(was_open, existed && state.is_open());
+            self.keep(id, existed.then_some(state), from, forgotten || !outcomes.is_empty());
+            self.dead_letter(record, bad);
+            self.add_outcomes(outcomes, decided_at_ms);
+            return Ok(());
+        }
+        let (result, more) = join::apply_event(&spec, &mut state, id, event, clock);
         outcomes.extend(more);
         self.metrics.event(result);
         self.count_open(was_open, state.is_open());
         // A duplicate or late event leaves the state as it was: no changelog record for it.
-        if result != EventResult::Accepted && outcomes.is_empty() {
-            self.states.put_back(Some(state), from);
-        } else {
-            self.states.put(id, from, Some(state));
-        }
-        self.add_outcomes(outcomes, record.timestamp_ms.unwrap_or(now_ms));
+        self.keep(id, Some(state), from, forgotten || result == EventResult::Accepted || !outcomes.is_empty());
+        self.add_outcomes(outcomes, decided_at_ms);
         Ok(())
+    }
+
+    /// Returns a workflow's state to the record cache: for the next commit
+    /// if it `changed`, else to where it was loaded from.
+    fn keep(&mut self, id: &str, state: Option<WorkflowState>, from: crate::state::cache::Source, changed: bool) {
+        if changed {
+            self.states.put(id, from, state);
+        } else {
+            self.states.put_back(state, from);
+        }
     }
 
     /// Follows a workflow from open or not to open or not in `junction_workflows_open`.
@@ -276,14 +322,14 @@ impl Task {
                 self.states.spend_timer(timer);
                 continue;
             };
-            let spec = config.workflow(&state.workflow_type);
-            if state.timer_ms(spec, retention) != Some(timer.due_ms) {
+            let spec = governing(&config, &state);
+            if state.timer_ms(Some(&spec), retention) != Some(timer.due_ms) {
                 // Stale: the state moved on since this timer was written.
                 self.states.put_back(Some(state), from);
                 self.states.spend_timer(timer);
                 continue;
             }
-            match join::on_timer(spec, &mut state, id, clock, retention) {
+            match join::on_timer(Some(&spec), &mut state, id, clock, retention) {
                 TimerResult::NotDue => self.states.put_back(Some(state), from),
                 TimerResult::Decided(outcomes) => {
                     self.open.dec();
@@ -330,7 +376,7 @@ impl Task {
     pub fn stage(&mut self) -> Staged {
         let retention = self.config.state.retention.as_millis() as i64;
         let config = Arc::clone(&self.config);
-        let mut changes = self.states.stage(|state| state.timer_ms(config.workflow(&state.workflow_type), retention));
+        let mut changes = self.states.stage(|state| state.timer_ms(Some(&governing(&config, state)), retention));
         if self.clock_ms != self.staged_clock_ms {
             changes.save_clock(self.clock_ms);
             self.staged_clock_ms = self.clock_ms;

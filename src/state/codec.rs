@@ -2,17 +2,21 @@
 //! and to the changelog, so that restoring is copying. A leading version byte
 //! lets the format change without misreading old records.
 //!
-//! Version 2, the one written, is a compact binary layout; version 1
-//! (JSON) is still read. Integers are little-endian, lengths and counts are
-//! LEB128 varints, a string is its length then its UTF-8 bytes:
+//! Version 3, the one written, is a compact binary layout; version 2 (the
+//! same without the definition) and version 1 (JSON) are still read, and
+//! their states take their type's configured definition. Integers are
+//! little-endian, lengths and counts are LEB128 varints, a string is its
+//! length then its UTF-8 bytes:
 //!
 //! ```text
-//! u8  version = 2
-//! u8  flags: 1 = decided, 2 = compensated
+//! u8  version = 3
+//! u8  flags: 1 = decided, 2 = compensated, 4 = definition, 8 = its deadline
 //! i64 started_at_ms, i64 last_event_at_ms
 //! if decided:     u8 outcome, i64 decided_at_ms
 //! if compensated: i64 compensated_at_ms
 //! str workflow_type
+//! if deadline:    i64 the definition's deadline_ms
+//! if definition:  varint quorum, varint steps, each a str
 //! varint steps, each: str name, u8 work (0 none, 1 succeeded, 2 failed),
 //!     i64 occurred_at_ms, u8 seen_without_id, u8 flags (1 = payload,
 //!     2 = compensated), [str payload JSON], [i64 compensated_at_ms]
@@ -29,13 +33,16 @@ use serde_json::value::RawValue;
 
 use crate::input::event::Status;
 use crate::join::outcome::{Outcome, Payload};
-use crate::join::{Decision, StepState, WorkflowState};
+use crate::join::{Decision, Definition, StepState, WorkflowState};
 
 const FORMAT_V1_JSON: u8 = 1;
 const FORMAT_V2_BINARY: u8 = 2;
+const FORMAT_V3_DEFINED: u8 = 3;
 
 const DECIDED: u8 = 1;
 const COMPENSATED: u8 = 2;
+const DEFINITION: u8 = 4;
+const DEFINITION_DEADLINE: u8 = 8;
 const STEP_PAYLOAD: u8 = 1;
 const STEP_COMPENSATED: u8 = 2;
 
@@ -60,12 +67,18 @@ pub fn encode(state: &WorkflowState) -> Vec<u8> {
 
 /// Appends the encoding of `state` to `out`.
 pub fn encode_into(state: &WorkflowState, out: &mut Vec<u8>) {
-    out.push(FORMAT_V2_BINARY);
+    out.push(FORMAT_V3_DEFINED);
     let mut flags = 0;
     if let Some(d) = &state.decision {
         flags |= DECIDED;
         if d.compensated_at_ms.is_some() {
             flags |= COMPENSATED;
+        }
+    }
+    if let Some(def) = &state.definition {
+        flags |= DEFINITION;
+        if def.deadline_ms.is_some() {
+            flags |= DEFINITION_DEADLINE;
         }
     }
     out.push(flags);
@@ -79,6 +92,16 @@ pub fn encode_into(state: &WorkflowState, out: &mut Vec<u8>) {
         }
     }
     put_str(out, &state.workflow_type);
+    if let Some(def) = &state.definition {
+        if let Some(deadline) = def.deadline_ms {
+            out.extend_from_slice(&deadline.to_le_bytes());
+        }
+        put_varint(out, def.quorum);
+        put_varint(out, def.steps.len());
+        for step in &def.steps {
+            put_str(out, step);
+        }
+    }
     put_varint(out, state.steps.len());
     for step in &state.steps {
         put_str(out, &step.name);
@@ -110,9 +133,19 @@ pub fn decode(bytes: &[u8]) -> Result<WorkflowState, CodecError> {
     match bytes.split_first() {
         None => Err(CodecError::Empty),
         Some((&FORMAT_V1_JSON, rest)) => Ok(serde_json::from_slice(rest)?),
-        Some((&FORMAT_V2_BINARY, rest)) => {
+        Some((&version @ (FORMAT_V2_BINARY | FORMAT_V3_DEFINED), rest)) => {
             let mut r = Reader(rest);
-            let head = r.head()?;
+            let head = r.head(version)?;
+            let definition = if head.flags & DEFINITION != 0 {
+                let quorum = r.varint()?;
+                let mut steps = Vec::with_capacity(r.count(1)?);
+                for _ in 0..steps.capacity() {
+                    steps.push(r.str()?.to_string());
+                }
+                Some(Definition { steps, quorum, deadline_ms: head.own_deadline_ms })
+            } else {
+                None
+            };
             let mut steps = Vec::with_capacity(r.count(11)?);
             for _ in 0..steps.capacity() {
                 let name = r.str()?.to_string();
@@ -149,6 +182,7 @@ pub fn decode(bytes: &[u8]) -> Result<WorkflowState, CodecError> {
                 steps,
                 event_ids,
                 decision: head.decision,
+                definition,
             })
         }
         Some((&v, _)) => Err(CodecError::UnknownVersion(v)),
@@ -162,6 +196,9 @@ pub struct Summary<'a> {
     pub started_at_ms: i64,
     pub last_event_at_ms: i64,
     pub decision: Option<Decision>,
+    /// The deadline of the definition it started with, if that is stored.
+    pub own_deadline_ms: Option<i64>,
+    flags: u8,
 }
 
 /// Whether an encoded state is a workflow waiting for its decision, as
@@ -172,13 +209,15 @@ pub fn is_open(bytes: &[u8]) -> bool {
 
 pub fn summary(bytes: &[u8]) -> Result<Summary<'_>, CodecError> {
     match bytes.split_first() {
-        Some((&FORMAT_V2_BINARY, rest)) => Reader(rest).head(),
+        Some((&version @ (FORMAT_V2_BINARY | FORMAT_V3_DEFINED), rest)) => Reader(rest).head(version),
         // Old records are read whole.
         _ => decode(bytes).map(|s| Summary {
             workflow_type: Cow::Owned(s.workflow_type),
             started_at_ms: s.started_at_ms,
             last_event_at_ms: s.last_event_at_ms,
             decision: s.decision,
+            own_deadline_ms: s.definition.and_then(|d| d.deadline_ms),
+            flags: 0,
         }),
     }
 }
@@ -252,8 +291,14 @@ impl<'a> Reader<'a> {
         std::str::from_utf8(self.take(n)?).map_err(|_| CodecError::Malformed("a string is not UTF-8"))
     }
 
-    fn head(&mut self) -> Result<Summary<'a>, CodecError> {
+    fn head(&mut self, version: u8) -> Result<Summary<'a>, CodecError> {
         let flags = self.u8()?;
+        if version < FORMAT_V3_DEFINED && flags & (DEFINITION | DEFINITION_DEADLINE) != 0 {
+            return Err(CodecError::Malformed("a definition in a version 2 record"));
+        }
+        if flags & DEFINITION_DEADLINE != 0 && flags & DEFINITION == 0 {
+            return Err(CodecError::Malformed("a definition's deadline without the definition"));
+        }
         let started_at_ms = self.i64()?;
         let last_event_at_ms = self.i64()?;
         let decision = if flags & DECIDED != 0 {
@@ -270,7 +315,9 @@ impl<'a> Reader<'a> {
         } else {
             None
         };
-        Ok(Summary { workflow_type: Cow::Borrowed(self.str()?), started_at_ms, last_event_at_ms, decision })
+        let workflow_type = Cow::Borrowed(self.str()?);
+        let own_deadline_ms = if flags & DEFINITION_DEADLINE != 0 { Some(self.i64()?) } else { None };
+        Ok(Summary { workflow_type, started_at_ms, last_event_at_ms, decision, own_deadline_ms, flags })
     }
 }
 
@@ -300,6 +347,11 @@ mod tests {
             seen_without_id: 0,
         });
         s.decision = Some(Decision { outcome: Outcome::Failed, decided_at_ms: 99, compensated_at_ms: Some(1_000) });
+        s.definition = Some(Definition {
+            steps: vec!["payment".into(), "inventory".into(), "gone".into()],
+            quorum: 2,
+            deadline_ms: Some(-3),
+        });
         s
     }
 
@@ -315,6 +367,21 @@ mod tests {
         assert!(matches!(decode(b"\x09abc"), Err(CodecError::UnknownVersion(9))));
         assert!(matches!(decode(b"\x01{"), Err(CodecError::Corrupt(_))));
         assert!(matches!(decode(b"\x02\x00"), Err(CodecError::Malformed(_))));
+    }
+
+    #[test]
+    fn version_2_is_still_read_without_a_definition() {
+        let mut s = full_state();
+        s.definition = None;
+        let mut v2 = encode(&s);
+        v2[0] = FORMAT_V2_BINARY;
+        assert_eq!(decode(&v2).unwrap(), s);
+        assert_eq!(summary(&v2).unwrap().own_deadline_ms, None);
+        let v3 = encode(&full_state());
+        assert_eq!(summary(&v3).unwrap().own_deadline_ms, Some(-3));
+        let mut mislabelled = v3.clone();
+        mislabelled[0] = FORMAT_V2_BINARY;
+        assert!(decode(&mislabelled).is_err(), "a version 2 record has no definition");
     }
 
     #[test]

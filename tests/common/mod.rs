@@ -1212,7 +1212,11 @@ pub fn assert_stores_match_the_committed_changelog(broker: &Broker, setup: &Setu
         for ((p, id), value) in last.iter().filter(|((p, _), _)| p == partition) {
             if id == junction::names::CLOCK_RECORD_KEY {
                 let clock = value.as_ref().map(|v| i64::from_be_bytes(v.as_slice().try_into().unwrap()));
-                assert_eq!(store.clock().unwrap(), clock, "partition {p}: the store's clock and the changelog's differ");
+                assert_eq!(
+                    store.clock().unwrap(),
+                    clock,
+                    "partition {p}: the store's clock and the changelog's differ"
+                );
                 continue;
             }
             let name = String::from_utf8_lossy(id);
