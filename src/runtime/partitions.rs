@@ -524,6 +524,7 @@ impl Partitions {
         let reopened = std::mem::take(&mut slot.reopened);
         let ready = (if restored { slot.task.recount_open() } else { Ok(()) }).and_then(|()| {
             slot.task.read_clock()?;
+            slot.task.rearm_timers()?;
             // A store that failed proves it can write to disk again before its partition resumes.
             if reopened {
                 slot.task.store.flush()?;

@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use prometheus::IntGauge;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::commit::{Decided, Outputs, Staged};
 use crate::config::{Config, Guarantee, WorkflowSpec};
@@ -21,10 +21,12 @@ pub use crate::input::record::InputRecord;
 use crate::join::{self, Definition, EventResult, TimerResult, WorkflowState};
 use crate::metrics::Metrics;
 use crate::route::Forward;
-use crate::state::{codec, CachedStore, Store, StoreError, TimerOf};
+use crate::state::{codec, CachedStore, Store, StoreBatch, StoreError, TimerOf};
 
 /// The most timers one punctuation fires, so that a backlog cannot stall a commit.
 const TIMERS_PER_PUNCTUATION: usize = 10_000;
+/// Timers written per batch when they are re-armed.
+const REARM_BATCH: usize = 100_000;
 
 pub struct Task {
     pub partition: i32,
@@ -70,6 +72,16 @@ pub fn stored_timer(config: Arc<Config>) -> TimerOf {
             join::definition::governing_deadline(configured, s.own_deadline_ms, config.state.default_deadline);
         join::timer_ms(s.started_at_ms, s.decision.as_ref(), deadline, retention)
     })
+}
+
+/// What the timers depend on in the configuration, written out: the
+/// retention, the default deadline and each type's deadline.
+fn timers_basis(config: &Config) -> String {
+    let mut basis = format!("retention={:?};default_deadline={:?}", config.state.retention, config.state.default_deadline);
+    for w in &config.workflows {
+        basis.push_str(&format!(";{:?}={:?}", w.workflow_type, w.deadline));
+    }
+    basis
 }
 
 /// The definition `state` is decided by (see [`join::definition`]).
@@ -124,6 +136,42 @@ impl Task {
         self.store.for_each_state(|_, bytes| open += i64::from(codec::is_open(bytes)))?;
         self.open.set(open);
         Ok(())
+    }
+
+    /// Gives every stored state its timer by the deadlines and retention
+    /// configured now, when they changed since the timers were written
+    /// (a scan of the store, once per edit). The timers they replace are
+    /// stale and dropped when they come due. Returns how many were written.
+    pub fn rearm_timers(&self) -> Result<usize, StoreError> {
+        let basis = timers_basis(&self.config);
+        if self.store.timers_basis()?.as_deref() == Some(basis.as_bytes()) {
+            return Ok(0);
+        }
+        let timer_of = stored_timer(Arc::clone(&self.config));
+        let mut batch = StoreBatch::default();
+        let mut armed = 0;
+        let mut failed = None;
+        self.store.for_each_state(|id, bytes| {
+            let Ok(summary) = codec::summary(bytes) else { return };
+            if let Some(due) = timer_of(&summary) {
+                batch.put_timer(&String::from_utf8_lossy(id), due);
+                armed += 1;
+            }
+            if batch.len() >= REARM_BATCH {
+                if let Err(e) = self.store.write(std::mem::take(&mut batch)) {
+                    failed.get_or_insert(e);
+                }
+            }
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        batch.set_timers_basis(&basis);
+        self.store.write(batch)?;
+        if armed > 0 {
+            info!(partition = self.partition, timers = armed, "deadlines or retention changed: timers re-armed");
+        }
+        Ok(armed)
     }
 
     /// Takes the clock saved with the store's last commit: once its store
@@ -589,5 +637,98 @@ steps = ["payment", "inventory"]
         let staged = t.stage();
         assert_eq!(states(&staged.changelog), vec![&("w".to_string(), None)]);
         assert_eq!(staged.next_offset, Some(3), "the tick's offset is committed");
+    }
+
+    fn task_with(store: Arc<Store>, workflows: &str) -> Task {
+        let text = format!(
+            "[kafka]\nprocessing_guarantee = \"exactly_once\"\nbootstrap_servers = \"x:1\"\ninput_topic = \"in\"\n\
+             output_topic = \"out\"\ndead_letter_topic = \"dlq\"\n{workflows}"
+        );
+        let config = Arc::new(crate::config::parse(Path::new("t.toml"), &text, Vec::new()).unwrap());
+        let mut task = Task::new(0, store, config, Arc::new(Metrics::new()));
+        task.read_clock().unwrap();
+        task.rearm_timers().unwrap();
+        task
+    }
+
+    fn commit(t: &mut Task) -> Staged {
+        let mut staged = t.stage();
+        t.store.write(std::mem::take(&mut staged.batch)).unwrap();
+        t.committed();
+        staged
+    }
+
+    fn reasons(staged: &Staged) -> Vec<&str> {
+        staged.dead_letters.iter().map(|d| d.error.reason.code()).collect()
+    }
+
+    #[test]
+    fn an_edit_leaves_open_workflows_their_steps_and_quorum_and_re_arms_their_timers() {
+        let dir = tempfile::tempdir().unwrap();
+        let memory = crate::state::StoreMemory::new(16 << 20, 4 << 20);
+        let store = Arc::new(Store::open(dir.path(), &memory).unwrap());
+        let before = "[[workflows]]\ntype = \"order\"\nsteps = [\"payment\", \"inventory\", \"fraud\"]\ndeadline = \"1h\"\n";
+        let mut t = task_with(Arc::clone(&store), before);
+        t.process_forwarded(&record(br#"{"workflow_id":"w","step":"payment"}"#, 0), 0, 0).unwrap();
+        commit(&mut t);
+        assert_eq!(t.store.due_timers(i64::MAX, 10).unwrap()[0].due_ms, 1_000 + 3_600_000);
+        drop(t);
+
+        // fraud removed, the quorum lowered to 1, the deadline shortened.
+        let after = "[[workflows]]\ntype = \"order\"\nsteps = [\"payment\", \"inventory\"]\nquorum = 1\ndeadline = \"10s\"\n";
+        let mut t = task_with(store, after);
+        let due: Vec<i64> = t.store.due_timers(i64::MAX, 10).unwrap().iter().map(|t| t.due_ms).collect();
+        assert!(due.contains(&11_000), "the shortened deadline is armed: {due:?}");
+        assert_eq!(t.rearm_timers().unwrap(), 0, "once per edit");
+        t.process_forwarded(&record(br#"{"workflow_id":"w","step":"fraud"}"#, 1), 1, 0).unwrap();
+        let staged = commit(&mut t);
+        assert!(staged.dead_letters.is_empty(), "a removed step still counts for a workflow that started with it");
+        assert!(staged.outcomes.is_empty(), "w keeps its quorum of 3");
+        t.process_forwarded(&record(br#"{"workflow_id":"w","step":"inventory"}"#, 2), 2, 0).unwrap();
+        t.process_forwarded(&record(br#"{"workflow_id":"v","step":"payment"}"#, 3), 3, 0).unwrap();
+        t.process_forwarded(&record(br#"{"workflow_id":"u","step":"fraud"}"#, 4), 4, 0).unwrap();
+        let staged = commit(&mut t);
+        let decided: Vec<(&str, Vec<String>)> =
+            staged.outcomes.iter().map(|d| (d.record.workflow_id.as_str(), d.record.missing.clone())).collect();
+        assert_eq!(decided, [("w", vec![]), ("v", vec!["inventory".to_string()])], "v starts with the new quorum");
+        assert_eq!(reasons(&staged), ["unknown_step"], "a new workflow does not take a removed step");
+        assert!(t.store.get_state("u").unwrap().is_none(), "nor is it started by one");
+    }
+
+    #[test]
+    fn a_removed_types_workflows_finish_by_their_own_definition() {
+        let dir = tempfile::tempdir().unwrap();
+        let memory = crate::state::StoreMemory::new(16 << 20, 4 << 20);
+        let store = Arc::new(Store::open(dir.path(), &memory).unwrap());
+        let order = "[[workflows]]\ntype = \"order\"\nsteps = [\"payment\", \"inventory\"]\n";
+        let refund = "[[workflows]]\ntype = \"refund\"\nsteps = [\"ask\", \"pay\"]\ndeadline = \"5s\"\n";
+        let mut t = task_with(Arc::clone(&store), order);
+        // The only type: events need not name it. A second one is added.
+        t.process_forwarded(&record(br#"{"workflow_id":"o","step":"payment"}"#, 0), 0, 0).unwrap();
+        commit(&mut t);
+        drop(t);
+        let mut t = task_with(Arc::clone(&store), &format!("{order}{refund}"));
+        t.process_forwarded(&record(br#"{"workflow_id":"o","step":"inventory"}"#, 1), 1, 0).unwrap();
+        t.process_forwarded(&record(br#"{"workflow_id":"n","step":"payment"}"#, 2), 2, 0).unwrap();
+        for (i, id) in ["r", "s"].iter().enumerate() {
+            let v = format!(r#"{{"workflow_id":"{id}","workflow_type":"refund","step":"ask"}}"#);
+            t.process_forwarded(&record(v.as_bytes(), 3 + i as i64), 3 + i as i64, 0).unwrap();
+        }
+        let staged = commit(&mut t);
+        assert_eq!(staged.outcomes.iter().map(|d| d.record.workflow_id.as_str()).collect::<Vec<_>>(), ["o"]);
+        assert_eq!(reasons(&staged), ["missing_field"], "a new workflow must name its type among two");
+        drop(t);
+
+        // refund removed: r finishes when its last step comes, s by its own 5 s deadline.
+        let mut t = task_with(store, order);
+        t.process_forwarded(&record(br#"{"workflow_id":"r","workflow_type":"refund","step":"pay"}"#, 5), 5, 0).unwrap();
+        t.process_forwarded(&record(br#"{"workflow_id":"q","workflow_type":"refund","step":"pay"}"#, 6), 6, 0).unwrap();
+        let staged = commit(&mut t);
+        assert_eq!(staged.outcomes.iter().map(|d| d.record.workflow_id.as_str()).collect::<Vec<_>>(), ["r"]);
+        assert_eq!(reasons(&staged), ["unknown_workflow_type"], "a removed type starts nothing new");
+        t.punctuate(1_000 + 5_000 + 1_000, true).unwrap();
+        let staged = commit(&mut t);
+        let timed_out: Vec<_> = staged.outcomes.iter().map(|d| (d.record.workflow_id.as_str(), d.record.outcome)).collect();
+        assert_eq!(timed_out, [("s", crate::join::outcome::Outcome::TimedOut)]);
     }
 }

@@ -10,7 +10,9 @@
 //! - `m:checkpoint`: the changelog offset up to which this store is known
 //!   good, written in the same batch as the data it covers;
 //! - `m:clock`: the partition's clock (see [`crate::runtime::task`]) as of
-//!   that commit, in the same batch.
+//!   that commit, in the same batch;
+//! - `m:timers`: what the timers were computed from (the deadlines and the
+//!   retention configured), so that an edit of those re-arms them.
 //!
 //! Tuned for this access pattern:
 //! - **No write-ahead log.** The changelog is the source of truth. Without
@@ -34,6 +36,7 @@ const STATE_PREFIX: u8 = b'w';
 const TIMER_PREFIX: u8 = b't';
 const CHECKPOINT_KEY: &[u8] = b"m:checkpoint";
 const CLOCK_KEY: &[u8] = b"m:clock";
+const TIMERS_KEY: &[u8] = b"m:timers";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -137,6 +140,15 @@ impl StoreBatch {
         }
     }
 
+    pub fn put_timer(&mut self, workflow_id: &str, due_ms: i64) {
+        timer_key(&mut self.key, due_ms, workflow_id);
+        self.batch.put(&self.key, []);
+    }
+
+    pub fn set_timers_basis(&mut self, basis: &str) {
+        self.batch.put(TIMERS_KEY, basis.as_bytes());
+    }
+
     pub fn delete_state(&mut self, workflow_id: &str) {
         state_key(&mut self.key, workflow_id);
         self.batch.delete(&self.key);
@@ -235,6 +247,11 @@ impl Store {
     /// The partition's clock as of the last commit saved, if one was.
     pub fn clock(&self) -> Result<Option<i64>, StoreError> {
         self.get_i64(CLOCK_KEY)
+    }
+
+    /// What the stored timers were computed from ([`StoreBatch::set_timers_basis`]).
+    pub fn timers_basis(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        self.db.get(TIMERS_KEY).map_err(|e| self.io(e))
     }
 
     fn get_i64(&self, key: &[u8]) -> Result<Option<i64>, StoreError> {
