@@ -71,6 +71,9 @@ fn main() -> ExitCode {
                     if c.workflows.len() == 1 { "" } else { "s" },
                     c.kafka.processing_guarantee.as_str()
                 );
+                for line in junction::ops::edits::report(&c) {
+                    println!("{}: {line}", config.display());
+                }
                 ExitCode::SUCCESS
             }
             Err(errors) => {

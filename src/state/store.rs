@@ -221,6 +221,14 @@ impl Store {
         Ok(Store { db, path: path.to_path_buf(), write_options })
     }
 
+    /// Opens a store to read it only (`junction validate`): no lock is
+    /// taken, so a running junction may hold it meanwhile.
+    pub fn open_read_only(path: &Path) -> Result<Store, StoreError> {
+        let db = DB::open_for_read_only(&Options::default(), path, false)
+            .map_err(|source| StoreError::Open { path: path.to_path_buf(), source })?;
+        Ok(Store { db, path: path.to_path_buf(), write_options: WriteOptions::default() })
+    }
+
     /// Deletes a store's files; it must not be open.
     pub fn destroy(path: &Path) -> Result<(), StoreError> {
         match std::fs::remove_dir_all(path) {

@@ -906,6 +906,19 @@ impl Junction {
         j
     }
 
+    /// Writes `setup`'s configuration over this instance's, for its next
+    /// start: an operator's edit between restarts.
+    pub fn reconfigure(&self, setup: &Setup) {
+        std::fs::write(&self.config, setup.config_text(&self.state_dir, self.http_port)).unwrap();
+    }
+
+    /// `junction validate` of this instance's configuration: its exit code and its output.
+    pub fn validate(&self) -> (Option<i32>, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_junction")).args(["validate", "--config"]).arg(&self.config).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    }
+
     fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let mut command = match &self.host {
