@@ -31,6 +31,10 @@ fn events(i: usize) -> [Vec<u8>; 3] {
     })
 }
 
+/// The records' timestamp: just after the events occurred (an `occurred_at`
+/// far ahead of it would be bad input).
+const RECORD_MS: i64 = 1_795_341_601_000;
+
 fn benches(c: &mut Criterion) {
     let config = config::parse(Path::new("bench.toml"), CONFIG, Vec::new()).unwrap();
     let inputs: Vec<[Vec<u8>; 3]> = (0..1_000).map(events).collect();
@@ -41,13 +45,15 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             for wf in &inputs {
                 for e in wf {
-                    black_box(decode(&config, None, Some(e), 0).unwrap());
+                    black_box(decode(&config, None, Some(e), RECORD_MS).unwrap());
                 }
             }
         })
     });
-    let decoded: Vec<Vec<_>> =
-        inputs.iter().map(|wf| wf.iter().map(|e| decode(&config, None, Some(e), 0).unwrap()).collect()).collect();
+    let decoded: Vec<Vec<_>> = inputs
+        .iter()
+        .map(|wf| wf.iter().map(|e| decode(&config, None, Some(e), RECORD_MS).unwrap()).collect())
+        .collect();
     group.bench_function("decide", |b| {
         b.iter(|| {
             for wf in &decoded {
@@ -64,7 +70,7 @@ fn benches(c: &mut Criterion) {
             for wf in &inputs {
                 let mut state: Option<WorkflowState> = None;
                 for e in wf {
-                    let event = decode(&config, None, Some(e), 0).unwrap();
+                    let event = decode(&config, None, Some(e), RECORD_MS).unwrap();
                     let spec = configured(&config, &event);
                     let s = state.get_or_insert_with(|| WorkflowState::new(&spec.workflow_type, event.occurred_at_ms));
                     black_box(apply_event(spec, s, &event.workflow_id, &event, 0));

@@ -142,7 +142,12 @@ fn a_restart_with_each_kind_of_edit_strands_and_miscounts_no_open_workflow() {
     let letters = dead.read_until("the two bad events", |r| r.len() >= 2).to_vec();
     let mut reasons: Vec<(String, String)> = letters
         .iter()
-        .map(|r| (String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).into_owned(), r.header("junction.error").to_string()))
+        .map(|r| {
+            (
+                String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).into_owned(),
+                r.header("junction.error").to_string(),
+            )
+        })
         .collect();
     reasons.sort();
     assert_eq!(
@@ -152,6 +157,6 @@ fn a_restart_with_each_kind_of_edit_strands_and_miscounts_no_open_workflow() {
     );
     // l2 is still open, by its own 1 h deadline: nothing more for it.
     let later = out.read_for(Duration::from_secs(2));
-    assert!(by_workflow(later).get("l2").is_none(), "l2 waits for its own deadline");
+    assert!(!by_workflow(later).contains_key("l2"), "l2 waits for its own deadline");
     assert!(j.metric("junction_workflows_open", "") >= 1.0, "l2 is open");
 }

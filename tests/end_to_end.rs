@@ -193,6 +193,13 @@ fn every_kind_of_bad_input_goes_to_the_dead_letter_topic_while_good_input_flows(
                 Some(br#"{"workflow_id":"k9","workflow_type":"order","step":"payment","occurred_at":"2999-01-01T00:00:00Z"}"#),
             ),
         ),
+        (
+            "invalid_field",
+            raw(
+                Some(b"k10"),
+                Some(br#"{"workflow_id":"k10","workflow_type":"order","step":"payment","occurred_at":"1969-12-31T23:59:59Z"}"#),
+            ),
+        ),
     ];
     // A key that is not the workflow ID only routes: the record is joined.
     let foreign_key =

@@ -351,8 +351,7 @@ fn a_successor_waits_for_its_predecessors_open_transaction_before_it_trusts_its_
     let outcome = broker.reader(&twin.output).read_until("the twin's outcome", |r| !r.is_empty())[0].clone();
     assert!(t.terminate());
     let changelog = read_to_end(&broker, &format!("{}-state-changelog", twin.app), "read_committed");
-    let state =
-        changelog.into_iter().filter(|r| r.key.as_deref() != Some(junction::names::CLOCK_RECORD_KEY)).last().unwrap();
+    let state = changelog.into_iter().rfind(|r| r.key.as_deref() != Some(junction::names::CLOCK_RECORD_KEY)).unwrap();
 
     let setup = exactly_once(&broker, 1);
     let repartition = format!("{}-repartition", setup.app);

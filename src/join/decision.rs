@@ -70,7 +70,7 @@ pub fn apply_event(
     let step_name = event.step.as_ref();
     let is_repeat = match &event.event_id {
         Some(id) => state.event_ids.iter().any(|seen| seen == id.as_ref()),
-        None => state.steps.iter().any(|s| &s.name == step_name && s.seen_without_id & status_bit(event.status) != 0),
+        None => state.steps.iter().any(|s| s.name == step_name && s.seen_without_id & status_bit(event.status) != 0),
     };
     if is_repeat {
         return (EventResult::Duplicate, outcomes);

@@ -95,7 +95,8 @@ fn scan(path: &Path, open: &mut BTreeMap<String, ByDefinition>) -> Result<(), cr
         if !state.is_open() {
             return;
         }
-        let key = state.definition.map(|d| DefinitionKey { steps: d.steps, quorum: d.quorum, deadline_ms: d.deadline_ms });
+        let key =
+            state.definition.map(|d| DefinitionKey { steps: d.steps, quorum: d.quorum, deadline_ms: d.deadline_ms });
         *open.entry(state.workflow_type).or_default().entry(key).or_default() += 1;
     })
 }

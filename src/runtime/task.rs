@@ -77,7 +77,8 @@ pub fn stored_timer(config: Arc<Config>) -> TimerOf {
 /// What the timers depend on in the configuration, written out: the
 /// retention, the default deadline and each type's deadline.
 fn timers_basis(config: &Config) -> String {
-    let mut basis = format!("retention={:?};default_deadline={:?}", config.state.retention, config.state.default_deadline);
+    let mut basis =
+        format!("retention={:?};default_deadline={:?}", config.state.retention, config.state.default_deadline);
     for w in &config.workflows {
         basis.push_str(&format!(";{:?}={:?}", w.workflow_type, w.deadline));
     }
@@ -667,7 +668,8 @@ steps = ["payment", "inventory"]
         let dir = tempfile::tempdir().unwrap();
         let memory = crate::state::StoreMemory::new(16 << 20, 4 << 20);
         let store = Arc::new(Store::open(dir.path(), &memory).unwrap());
-        let before = "[[workflows]]\ntype = \"order\"\nsteps = [\"payment\", \"inventory\", \"fraud\"]\ndeadline = \"1h\"\n";
+        let before =
+            "[[workflows]]\ntype = \"order\"\nsteps = [\"payment\", \"inventory\", \"fraud\"]\ndeadline = \"1h\"\n";
         let mut t = task_with(Arc::clone(&store), before);
         t.process_forwarded(&record(br#"{"workflow_id":"w","step":"payment"}"#, 0), 0, 0).unwrap();
         commit(&mut t);
@@ -675,7 +677,8 @@ steps = ["payment", "inventory"]
         drop(t);
 
         // fraud removed, the quorum lowered to 1, the deadline shortened.
-        let after = "[[workflows]]\ntype = \"order\"\nsteps = [\"payment\", \"inventory\"]\nquorum = 1\ndeadline = \"10s\"\n";
+        let after =
+            "[[workflows]]\ntype = \"order\"\nsteps = [\"payment\", \"inventory\"]\nquorum = 1\ndeadline = \"10s\"\n";
         let mut t = task_with(store, after);
         let due: Vec<i64> = t.store.due_timers(i64::MAX, 10).unwrap().iter().map(|t| t.due_ms).collect();
         assert!(due.contains(&11_000), "the shortened deadline is armed: {due:?}");
@@ -728,7 +731,8 @@ steps = ["payment", "inventory"]
         assert_eq!(reasons(&staged), ["unknown_workflow_type"], "a removed type starts nothing new");
         t.punctuate(1_000 + 5_000 + 1_000, true).unwrap();
         let staged = commit(&mut t);
-        let timed_out: Vec<_> = staged.outcomes.iter().map(|d| (d.record.workflow_id.as_str(), d.record.outcome)).collect();
+        let timed_out: Vec<_> =
+            staged.outcomes.iter().map(|d| (d.record.workflow_id.as_str(), d.record.outcome)).collect();
         assert_eq!(timed_out, [("s", crate::join::outcome::Outcome::TimedOut)]);
     }
 }

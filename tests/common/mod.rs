@@ -914,7 +914,11 @@ impl Junction {
 
     /// `junction validate` of this instance's configuration: its exit code and its output.
     pub fn validate(&self) -> (Option<i32>, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_junction")).args(["validate", "--config"]).arg(&self.config).output().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_junction"))
+            .args(["validate", "--config"])
+            .arg(&self.config)
+            .output()
+            .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
         (out.status.code(), text)
     }
