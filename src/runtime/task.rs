@@ -240,13 +240,14 @@ impl Task {
         let (clock, retention) = (self.clock_ms, config.state.retention.as_millis() as i64);
         let mut outcomes = Vec::new();
         let mut forgotten = false;
+        // With the definition it is decided by, which the timers do not change.
         let loaded = loaded.and_then(|mut s| {
             let spec = governing(&config, &s);
             if let TimerResult::Decided(fired) = join::on_timer(Some(&spec), &mut s, id, clock, retention) {
                 outcomes = fired;
             }
             forgotten = join::retention_passed(&s, clock, retention);
-            (!forgotten).then_some(s)
+            (!forgotten).then_some((s, spec))
         });
         let named_type = match &event.workflow {
             TypeRef::Configured(i) => Some(config.workflows[*i].workflow_type.as_str()),
@@ -254,11 +255,8 @@ impl Task {
         };
         let existed = loaded.is_some();
         let (mut state, spec) = match loaded {
-            Some(s) if named_type.is_none_or(|t| t == s.workflow_type) => {
-                let spec = governing(&config, &s);
-                (s, spec)
-            }
-            Some(s) => {
+            Some((s, spec)) if named_type.is_none_or(|t| t == s.workflow_type) => (s, spec),
+            Some((s, _)) => {
                 let detail =
                     format!("workflow {id:?} is of type {:?}, not {:?}", s.workflow_type, named_type.unwrap_or(""));
                 let mut bad = BadInput::new(crate::names::Reason::UnknownWorkflowType, detail);
