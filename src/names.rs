@@ -31,6 +31,9 @@ pub const HEADER_SOURCE_KEY: &str = "junction.source.key";
 
 /// The changelog key of a partition's clock: not UTF-8, so never a workflow ID.
 pub const CLOCK_RECORD_KEY: &[u8] = b"\xffjunction.clock";
+/// The changelog key of a definition that states refer to is this prefix
+/// and its ID (big-endian u64): not UTF-8 either.
+pub const DEFINITION_RECORD_PREFIX: &[u8] = b"\xffjunction.definition.";
 
 /// The longest workflow ID accepted, in bytes.
 pub const MAX_WORKFLOW_ID_BYTES: usize = 256;

@@ -2,7 +2,9 @@
 //! and restart while workflows are open. Each open workflow keeps the steps
 //! and quorum it started with, takes a changed deadline from the next
 //! start, and finishes by its own definition when its type is removed;
-//! `junction validate` says which edits affect open workflows.
+//! `junction validate` says which edits affect open workflows. The same
+//! holds when the stores are restored from the changelog, which carries the
+//! definitions the states refer to.
 
 mod common;
 
@@ -69,6 +71,22 @@ fn step(id: &str, workflow_type: &str, step: &str) -> Value {
 
 #[test]
 fn a_restart_with_each_kind_of_edit_strands_and_miscounts_no_open_workflow() {
+    restart_with_each_kind_of_edit(Stores::Kept);
+}
+
+#[test]
+fn a_restart_with_each_kind_of_edit_and_the_stores_restored_from_the_changelog_strands_no_open_workflow() {
+    restart_with_each_kind_of_edit(Stores::Restored);
+}
+
+#[derive(PartialEq)]
+enum Stores {
+    Kept,
+    /// The state directory is deleted before the restart.
+    Restored,
+}
+
+fn restart_with_each_kind_of_edit(stores: Stores) {
     let broker = Broker::kafka();
     let mut setup = Setup::new(&broker, 2);
     setup.workflows = BEFORE.to_string();
@@ -101,6 +119,9 @@ fn a_restart_with_each_kind_of_edit_strands_and_miscounts_no_open_workflow() {
         r#"1 open "callback" workflow(s) started with a deadline of 3600s; the configured 3s applies"#,
     ] {
         assert!(said.contains(expected), "validate does not say {expected:?}:\n{said}");
+    }
+    if stores == Stores::Restored {
+        std::fs::remove_dir_all(&j.state_dir).unwrap();
     }
 
     j.start_again();

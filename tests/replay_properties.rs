@@ -142,7 +142,7 @@ fn publish(task: &mut Task, published: &mut Published) {
 fn open_task(dir: &Path, config: &Arc<Config>, memory: &StoreMemory) -> Task {
     let store = Arc::new(Store::open(dir, memory).unwrap());
     let mut task = Task::new(0, store, Arc::clone(config), Arc::new(Metrics::new()));
-    task.read_clock().unwrap();
+    task.read_saved().unwrap();
     task
 }
 

@@ -14,5 +14,5 @@ pub mod outcome;
 pub mod state;
 
 pub use decision::{apply_event, on_timer, retention_passed, EventResult, TimerResult};
-pub use definition::{governing, Definition};
+pub use definition::{governing, Definition, DefinitionId, Definitions, StartedWith};
 pub use state::{timer_ms, Decision, StepState, WorkflowState};

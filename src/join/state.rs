@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::WorkflowSpec;
 use crate::input::event::Status;
-use crate::join::definition::Definition;
+use crate::join::definition::StartedWith;
 use crate::join::outcome::{Outcome, Payload};
 
 /// What one step has reported.
@@ -50,7 +50,7 @@ pub struct WorkflowState {
     /// The steps, quorum and deadline it started with (`None`: stored
     /// before they were kept; see [`super::definition`]).
     #[serde(default)]
-    pub definition: Option<Definition>,
+    pub definition: Option<StartedWith>,
 }
 
 impl WorkflowState {

@@ -20,6 +20,7 @@ use crate::kafka::clients;
 use crate::kafka::delivery::DeliveryTracker;
 use crate::names;
 use crate::route::Forward;
+use crate::state::ChangelogRecord;
 
 /// How long a send may wait for room in librdkafka's queue.
 const QUEUE_FULL_WAIT: Duration = Duration::from_secs(60);
@@ -157,17 +158,16 @@ impl Producer {
         Ok(())
     }
 
-    /// Sends one store's changelog records to its changelog partition.
-    /// Each record is a workflow ID and its encoded state, or `None` for a
-    /// tombstone; the empty ID is the partition's clock.
+    /// Sends one store's changelog records to its changelog partition, in order.
     pub fn send_changelog(
         &self,
         epoch: usize,
         partition: i32,
-        changelog: &[(String, Option<Vec<u8>>)],
+        changelog: &[ChangelogRecord],
     ) -> Result<(), KafkaError> {
-        for (id, value) in changelog {
-            let key = if id.is_empty() { names::CLOCK_RECORD_KEY } else { id.as_bytes() };
+        let mut buf = Vec::new();
+        for (key, value) in changelog {
+            let key = key.bytes(&mut buf);
             let mut record: BaseRecord<'_, [u8], [u8], usize> =
                 BaseRecord::with_opaque_to(&self.changelog_topic, epoch).key(key).partition(partition);
             if let Some(v) = value {

@@ -90,13 +90,14 @@ fn shown(deadline_ms: Option<i64>) -> String {
 /// Counts the open workflows of one store by type and definition.
 fn scan(path: &Path, open: &mut BTreeMap<String, ByDefinition>) -> Result<(), crate::state::StoreError> {
     let store = Store::open_read_only(path)?;
+    let known = store.definitions()?;
     store.for_each_state(|_, bytes| {
         let Ok(state) = codec::decode(bytes) else { return };
         if !state.is_open() {
             return;
         }
-        let key =
-            state.definition.map(|d| DefinitionKey { steps: d.steps, quorum: d.quorum, deadline_ms: d.deadline_ms });
+        let own = state.definition.as_ref().and_then(|d| d.resolve(&known));
+        let key = own.map(|d| DefinitionKey { steps: d.steps.clone(), quorum: d.quorum, deadline_ms: d.deadline_ms });
         *open.entry(state.workflow_type).or_default().entry(key).or_default() += 1;
     })
 }

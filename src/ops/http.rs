@@ -12,7 +12,7 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::config::Config;
-use crate::join::WorkflowState;
+use crate::join::{Definitions, WorkflowState};
 use crate::ops::view::View;
 use crate::route;
 use crate::state::codec;
@@ -101,12 +101,19 @@ async fn workflow(State(app): State<AppState>, Path(id): Path<String>) -> Respon
         return (StatusCode::NOT_FOUND, Json(json!({"error": message, "home_partition": home}))).into_response();
     };
     let lookup_id = id.clone();
-    let found = tokio::task::spawn_blocking(move || store.get_state(&lookup_id).map_err(|e| e.to_string()))
-        .await
-        .unwrap_or_else(|e| Err(e.to_string()));
+    let found = tokio::task::spawn_blocking(move || {
+        let bytes = store.get_state(&lookup_id).map_err(|e| e.to_string())?;
+        let known = match bytes {
+            Some(_) => store.definitions().map_err(|e| e.to_string())?,
+            None => Definitions::default(),
+        };
+        Ok(bytes.map(|b| (b, known)))
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
     match found {
-        Ok(Some(bytes)) => match codec::decode(&bytes) {
-            Ok(state) => (StatusCode::OK, Json(describe(&app.config, &id, home, &state))).into_response(),
+        Ok(Some((bytes, known))) => match codec::decode(&bytes) {
+            Ok(state) => (StatusCode::OK, Json(describe(&app.config, &known, &id, home, &state))).into_response(),
             Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": e.to_string()}))).into_response(),
         },
         Ok(None) => {
@@ -120,8 +127,15 @@ async fn workflow(State(app): State<AppState>, Path(id): Path<String>) -> Respon
 }
 
 /// A workflow's state as `GET /workflows/{id}` shows it.
-fn describe(config: &Config, id: &str, partition: i32, state: &WorkflowState) -> serde_json::Value {
-    let spec = crate::join::governing(config.workflow(&state.workflow_type), state, config.state.default_deadline);
+fn describe(
+    config: &Config,
+    known: &Definitions,
+    id: &str,
+    partition: i32,
+    state: &WorkflowState,
+) -> serde_json::Value {
+    let spec =
+        crate::join::governing(config.workflow(&state.workflow_type), state, known, config.state.default_deadline);
     let steps: serde_json::Map<String, serde_json::Value> = state
         .steps
         .iter()

@@ -523,7 +523,7 @@ impl Partitions {
         let resume_from = slot.resume_from.take();
         let reopened = std::mem::take(&mut slot.reopened);
         let ready = (if restored { slot.task.recount_open() } else { Ok(()) }).and_then(|()| {
-            slot.task.read_clock()?;
+            slot.task.read_saved()?;
             slot.task.rearm_timers()?;
             // A store that failed proves it can write to disk again before its partition resumes.
             if reopened {

@@ -18,7 +18,7 @@ use crate::config::{Config, Guarantee, WorkflowSpec};
 use crate::input::dead_letter::DeadLetter;
 use crate::input::event::{self, BadInput, StepEvent, TypeRef};
 pub use crate::input::record::InputRecord;
-use crate::join::{self, Definition, EventResult, TimerResult, WorkflowState};
+use crate::join::{self, Definition, DefinitionId, Definitions, EventResult, TimerResult, WorkflowState};
 use crate::metrics::Metrics;
 use crate::route::Forward;
 use crate::state::{codec, CachedStore, Store, StoreBatch, StoreError, TimerOf};
@@ -36,6 +36,10 @@ pub struct Task {
     config: Arc<Config>,
     metrics: Arc<Metrics>,
     states: CachedStore,
+    /// The definitions the partition's states refer to by ID, and those
+    /// added since the last commit staged, which it saves.
+    definitions: Definitions,
+    unsaved_definitions: Vec<(DefinitionId, Definition)>,
     outcomes: Vec<Decided>,
     dead_letters: Vec<DeadLetter>,
     /// Ticks of the wall clock for this partition's own stream, to publish
@@ -86,8 +90,8 @@ fn timers_basis(config: &Config) -> String {
 }
 
 /// The definition `state` is decided by (see [`join::definition`]).
-fn governing<'c>(config: &'c Config, state: &WorkflowState) -> Cow<'c, WorkflowSpec> {
-    join::governing(config.workflow(&state.workflow_type), state, config.state.default_deadline)
+fn governing<'c>(config: &'c Config, known: &Definitions, state: &WorkflowState) -> Cow<'c, WorkflowSpec> {
+    join::governing(config.workflow(&state.workflow_type), state, known, config.state.default_deadline)
 }
 
 /// The dead letter of a bad record, logged and counted.
@@ -116,6 +120,8 @@ impl Task {
             store,
             config,
             metrics,
+            definitions: Definitions::default(),
+            unsaved_definitions: Vec::new(),
             outcomes: Vec::new(),
             dead_letters: Vec::new(),
             ticks: Vec::new(),
@@ -175,11 +181,14 @@ impl Task {
         Ok(armed)
     }
 
-    /// Takes the clock saved with the store's last commit: once its store
-    /// is up to date (opened or restored), before the first record.
-    pub fn read_clock(&mut self) -> Result<(), StoreError> {
+    /// Takes the clock and the definitions saved with the store's last
+    /// commit: once its store is up to date (opened or restored), before
+    /// the first record.
+    pub fn read_saved(&mut self) -> Result<(), StoreError> {
         let clock = self.store.clock()?.unwrap_or(i64::MIN);
         (self.clock_ms, self.staged_clock_ms, self.committed_clock_ms) = (clock, clock, clock);
+        self.definitions = self.store.definitions()?;
+        self.unsaved_definitions.clear();
         Ok(())
     }
 
@@ -195,6 +204,7 @@ impl Task {
             || !self.outcomes.is_empty()
             || !self.dead_letters.is_empty()
             || !self.ticks.is_empty()
+            || !self.unsaved_definitions.is_empty()
     }
 
     /// Whether the next commit has an input offset for this partition.
@@ -242,7 +252,7 @@ impl Task {
         let mut forgotten = false;
         // With the definition it is decided by, which the timers do not change.
         let loaded = loaded.and_then(|mut s| {
-            let spec = governing(&config, &s);
+            let spec = governing(&config, &self.definitions, &s);
             if let TimerResult::Decided(fired) = join::on_timer(Some(&spec), &mut s, id, clock, retention) {
                 outcomes = fired;
             }
@@ -271,7 +281,9 @@ impl Task {
                 TypeRef::Configured(i) => {
                     let spec = &config.workflows[*i];
                     let mut s = WorkflowState::new(&spec.workflow_type, event.occurred_at_ms);
-                    s.definition = Some(Definition::of(spec));
+                    let (started_with, added) = self.definitions.start(spec);
+                    s.definition = Some(started_with);
+                    self.unsaved_definitions.extend(added);
                     (s, Cow::Borrowed(spec))
                 }
                 TypeRef::Unresolved { error, .. } => {
@@ -369,7 +381,7 @@ impl Task {
                 self.states.spend_timer(timer);
                 continue;
             };
-            let spec = governing(&config, &state);
+            let spec = governing(&config, &self.definitions, &state);
             if state.timer_ms(Some(&spec), retention) != Some(timer.due_ms) {
                 // Stale: the state moved on since this timer was written.
                 self.states.put_back(Some(state), from);
@@ -423,7 +435,11 @@ impl Task {
     pub fn stage(&mut self) -> Staged {
         let retention = self.config.state.retention.as_millis() as i64;
         let config = Arc::clone(&self.config);
-        let mut changes = self.states.stage(|state| state.timer_ms(Some(&governing(&config, state)), retention));
+        let known = &self.definitions;
+        let mut changes = self.states.stage(|state| state.timer_ms(Some(&governing(&config, known, state)), retention));
+        if !self.unsaved_definitions.is_empty() {
+            changes.save_definitions(&std::mem::take(&mut self.unsaved_definitions));
+        }
         if self.clock_ms != self.staged_clock_ms {
             changes.save_clock(self.clock_ms);
             self.staged_clock_ms = self.clock_ms;
@@ -455,6 +471,8 @@ impl Task {
         self.tick_pending = None;
         self.next_offset = None;
         (self.clock_ms, self.staged_clock_ms) = (self.committed_clock_ms, self.committed_clock_ms);
+        self.definitions = self.store.definitions()?;
+        self.unsaved_definitions.clear();
         self.recount_open()
     }
 }
@@ -462,6 +480,7 @@ impl Task {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::ChangelogKey;
     use std::path::Path;
 
     /// A task under `exactly_once`, where the wall clock moves the clock at once.
@@ -487,9 +506,13 @@ steps = ["payment", "inventory"]
         Task::new(0, Arc::new(Store::open(dir, &memory).unwrap()), config, Arc::new(Metrics::new()))
     }
 
-    /// The changelog records of workflow states, without the clock's.
+    /// The changelog records of workflow states, without the clock's and the definitions'.
     fn states(changelog: &[crate::state::ChangelogRecord]) -> Vec<&crate::state::ChangelogRecord> {
-        changelog.iter().filter(|(id, _)| !id.is_empty()).collect()
+        changelog.iter().filter(|(key, _)| matches!(key, ChangelogKey::Workflow(_))).collect()
+    }
+
+    fn workflow(id: &str) -> ChangelogKey {
+        ChangelogKey::Workflow(id.to_string())
     }
 
     fn record<'a>(value: &'a [u8], offset: i64) -> InputRecord<'a> {
@@ -578,7 +601,7 @@ steps = ["payment", "inventory"]
         assert!(states(&t.stage().changelog).is_empty(), "a partition that has not caught up keeps its clock");
         t.punctuate(retention + grace, true).unwrap();
         let staged = t.stage();
-        assert_eq!(states(&staged.changelog), vec![&("w".to_string(), None)]);
+        assert_eq!(states(&staged.changelog), vec![&(workflow("w"), None)]);
         t.store.write(staged.batch).unwrap();
         t.committed();
         assert!(t.store.get_state("w").unwrap().is_none());
@@ -592,7 +615,7 @@ steps = ["payment", "inventory"]
         t.process_forwarded(&record(br#"{"workflow_id":"w","step":"payment"}"#, 0), 0, 5_000).unwrap();
         let staged = t.stage();
         let clock: i64 = 1_000 - 1_000;
-        assert_eq!(staged.changelog.last(), Some(&(String::new(), Some(clock.to_be_bytes().to_vec()))));
+        assert_eq!(staged.changelog.last(), Some(&(ChangelogKey::Clock, Some(clock.to_be_bytes().to_vec()))));
         t.store.write(staged.batch).unwrap();
         t.committed();
         // Later records move the clock on; their commit fails, and the clock goes back with them.
@@ -609,7 +632,7 @@ steps = ["payment", "inventory"]
         // A task opened on the store starts from the clock saved.
         let store = Arc::clone(&t.store);
         let mut again = Task::new(0, store, Arc::clone(&t.config), Arc::new(Metrics::new()));
-        again.read_clock().unwrap();
+        again.read_saved().unwrap();
         assert_eq!(again.clock_ms, clock);
     }
 
@@ -634,7 +657,7 @@ steps = ["payment", "inventory"]
         t.tick(retention + grace, 2);
         t.punctuate(retention + grace + 100, false).unwrap();
         let staged = t.stage();
-        assert_eq!(states(&staged.changelog), vec![&("w".to_string(), None)]);
+        assert_eq!(states(&staged.changelog), vec![&(workflow("w"), None)]);
         assert_eq!(staged.next_offset, Some(3), "the tick's offset is committed");
     }
 
@@ -645,7 +668,7 @@ steps = ["payment", "inventory"]
         );
         let config = Arc::new(crate::config::parse(Path::new("t.toml"), &text, Vec::new()).unwrap());
         let mut task = Task::new(0, store, config, Arc::new(Metrics::new()));
-        task.read_clock().unwrap();
+        task.read_saved().unwrap();
         task.rearm_timers().unwrap();
         task
     }
@@ -732,5 +755,39 @@ steps = ["payment", "inventory"]
         let timed_out: Vec<_> =
             staged.outcomes.iter().map(|d| (d.record.workflow_id.as_str(), d.record.outcome)).collect();
         assert_eq!(timed_out, [("s", crate::join::outcome::Outcome::TimedOut)]);
+    }
+
+    #[test]
+    fn a_definition_is_saved_once_ahead_of_the_first_state_that_refers_to_it_and_again_after_a_failed_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let memory = crate::state::StoreMemory::new(16 << 20, 4 << 20);
+        let store = Arc::new(Store::open(dir.path(), &memory).unwrap());
+        let order = "[[workflows]]\ntype = \"order\"\nsteps = [\"payment\", \"inventory\"]\n";
+        let definitions = |staged: &Staged| -> Vec<usize> {
+            let at = staged.changelog.iter().enumerate();
+            at.filter(|(_, (key, _))| matches!(key, ChangelogKey::Definition(_))).map(|(i, _)| i).collect()
+        };
+        let mut t = task_with(Arc::clone(&store), order);
+        t.process_forwarded(&record(br#"{"workflow_id":"a","step":"payment"}"#, 0), 0, 0).unwrap();
+        let failed = t.stage();
+        assert_eq!(definitions(&failed), [0], "ahead of the state");
+        t.discard().unwrap();
+
+        t.process_forwarded(&record(br#"{"workflow_id":"a","step":"payment"}"#, 0), 0, 0).unwrap();
+        t.process_forwarded(&record(br#"{"workflow_id":"b","step":"payment"}"#, 1), 1, 0).unwrap();
+        let staged = commit(&mut t);
+        assert_eq!(definitions(&staged), [0], "saved again, once, after the failed commit");
+        let state = codec::decode(&store.get_state("a").unwrap().unwrap()).unwrap();
+        assert!(matches!(state.definition, Some(join::StartedWith::Id { .. })), "by ID: {state:?}");
+        t.process_forwarded(&record(br#"{"workflow_id":"c","step":"payment"}"#, 2), 2, 0).unwrap();
+        assert!(definitions(&commit(&mut t)).is_empty(), "saved once");
+        drop(t);
+
+        // A restart reads it back, and an edit leaves a, b and c their two steps.
+        let mut t = task_with(store, "[[workflows]]\ntype = \"order\"\nsteps = [\"payment\"]\n");
+        t.process_forwarded(&record(br#"{"workflow_id":"a","step":"inventory"}"#, 3), 3, 0).unwrap();
+        let staged = commit(&mut t);
+        assert_eq!(staged.outcomes.iter().map(|d| d.record.workflow_id.as_str()).collect::<Vec<_>>(), ["a"]);
+        assert!(staged.dead_letters.is_empty());
     }
 }

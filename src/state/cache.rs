@@ -13,17 +13,53 @@ use std::sync::Arc;
 
 use tracing::warn;
 
-use crate::join::WorkflowState;
+use crate::join::{Definition, DefinitionId, WorkflowState};
+use crate::names;
 use crate::state::codec;
 use crate::state::store::{Store, StoreBatch, StoreError, Timer};
 
 /// Workflow ID → state (`None`: purged).
 type States = HashMap<String, Option<WorkflowState>, foldhash::fast::RandomState>;
 
-/// One changelog record: workflow ID → encoded state, or `None` for a
-/// tombstone. The empty ID (never a workflow's) carries the partition's
-/// clock, sent under [`crate::names::CLOCK_RECORD_KEY`].
-pub type ChangelogRecord = (String, Option<Vec<u8>>);
+/// One changelog record: its key, and its value or `None` for a tombstone.
+pub type ChangelogRecord = (ChangelogKey, Option<Vec<u8>>);
+
+/// What a changelog record is of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangelogKey {
+    /// A workflow's encoded state, under its ID.
+    Workflow(String),
+    /// The partition's clock, under [`names::CLOCK_RECORD_KEY`].
+    Clock,
+    /// A definition states refer to, under [`names::DEFINITION_RECORD_PREFIX`] and its ID.
+    Definition(DefinitionId),
+}
+
+impl ChangelogKey {
+    /// The record's key; `buf` holds it when it is not a workflow ID.
+    pub fn bytes<'a>(&'a self, buf: &'a mut Vec<u8>) -> &'a [u8] {
+        match self {
+            ChangelogKey::Workflow(id) => id.as_bytes(),
+            ChangelogKey::Clock => names::CLOCK_RECORD_KEY,
+            ChangelogKey::Definition(id) => {
+                buf.clear();
+                buf.extend_from_slice(names::DEFINITION_RECORD_PREFIX);
+                buf.extend_from_slice(&id.0.to_be_bytes());
+                buf
+            }
+        }
+    }
+
+    /// What a record read from the changelog under `key` is of, when that
+    /// is not a workflow (whose ID the key is).
+    pub fn reserved(key: &[u8]) -> Option<ChangelogKey> {
+        if key == names::CLOCK_RECORD_KEY {
+            return Some(ChangelogKey::Clock);
+        }
+        let id = <[u8; 8]>::try_from(key.strip_prefix(names::DEFINITION_RECORD_PREFIX)?).ok()?;
+        Some(ChangelogKey::Definition(DefinitionId(u64::from_be_bytes(id))))
+    }
+}
 
 pub struct CachedStore {
     partition: i32,
@@ -48,7 +84,20 @@ impl StateChanges {
     /// Saves the partition's clock with these changes, in the store and in the changelog.
     pub fn save_clock(&mut self, clock_ms: i64) {
         self.batch.set_clock(clock_ms);
-        self.changelog.push((String::new(), Some(clock_ms.to_be_bytes().to_vec())));
+        self.changelog.push((ChangelogKey::Clock, Some(clock_ms.to_be_bytes().to_vec())));
+    }
+
+    /// Saves definitions that states refer to with these changes, ahead of
+    /// the states in the changelog, so that a state is never read before
+    /// the definition it refers to.
+    pub fn save_definitions(&mut self, definitions: &[(DefinitionId, Definition)]) {
+        let records = definitions.iter().map(|(id, definition)| {
+            let encoded = codec::encode_definition(definition);
+            self.batch.put_definition(*id, &encoded);
+            (ChangelogKey::Definition(*id), Some(encoded))
+        });
+        let records: Vec<ChangelogRecord> = records.collect();
+        self.changelog.splice(0..0, records);
     }
 }
 
@@ -138,11 +187,11 @@ impl CachedStore {
                 Some(state) => {
                     let encoded = codec::encode(state);
                     changes.batch.put_state(&id, &encoded, timer_of(state));
-                    changes.changelog.push((id.clone(), Some(encoded)));
+                    changes.changelog.push((ChangelogKey::Workflow(id.clone()), Some(encoded)));
                 }
                 None => {
                     changes.batch.delete_state(&id);
-                    changes.changelog.push((id.clone(), None));
+                    changes.changelog.push((ChangelogKey::Workflow(id.clone()), None));
                 }
             }
             self.pending.insert(id, state);

@@ -2,26 +2,32 @@
 //! and to the changelog, so that restoring is copying. A leading version byte
 //! lets the format change without misreading old records.
 //!
-//! Version 3, the one written, is a compact binary layout; version 2 (the
-//! same without the definition) and version 1 (JSON) are still read, and
-//! their states take their type's configured definition. Integers are
-//! little-endian, lengths and counts are LEB128 varints, a string is its
-//! length then its UTF-8 bytes:
+//! Version 4, the one written, is a compact binary layout; version 3 (the
+//! definition only whole), version 2 (without a definition) and version 1
+//! (JSON) are still read, and states without a definition take their type's
+//! configured one. Integers are little-endian, lengths and counts are LEB128
+//! varints, a string is its length then its UTF-8 bytes:
 //!
 //! ```text
-//! u8  version = 3
-//! u8  flags: 1 = decided, 2 = compensated, 4 = definition, 8 = its deadline
+//! u8  version = 4
+//! u8  flags: 1 = decided, 2 = compensated, 4 = definition whole,
+//!     8 = its deadline, 16 = definition by ID
 //! i64 started_at_ms, i64 last_event_at_ms
 //! if decided:     u8 outcome, i64 decided_at_ms
 //! if compensated: i64 compensated_at_ms
 //! str workflow_type
 //! if deadline:    i64 the definition's deadline_ms
-//! if definition:  varint quorum, varint steps, each a str
+//! if by ID:       u64 its DefinitionId
+//! if whole:       varint quorum, varint steps, each a str
 //! varint steps, each: str name, u8 work (0 none, 1 succeeded, 2 failed),
 //!     i64 occurred_at_ms, u8 seen_without_id, u8 flags (1 = payload,
 //!     2 = compensated), [str payload JSON], [i64 compensated_at_ms]
 //! varint event IDs, each a str
 //! ```
+//!
+//! A partition's definitions, which the IDs point into, are stored as
+//! [`encode_definition`] writes them: `u8 version = 1`, varint quorum,
+//! varint steps, each a str.
 //!
 //! Everything a timer or a count needs comes first, so that [`summary`] reads
 //! it without decoding the steps: restoring and counting open workflows stay
@@ -33,16 +39,19 @@ use serde_json::value::RawValue;
 
 use crate::input::event::Status;
 use crate::join::outcome::{Outcome, Payload};
-use crate::join::{Decision, Definition, StepState, WorkflowState};
+use crate::join::{Decision, Definition, DefinitionId, StartedWith, StepState, WorkflowState};
 
 const FORMAT_V1_JSON: u8 = 1;
 const FORMAT_V2_BINARY: u8 = 2;
 const FORMAT_V3_DEFINED: u8 = 3;
+const FORMAT_V4_REFERENCED: u8 = 4;
+const DEFINITION_FORMAT: u8 = 1;
 
 const DECIDED: u8 = 1;
 const COMPENSATED: u8 = 2;
 const DEFINITION: u8 = 4;
 const DEFINITION_DEADLINE: u8 = 8;
+const DEFINITION_ID: u8 = 16;
 const STEP_PAYLOAD: u8 = 1;
 const STEP_COMPENSATED: u8 = 2;
 
@@ -67,7 +76,7 @@ pub fn encode(state: &WorkflowState) -> Vec<u8> {
 
 /// Appends the encoding of `state` to `out`.
 pub fn encode_into(state: &WorkflowState, out: &mut Vec<u8>) {
-    out.push(FORMAT_V3_DEFINED);
+    out.push(FORMAT_V4_REFERENCED);
     let mut flags = 0;
     if let Some(d) = &state.decision {
         flags |= DECIDED;
@@ -76,8 +85,11 @@ pub fn encode_into(state: &WorkflowState, out: &mut Vec<u8>) {
         }
     }
     if let Some(def) = &state.definition {
-        flags |= DEFINITION;
-        if def.deadline_ms.is_some() {
+        flags |= match def {
+            StartedWith::Id { .. } => DEFINITION_ID,
+            StartedWith::Whole(_) => DEFINITION,
+        };
+        if def.deadline_ms().is_some() {
             flags |= DEFINITION_DEADLINE;
         }
     }
@@ -93,13 +105,12 @@ pub fn encode_into(state: &WorkflowState, out: &mut Vec<u8>) {
     }
     put_str(out, &state.workflow_type);
     if let Some(def) = &state.definition {
-        if let Some(deadline) = def.deadline_ms {
+        if let Some(deadline) = def.deadline_ms() {
             out.extend_from_slice(&deadline.to_le_bytes());
         }
-        put_varint(out, def.quorum);
-        put_varint(out, def.steps.len());
-        for step in &def.steps {
-            put_str(out, step);
+        match def {
+            StartedWith::Id { id, .. } => out.extend_from_slice(&id.0.to_le_bytes()),
+            StartedWith::Whole(def) => put_definition(out, def),
         }
     }
     put_varint(out, state.steps.len());
@@ -133,16 +144,14 @@ pub fn decode(bytes: &[u8]) -> Result<WorkflowState, CodecError> {
     match bytes.split_first() {
         None => Err(CodecError::Empty),
         Some((&FORMAT_V1_JSON, rest)) => Ok(serde_json::from_slice(rest)?),
-        Some((&version @ (FORMAT_V2_BINARY | FORMAT_V3_DEFINED), rest)) => {
+        Some((&version @ (FORMAT_V2_BINARY | FORMAT_V3_DEFINED | FORMAT_V4_REFERENCED), rest)) => {
             let mut r = Reader(rest);
             let head = r.head(version)?;
-            let definition = if head.flags & DEFINITION != 0 {
-                let quorum = r.varint()?;
-                let mut steps = Vec::with_capacity(r.count(1)?);
-                for _ in 0..steps.capacity() {
-                    steps.push(r.str()?.to_string());
-                }
-                Some(Definition { steps, quorum, deadline_ms: head.own_deadline_ms })
+            let deadline_ms = head.own_deadline_ms;
+            let definition = if head.flags & DEFINITION_ID != 0 {
+                Some(StartedWith::Id { id: DefinitionId(r.u64()?), deadline_ms })
+            } else if head.flags & DEFINITION != 0 {
+                Some(StartedWith::Whole(Definition { deadline_ms, ..r.definition()? }))
             } else {
                 None
             };
@@ -209,16 +218,49 @@ pub fn is_open(bytes: &[u8]) -> bool {
 
 pub fn summary(bytes: &[u8]) -> Result<Summary<'_>, CodecError> {
     match bytes.split_first() {
-        Some((&version @ (FORMAT_V2_BINARY | FORMAT_V3_DEFINED), rest)) => Reader(rest).head(version),
+        Some((&version @ (FORMAT_V2_BINARY | FORMAT_V3_DEFINED | FORMAT_V4_REFERENCED), rest)) => {
+            Reader(rest).head(version)
+        }
         // Old records are read whole.
         _ => decode(bytes).map(|s| Summary {
             workflow_type: Cow::Owned(s.workflow_type),
             started_at_ms: s.started_at_ms,
             last_event_at_ms: s.last_event_at_ms,
             decision: s.decision,
-            own_deadline_ms: s.definition.and_then(|d| d.deadline_ms),
+            own_deadline_ms: s.definition.and_then(|d| d.deadline_ms()),
             flags: 0,
         }),
+    }
+}
+
+/// The record of one of a partition's definitions (its steps and quorum),
+/// which states refer to by [`DefinitionId`].
+pub fn encode_definition(definition: &Definition) -> Vec<u8> {
+    let mut out = vec![DEFINITION_FORMAT];
+    put_definition(&mut out, definition);
+    out
+}
+
+pub fn decode_definition(bytes: &[u8]) -> Result<Definition, CodecError> {
+    match bytes.split_first() {
+        None => Err(CodecError::Empty),
+        Some((&DEFINITION_FORMAT, rest)) => {
+            let mut r = Reader(rest);
+            let definition = r.definition()?;
+            if !r.0.is_empty() {
+                return Err(CodecError::Malformed("trailing bytes"));
+            }
+            Ok(definition)
+        }
+        Some((&v, _)) => Err(CodecError::UnknownVersion(v)),
+    }
+}
+
+fn put_definition(out: &mut Vec<u8>, def: &Definition) {
+    put_varint(out, def.quorum);
+    put_varint(out, def.steps.len());
+    for step in &def.steps {
+        put_str(out, step);
     }
 }
 
@@ -265,6 +307,20 @@ impl<'a> Reader<'a> {
         Ok(i64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
     }
 
+    fn u64(&mut self) -> Result<u64, CodecError> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+    }
+
+    /// Steps and quorum; the deadline is the caller's.
+    fn definition(&mut self) -> Result<Definition, CodecError> {
+        let quorum = self.varint()?;
+        let mut steps = Vec::with_capacity(self.count(1)?);
+        for _ in 0..steps.capacity() {
+            steps.push(self.str()?.to_string());
+        }
+        Ok(Definition { steps, quorum, deadline_ms: None })
+    }
+
     fn varint(&mut self) -> Result<usize, CodecError> {
         let mut n: usize = 0;
         for shift in (0..35).step_by(7) {
@@ -296,7 +352,13 @@ impl<'a> Reader<'a> {
         if version < FORMAT_V3_DEFINED && flags & (DEFINITION | DEFINITION_DEADLINE) != 0 {
             return Err(CodecError::Malformed("a definition in a version 2 record"));
         }
-        if flags & DEFINITION_DEADLINE != 0 && flags & DEFINITION == 0 {
+        if version < FORMAT_V4_REFERENCED && flags & DEFINITION_ID != 0 {
+            return Err(CodecError::Malformed("a definition's ID in a record before version 4"));
+        }
+        if flags & DEFINITION != 0 && flags & DEFINITION_ID != 0 {
+            return Err(CodecError::Malformed("a definition both whole and by ID"));
+        }
+        if flags & DEFINITION_DEADLINE != 0 && flags & (DEFINITION | DEFINITION_ID) == 0 {
             return Err(CodecError::Malformed("a definition's deadline without the definition"));
         }
         let started_at_ms = self.i64()?;
@@ -347,17 +409,24 @@ mod tests {
             seen_without_id: 0,
         });
         s.decision = Some(Decision { outcome: Outcome::Failed, decided_at_ms: 99, compensated_at_ms: Some(1_000) });
-        s.definition = Some(Definition {
+        s.definition = Some(StartedWith::Id { id: DefinitionId(0x0123_4567_89ab_cdef), deadline_ms: Some(-3) });
+        s
+    }
+
+    /// A state as version 3 wrote it: its definition whole.
+    fn whole_state() -> WorkflowState {
+        let mut s = full_state();
+        s.definition = Some(StartedWith::Whole(Definition {
             steps: vec!["payment".into(), "inventory".into(), "gone".into()],
             quorum: 2,
             deadline_ms: Some(-3),
-        });
+        }));
         s
     }
 
     #[test]
     fn state_survives_a_round_trip_and_garbage_is_an_error() {
-        for s in [WorkflowState::new("order", 42), full_state()] {
+        for s in [WorkflowState::new("order", 42), full_state(), whole_state()] {
             let bytes = encode(&s);
             assert_eq!(decode(&bytes).unwrap(), s);
             let head = summary(&bytes).unwrap();
@@ -370,18 +439,36 @@ mod tests {
     }
 
     #[test]
-    fn version_2_is_still_read_without_a_definition() {
+    fn versions_2_and_3_are_still_read() {
         let mut s = full_state();
         s.definition = None;
         let mut v2 = encode(&s);
         v2[0] = FORMAT_V2_BINARY;
         assert_eq!(decode(&v2).unwrap(), s);
         assert_eq!(summary(&v2).unwrap().own_deadline_ms, None);
-        let v3 = encode(&full_state());
+        // Version 3's layout is version 4's with the definition whole.
+        let mut v3 = encode(&whole_state());
+        v3[0] = FORMAT_V3_DEFINED;
+        assert_eq!(decode(&v3).unwrap(), whole_state());
         assert_eq!(summary(&v3).unwrap().own_deadline_ms, Some(-3));
         let mut mislabelled = v3.clone();
         mislabelled[0] = FORMAT_V2_BINARY;
         assert!(decode(&mislabelled).is_err(), "a version 2 record has no definition");
+        let mut by_id = encode(&full_state());
+        by_id[0] = FORMAT_V3_DEFINED;
+        assert!(decode(&by_id).is_err(), "a version 3 record has no definition ID");
+    }
+
+    #[test]
+    fn a_definition_record_survives_a_round_trip_and_garbage_is_an_error() {
+        let d = Definition { steps: vec!["payment".into(), "é".into()], quorum: 1, deadline_ms: None };
+        let bytes = encode_definition(&d);
+        assert_eq!(decode_definition(&bytes).unwrap(), d);
+        for n in 0..bytes.len() {
+            assert!(decode_definition(&bytes[..n]).is_err(), "a record cut at {n} bytes is an error");
+        }
+        assert!(matches!(decode_definition(b"\x07"), Err(CodecError::UnknownVersion(7))));
+        assert!(decode_definition(&[bytes.as_slice(), b"x"].concat()).is_err());
     }
 
     #[test]
@@ -395,16 +482,17 @@ mod tests {
 
     #[test]
     fn every_truncation_and_every_flipped_byte_is_an_error_or_a_state_never_a_panic() {
-        let bytes = encode(&full_state());
-        for n in 0..bytes.len() {
-            assert!(decode(&bytes[..n]).is_err(), "a record cut at {n} bytes is an error");
-        }
-        for i in 0..bytes.len() {
-            for bit in 0..8 {
-                let mut b = bytes.clone();
-                b[i] ^= 1 << bit;
-                let _ = decode(&b);
-                let _ = summary(&b);
+        for bytes in [encode(&full_state()), encode(&whole_state())] {
+            for n in 0..bytes.len() {
+                assert!(decode(&bytes[..n]).is_err(), "a record cut at {n} bytes is an error");
+            }
+            for i in 0..bytes.len() {
+                for bit in 0..8 {
+                    let mut b = bytes.clone();
+                    b[i] ^= 1 << bit;
+                    let _ = decode(&b);
+                    let _ = summary(&b);
+                }
             }
         }
     }

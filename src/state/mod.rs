@@ -22,7 +22,7 @@ pub mod store;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-pub use cache::{CachedStore, ChangelogRecord, StateChanges};
+pub use cache::{CachedStore, ChangelogKey, ChangelogRecord, StateChanges};
 pub use restore::{RestoreError, Restored, Restorer};
 pub use store::{Store, StoreBatch, StoreError, StoreMemory, Timer};
 

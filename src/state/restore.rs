@@ -23,10 +23,10 @@ use tracing::{info, warn};
 use crate::config::{KafkaConfig, StateConfig};
 use crate::kafka::clients;
 use crate::metrics::Metrics;
-use crate::names;
 use crate::state::codec;
 use crate::state::restore_writer::{Write, Writer, Written};
 use crate::state::store::{Store, StoreBatch, StoreError, StoreMemory};
+use crate::state::ChangelogKey;
 use crate::state::TimerOf;
 
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -359,19 +359,22 @@ fn apply(
     let partition = m.partition();
     let Some(r) = active.get_mut(&partition) else { return };
     let key = m.key().unwrap_or_default();
-    let id = String::from_utf8_lossy(key);
-    match m.payload() {
-        _ if key == names::CLOCK_RECORD_KEY => match m.payload().and_then(|v| <[u8; 8]>::try_from(v).ok()) {
+    match (ChangelogKey::reserved(key), m.payload()) {
+        (Some(ChangelogKey::Clock), value) => match value.and_then(|v| <[u8; 8]>::try_from(v).ok()) {
             Some(clock) => r.batch.set_clock(i64::from_be_bytes(clock)),
             None => warn!(partition, offset = m.offset(), "garbage clock record in the changelog; skipped"),
         },
-        None => r.batch.delete_state(&id),
-        Some(bytes) => match codec::summary(bytes) {
-            Ok(state) => r.batch.put_state(&id, bytes, timer_of(&state)),
+        (Some(ChangelogKey::Definition(id)), Some(bytes)) if codec::decode_definition(bytes).is_ok() => {
+            r.batch.put_definition(id, bytes)
+        }
+        (Some(_), _) => warn!(partition, offset = m.offset(), "garbage definition record in the changelog; skipped"),
+        (None, None) => r.batch.delete_state(&String::from_utf8_lossy(key)),
+        (None, Some(bytes)) => match codec::summary(bytes) {
+            Ok(state) => r.batch.put_state(&String::from_utf8_lossy(key), bytes, timer_of(&state)),
             Err(e) => warn!(
                 partition,
                 offset = m.offset(),
-                workflow_id = %id,
+                workflow_id = %String::from_utf8_lossy(key),
                 error = %e,
                 "garbage record in the changelog; skipped"
             ),

@@ -12,7 +12,10 @@
 //! - `m:clock`: the partition's clock (see [`crate::runtime::task`]) as of
 //!   that commit, in the same batch;
 //! - `m:timers`: what the timers were computed from (the deadlines and the
-//!   retention configured), so that an edit of those re-arms them.
+//!   retention configured), so that an edit of those re-arms them;
+//! - `m:definition:<id, big-endian u64>`: a definition (steps and quorum)
+//!   that states refer to by ID ([`crate::join::definition`]), written in
+//!   the batch of the first state that refers to it, or before.
 //!
 //! Tuned for this access pattern:
 //! - **No write-ahead log.** The changelog is the source of truth. Without
@@ -31,12 +34,17 @@ use rocksdb::{
     BlockBasedOptions, Cache, DBCompactionStyle, DBCompressionType, Direction, Env, IteratorMode, Options, WriteBatch,
     WriteBufferManager, WriteOptions, DB,
 };
+use tracing::warn;
+
+use crate::join::{DefinitionId, Definitions};
+use crate::state::codec;
 
 const STATE_PREFIX: u8 = b'w';
 const TIMER_PREFIX: u8 = b't';
 const CHECKPOINT_KEY: &[u8] = b"m:checkpoint";
 const CLOCK_KEY: &[u8] = b"m:clock";
 const TIMERS_KEY: &[u8] = b"m:timers";
+const DEFINITION_PREFIX: &[u8] = b"m:definition:";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -167,6 +175,15 @@ impl StoreBatch {
         self.batch.put(CLOCK_KEY, clock_ms.to_be_bytes());
     }
 
+    /// Saves a definition states refer to: `encoded` as
+    /// [`crate::state::codec::encode_definition`] writes it.
+    pub fn put_definition(&mut self, id: DefinitionId, encoded: &[u8]) {
+        self.key.clear();
+        self.key.extend_from_slice(DEFINITION_PREFIX);
+        self.key.extend_from_slice(&id.0.to_be_bytes());
+        self.batch.put(&self.key, encoded);
+    }
+
     pub fn len(&self) -> usize {
         self.batch.len()
     }
@@ -260,6 +277,27 @@ impl Store {
     /// What the stored timers were computed from ([`StoreBatch::set_timers_basis`]).
     pub fn timers_basis(&self) -> Result<Option<Vec<u8>>, StoreError> {
         self.db.get(TIMERS_KEY).map_err(|e| self.io(e))
+    }
+
+    /// The definitions the stored states refer to. One that cannot be read
+    /// is left out (its states take their type's configured definition),
+    /// with a warning.
+    pub fn definitions(&self) -> Result<Definitions, StoreError> {
+        let mut out = Definitions::default();
+        for item in self.db.iterator(IteratorMode::From(DEFINITION_PREFIX, Direction::Forward)) {
+            let (key, value) = item.map_err(|e| self.io(e))?;
+            let Some(id) = key.strip_prefix(DEFINITION_PREFIX) else { break };
+            let id = <[u8; 8]>::try_from(id).ok().map(|b| DefinitionId(u64::from_be_bytes(b)));
+            match (id, codec::decode_definition(&value)) {
+                (Some(id), Ok(definition)) => out.insert(id, definition),
+                (_, result) => warn!(
+                    path = %self.path.display(),
+                    error = ?result.err(),
+                    "unreadable definition in the store; its workflows take their type's configured one"
+                ),
+            }
+        }
+        Ok(out)
     }
 
     fn get_i64(&self, key: &[u8]) -> Result<Option<i64>, StoreError> {
@@ -362,9 +400,14 @@ mod tests {
         b.put_state("c", b"3", None);
         b.set_checkpoint(17);
         b.set_clock(-5);
+        let definition = crate::join::Definition { steps: vec!["x".into()], quorum: 1, deadline_ms: None };
+        b.put_definition(DefinitionId(u64::MAX), &codec::encode_definition(&definition));
+        b.put_definition(DefinitionId(3), b"garbage");
         store.write(b).unwrap();
         assert_eq!(store.checkpoint().unwrap(), Some(17));
         assert_eq!(store.clock().unwrap(), Some(-5));
+        let definitions = store.definitions().unwrap();
+        assert_eq!((definitions.len(), definitions.get(DefinitionId(u64::MAX))), (1, Some(&definition)));
         assert_eq!(store.get_state("b").unwrap().as_deref(), Some(&b"2"[..]));
         let due: Vec<String> = store.due_timers(300, 10).unwrap().into_iter().map(|t| t.workflow_id).collect();
         assert_eq!(due, ["b", "a"]);
