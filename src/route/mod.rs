@@ -76,8 +76,10 @@ impl Forward {
 }
 
 /// Whether a record read from the repartition topic is a tick ([`Forward::tick`]).
+/// A forwarded event always has a key (its workflow ID), so its headers
+/// are not searched.
 pub fn is_tick(m: &BorrowedMessage<'_>) -> bool {
-    m.headers().is_some_and(|headers| headers.iter().any(|h| h.key == names::HEADER_TICK))
+    m.key().is_none() && m.headers().is_some_and(|headers| headers.iter().any(|h| h.key == names::HEADER_TICK))
 }
 
 /// Where a record read from the repartition topic came from: the source
