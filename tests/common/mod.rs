@@ -1226,15 +1226,30 @@ pub fn assert_stores_match_the_committed_changelog(broker: &Broker, setup: &Setu
                 held.insert(id.to_vec(), state.to_vec());
             })
             .unwrap();
+        let definitions = store.definitions().unwrap();
+        let mut logged_definitions = 0;
         for ((p, id), value) in last.iter().filter(|((p, _), _)| p == partition) {
-            if id == junction::names::CLOCK_RECORD_KEY {
-                let clock = value.as_ref().map(|v| i64::from_be_bytes(v.as_slice().try_into().unwrap()));
-                assert_eq!(
-                    store.clock().unwrap(),
-                    clock,
-                    "partition {p}: the store's clock and the changelog's differ"
-                );
-                continue;
+            match junction::state::ChangelogKey::reserved(id) {
+                Some(junction::state::ChangelogKey::Clock) => {
+                    let clock = value.as_ref().map(|v| i64::from_be_bytes(v.as_slice().try_into().unwrap()));
+                    assert_eq!(
+                        store.clock().unwrap(),
+                        clock,
+                        "partition {p}: the store's clock and the changelog's differ"
+                    );
+                    continue;
+                }
+                Some(junction::state::ChangelogKey::Definition(d)) => {
+                    let logged = value.as_deref().map(|v| junction::state::codec::decode_definition(v).unwrap());
+                    assert_eq!(
+                        definitions.get(d),
+                        logged.as_ref(),
+                        "partition {p}: the store's definition {d:?} and the changelog's differ"
+                    );
+                    logged_definitions += 1;
+                    continue;
+                }
+                _ => {}
             }
             let name = String::from_utf8_lossy(id);
             assert_eq!(
@@ -1244,6 +1259,11 @@ pub fn assert_stores_match_the_committed_changelog(broker: &Broker, setup: &Setu
                 path.display()
             );
         }
+        assert_eq!(
+            definitions.len(),
+            logged_definitions,
+            "partition {partition}: the store holds definitions no committed changelog record has"
+        );
         for id in held.keys() {
             assert!(
                 last.contains_key(&(*partition, id.clone())),
