@@ -373,12 +373,12 @@ fn pass_through(broker: &Broker, setup: &Setup, round: usize, n: usize) -> Durat
     config.kafka.processing_guarantee = junction::config::Guarantee::AtLeastOnce;
     let output = format!("{}-passthrough-{round}", setup.app);
     broker.create_topic(&output, setup.partitions);
-    let consumer: BaseConsumer = junction::kafka::consumer_config(&config.kafka)
+    let consumer: BaseConsumer = junction::kafka::consumer_config(&config.kafka, None)
         .set("group.id", format!("{}-passthrough-{round}", setup.app))
         .create()
         .unwrap();
     let producer: ThreadedProducer<DefaultProducerContext> =
-        junction::kafka::producer_config(&config.kafka, "pass-through").create().unwrap();
+        junction::kafka::producer_config(&config.kafka, "pass-through", None).create().unwrap();
     consumer.subscribe(&[&setup.input]).unwrap();
     let mut offsets: HashMap<i32, i64> = HashMap::new();
     let mut seen = 0;

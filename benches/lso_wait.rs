@@ -12,10 +12,10 @@
 //!    10 s by default, so the abort comes 10 to 20 s after the transaction began);
 //! 2. **the instance restarts on its state directory**: it gets its instance
 //!    ID back, and its producer's initialisation aborts the transaction at once.
-//!    Its partitions come back once the group has rebalanced, which waits for
-//!    the dead member's session to time out, unless the instance is a static
-//!    member (`group.instance.id` in `kafka.properties`, KIP-345): then it
-//!    takes its old place, and its partitions, at once; measured as a third case.
+//!    Its partitions come back at once: it is a static member of its group
+//!    (KIP-345, junction's default) and takes its old place. Measured as a
+//!    third case with `kafka.static_membership = false`, where the group
+//!    waits for the dead member's session to time out first.
 //!
 //! For each: the wait until every output partition's last stable offset has
 //! passed the records written before the kill ("readers unblocked"), and until
@@ -56,8 +56,8 @@ fn main() {
         add("a peer takes over: readers unblocked", unblocked);
         add("a peer takes over: first outcome of the dead instance's partitions", first);
         for (case, membership) in [
-            ("a restart on the same state directory", Membership::Dynamic),
-            ("the same, a static member", Membership::Static),
+            ("a restart on the same state directory (a static member)", Membership::Static),
+            ("the same, a dynamic member (static_membership = false)", Membership::Dynamic),
         ] {
             let (unblocked, first) = after_a_kill(full, Some(membership));
             eprintln!("lso_wait: run {run}, {case}: readers unblocked after {unblocked:.1} s, first new outcome after {first:.1} s");
@@ -92,7 +92,7 @@ fn now_ms() -> i64 {
 enum Membership {
     /// As a new member: the group waits for the old one's session to time out.
     Dynamic,
-    /// As the same static member (`group.instance.id`).
+    /// As the same static member (`group.instance.id`, junction's default).
     Static,
 }
 
@@ -109,8 +109,8 @@ fn after_a_kill(full: bool, restart: Option<Membership>) -> (f64, f64) {
     });
     let mut setup = Setup::new(&broker, PARTITIONS);
     setup.guarantee = "exactly_once";
-    if restart == Some(Membership::Static) {
-        setup.properties.push(("group.instance.id".into(), "lso-static".into()));
+    if restart == Some(Membership::Dynamic) {
+        setup.kafka_options = "static_membership = false\n".into();
     }
     let changelog = format!("{}-state-changelog", setup.app);
     let work = tempfile::tempdir().unwrap();

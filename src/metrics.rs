@@ -35,6 +35,9 @@ pub struct Metrics {
     workflows_open: IntGaugeVec,
     consumer_lag: IntGaugeVec,
     state_bytes: IntGaugeVec,
+    pub pending_bytes: IntGauge,
+    pub backpressure_pauses: IntCounter,
+    pub partitions_lost: IntCounter,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -118,6 +121,21 @@ impl Metrics {
                 "Estimated size of a partition's state store (live data and memtables), from RocksDB.",
                 &["partition"],
             ),
+            pending_bytes: IntGauge::new(
+                "junction_pending_bytes",
+                "About how much memory the states and records waiting for a commit take (bounded by state.max_pending_bytes).",
+            )
+            .expect("valid metric"),
+            backpressure_pauses: IntCounter::new(
+                "junction_backpressure_pauses_total",
+                "Times processing paused because what waited for a commit passed state.max_pending_bytes.",
+            )
+            .expect("valid metric"),
+            partitions_lost: IntCounter::new(
+                "junction_partitions_lost_total",
+                "Home partitions the group gave to another instance while this one could not take part (given up without committing).",
+            )
+            .expect("valid metric"),
         };
         for c in [&m.events, &m.dead_letters, &m.forwarded, &m.outcomes, &m.commits] {
             m.registry.register(Box::new(c.clone())).expect("unique metric");
@@ -131,6 +149,9 @@ impl Metrics {
         m.registry.register(Box::new(m.workflow_duration.clone())).expect("unique metric");
         m.registry.register(Box::new(m.restore_records.clone())).expect("unique metric");
         m.registry.register(Box::new(m.store_failures.clone())).expect("unique metric");
+        m.registry.register(Box::new(m.pending_bytes.clone())).expect("unique metric");
+        m.registry.register(Box::new(m.backpressure_pauses.clone())).expect("unique metric");
+        m.registry.register(Box::new(m.partitions_lost.clone())).expect("unique metric");
         m.registry
             .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
             .expect("unique metric");
@@ -270,6 +291,9 @@ mod tests {
             "junction_outcome_latency_seconds",
             "junction_outcomes_total",
             "junction_partitions",
+            "junction_partitions_lost_total",
+            "junction_pending_bytes",
+            "junction_backpressure_pauses_total",
             "junction_restore_duration_seconds",
             "junction_restore_records_total",
             "junction_state_bytes",

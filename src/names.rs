@@ -25,6 +25,12 @@ pub const HEADER_SOURCE_OFFSET: &str = "junction.source.offset";
 /// On a tick of a home partition's clock in the repartition topic (see
 /// [`crate::route::Forward::tick`]): its timestamp is the wall clock's time.
 pub const HEADER_TICK: &str = "junction.tick";
+/// On an outcome record published without its steps' payloads, because the
+/// output topic refused it for its size: why (see [`crate::kafka::refusals`]).
+pub const HEADER_TRUNCATED: &str = "junction.truncated";
+/// The `junction.error` of an outcome record that the output topic refused
+/// for good, found on the dead-letter topic instead.
+pub const REASON_OUTCOME_REFUSED: &str = "outcome_refused";
 /// On a dead letter or a forwarded record keyed by the workflow ID: the
 /// source record's own key, when it had one.
 pub const HEADER_SOURCE_KEY: &str = "junction.source.key";
@@ -50,6 +56,7 @@ pub const OUTCOME_STEP_OVERHEAD_BYTES: usize = 1024;
 pub const MANAGED_CLIENT_PROPERTIES: &[&str] = &[
     "bootstrap.servers",
     "group.id",
+    "group.instance.id",
     "enable.auto.commit",
     "enable.auto.offset.store",
     "isolation.level",

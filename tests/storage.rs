@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{assert_one_outcome_each, by_workflow, event, wait_until, Broker, Junction, Setup, PATIENCE};
+use common::{assert_one_outcome_each, by_workflow, event, noise, wait_until, Broker, Junction, Setup, PATIENCE};
 use junction::route::partitioner::murmur2_partition;
 use serde_json::{json, Value};
 
@@ -131,20 +131,6 @@ fn big_payment(id: &str, seed: u64) -> Value {
     let mut e = event(id, "order", "payment", "succeeded", None);
     e["payload"] = json!({ "id": id, "blob": noise(seed, PAYLOAD_BYTES) });
     e
-}
-
-/// `len` hex digits that do not compress (xorshift), so that the state's
-/// files are as large as its payloads.
-fn noise(seed: u64, len: usize) -> String {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            char::from_digit((x % 16) as u32, 16).expect("a hex digit")
-        })
-        .collect()
 }
 
 #[test]

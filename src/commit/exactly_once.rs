@@ -19,7 +19,9 @@ use tracing::warn;
 use super::{batches, committed, count_commit, count_outcomes, offsets, CommitError, Committed, InputGroup, Outputs};
 use super::{Staged, Strategy, COMMIT_TIMEOUT};
 use crate::config::Config;
-use crate::kafka::producer::Producer;
+use crate::kafka::limits::TopicLimits;
+use crate::kafka::producer::{ChangelogSendError, Producer};
+use crate::kafka::refusals::Unplaceable;
 use crate::metrics::Metrics;
 use crate::state;
 
@@ -35,8 +37,13 @@ impl ExactlyOnce {
     /// Creates the producer and initialises its transactions, which fences
     /// any older producer with the same transactional ID and aborts what it
     /// left open.
-    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>, transactional_id: &str) -> Result<ExactlyOnce, CommitError> {
-        let producer = Producer::new(&config.kafka, transactional_id).map_err(CommitError::Producer)?;
+    pub fn new(
+        config: Arc<Config>,
+        metrics: Arc<Metrics>,
+        transactional_id: &str,
+        limits: Arc<TopicLimits>,
+    ) -> Result<ExactlyOnce, CommitError> {
+        let producer = Producer::new(&config.kafka, transactional_id, None, limits).map_err(CommitError::Producer)?;
         producer.client().init_transactions(COMMIT_TIMEOUT).map_err(|e| transaction_error(e, Duration::ZERO))?;
         Ok(ExactlyOnce { metrics, producer })
     }
@@ -73,7 +80,11 @@ impl ExactlyOnce {
             self.producer.send_outcomes(EPOCH, s.outcomes.iter().map(|d| &d.record)).map_err(CommitError::Delivery)?;
             self.producer.send_dead_letters(EPOCH, &s.dead_letters).map_err(CommitError::Delivery)?;
             self.producer.send_forwards(EPOCH, &s.forwards).map_err(CommitError::Delivery)?;
-            self.producer.send_changelog(EPOCH, *partition, &s.changelog).map_err(CommitError::Delivery)?;
+            // The transaction fences what the lease guards under at_least_once.
+            self.producer.send_changelog(EPOCH, *partition, &s.changelog, || true).map_err(|e| match e {
+                ChangelogSendError::Kafka(e) => CommitError::Delivery(e),
+                ChangelogSendError::Stopped(_) => unreachable!("always allowed"),
+            })?;
         }
         // Every partition of the transaction has its offset in it (the
         // stream thread sees to it): the group coordinator refuses a
@@ -169,6 +180,10 @@ impl Strategy for ExactlyOnce {
 
     fn advance(&mut self, _: &dyn InputGroup, _: bool) -> Result<Option<Committed>, CommitError> {
         Ok(None)
+    }
+
+    fn take_unplaceable(&mut self) -> Vec<Unplaceable> {
+        self.producer.refusals().take_unplaceable()
     }
 }
 

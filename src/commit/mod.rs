@@ -20,6 +20,7 @@
 
 pub mod at_least_once;
 pub mod exactly_once;
+pub mod lease;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,6 +32,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::config::{Config, Guarantee};
 use crate::input::dead_letter::DeadLetter;
 use crate::join::outcome::OutcomeRecord;
+use crate::kafka::limits::TopicLimits;
+use crate::kafka::refusals::Unplaceable;
 use crate::metrics::Metrics;
 use crate::route::Forward;
 use crate::state::{ChangelogRecord, Store, StoreBatch, StoreFailures};
@@ -64,6 +67,16 @@ pub trait Strategy: Send {
     /// Moves the commit in flight on as far as its deliveries allow; with
     /// `wait`, to its end. Returns what was committed once it is finished.
     fn advance(&mut self, group: &dyn InputGroup, wait: bool) -> Result<Option<Committed>, CommitError>;
+
+    /// The assignment was lost: the commit in flight is given up where it
+    /// is, without waiting, and without writing anything more (no changelog
+    /// record, no store batch, no offset); what waits in the producer's
+    /// queue is dropped. Another instance owns the partitions now.
+    fn drop_lost(&mut self) {}
+
+    /// The outcomes that no topic takes (see [`crate::kafka::refusals`]),
+    /// since the last call: their partitions must stop.
+    fn take_unplaceable(&mut self) -> Vec<Unplaceable>;
 }
 
 /// The strategy of the configured guarantee, with its producer. Under
@@ -73,10 +86,15 @@ pub fn strategy(
     config: Arc<Config>,
     metrics: Arc<Metrics>,
     transactional_id: &str,
+    lease: &Arc<lease::Lease>,
+    limits: &Arc<TopicLimits>,
 ) -> Result<Box<dyn Strategy>, CommitError> {
+    let limits = Arc::clone(limits);
     Ok(match config.kafka.processing_guarantee {
-        Guarantee::AtLeastOnce => Box::new(at_least_once::AtLeastOnce::new(config, metrics, transactional_id)?),
-        Guarantee::ExactlyOnce => Box::new(exactly_once::ExactlyOnce::new(config, metrics, transactional_id)?),
+        Guarantee::AtLeastOnce => {
+            Box::new(at_least_once::AtLeastOnce::new(config, metrics, transactional_id, Arc::clone(lease), limits)?)
+        }
+        Guarantee::ExactlyOnce => Box::new(exactly_once::ExactlyOnce::new(config, metrics, transactional_id, limits)?),
     })
 }
 
@@ -85,15 +103,39 @@ pub trait InputGroup {
     fn commit_offsets(&self, offsets: &TopicPartitionList, mode: CommitMode) -> KafkaResult<()>;
     /// The group membership that a transaction's offsets are committed as.
     fn group_metadata(&self) -> Option<ConsumerGroupMetadata>;
+    /// Commits again, and waits for, the offsets the group has committed
+    /// for the partitions assigned here: the coordinator accepts them only
+    /// from a member of the current generation (see [`lease`]). For when
+    /// the caller waits anyway (a rebalance, shutdown) and nothing else polls.
+    fn confirm_membership(&self) -> KafkaResult<()>;
 }
 
 impl<C: ConsumerContext> InputGroup for BaseConsumer<C> {
+    /// An asynchronous commit's answer reaches the consumer's context (and
+    /// the lease) at a later poll: see [`crate::kafka::answered_commit`].
     fn commit_offsets(&self, offsets: &TopicPartitionList, mode: CommitMode) -> KafkaResult<()> {
-        self.commit(offsets, mode)
+        match mode {
+            CommitMode::Async => crate::kafka::answered_commit::commit(self, offsets),
+            CommitMode::Sync => self.commit(offsets, mode),
+        }
     }
 
     fn group_metadata(&self) -> Option<ConsumerGroupMetadata> {
         Consumer::group_metadata(self)
+    }
+
+    fn confirm_membership(&self) -> KafkaResult<()> {
+        let committed = self.committed(COMMIT_TIMEOUT)?;
+        let mut again = TopicPartitionList::new();
+        for e in committed.elements() {
+            if let Offset::Offset(o) = e.offset() {
+                again.add_partition_offset(e.topic(), e.partition(), Offset::Offset(o))?;
+            }
+        }
+        if again.count() == 0 {
+            return Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset));
+        }
+        self.commit(&again, CommitMode::Sync)
     }
 }
 
@@ -119,6 +161,17 @@ pub enum CommitError {
     Producer(KafkaError),
     #[error("cannot start a thread: {0}")]
     Thread(String),
+    /// Under `at_least_once`: no offset commit was accepted within the
+    /// commit timeout, so the changelog was not written (see [`lease`]).
+    #[error(
+        "this instance could not show that it still holds its partitions (no offset commit accepted in the last \
+         {}s): nothing more was written to the changelog or the stores",
+        .0.as_secs_f64()
+    )]
+    Unconfirmed(Duration),
+    /// The assignment was lost while the commit was in flight.
+    #[error("the partitions were lost to another instance; the commit was given up")]
+    Abandoned,
 }
 
 impl CommitError {
@@ -223,14 +276,43 @@ fn batches(staged: &mut [(i32, Staged)]) -> impl Iterator<Item = (i32, Arc<Store
     staged.iter_mut().filter_map(|(p, s)| Some((*p, Arc::clone(s.store.as_ref()?), std::mem::take(&mut s.batch))))
 }
 
-/// Counts published outcomes, and how long each waited since it was decided.
+/// Counts committed outcomes, and how long each waited since it was decided.
 fn count_outcomes(metrics: &Metrics, outcomes: &[Decided]) {
-    let now_ms = now_ms();
-    for d in outcomes {
-        let o = &d.record;
-        let duration = (o.finished_at_ms - o.started_at_ms).max(0) as f64 / 1000.0;
-        metrics.outcome(&o.workflow_type, o.outcome, duration);
-        metrics.outcome_latency.observe((now_ms - d.decided_at_ms).max(0) as f64 / 1000.0);
+    let mut tally = Tally::default();
+    tally.add(outcomes);
+    tally.count(metrics);
+}
+
+/// Outcomes sent and not yet committed: `junction_outcomes_total` counts
+/// an outcome once the commit that carries it is done, and a commit that
+/// fails counts none (its outcomes are decided again, and counted then).
+#[derive(Default)]
+pub struct Tally(Vec<Counted>);
+
+struct Counted {
+    workflow_type: String,
+    outcome: crate::join::outcome::Outcome,
+    duration_s: f64,
+    decided_at_ms: i64,
+}
+
+impl Tally {
+    pub fn add(&mut self, outcomes: &[Decided]) {
+        self.0.extend(outcomes.iter().map(|d| Counted {
+            workflow_type: d.record.workflow_type.clone(),
+            outcome: d.record.outcome,
+            duration_s: (d.record.finished_at_ms - d.record.started_at_ms).max(0) as f64 / 1000.0,
+            decided_at_ms: d.decided_at_ms,
+        }));
+    }
+
+    /// The commit is done: counts every outcome, and its latency until now.
+    pub fn count(self, metrics: &Metrics) {
+        let now_ms = now_ms();
+        for c in self.0 {
+            metrics.outcome(&c.workflow_type, c.outcome, c.duration_s);
+            metrics.outcome_latency.observe((now_ms - c.decided_at_ms).max(0) as f64 / 1000.0);
+        }
     }
 }
 

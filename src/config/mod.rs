@@ -58,6 +58,10 @@ pub struct KafkaConfig {
     pub processing_guarantee: Guarantee,
     pub commit_interval: Duration,
     pub max_event_bytes: usize,
+    /// Whether the instance is a static member of its group
+    /// (`group.instance.id`, from its instance ID): see
+    /// [`crate::kafka::clients::group_instance_id`].
+    pub static_membership: bool,
     /// librdkafka properties, passed through unchanged to every client.
     pub properties: BTreeMap<String, String>,
 }
@@ -126,6 +130,7 @@ impl fmt::Debug for KafkaConfig {
             .field("processing_guarantee", &self.processing_guarantee)
             .field("commit_interval", &self.commit_interval)
             .field("max_event_bytes", &self.max_event_bytes)
+            .field("static_membership", &self.static_membership)
             .field("properties", &properties)
             .finish()
     }
@@ -182,6 +187,9 @@ pub struct StateConfig {
     pub max_clock_skew: Duration,
     /// The largest step payload kept in state (and repeated in the outcome).
     pub max_payload_bytes: usize,
+    /// How much the states and records waiting for a commit may take
+    /// before processing pauses (see [`crate::runtime::backpressure`]).
+    pub max_pending_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -270,6 +278,9 @@ impl fmt::Display for ConfigErrors {
 /// RocksDB's memory for all stores of a process, by default: 128 MiB.
 pub const DEFAULT_MEMORY_BYTES: u64 = 128 << 20;
 pub const DEFAULT_MAX_PAYLOAD_BYTES: u64 = 64 << 10;
+/// What waits for a commit, by default: 64 MiB.
+pub const DEFAULT_MAX_PENDING_BYTES: u64 = 64 << 20;
+const MIN_PENDING_BYTES: u64 = 1 << 20;
 const MIN_MEMORY_BYTES: u64 = 16 << 20;
 
 /// Reads, overrides from the process environment, and checks a configuration file.

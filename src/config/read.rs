@@ -11,7 +11,7 @@ use toml::{Table, Value};
 
 use super::{
     parse_duration, Config, ConfigError, Guarantee, HttpConfig, InputTopic, KafkaConfig, Origin, StateConfig,
-    DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MEMORY_BYTES, MIN_MEMORY_BYTES,
+    DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_PENDING_BYTES, DEFAULT_MEMORY_BYTES, MIN_MEMORY_BYTES, MIN_PENDING_BYTES,
 };
 use crate::names;
 
@@ -91,6 +91,7 @@ impl Reader {
                 "processing_guarantee",
                 "commit_interval",
                 "max_event_bytes",
+                "static_membership",
                 "properties",
             ],
         );
@@ -121,6 +122,7 @@ impl Reader {
             self.error("kafka.max_event_bytes", "expected a positive number of bytes");
         }
         let instance_id = kafka.get("instance_id").map(|_| self.string(kafka, "kafka.instance_id", None));
+        let static_membership = self.boolean(kafka, "kafka.static_membership", true);
         let properties = self.properties(kafka);
         self.group_protocol_fits(&properties);
         self.read_properties_are_numbers(&properties);
@@ -135,6 +137,7 @@ impl Reader {
             processing_guarantee: guarantee,
             commit_interval,
             max_event_bytes: max_event_bytes as usize,
+            static_membership,
             properties,
         }
     }
@@ -242,6 +245,7 @@ impl Reader {
                 "grace",
                 "max_clock_skew",
                 "max_payload_bytes",
+                "max_pending_bytes",
             ],
         );
         let state_dir = PathBuf::from(self.string(state, "state.dir", Some("./data")));
@@ -264,8 +268,13 @@ impl Reader {
         if max_payload_bytes == 0 {
             self.error("state.max_payload_bytes", "expected a positive number of bytes");
         }
+        let max_pending_bytes = self.integer(state, "state.max_pending_bytes", DEFAULT_MAX_PENDING_BYTES);
+        if max_pending_bytes < MIN_PENDING_BYTES {
+            self.error("state.max_pending_bytes", format!("expected at least {MIN_PENDING_BYTES} bytes (1 MiB)"));
+        }
         StateConfig {
             dir: state_dir,
+            max_pending_bytes,
             retention: self.duration(state, "state.retention", "24h"),
             memory_bytes,
             write_buffer_bytes,
@@ -330,6 +339,19 @@ impl Reader {
             Some(Value::String(s)) if s.trim().parse::<u64>().is_ok() => s.trim().parse().expect("checked"),
             Some(other) => {
                 self.error(key, format!("expected a non-negative integer, got {}", describe(other)));
+                default
+            }
+        }
+    }
+
+    pub(super) fn boolean(&mut self, table: &Table, key: &str, default: bool) -> bool {
+        let field = key.rsplit('.').next().expect("non-empty key");
+        match table.get(field) {
+            None => default,
+            Some(Value::Boolean(b)) => *b,
+            Some(Value::String(s)) if matches!(s.trim(), "true" | "false") => s.trim() == "true",
+            Some(other) => {
+                self.error(key, format!("expected true or false, got {}", describe(other)));
                 default
             }
         }

@@ -20,6 +20,11 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
+    /// About how many bytes it takes until it is sent.
+    pub fn approx_bytes(&self) -> usize {
+        256 + self.key.as_ref().map_or(0, Vec::len) + self.value.as_ref().map_or(0, Vec::len) + self.error.detail.len()
+    }
+
     /// The dead letter of `record`. A key or value larger than `limit` (what
     /// the producer can send) is not copied, and the detail says so: a dead
     /// letter that can never be delivered would fail every commit.

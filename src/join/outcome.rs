@@ -79,6 +79,13 @@ impl OutcomeRecord {
         format!("{}:{}:{}", self.workflow_id, self.outcome.as_str(), self.started_at_ms)
     }
 
+    /// About how many bytes the record takes, in memory or as JSON.
+    pub fn approx_bytes(&self) -> usize {
+        let steps: usize =
+            self.steps.iter().map(|s| 96 + s.step.len() + s.payload.as_ref().map_or(4, |p| p.0.get().len())).sum();
+        256 + self.workflow_id.len() + self.workflow_type.len() + steps
+    }
+
     pub fn to_json(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(512);
         self.write_json(&mut out);
@@ -89,6 +96,13 @@ impl OutcomeRecord {
     /// through serde, which took a tenth of the stream thread's time;
     /// strings are escaped exactly as serde_json escapes them.
     pub fn write_json(&self, out: &mut Vec<u8>) {
+        self.write_json_with(out, true);
+    }
+
+    /// The record's JSON, with every step's payload, or (`payloads` false)
+    /// each as `null`: what is published when the output topic refuses the
+    /// record for its size.
+    pub fn write_json_with(&self, out: &mut Vec<u8>, payloads: bool) {
         out.extend_from_slice(b"{\"workflow_id\":");
         json_string(out, &self.workflow_id);
         out.extend_from_slice(b",\"workflow_type\":");
@@ -108,8 +122,8 @@ impl OutcomeRecord {
             out.extend_from_slice(b"\",\"payload\":");
             match &step.payload {
                 // Kept as the producer wrote it, as serde_json writes a raw value.
-                Some(p) => out.extend_from_slice(p.0.get().as_bytes()),
-                None => out.extend_from_slice(b"null"),
+                Some(p) if payloads => out.extend_from_slice(p.0.get().as_bytes()),
+                _ => out.extend_from_slice(b"null"),
             }
             out.push(b'}');
         }

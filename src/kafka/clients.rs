@@ -25,13 +25,17 @@ pub(crate) fn base(config: &KafkaConfig) -> ClientConfig {
 }
 
 /// The group consumer of the input topics and the repartition topic. Offsets are committed by junction
-/// only, after the state and outputs they cover are safe.
-pub fn consumer_config(config: &KafkaConfig) -> ClientConfig {
+/// only, after the state and outputs they cover are safe. With an
+/// `instance_id` it is a static member of its group (see [`group_instance_id`]).
+pub fn consumer_config(config: &KafkaConfig, instance_id: Option<&str>) -> ClientConfig {
     let mut c = base(config);
     c.set("group.id", &config.application_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("isolation.level", "read_committed");
+    if let Some(id) = instance_id {
+        c.set("group.instance.id", group_instance_id(config, id));
+    }
     c.set_if_absent("auto.offset.reset", "earliest");
     // Incremental rebalancing: a member joining or leaving moves only the
     // partitions that change owner; the others keep being processed. (The
@@ -123,9 +127,20 @@ fn queue_backoff(c: &mut ClientConfig) {
 }
 
 /// The producer of outcomes, dead letters and changelog records: idempotent
-/// always, transactional under exactly-once, as `transactional_id`.
-pub fn producer_config(config: &KafkaConfig, transactional_id: &str) -> ClientConfig {
+/// always, transactional under exactly-once, as `transactional_id`. A
+/// record waits at most `message_timeout` (unless the user set
+/// `message.timeout.ms`): see [`crate::commit::lease`].
+pub fn producer_config(
+    config: &KafkaConfig,
+    transactional_id: &str,
+    message_timeout: Option<Duration>,
+) -> ClientConfig {
     let mut c = base(config);
+    if let Some(timeout) = message_timeout {
+        if !config.properties.contains_key("delivery.timeout.ms") {
+            c.set_if_absent("message.timeout.ms", &timeout.as_millis().to_string());
+        }
+    }
     c.set("enable.idempotence", "true");
     // Outcomes and dead letters are keyed by workflow ID and partitioned as
     // Java clients and Kafka Streams partition, so that their consumers
@@ -133,6 +148,9 @@ pub fn producer_config(config: &KafkaConfig, transactional_id: &str) -> ClientCo
     c.set("partitioner", "murmur2_random");
     c.set_if_absent("compression.type", "lz4");
     c.set_if_absent("linger.ms", "5");
+    // librdkafka's own default (1 GiB) would make the producer's queue the
+    // largest part of the process; see "Memory" in the README.
+    c.set_if_absent("queue.buffering.max.kbytes", "65536");
     if config.processing_guarantee == Guarantee::ExactlyOnce {
         c.set("transactional.id", transactional_id);
         // A transaction left open by an instance that died is aborted by the
@@ -145,6 +163,29 @@ pub fn producer_config(config: &KafkaConfig, transactional_id: &str) -> ClientCo
     c
 }
 
+/// The group session that a member of the classic protocol asks for and
+/// its heartbeat interval: `session.timeout.ms` and
+/// `heartbeat.interval.ms`, librdkafka's defaults unless set. (Under the
+/// consumer protocol the broker sets them: see
+/// [`crate::kafka::topics::group_session`].)
+pub fn classic_session(config: &KafkaConfig) -> (Duration, Duration) {
+    let ms = |name: &str, default: u64| {
+        Duration::from_millis(config.properties.get(name).and_then(|v| v.trim().parse().ok()).unwrap_or(default))
+    };
+    (ms("session.timeout.ms", 45_000), ms("heartbeat.interval.ms", 3_000))
+}
+
+/// The `message.timeout.ms` the user set (or its alias `delivery.timeout.ms`), if any.
+pub fn configured_message_timeout(config: &KafkaConfig) -> Option<Duration> {
+    ["message.timeout.ms", "delivery.timeout.ms"]
+        .iter()
+        .find_map(|name| config.properties.get(*name)?.trim().parse().ok())
+        .map(Duration::from_millis)
+}
+
+/// librdkafka's default `batch.size`.
+pub const DEFAULT_BATCH_BYTES: usize = 1_000_000;
+
 /// See [`producer_config`].
 const DEFAULT_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -156,6 +197,17 @@ pub fn transaction_timeout(config: &KafkaConfig) -> Duration {
         .get("transaction.timeout.ms")
         .and_then(|v| v.parse().ok())
         .map_or(DEFAULT_TRANSACTION_TIMEOUT, Duration::from_millis)
+}
+
+/// The static group membership of the instance `instance_id` (KIP-345;
+/// the consumer protocol of KIP-848 has it too): a restart with the same
+/// state directory, a `kill -9` or a rolling deploy, takes its partitions
+/// back at once, without waiting for its old session to time out and
+/// without moving the other instances' partitions. The cost: a member that
+/// stops for good (scaled down) keeps its partitions until its session
+/// times out, as static members do not leave their group.
+pub fn group_instance_id(config: &KafkaConfig, instance_id: &str) -> String {
+    format!("{}-{}", config.application_id, instance_id)
 }
 
 /// The transactional ID of the instance `instance_id` (see [`crate::runtime::instance`]).

@@ -1,20 +1,34 @@
 //! The producer's context: it counts the records in flight by the commit
-//! interval they belong to, and remembers failed deliveries and the
-//! changelog offsets delivered, which become the stores' checkpoints.
+//! interval they belong to (their epoch), and remembers, by epoch, failed
+//! deliveries and the changelog offsets delivered, which become the
+//! stores' checkpoints.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rdkafka::client::ClientContext;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{DeliveryResult, ProducerContext};
 
+use crate::kafka::limits::TopicLimits;
+use crate::kafka::refusals::Refusals;
+
+/// A record the producer could not deliver.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// The commit interval it belonged to.
+    pub epoch: usize,
+    pub error: KafkaError,
+    pub topic: String,
+    pub partition: i32,
+}
+
 /// What the producer has delivered since the last `take`.
 #[derive(Debug, Default)]
 pub struct Deliveries {
-    pub failures: Vec<KafkaError>,
+    pub failures: Vec<Failure>,
     /// Changelog partition → the highest offset delivered to it.
     pub changelog_last: HashMap<i32, i64>,
 }
@@ -24,21 +38,36 @@ pub struct Deliveries {
 /// which become the stores' checkpoints.
 pub struct DeliveryTracker {
     changelog_topic: String,
+    /// Records refused for good, and their remedies.
+    refusals: Arc<Refusals>,
+    limits: Arc<TopicLimits>,
     /// Records in flight, by epoch modulo the slots: at most two epochs,
     /// the interval being committed and the current one, have records in flight.
     in_flight: [AtomicUsize; EPOCH_SLOTS],
     deliveries: Mutex<Deliveries>,
+    /// Epochs before this one were given up: their failures are not recorded.
+    forgotten: AtomicUsize,
 }
 
 const EPOCH_SLOTS: usize = 4;
 
 impl DeliveryTracker {
-    pub fn new(changelog_topic: String) -> DeliveryTracker {
+    pub fn new(changelog_topic: String, refusals: Arc<Refusals>, limits: Arc<TopicLimits>) -> DeliveryTracker {
         DeliveryTracker {
             changelog_topic,
+            refusals,
+            limits,
             in_flight: std::array::from_fn(|_| AtomicUsize::new(0)),
             deliveries: Mutex::new(Deliveries::default()),
+            forgotten: AtomicUsize::new(0),
         }
+    }
+
+    /// Gives up `epoch` and those before it: their failures, recorded or
+    /// to come, belong to no commit.
+    pub fn forget_through(&self, epoch: usize) {
+        self.forgotten.fetch_max(epoch + 1, Ordering::SeqCst);
+        self.deliveries.lock().expect("tracker lock").failures.retain(|f| f.epoch > epoch);
     }
 
     /// Counts a record of `epoch` about to be sent.
@@ -61,12 +90,22 @@ impl DeliveryTracker {
 
     /// The first delivery that failed since the last `take`, if any.
     pub fn first_failure(&self) -> Option<KafkaError> {
-        self.deliveries.lock().expect("tracker lock").failures.first().cloned()
+        self.deliveries.lock().expect("tracker lock").failures.first().map(|f| f.error.clone())
     }
 
-    /// Takes the failures and changelog offsets recorded so far.
+    /// Takes every failure and changelog offset recorded so far.
     pub fn take(&self) -> Deliveries {
         std::mem::take(&mut *self.deliveries.lock().expect("tracker lock"))
+    }
+
+    /// Takes the changelog offsets recorded so far and the failures of
+    /// `epoch` and the epochs before it (a commit given up leaves its
+    /// own behind); later epochs' failures stay for their commits.
+    pub fn take_up_to(&self, epoch: usize) -> Deliveries {
+        let mut d = self.deliveries.lock().expect("tracker lock");
+        let (mine, later) = std::mem::take(&mut d.failures).into_iter().partition(|f| f.epoch <= epoch);
+        d.failures = later;
+        Deliveries { failures: mine, changelog_last: std::mem::take(&mut d.changelog_last) }
     }
 }
 
@@ -82,8 +121,14 @@ impl ProducerContext for DeliveryTracker {
                 let last = d.changelog_last.entry(m.partition()).or_insert(m.offset());
                 *last = (*last).max(m.offset());
             }
-            Ok(_) => {}
-            Err((e, _)) => self.deliveries.lock().expect("tracker lock").failures.push(e.clone()),
+            Ok(m) => self.refusals.delivered(m),
+            Err((e, m)) if epoch < self.forgotten.load(Ordering::SeqCst) => self.refusals.refused(m, e, &self.limits),
+            Err((e, m)) => {
+                self.refusals.refused(m, e, &self.limits);
+                let failure =
+                    Failure { epoch, error: e.clone(), topic: m.topic().to_string(), partition: m.partition() };
+                self.deliveries.lock().expect("tracker lock").failures.push(failure);
+            }
         }
         // Last: once nothing is in flight, everything delivered is recorded.
         self.in_flight[epoch % EPOCH_SLOTS].fetch_sub(1, Ordering::SeqCst);

@@ -1,16 +1,23 @@
 //! The Kafka adapters, apart from what they carry: client configurations
 //! ([`clients`]), topic preparation ([`topics`]), the producer and its
-//! records ([`producer`]), delivery tracking ([`delivery`]) and the purge of
-//! the repartition topic ([`purge`]), and the wait for a previous owner's
+//! records ([`producer`]), delivery tracking ([`delivery`]), records a topic
+//! refuses for good and their remedies ([`refusals`]), what each topic
+//! takes ([`limits`]), the purge of
+//! the repartition topic ([`purge`]), a changelog partition's ends
+//! ([`changelog_ends`]), and the wait for a previous owner's
 //! transaction ([`stable_offsets`]), and whether a partition is read to its
-//! end ([`caught_up`]). Nothing here
-//! decides what to commit or when.
+//! end ([`caught_up`]), and an offset commit whose answer comes back
+//! ([`answered_commit`]). Nothing here decides what to commit or when.
 
+pub mod answered_commit;
 pub mod caught_up;
+pub mod changelog_ends;
 pub mod clients;
 pub mod delivery;
+pub mod limits;
 pub mod producer;
 pub mod purge;
+pub mod refusals;
 pub mod stable_offsets;
 pub mod topics;
 

@@ -8,11 +8,10 @@
 //! with `require_stable`, which librdkafka sends under `read_committed`,
 //! only once the offsets are stable; librdkafka asks again meanwhile.) The
 //! wait can last the transaction timeout and the broker's sweep of timed-out
-//! transactions, so each runs on a thread of its own, and the stream thread
-//! takes the answers between polls.
+//! transactions, so it runs on the thread that opens the partition's store
+//! ([`crate::runtime::opener`]), never on the stream thread.
 
-use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -29,69 +28,49 @@ const TRANSACTION_SWEEP: Duration = Duration::from_secs(20);
 /// The pause before asking again after an error.
 const RETRY: Duration = Duration::from_millis(100);
 
-/// The answer for one home partition: its committed offsets, once they are stable.
-pub struct Stable {
-    pub home: i32,
-    /// The request answered: a partition revoked and assigned again asks anew.
-    pub ticket: u64,
-    pub result: Result<TopicPartitionList, KafkaError>,
-}
-
+/// The client that asks the group coordinator, and how long it waits.
 pub struct StableOffsets {
-    client: Arc<BaseConsumer>,
+    client: BaseConsumer,
     /// The longest wait, after which the answer is the last error.
     timeout: Duration,
-    sender: Sender<Stable>,
-    answers: Receiver<Stable>,
 }
 
 impl StableOffsets {
     pub fn new(config: &KafkaConfig) -> Result<StableOffsets, KafkaError> {
-        let client = Arc::new(clients::offsets_client_config(config).create()?);
+        let client = clients::offsets_client_config(config).create()?;
         let timeout = clients::transaction_timeout(config) + TRANSACTION_SWEEP;
-        let (sender, answers) = mpsc::channel();
-        Ok(StableOffsets { client, timeout, sender, answers })
+        Ok(StableOffsets { client, timeout })
     }
 
-    /// Starts waiting until the offsets of `partitions` are stable, for
-    /// `home`: the answer comes with [`StableOffsets::answered`].
-    pub fn ask(&self, home: i32, ticket: u64, partitions: &[(String, i32)]) -> std::io::Result<()> {
+    /// Waits until the group's offsets of `partitions` are stable, and
+    /// returns them; or gives up when `cancelled` is set (`None`). Blocks:
+    /// for a thread of its own.
+    pub fn wait(
+        &self,
+        partitions: &[(String, i32)],
+        cancelled: &AtomicBool,
+    ) -> Option<Result<TopicPartitionList, KafkaError>> {
         let mut tpl = TopicPartitionList::new();
         for (topic, partition) in partitions {
             tpl.add_partition(topic, *partition);
         }
-        let (client, sender, deadline) = (Arc::clone(&self.client), self.sender.clone(), Instant::now() + self.timeout);
-        std::thread::Builder::new().name(format!("junction-stable-{home}")).spawn(move || {
-            let result = wait_stable(&client, &tpl, deadline);
-            // No receiver: the stream thread has stopped.
-            let _ = sender.send(Stable { home, ticket, result });
-        })?;
-        Ok(())
-    }
-
-    /// The answers that came since the last call.
-    pub fn answered(&self) -> Vec<Stable> {
-        self.answers.try_iter().collect()
-    }
-}
-
-fn wait_stable(
-    client: &BaseConsumer,
-    tpl: &TopicPartitionList,
-    deadline: Instant,
-) -> Result<TopicPartitionList, KafkaError> {
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let error = match client.committed_offsets(tpl.clone(), left.max(RETRY)) {
-            Ok(committed) => match committed.elements().iter().find_map(|e| e.error().err()) {
-                None => return Ok(committed),
-                Some(e) => e,
-            },
-            Err(e) => e,
-        };
-        if Instant::now() + RETRY >= deadline {
-            return Err(error);
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let error = match self.client.committed_offsets(tpl.clone(), left.max(RETRY)) {
+                Ok(committed) => match committed.elements().iter().find_map(|e| e.error().err()) {
+                    None => return Some(Ok(committed)),
+                    Some(e) => e,
+                },
+                Err(e) => e,
+            };
+            if cancelled.load(Ordering::SeqCst) {
+                return None;
+            }
+            if Instant::now() + RETRY >= deadline {
+                return Some(Err(error));
+            }
+            std::thread::sleep(RETRY);
         }
-        std::thread::sleep(RETRY);
     }
 }

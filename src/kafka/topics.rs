@@ -38,8 +38,16 @@ pub enum TopicError {
          N is kept once the topics exist: {remedy}"
     )]
     HomePartitions { found: String, remedy: String },
-    #[error("topic {topic:?} has {key}={actual:?}; junction needs {expected} ({why})")]
+    #[error(
+        "topic {topic:?} has {key}={actual:?}; junction needs {expected} ({why}). Change it with \
+         kafka-configs.sh --alter --entity-type topics --entity-name {topic} --add-config {key}=..."
+    )]
     Setting { topic: String, key: &'static str, actual: String, expected: &'static str, why: &'static str },
+    #[error(
+        "topic {topic:?} takes records of at most {limit} bytes (its max.message.bytes), but {what}: lower \
+         state.max_payload_bytes or kafka.max_event_bytes, or raise the topic's max.message.bytes"
+    )]
+    TooSmall { topic: String, limit: usize, what: String },
     #[error("cannot create topic {topic:?}: {source}")]
     Create { topic: String, source: KafkaError },
     #[error("cannot read topic metadata from {servers}: {source}")]
@@ -60,6 +68,7 @@ impl TopicError {
             TopicError::MissingInput(_)
             | TopicError::HomePartitions { .. }
             | TopicError::Setting { .. }
+            | TopicError::TooSmall { .. }
             | TopicError::Refused { .. } => return false,
         };
         let code = source.rdkafka_error_code();
@@ -86,6 +95,12 @@ pub struct Layout {
     pub home_partitions: usize,
     /// Each input topic and its partition count.
     pub inputs: Vec<(String, usize)>,
+    /// The group session's timeout and heartbeat interval (see [`group_session`]).
+    pub session: (Duration, Duration),
+    /// How long the changelog keeps a tombstone (`delete.retention.ms`), when the broker says.
+    pub changelog_delete_retention: Option<Duration>,
+    /// The largest record each of junction's topics takes (see [`crate::kafka::limits`]).
+    pub limits: [usize; 4],
 }
 
 /// Whether the cluster refused the login or the TLS handshake: a matter of
@@ -118,11 +133,13 @@ pub fn prepare_topics(config: &KafkaConfig, runtime: &tokio::runtime::Handle) ->
     let home_partitions = home_partitions(config, &existing, &inputs)?;
 
     let mut to_create = Vec::new();
+    let min_isr = wanted_min_isr(replication as usize).to_string();
     if existing[0].1.is_none() {
         to_create.push(
             NewTopic::new(&changelog, home_partitions as i32, TopicReplication::Fixed(replication))
                 .set("cleanup.policy", "compact")
-                .set("min.compaction.lag.ms", "0"),
+                .set("min.compaction.lag.ms", "0")
+                .set("min.insync.replicas", &min_isr),
         );
     }
     if existing[1].1.is_none() {
@@ -145,8 +162,166 @@ pub fn prepare_topics(config: &KafkaConfig, runtime: &tokio::runtime::Handle) ->
     if !to_create.is_empty() {
         create(config, runtime, &admin, &to_create, home_partitions)?;
     }
-    check_settings(config, runtime, &admin)?;
-    Ok(Layout { home_partitions, inputs })
+    // A topic created now has the replicas asked for; an existing one, those the metadata shows.
+    let changelog_replicas = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == changelog)
+        .and_then(|t| t.partitions().first())
+        .map_or(replication as usize, |p| p.replicas().len());
+    let changelog_delete_retention = check_settings(config, runtime, &admin, changelog_replicas)?;
+    let broker = metadata.brokers().first().map(|b| b.id());
+    let session = group_session(config, runtime, &admin, broker);
+    let limits = read_limits(config, runtime, &admin);
+    Ok(Layout { home_partitions, inputs, session, changelog_delete_retention, limits })
+}
+
+/// Kafka's default `max.message.bytes` (the broker's `message.max.bytes`).
+const KAFKA_MAX_MESSAGE_BYTES: usize = 1_048_588;
+
+/// The `max.message.bytes` of the output, dead-letter, changelog and
+/// repartition topics (in [`crate::kafka::limits::Topic`] order); Kafka's
+/// default for a topic the broker does not describe, with a warning.
+pub fn read_limits(
+    config: &KafkaConfig,
+    runtime: &tokio::runtime::Handle,
+    admin: &AdminClient<DefaultClientContext>,
+) -> [usize; 4] {
+    let (changelog, repartition) = (config.changelog_topic(), config.repartition_topic());
+    let topics = [&config.output_topic, &config.dead_letter_topic, &changelog, &repartition].map(String::as_str);
+    let specifiers = topics.map(ResourceSpecifier::Topic);
+    let options = AdminOptions::new().request_timeout(Some(ADMIN_TIMEOUT));
+    let described = runtime.block_on(admin.describe_configs(&specifiers, &options));
+    let mut limits = [KAFKA_MAX_MESSAGE_BYTES; 4];
+    match described {
+        Ok(results) => {
+            for ((limit, topic), result) in limits.iter_mut().zip(topics).zip(results) {
+                let read = result.ok().and_then(|r| r.get("max.message.bytes")?.value.as_deref()?.parse().ok());
+                match read {
+                    Some(bytes) => *limit = bytes,
+                    None => warn!(topic, "cannot read the topic's max.message.bytes; assuming Kafka's default"),
+                }
+            }
+        }
+        Err(e) => warn!(error = %e, "cannot read the topics' max.message.bytes; assuming Kafka's default"),
+    }
+    limits
+}
+
+/// [`read_limits`] again, with a client of its own: after a topic refused
+/// a record for its size.
+pub fn read_limits_again(config: &KafkaConfig, runtime: &tokio::runtime::Handle) -> Option<[usize; 4]> {
+    let admin: AdminClient<DefaultClientContext> = base(config).create().ok()?;
+    Some(read_limits(config, runtime, &admin))
+}
+
+/// Every outcome record, changelog record and forwarded event must fit its
+/// topic's own limit (`limits`, as [`read_limits`] reads them): what a type's
+/// steps with payloads of up to `state.max_payload_bytes` make, and an
+/// event of up to `kafka.max_event_bytes`. A dead letter larger than its
+/// topic takes goes without the bad record's value.
+pub fn check_record_sizes(config: &crate::config::Config, limits: &[usize; 4]) -> Result<(), TopicError> {
+    let kafka = &config.kafka;
+    let payload = config.state.max_payload_bytes;
+    for w in &config.workflows {
+        let steps = w.steps.len();
+        let outcome = crate::names::OUTCOME_OVERHEAD_BYTES
+            .saturating_add(steps.saturating_mul(payload.saturating_add(crate::names::OUTCOME_STEP_OVERHEAD_BYTES)));
+        // A state keeps each step's payload and up to two event IDs per step.
+        let state = crate::names::OUTCOME_OVERHEAD_BYTES.saturating_add(steps.saturating_mul(
+            payload.saturating_add(2 * crate::names::MAX_EVENT_ID_BYTES + crate::names::OUTCOME_STEP_OVERHEAD_BYTES),
+        ));
+        for (topic, bytes, limit, what) in [
+            (&kafka.output_topic, outcome, limits[0], "outcome records"),
+            (&kafka.changelog_topic(), state, limits[2], "states"),
+        ] {
+            if bytes > limit {
+                return Err(TopicError::TooSmall {
+                    topic: topic.clone(),
+                    limit,
+                    what: format!(
+                        "{what} of workflow type {:?} ({steps} steps with payloads of up to state.max_payload_bytes, \
+                         {payload}) take up to {bytes} bytes",
+                        w.workflow_type
+                    ),
+                });
+            }
+        }
+    }
+    let event = kafka.max_event_bytes.saturating_add(4 * 1024);
+    if event > limits[3] {
+        return Err(TopicError::TooSmall {
+            topic: kafka.repartition_topic(),
+            limit: limits[3],
+            what: format!(
+                "forwarded events of up to kafka.max_event_bytes ({}) take up to {event} bytes",
+                kafka.max_event_bytes
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The `min.insync.replicas` junction gives its changelog: with two
+/// replicas or more, an acknowledged state is on two brokers.
+fn wanted_min_isr(replicas: usize) -> usize {
+    replicas.clamp(1, 2)
+}
+
+/// Kafka's defaults for a consumer-protocol group's session and heartbeat.
+const CONSUMER_PROTOCOL_DEFAULTS: (Duration, Duration) = (Duration::from_secs(45), Duration::from_secs(5));
+
+/// How long the group coordinator keeps a silent member, and how often a
+/// member heartbeats: the classic protocol's member asks for both
+/// (`session.timeout.ms`, `heartbeat.interval.ms`); under the consumer
+/// protocol the broker sets them (`group.consumer.session.timeout.ms` and
+/// `group.consumer.heartbeat.interval.ms`, which a group's own
+/// `consumer.session.timeout.ms` and `consumer.heartbeat.interval.ms`
+/// override), and they are read from it.
+pub fn group_session(
+    config: &KafkaConfig,
+    runtime: &tokio::runtime::Handle,
+    admin: &AdminClient<DefaultClientContext>,
+    broker: Option<i32>,
+) -> (Duration, Duration) {
+    if !crate::kafka::clients::uses_consumer_protocol(config) {
+        return crate::kafka::clients::classic_session(config);
+    }
+    let options = AdminOptions::new().request_timeout(Some(ADMIN_TIMEOUT));
+    let read = |resource: ResourceSpecifier<'_>, names: [&str; 2]| -> [Option<Duration>; 2] {
+        let Ok(mut results) = runtime.block_on(admin.describe_configs([&resource], &options)) else {
+            return [None, None];
+        };
+        let Some(Ok(described)) = results.pop() else { return [None, None] };
+        names
+            .map(|name| {
+                let entry = described.get(name)?;
+                // A group's own setting counts only where it was set for the group.
+                let set = !matches!(entry.source, rdkafka::admin::ConfigSource::Default);
+                entry.value.as_deref().filter(|_| set || name.starts_with("group.")).and_then(|v| v.parse().ok())
+            })
+            .map(|ms: Option<u64>| ms.map(Duration::from_millis))
+    };
+    let [broker_session, broker_heartbeat] = match broker {
+        Some(id) => read(
+            ResourceSpecifier::Broker(id),
+            ["group.consumer.session.timeout.ms", "group.consumer.heartbeat.interval.ms"],
+        ),
+        None => [None, None],
+    };
+    let [group_session, group_heartbeat] = read(
+        ResourceSpecifier::Group(&config.application_id),
+        ["consumer.session.timeout.ms", "consumer.heartbeat.interval.ms"],
+    );
+    let session = group_session.or(broker_session);
+    let heartbeat = group_heartbeat.or(broker_heartbeat);
+    if session.is_none() {
+        warn!(
+            assumed_s = CONSUMER_PROTOCOL_DEFAULTS.0.as_secs(),
+            "cannot read the group's session timeout from the broker; assuming Kafka's default"
+        );
+    }
+    (session.unwrap_or(CONSUMER_PROTOCOL_DEFAULTS.0), heartbeat.unwrap_or(CONSUMER_PROTOCOL_DEFAULTS.1))
 }
 
 /// Asks the cluster for the input topics' partition counts, to notice
@@ -200,15 +375,22 @@ fn home_partitions(
     }
 }
 
-/// The cleanup policies junction's own topics depend on: the changelog is
-/// compacted (its latest record per workflow is the state), and the
-/// repartition topic is not (a compaction would drop forwarded events). A
-/// broker that cannot describe topic settings is trusted, with a warning.
+/// The settings junction's own topics depend on, as junction creates
+/// them. The changelog: compacted (its latest record per workflow is the
+/// state), nothing deleted by time or size (a workflow may stay open longer
+/// than any retention), and acknowledged by `min.insync.replicas` replicas
+/// (at least two when it has two or more; at most as many as it has, or no
+/// write succeeds). The repartition topic: not compacted (a compaction
+/// would drop forwarded events), and nothing deleted by time (junction
+/// purges what it has committed). Returns the changelog's
+/// `delete.retention.ms`. A broker that cannot describe topic settings is
+/// trusted, with a warning.
 fn check_settings(
     config: &KafkaConfig,
     runtime: &tokio::runtime::Handle,
     admin: &AdminClient<DefaultClientContext>,
-) -> Result<(), TopicError> {
+    changelog_replicas: usize,
+) -> Result<Option<Duration>, TopicError> {
     let (changelog, repartition) = (config.changelog_topic(), config.repartition_topic());
     let specifiers = [ResourceSpecifier::Topic(&changelog), ResourceSpecifier::Topic(&repartition)];
     let options = AdminOptions::new().request_timeout(Some(ADMIN_TIMEOUT));
@@ -216,9 +398,10 @@ fn check_settings(
         Ok(results) => results,
         Err(e) => {
             warn!(error = %e, "cannot read the settings of junction's own topics; they are not checked");
-            return Ok(());
+            return Ok(None);
         }
     };
+    let mut delete_retention = None;
     for (topic, result) in [&changelog, &repartition].into_iter().zip(results) {
         let resource = match result {
             Ok(resource) => resource,
@@ -227,31 +410,78 @@ fn check_settings(
                 continue;
             }
         };
-        let Some(policy) = resource.get("cleanup.policy").and_then(|e| e.value.clone()) else {
+        let setting = |key: &str| resource.get(key).and_then(|e| e.value.clone());
+        let Some(policy) = setting("cleanup.policy") else {
             warn!(topic, "the broker does not say the topic's cleanup.policy; it is not checked");
             continue;
         };
+        let refuse = |key: &'static str, actual: String, expected: &'static str, why: &'static str| {
+            Err(TopicError::Setting { topic: topic.clone(), key, actual, expected, why })
+        };
         let compacted = policy.split(',').any(|p| p.trim() == "compact");
-        if *topic == changelog && !compacted {
-            return Err(TopicError::Setting {
-                topic: topic.clone(),
-                key: "cleanup.policy",
-                actual: policy,
-                expected: "\"compact\"",
-                why: "the changelog keeps the latest state of every workflow",
-            });
+        let deletes = policy.split(',').any(|p| p.trim() == "delete");
+        let unlimited = |key: &str| setting(key).is_none_or(|v| v.trim() == "-1");
+        if *topic == changelog {
+            if !compacted {
+                return refuse(
+                    "cleanup.policy",
+                    policy,
+                    "\"compact\"",
+                    "the changelog keeps the latest state of every workflow",
+                );
+            }
+            for key in ["retention.ms", "retention.bytes"] {
+                if deletes && !unlimited(key) {
+                    return refuse(
+                        if key == "retention.ms" { "retention.ms" } else { "retention.bytes" },
+                        format!("{} with cleanup.policy={policy}", setting(key).unwrap_or_default()),
+                        "-1, or cleanup.policy=\"compact\" alone",
+                        "a workflow open longer than the retention would lose its state",
+                    );
+                }
+            }
+            if let Some(isr) = setting("min.insync.replicas").and_then(|v| v.trim().parse::<usize>().ok()) {
+                let wanted = wanted_min_isr(changelog_replicas);
+                if isr > changelog_replicas {
+                    return refuse(
+                        "min.insync.replicas",
+                        format!("{isr} with {changelog_replicas} replicas"),
+                        "at most the replication factor",
+                        "no changelog write could be acknowledged",
+                    );
+                }
+                if isr < wanted {
+                    return refuse(
+                        "min.insync.replicas",
+                        format!("{isr} with {changelog_replicas} replicas"),
+                        "at least 2 (with 2 replicas or more)",
+                        "a state acknowledged by one broker alone is lost with it",
+                    );
+                }
+            }
+            delete_retention =
+                setting("delete.retention.ms").and_then(|v| v.trim().parse::<u64>().ok()).map(Duration::from_millis);
         }
-        if *topic == repartition && compacted {
-            return Err(TopicError::Setting {
-                topic: topic.clone(),
-                key: "cleanup.policy",
-                actual: policy,
-                expected: "\"delete\"",
-                why: "compaction would drop forwarded step events of the same workflow",
-            });
+        if *topic == repartition {
+            if compacted {
+                return refuse(
+                    "cleanup.policy",
+                    policy,
+                    "\"delete\"",
+                    "compaction would drop forwarded step events of the same workflow",
+                );
+            }
+            if !unlimited("retention.ms") {
+                return refuse(
+                    "retention.ms",
+                    setting("retention.ms").unwrap_or_default(),
+                    "-1",
+                    "junction deletes what it has committed; a time limit would delete forwarded events not yet read",
+                );
+            }
         }
     }
-    Ok(())
+    Ok(delete_retention)
 }
 
 /// A client that asks for metadata. A consumer, because its poll serves

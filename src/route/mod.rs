@@ -52,6 +52,14 @@ pub struct Forward {
 }
 
 impl Forward {
+    /// About how many bytes it takes until it is sent.
+    pub fn approx_bytes(&self) -> usize {
+        128 + self.workflow_id.len()
+            + self.key.as_ref().map_or(0, Vec::len)
+            + self.value.len()
+            + self.source_topic.len()
+    }
+
     /// A tick of the wall clock for `home`'s stream, at `at_ms`: once read
     /// back, the partition's clock may follow the wall clock to there.
     /// Under `at_least_once` the wall clock moves a partition's clock only

@@ -10,10 +10,12 @@ use anyhow::anyhow;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext};
 use tracing::warn;
 
+use crate::commit::lease::Lease;
 use crate::commit::{self, CommitError, Committed, Outputs, Staged, Strategy};
 use crate::config::{Config, Guarantee};
-use crate::kafka::clients;
+use crate::kafka::limits::TopicLimits;
 use crate::kafka::purge::Purger;
+use crate::kafka::{answered_commit, clients, topics};
 use crate::metrics::Metrics;
 use crate::runtime::partitions::Partitions;
 use crate::time::now_ms;
@@ -28,6 +30,11 @@ pub struct Commits {
     halted: bool,
     /// Deletes the repartition topic's committed records.
     purger: Purger,
+    /// How long the changelog may still be written under `at_least_once`.
+    lease: Arc<Lease>,
+    /// What each of junction's topics takes.
+    limits: Arc<TopicLimits>,
+    runtime: tokio::runtime::Handle,
 }
 
 impl Commits {
@@ -36,10 +43,49 @@ impl Commits {
         metrics: Arc<Metrics>,
         transactional_id: String,
         runtime: tokio::runtime::Handle,
+        lease: Arc<Lease>,
+        limits: Arc<TopicLimits>,
     ) -> Result<Commits, CommitError> {
-        let strategy = commit::strategy(Arc::clone(&config), Arc::clone(&metrics), &transactional_id)?;
-        let purger = Purger::new(&config.kafka, runtime);
-        Ok(Commits { config, metrics, strategy, transactional_id, halted: false, purger })
+        let strategy = commit::strategy(Arc::clone(&config), Arc::clone(&metrics), &transactional_id, &lease, &limits)?;
+        let purger = Purger::new(&config.kafka, runtime.clone());
+        Ok(Commits { config, metrics, strategy, transactional_id, halted: false, purger, lease, limits, runtime })
+    }
+
+    /// The partitions were lost: the commit in flight is given up without
+    /// writing anything more, and so is the work since the last commit.
+    pub fn drop_lost(&mut self) {
+        self.strategy.drop_lost();
+    }
+
+    /// Asks the group coordinator whether this instance is still a member,
+    /// when a writer waits for the lease and no commit is on its way: it
+    /// commits again offsets already committed, which the coordinator
+    /// accepts only from a member of the current generation. An error: the
+    /// commit could not be sent (the lease stays as it was).
+    pub fn confirm_membership<C: ConsumerContext>(&mut self, partitions: &mut Partitions, consumer: &BaseConsumer<C>) {
+        if !self.lease.is_wanted() || self.lease.is_renewing() {
+            return;
+        }
+        let mut offsets = partitions.last_committed();
+        if offsets.count() == 0 {
+            // Nothing read since the assignment: the group's own offset of one partition held.
+            let topic = self.config.kafka.repartition_topic();
+            let Some(&home) = partitions.held().first() else { return };
+            match clients::committed_offset(&self.config.kafka, consumer, &topic, home) {
+                Ok(offset) => {
+                    let _ = offsets.add_partition_offset(&topic, home, rdkafka::Offset::Offset(offset));
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot read a committed offset to confirm the group membership with");
+                    return;
+                }
+            }
+        }
+        self.lease.commit_sent();
+        if let Err(e) = answered_commit::commit(consumer, &offsets) {
+            warn!(error = %e, "cannot send the offset commit that confirms the group membership");
+            self.lease.answered(false);
+        }
     }
 
     pub fn is_committing(&self) -> bool {
@@ -216,15 +262,35 @@ impl Commits {
             return Ok(());
         }
         warn!(error = %e, "commit failed; discarding the work since the last commit and resuming from there");
+        let unplaceable = self.strategy.take_unplaceable();
         if let CommitError::Fenced { transaction_age, .. } = &e {
             self.fenced(*transaction_age)?;
         }
-        if e.needs_new_producer() {
-            self.strategy =
-                commit::strategy(Arc::clone(&self.config), Arc::clone(&self.metrics), &self.transactional_id)
-                    .map_err(|e| anyhow!(e).context("replacing the producer after a fatal error"))?;
+        // A topic refused a record for its size: its limit may have been
+        // lowered. The producer then batches no more than the new limits.
+        let mut limits_lowered = false;
+        if self.limits.is_stale() {
+            if let Some(limits) = topics::read_limits_again(&self.config.kafka, &self.runtime) {
+                limits_lowered = self.limits.update(limits);
+                warn!(?limits, "a topic refused a record for its size: its limits are read again");
+            }
+        }
+        if e.needs_new_producer() || limits_lowered {
+            self.strategy = commit::strategy(
+                Arc::clone(&self.config),
+                Arc::clone(&self.metrics),
+                &self.transactional_id,
+                &self.lease,
+                &self.limits,
+            )
+            .map_err(|e| anyhow!(e).context("replacing the producer"))?;
         }
         partitions.rewind(consumer);
+        // An outcome no topic takes stops its workflow's home partition, alone.
+        for u in unplaceable {
+            let home = crate::route::home(&u.workflow_id, partitions.home_partitions());
+            partitions.park(consumer, home, &u.why, None);
+        }
         Ok(())
     }
 

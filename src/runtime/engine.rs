@@ -8,6 +8,7 @@ use rdkafka::consumer::{BaseConsumer, ConsumerContext};
 use tracing::{error, info};
 
 use crate::ops::view::View;
+use crate::runtime::backpressure::{Backpressure, Regulation};
 use crate::runtime::commits::Commits;
 use crate::runtime::partitions::Partitions;
 
@@ -15,12 +16,24 @@ pub struct Engine {
     pub view: Arc<View>,
     pub partitions: Partitions,
     pub commits: Commits,
+    backpressure: Backpressure,
     failure: Option<anyhow::Error>,
 }
 
 impl Engine {
-    pub fn new(view: Arc<View>, partitions: Partitions, commits: Commits) -> Engine {
-        Engine { view, partitions, commits, failure: None }
+    pub fn new(view: Arc<View>, partitions: Partitions, commits: Commits, max_pending_bytes: u64) -> Engine {
+        Engine { view, partitions, commits, backpressure: Backpressure::new(max_pending_bytes), failure: None }
+    }
+
+    /// Pauses or resumes every partition read by what waits for a commit
+    /// (see [`crate::runtime::backpressure`]). Whether a commit is wanted now.
+    pub fn bound_memory<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> bool {
+        match self.backpressure.regulate(self.partitions.pending_bytes(), &self.view.metrics) {
+            Regulation::Hold => self.partitions.hold(consumer, true),
+            Regulation::Release => self.partitions.hold(consumer, false),
+            Regulation::Steady => {}
+        }
+        self.backpressure.is_held()
     }
 
     /// Commits now (see [`Commits::commit`]); `false` while the commit in flight is unfinished.
@@ -48,18 +61,19 @@ impl Engine {
         }
     }
 
-    /// Opens the stopped partitions whose pause is over.
-    pub fn retry_parked<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
-        if let Err(e) = self.partitions.retry_parked(consumer) {
-            self.fail(e);
-        }
+    /// Asks the coordinator to confirm the membership when a writer waits for it.
+    pub fn confirm_membership<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
+        self.commits.confirm_membership(&mut self.partitions, consumer);
     }
 
-    /// Opens the stores of the partitions whose offsets no transaction holds any more.
-    pub fn take_stable<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
-        if let Err(e) = self.partitions.take_stable(consumer) {
-            self.fail(e);
-        }
+    /// Opens the stopped partitions whose pause is over.
+    pub fn retry_parked<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
+        self.partitions.retry_parked(consumer);
+    }
+
+    /// Restores or activates the partitions whose stores were opened since the last turn.
+    pub fn take_opened<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
+        self.partitions.take_opened(consumer);
     }
 
     /// Reads the new partitions of input topics that grew (`counts`: each

@@ -6,10 +6,14 @@
 //! - [`engine`]: its state, shared with the rebalance callbacks;
 //! - [`rebalance`]: the consumer's callbacks (assign, revoke, statistics);
 //! - [`input_watch`]: notices input topics that gain partitions;
-//! - [`partitions`]: each partition's lifecycle (restoring, active, stopped);
+//! - [`partitions`]: each partition's lifecycle (opening, restoring, active,
+//!   stopped);
+//! - [`opener`]: opens and checks an assigned partition's store, off the
+//!   stream thread;
 //! - [`source`]: one input partition, which forwards its records to their
 //!   home partitions (see [`crate::route`]);
 //! - [`commits`]: when to commit, and what a failed commit means;
+//! - [`backpressure`]: pauses processing while too much waits for a commit;
 //! - [`task`]: one partition's processing and timers;
 //! - [`instance`]: this process's claim on its state directory, and its ID.
 //!
@@ -19,9 +23,12 @@
 //!   waited for). It owns every task; the rebalance callbacks, which
 //!   librdkafka runs inside `poll`, reach the same state through one mutex
 //!   that the loop never holds while polling;
-//! - one `junction-save` thread per `at_least_once` commit (see
-//!   [`crate::commit::at_least_once`]): sends the changelog, waits for it
-//!   and writes the stores, at a lower priority;
+//! - the `junction-save` thread, under `at_least_once` (see
+//!   [`crate::commit::at_least_once`]): sends each commit's changelog,
+//!   waits for it and writes the stores, at a lower priority, under the
+//!   membership lease ([`crate::commit::lease`]);
+//! - a `junction-open-<partition>` thread per assigned partition until its
+//!   store is open and checked ([`opener`]);
 //! - `junction-inputs`, which asks the cluster for the input topics'
 //!   partition counts every `topic.metadata.refresh.interval.ms`;
 //! - two `junction-restore` threads that write restored batches to the
@@ -31,10 +38,12 @@
 //! - the tokio runtime, which serves HTTP and signals and never blocks on
 //!   Kafka or RocksDB (store reads run on its blocking pool).
 
+pub mod backpressure;
 pub mod commits;
 pub mod engine;
 pub mod input_watch;
 pub mod instance;
+pub mod opener;
 pub mod partitions;
 pub mod rebalance;
 pub mod source;

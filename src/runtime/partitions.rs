@@ -18,6 +18,7 @@
 //! commit.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,12 +32,13 @@ use tracing::{error, info, info_span, warn};
 use crate::config::{Config, Guarantee};
 use crate::input::event;
 use crate::kafka::caught_up;
-use crate::kafka::stable_offsets::StableOffsets;
+use crate::kafka::changelog_ends::ChangelogEnds;
 use crate::ops::view::View;
 use crate::route;
+use crate::runtime::opener::{Opener, Request};
 use crate::runtime::source::Source;
 use crate::runtime::task::{stored_timer, InputRecord, Task};
-use crate::state::{RestoreError, Restorer};
+use crate::state::{Prepared, Restorer, StoreMemory};
 
 const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
 /// The pauses before a stopped partition's store is opened again: doubling up to the maximum.
@@ -80,6 +82,8 @@ struct Awaiting {
     from: Option<i64>,
     /// Opened again after it stopped.
     reopened: bool,
+    /// Set to give the opening up.
+    cancel: Arc<AtomicBool>,
 }
 
 pub struct Partitions {
@@ -119,7 +123,7 @@ pub struct Partitions {
     /// The partitions whose seek failed, and where they must be read from.
     unsought: Vec<(Arc<str>, i32, i64)>,
     awaiting: BTreeMap<i32, Awaiting>,
-    stable: StableOffsets,
+    opener: Opener,
     /// Each partition's committed offset when it was assigned: where it
     /// starts, for [`Partitions::caught_up_homes`] until it delivers a record.
     starts: HashMap<(String, i32), i64>,
@@ -131,20 +135,29 @@ pub struct Partitions {
     forwarded_to: BTreeSet<i32>,
     forwarded_in_commit: BTreeSet<i32>,
     tickets: u64,
+    /// Every partition read is paused until what waits for a commit is committed.
+    held: bool,
 }
 
 impl Partitions {
     /// `input_counts`: each input topic's partition count, in configuration order.
+    /// `delete_retention`: the changelog's `delete.retention.ms`, when known.
     pub fn new(
         config: Arc<Config>,
         view: Arc<View>,
         home_partitions: usize,
         input_counts: Vec<usize>,
+        delete_retention: Option<Duration>,
     ) -> anyhow::Result<Partitions> {
         let timers = stored_timer(Arc::clone(&config));
-        let stable = StableOffsets::new(&config.kafka)
+        let ends = Arc::new(
+            ChangelogEnds::new(&config.kafka)
+                .map_err(|e| anyhow!(e).context("creating the clients that read the changelog's ends"))?,
+        );
+        let memory = StoreMemory::new(config.state.memory_bytes as usize, config.state.write_buffer_bytes as usize);
+        let opener = Opener::new(Arc::clone(&config), Arc::clone(&ends), memory, delete_retention)
             .map_err(|e| anyhow!(e).context("creating the client that checks the group's offsets"))?;
-        let restorer = Restorer::new(&config.kafka, &config.state, Arc::clone(&view.metrics), timers)?;
+        let restorer = Restorer::new(&config.kafka, ends, Arc::clone(&view.metrics), timers)?;
         let joins_directly = config.kafka.processing_guarantee == Guarantee::ExactlyOnce;
         Ok(Partitions {
             home_partitions,
@@ -162,11 +175,12 @@ impl Partitions {
             stopped_homes: BTreeSet::new(),
             unsought: Vec::new(),
             awaiting: BTreeMap::new(),
-            stable,
+            opener,
             starts: HashMap::new(),
             forwarded_to: BTreeSet::new(),
             forwarded_in_commit: BTreeSet::new(),
             tickets: 0,
+            held: false,
         })
     }
 
@@ -189,6 +203,11 @@ impl Partitions {
     /// Where `topic` is in `input_topics`, if it is an input topic.
     fn topic_index(&self, topic: &str) -> Option<usize> {
         self.input_topics.iter().position(|t| **t == *topic)
+    }
+
+    /// N, the home partitions.
+    pub fn home_partitions(&self) -> usize {
+        self.home_partitions
     }
 
     pub fn repartition_topic(&self) -> &str {
@@ -313,97 +332,92 @@ impl Partitions {
         !self.parked.is_empty()
     }
 
-    /// Takes a partition assigned: paused, it waits until no transaction
-    /// holds its offsets ([`Partitions::take_stable`] then opens its store).
-    pub fn open<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, partition: i32) -> anyhow::Result<()> {
-        self.await_offsets(consumer, partition, None, false)
+    /// Takes a partition assigned: paused, it waits until its store is
+    /// opened and checked, off the stream thread ([`crate::runtime::opener`];
+    /// [`Partitions::take_opened`] then restores or activates it).
+    pub fn open<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, partition: i32) {
+        self.await_opening(consumer, partition, None, false)
     }
 
-    fn await_offsets<C: ConsumerContext>(
+    fn await_opening<C: ConsumerContext>(
         &mut self,
         consumer: &BaseConsumer<C>,
         partition: i32,
         from: Option<i64>,
         reopened: bool,
-    ) -> anyhow::Result<()> {
+    ) {
         self.pause(consumer, partition, true);
         let mut offsets = vec![(self.repartition_topic.to_string(), partition)];
         offsets.extend(self.inputs_of(&[partition]));
         self.tickets += 1;
         let ticket = self.tickets;
-        self.stable
-            .ask(partition, ticket, &offsets)
-            .map_err(|e| anyhow!(e).context("starting a thread that checks the group's offsets"))?;
-        self.awaiting.insert(partition, Awaiting { ticket, from, reopened });
-        Ok(())
+        match self.opener.open(Request { home: partition, ticket, offsets }) {
+            Ok(cancel) => {
+                self.awaiting.insert(partition, Awaiting { ticket, from, reopened, cancel });
+            }
+            Err(e) => self.park(consumer, partition, &e, from),
+        }
     }
 
-    /// Opens the stores of the partitions whose offsets no transaction
-    /// holds any more. An error: the group coordinator could not say (it
-    /// stops the whole processor, as an error opening a store does).
-    pub fn take_stable<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> anyhow::Result<()> {
-        let mut opened = false;
-        for answer in self.stable.answered() {
+    /// Restores or activates the partitions whose stores are open and
+    /// checked; stops those whose opening failed (tried again after a pause).
+    pub fn take_opened<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
+        let mut changed = false;
+        for answer in self.opener.answered() {
             let home = answer.home;
             if self.awaiting.get(&home).is_none_or(|a| a.ticket != answer.ticket) {
-                continue; // revoked since
+                continue; // revoked since: dropping the answer closes its store
             }
             let awaiting = self.awaiting.remove(&home).expect("awaiting");
-            let committed = answer.result.map_err(|e| {
-                anyhow!(e).context(format!(
-                    "partition {home}: its committed offsets are still held by an open transaction (its previous \
-                     owner's), or the group coordinator cannot be reached"
-                ))
-            })?;
-            for e in committed.elements() {
+            changed = true;
+            let ready = match answer.result {
+                Ok(ready) => ready,
+                Err(e) => {
+                    self.park(consumer, home, &format!("cannot open its state store: {e}"), awaiting.from);
+                    continue;
+                }
+            };
+            for e in ready.committed.elements() {
                 if let Offset::Offset(o) = e.offset() {
                     self.starts.insert((e.topic().to_string(), e.partition()), o);
                 }
             }
-            self.open_store(consumer, home, awaiting.from, awaiting.reopened)?;
-            opened = true;
+            self.take_store(consumer, home, ready.prepared, awaiting.from, awaiting.reopened);
         }
-        if opened {
+        if changed {
             self.publish_health(true);
         }
-        Ok(())
     }
 
-    /// Opens a partition's store and makes its task: active at once when
-    /// the store is up to date, restoring otherwise (paused meanwhile). A
-    /// stopped partition opened again (`reopened`) processes from where it
-    /// stopped (`from`), once its store has proved it can write. A store
-    /// that fails stops the partition; an error only for what stops the
-    /// whole processor.
-    fn open_store<C: ConsumerContext>(
+    /// Makes the task of a partition whose store is open: active at once
+    /// when the store is up to date, restoring otherwise (paused
+    /// meanwhile). A stopped partition opened again (`reopened`) processes
+    /// from where it stopped (`from`), once its store has proved it can write.
+    fn take_store<C: ConsumerContext>(
         &mut self,
         consumer: &BaseConsumer<C>,
         partition: i32,
+        prepared: Prepared,
         from: Option<i64>,
         reopened: bool,
-    ) -> anyhow::Result<()> {
-        let dir = self.config.state.dir.join(&self.config.kafka.application_id).join(partition.to_string());
-        let (store, open) = match self.restorer.open(partition, &dir) {
-            Ok(opened) => opened,
-            Err(RestoreError::Store(e)) => {
-                self.park(consumer, partition, &e, from);
-                return Ok(());
-            }
-            Err(e) => return Err(anyhow!(e).context(format!("cannot open the state of partition {partition}"))),
-        };
+    ) {
+        let store = prepared.store;
         let task = Task::new(partition, Arc::clone(&store), Arc::clone(&self.config), Arc::clone(&self.view.metrics));
-        let phase = if open.is_some() { Phase::Active } else { Phase::Restoring };
-        if let Some(open) = open {
+        let phase = if prepared.open.is_some() { Phase::Active } else { Phase::Restoring };
+        if let Some(open) = prepared.open {
             task.set_open(open);
         }
         self.slots.insert(partition, Slot { task, phase, resume_from: from, replay_from: from, reopened });
         match phase {
-            Phase::Restoring => self.pause(consumer, partition, true),
-            // Paused while it waited for its offsets (and, opened again, since
-            // it stopped: it resumes once its store proves it can write).
-            Phase::Active => self.activate(consumer, partition),
+            Phase::Restoring => {
+                if let Err(e) = self.restorer.start(partition, store, prepared.from) {
+                    self.park(consumer, partition, &e, from);
+                }
+            }
+            // Paused while it was opened (and, opened again, since it
+            // stopped: it resumes once its store proves it can write).
+            Phase::Active => self.activate(consumer, partition, None),
         }
-        Ok(())
     }
 
     /// Stops a partition whose store failed: pauses its input, drops its
@@ -418,6 +432,9 @@ impl Partitions {
     ) {
         self.pause(consumer, partition, true);
         self.restorer.cancel(partition);
+        if let Some(awaiting) = self.awaiting.remove(&partition) {
+            awaiting.cancel.store(true, Ordering::SeqCst);
+        }
         self.view.hide_store(partition);
         if self.joins_directly {
             self.stopped_homes.insert(partition);
@@ -449,43 +466,89 @@ impl Partitions {
     }
 
     /// Opens the stopped partitions whose pause is over.
-    pub fn retry_parked<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> anyhow::Result<()> {
+    pub fn retry_parked<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
         let now = Instant::now();
         let due: Vec<i32> = self.parked.iter().filter(|(_, p)| p.retry_at <= now).map(|(p, _)| *p).collect();
         for partition in due {
             let parked = self.parked.remove(&partition).expect("parked");
             info!(partition, "opening a stopped partition's state store again");
-            self.await_offsets(consumer, partition, parked.from, true)?;
+            self.await_opening(consumer, partition, parked.from, true);
             self.publish_health(true);
         }
-        Ok(())
     }
 
-    /// Gives up revoked partitions: drops their tasks and closes their stores.
+    /// Gives up revoked partitions: drops their tasks and closes their
+    /// stores, flushed (their work is committed).
     pub fn close(&mut self, revoked: &[i32]) {
-        for &partition in revoked {
+        let now_ms = crate::time::now_ms();
+        for slot in self.forget(revoked) {
+            if let Err(e) = slot.task.store.close_in_step(now_ms) {
+                warn!(partition = slot.task.partition, error = %e, "cannot flush a revoked partition's store");
+            }
+            // Dropping the last handle closes the store and releases its lock.
+        }
+    }
+
+    /// Gives up lost partitions: drops their tasks and what they did since
+    /// their last commit, and closes their stores without writing to them.
+    pub fn close_lost(&mut self, lost: &[i32]) {
+        drop(self.forget(lost));
+        self.stopped_homes.retain(|h| !lost.contains(h));
+        self.forwarded_to.retain(|h| !lost.contains(h));
+        self.forwarded_in_commit.retain(|h| !lost.contains(h));
+    }
+
+    /// Stops everything about `partitions`, and returns the tasks they had.
+    fn forget(&mut self, partitions: &[i32]) -> Vec<Slot> {
+        let mut slots = Vec::new();
+        for &partition in partitions {
             let repartition = Arc::clone(&self.repartition_topic);
             self.forget_seek(&repartition, partition);
             self.parked.remove(&partition);
-            self.awaiting.remove(&partition);
+            if let Some(awaiting) = self.awaiting.remove(&partition) {
+                awaiting.cancel.store(true, Ordering::SeqCst);
+            }
             self.stops.remove(&partition);
             self.restorer.cancel(partition);
             self.view.metrics.forget_partition(partition);
             self.view.metrics.forget_lag(&self.repartition_topic, partition);
             self.view.hide_store(partition);
-            if let Some(slot) = self.slots.remove(&partition) {
-                if let Err(e) = slot.task.store.flush() {
-                    warn!(partition, error = %e, "cannot flush a revoked partition's store");
-                }
-                // Dropping the last handle closes the store and releases its lock.
+            slots.extend(self.slots.remove(&partition));
+        }
+        slots
+    }
+
+    /// Where each partition read (home and input) resumes after its last
+    /// commit, where that is known: committed again, it confirms that this
+    /// instance is still a member of the group without moving any offset.
+    pub fn last_committed(&self) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for (partition, slot) in &self.slots {
+            if let Some(offset) = slot.replay_from {
+                let _ = tpl.add_partition_offset(&self.repartition_topic, *partition, Offset::Offset(offset));
             }
         }
+        for source in self.sources.values() {
+            if let Some(offset) = source.replay_from {
+                let _ = tpl.add_partition_offset(&source.topic, source.partition, Offset::Offset(offset));
+            }
+        }
+        tpl
     }
 
     /// Flushes and closes every store, at shutdown.
     pub fn close_all(&mut self) {
+        let now_ms = crate::time::now_ms();
+        for awaiting in std::mem::take(&mut self.awaiting).into_values() {
+            awaiting.cancel.store(true, Ordering::SeqCst);
+        }
         for (partition, slot) in std::mem::take(&mut self.slots) {
-            if let Err(err) = slot.task.store.flush() {
+            // A restoring store is not in step: it only flushes.
+            let closed = match slot.phase {
+                Phase::Active => slot.task.store.close_in_step(now_ms),
+                Phase::Restoring => slot.task.store.flush(),
+            };
+            if let Err(err) = closed {
                 warn!(partition, error = %err, "cannot flush a store at shutdown");
             }
         }
@@ -508,23 +571,22 @@ impl Partitions {
         for (partition, e) in restored.failed {
             self.park(consumer, partition, &e, None);
         }
-        for partition in restored.done {
-            self.activate(consumer, partition);
+        for (partition, open) in restored.done {
+            self.activate(consumer, partition, Some(open));
         }
     }
 
-    /// Starts processing a partition whose store is up to date: restored,
-    /// or opened again after it stopped.
-    fn activate<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, partition: i32) {
+    /// Starts processing a partition whose store is up to date: restored
+    /// (with `restored_open` workflows open), or opened so.
+    fn activate<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, partition: i32, restored_open: Option<i64>) {
         let Some(slot) = self.slots.get_mut(&partition) else { return };
-        // A store opened up to date was counted as it was verified; a restored one is counted now.
-        let restored = slot.phase == Phase::Restoring;
         slot.phase = Phase::Active;
+        if let Some(open) = restored_open {
+            slot.task.set_open(open);
+        }
         let resume_from = slot.resume_from.take();
         let reopened = std::mem::take(&mut slot.reopened);
-        let ready = (if restored { slot.task.recount_open() } else { Ok(()) }).and_then(|()| {
-            slot.task.read_saved()?;
-            slot.task.rearm_timers()?;
+        let ready = slot.task.read_saved().and_then(|()| {
             // A store that failed proves it can write to disk again before its partition resumes.
             if reopened {
                 slot.task.store.flush()?;
@@ -540,7 +602,10 @@ impl Partitions {
             let topic = Arc::clone(&self.repartition_topic);
             self.seek(consumer, &topic, partition, offset);
         }
-        self.pause(consumer, partition, false);
+        // While the others are held, it waits with them.
+        if !self.held {
+            self.pause(consumer, partition, false);
+        }
         if reopened {
             info!(partition, resume_from, "stopped partition resumed");
         }
@@ -760,6 +825,34 @@ impl Partitions {
             self.seek(consumer, &topic, partition, offset);
         }
         self.rewind_sources(consumer);
+    }
+
+    /// About how much memory what waits for a commit takes, in every task and source.
+    pub fn pending_bytes(&self) -> usize {
+        self.slots.values().map(|s| s.task.pending_bytes()).sum::<usize>()
+            + self.sources.values().map(Source::pending_bytes).sum::<usize>()
+    }
+
+    /// Pauses every partition read (see [`crate::runtime::backpressure`]),
+    /// or, with `false`, resumes those that are active: the home partitions
+    /// processing and the input partitions not waiting for a seek.
+    pub fn hold<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, hold: bool) {
+        self.held = hold;
+        let mut tpl = TopicPartitionList::new();
+        for (partition, slot) in &self.slots {
+            if slot.phase == Phase::Active {
+                tpl.add_partition(&self.repartition_topic, *partition);
+            }
+        }
+        for source in self.sources.values() {
+            if hold || !self.waits_for_seek(&source.topic, source.partition) {
+                tpl.add_partition(&source.topic, source.partition);
+            }
+        }
+        let result = if hold { consumer.pause(&tpl) } else { consumer.resume(&tpl) };
+        if let Err(e) = result {
+            warn!(error = %e, hold, "cannot pause or resume the partitions read");
+        }
     }
 
     /// Refreshes `junction_state_bytes` from RocksDB's estimates.

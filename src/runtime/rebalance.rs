@@ -11,18 +11,22 @@
 //! member every input partition and another every home partition.)
 
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::{ClientContext, Statistics, TopicPartitionList};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
+use crate::commit::lease::Lease;
 use crate::ops::view::View;
 use crate::runtime::engine::{lock, Engine};
 
 pub struct Callbacks {
     pub engine: Arc<Mutex<Engine>>,
     pub view: Arc<View>,
+    /// Renewed by an assignment and by every offset commit the coordinator accepts.
+    pub lease: Arc<Lease>,
     /// The repartition topic, whose partitions are the home partitions.
     pub repartition_topic: String,
     /// Every topic read (the input topics and the repartition topic), for the lag.
@@ -57,16 +61,33 @@ impl ClientContext for Callbacks {
 impl ConsumerContext for Callbacks {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
-            on_revoke(&mut lock(&self.engine), consumer, &self.homes(tpl));
+            if consumer.assignment_lost() {
+                on_lost(&mut lock(&self.engine), consumer, &self.homes(tpl));
+            } else {
+                on_revoke(&mut lock(&self.engine), consumer, &self.homes(tpl));
+            }
         }
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
-            Rebalance::Assign(tpl) => on_assign(&mut lock(&self.engine), consumer, &self.homes(tpl)),
+            Rebalance::Assign(tpl) => {
+                // The coordinator has just counted this instance a member.
+                self.lease.renew(Instant::now());
+                on_assign(&mut lock(&self.engine), consumer, &self.homes(tpl))
+            }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => warn!(error = %e, "rebalance error"),
         }
+    }
+
+    /// The answer to an asynchronous offset commit (see
+    /// [`crate::kafka::answered_commit`]): accepted, it renews the lease.
+    fn commit_callback(&self, result: KafkaResult<()>, _: &TopicPartitionList) {
+        if let Err(e) = &result {
+            debug!(error = %e, "the group coordinator did not accept an offset commit");
+        }
+        self.lease.answered(result.is_ok());
     }
 }
 
@@ -83,11 +104,9 @@ fn on_assign(engine: &mut Engine, consumer: &BaseConsumer<Callbacks>, homes: &[i
         engine.fail(anyhow::anyhow!(e).context(format!("cannot read the input partitions {inputs:?}")));
         return;
     }
+    // Only recorded here: the stores are opened off the stream thread (see `runtime::opener`).
     for &partition in homes {
-        if let Err(e) = engine.partitions.open(consumer, partition) {
-            engine.fail(e);
-            return;
-        }
+        engine.partitions.open(consumer, partition);
     }
     info!(
         home_partitions = ?engine.partitions.held(),
@@ -95,6 +114,29 @@ fn on_assign(engine: &mut Engine, consumer: &BaseConsumer<Callbacks>, homes: &[i
         "partitions assigned"
     );
     engine.partitions.publish_health(true);
+}
+
+/// The group gave this instance's partitions to others while it could not
+/// take part (paused past its session timeout, cut off from the
+/// coordinator, stuck past `max.poll.interval.ms`): they are someone
+/// else's now. Nothing more is written for them: no commit, no timer, no
+/// changelog record, no store batch; the commit in flight is given up,
+/// and the work since the last commit with it.
+fn on_lost(engine: &mut Engine, consumer: &BaseConsumer<Callbacks>, homes: &[i32]) {
+    let inputs = engine.partitions.inputs_of(homes);
+    warn!(
+        lost_homes = ?homes,
+        lost_inputs = ?inputs,
+        "partitions lost: the group gave them to another instance while this one could not take part (a long \
+         pause, a network cut); giving them up without committing, firing timers or writing the changelog"
+    );
+    engine.view.metrics.partitions_lost.inc_by(homes.len() as u64);
+    engine.commits.drop_lost();
+    engine.partitions.close_lost(homes);
+    engine.partitions.remove_sources(consumer, &inputs);
+    // Whatever else is held (nothing, when librdkafka loses the whole assignment) reads again from its last commit.
+    engine.partitions.rewind(consumer);
+    engine.partitions.publish_health(false);
 }
 
 fn on_revoke(engine: &mut Engine, consumer: &BaseConsumer<Callbacks>, homes: &[i32]) {

@@ -28,6 +28,8 @@ pub struct Source {
     dead_letters: Vec<DeadLetter>,
     /// Always empty: a source decides nothing (for [`Source::outputs`]).
     no_outcomes: Vec<Decided>,
+    /// About what the forwards and dead letters not yet published take.
+    outputs_bytes: usize,
     forwarded: IntCounter,
 }
 
@@ -42,6 +44,7 @@ impl Source {
             forwards: Vec::new(),
             dead_letters: Vec::new(),
             no_outcomes: Vec::new(),
+            outputs_bytes: 0,
         }
     }
 
@@ -54,7 +57,7 @@ impl Source {
     /// Sends `record`, whose workflow's home is `home`, there.
     pub fn forward(&mut self, home: i32, event: &StepEvent<'_>, record: &InputRecord<'_>) {
         self.forwarded.inc();
-        self.forwards.push(Forward {
+        let forward = Forward {
             home,
             workflow_id: event.workflow_id.to_string(),
             key: record.key.map(<[u8]>::to_vec),
@@ -63,11 +66,20 @@ impl Source {
             source_topic: record.topic.to_string(),
             source_partition: record.partition,
             source_offset: record.offset,
-        });
+        };
+        self.outputs_bytes += forward.approx_bytes();
+        self.forwards.push(forward);
     }
 
     pub fn dead_letter(&mut self, config: &Config, metrics: &Metrics, record: &InputRecord<'_>, error: BadInput) {
-        self.dead_letters.push(dead_letter(config, metrics, record, error));
+        let letter = dead_letter(config, metrics, record, error);
+        self.outputs_bytes += letter.approx_bytes();
+        self.dead_letters.push(letter);
+    }
+
+    /// About how much memory the forwards and dead letters not yet published take.
+    pub fn pending_bytes(&self) -> usize {
+        self.outputs_bytes
     }
 
     pub fn is_dirty(&self) -> bool {
@@ -77,11 +89,13 @@ impl Source {
     /// The forwards and dead letters not yet published, for
     /// [`crate::commit::Strategy::publish`], which empties them.
     pub fn outputs(&mut self) -> Outputs<'_> {
+        self.outputs_bytes = 0;
         Outputs { outcomes: &mut self.no_outcomes, dead_letters: &mut self.dead_letters, forwards: &mut self.forwards }
     }
 
     /// Takes everything the next commit must publish, and the offset it commits.
     pub fn stage(&mut self) -> Staged {
+        self.outputs_bytes = 0;
         Staged {
             topic: Arc::clone(&self.topic),
             store: None,
@@ -96,6 +110,7 @@ impl Source {
 
     /// Forgets everything since the last finished commit: its input is read again.
     pub fn discard(&mut self) {
+        self.outputs_bytes = 0;
         self.forwards.clear();
         self.dead_letters.clear();
         self.next_offset = None;

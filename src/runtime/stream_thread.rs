@@ -10,11 +10,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::BorrowedMessage;
 use tracing::{info, warn};
 
+use crate::commit::lease::{self, Lease};
 use crate::commit::PUBLISH_INTERVAL;
 use crate::config::{Config, Guarantee};
+use crate::kafka::limits::TopicLimits;
 use crate::kafka::{clients, topics};
 use crate::ops::view::View;
 use crate::runtime::commits::Commits;
@@ -48,26 +51,45 @@ pub fn run(config: Arc<Config>, view: Arc<View>, runtime: tokio::runtime::Handle
     let instance = Instance::claim(&config)?;
     let transactional_id = clients::transactional_id(&config.kafka, &instance.id);
     let Some(layout) = prepare_topics(&config, &view, &runtime)? else { return Ok(()) };
+    topics::check_record_sizes(&config, &layout.limits)?;
+    let limits = Arc::new(TopicLimits::new(layout.limits));
     view.update_health(|h| h.home_partitions = layout.home_partitions);
     let metrics = Arc::clone(&view.metrics);
     metrics.register_workflow_types(config.workflows.iter().map(|w| w.workflow_type.as_str()));
     metrics.register_input_topics(config.kafka.input_topics.iter().map(|t| t.name.as_str()));
-    let commits = Commits::new(Arc::clone(&config), metrics, transactional_id.clone(), runtime.clone())?;
+    let lease = Arc::new(membership_lease(&config, layout.session));
+    let commits = Commits::new(
+        Arc::clone(&config),
+        metrics,
+        transactional_id.clone(),
+        runtime.clone(),
+        Arc::clone(&lease),
+        limits,
+    )?;
     let input_counts: Vec<usize> = layout.inputs.iter().map(|(_, n)| *n).collect();
     let grown =
         input_watch::spawn(Arc::clone(&config), Arc::clone(&view), input_counts.iter().copied().map(Some).collect())
             .context("starting the thread that watches the input topics")?;
-    let partitions = Partitions::new(Arc::clone(&config), Arc::clone(&view), layout.home_partitions, input_counts)?;
-    let engine = Arc::new(Mutex::new(Engine::new(Arc::clone(&view), partitions, commits)));
+    let partitions = Partitions::new(
+        Arc::clone(&config),
+        Arc::clone(&view),
+        layout.home_partitions,
+        input_counts,
+        layout.changelog_delete_retention,
+    )?;
+    let engine =
+        Arc::new(Mutex::new(Engine::new(Arc::clone(&view), partitions, commits, config.state.max_pending_bytes)));
     let mut topics: Vec<String> = config.kafka.input_topics.iter().map(|t| t.name.clone()).collect();
     topics.push(config.kafka.repartition_topic());
     let callbacks = Callbacks {
         engine: Arc::clone(&engine),
         view: Arc::clone(&view),
+        lease,
         repartition_topic: config.kafka.repartition_topic(),
         topics,
     };
-    let consumer: BaseConsumer<Callbacks> = clients::consumer_config(&config.kafka)
+    let member_id = config.kafka.static_membership.then_some(instance.id.as_str());
+    let consumer: BaseConsumer<Callbacks> = clients::consumer_config(&config.kafka, member_id)
         .create_with_context(callbacks)
         .context("creating the input consumer")?;
     learn_input_topics(&config, &consumer);
@@ -93,6 +115,28 @@ pub fn run(config: Arc<Config>, view: Arc<View>, runtime: tokio::runtime::Handle
     let mut e = lock(&engine);
     e.partitions.close_all();
     result.and(e.take_failure().map_or(Ok(()), Err))
+}
+
+/// The lease under which `at_least_once` writes its changelog and stores
+/// (see [`crate::commit::lease`]), for a group session of `session`
+/// (timeout, heartbeat interval). A `message.timeout.ms` the user set
+/// beyond what goes with it is kept, with a warning: a record held that
+/// long may land after the partition's next owner has written.
+fn membership_lease(config: &Config, session: (Duration, Duration)) -> Lease {
+    let lease = Lease::new(lease::budget(session.0, session.1));
+    if config.kafka.processing_guarantee == Guarantee::AtLeastOnce {
+        if let Some(set) = clients::configured_message_timeout(&config.kafka).filter(|t| *t > lease.message_timeout()) {
+            warn!(
+                message_timeout_ms = set.as_millis() as u64,
+                within_ms = lease.message_timeout().as_millis() as u64,
+                session_timeout_ms = session.0.as_millis() as u64,
+                "message.timeout.ms is longer than at_least_once allows for this group session: a changelog record \
+                 queued before a pause past the session timeout may land after the partition's next owner has \
+                 written, and compaction would keep it; leave it unset"
+            );
+        }
+    }
+    lease
 }
 
 /// Makes the consumer look up the input topics' partitions and leaders
@@ -134,8 +178,9 @@ fn poll_loop(
             if e.partitions.has_parked() {
                 e.retry_parked(consumer);
             }
-            e.take_stable(consumer);
+            e.take_opened(consumer);
             e.partitions.retry_seeks(consumer);
+            e.confirm_membership(consumer);
             if let Ok(counts) = grown.try_recv() {
                 e.grow_inputs(consumer, &counts);
             }
@@ -154,12 +199,24 @@ fn poll_loop(
         } else {
             next_commit.min(next_publish).saturating_duration_since(Instant::now()).min(MAX_POLL_WAIT)
         };
-        let messages = poll_batch(consumer, wait);
+        let messages = match poll_batch(consumer, wait) {
+            Ok(messages) => messages,
+            Err(e) => {
+                // Halted first: leaving the group commits nothing more.
+                let mut e2 = lock(engine);
+                e2.fail(e);
+                return Err(e2.take_failure().expect("a failure was just recorded"));
+            }
+        };
         if !messages.is_empty() {
             view.set_unreachable(None);
             lock(engine).partitions.process(consumer, &messages, now_ms());
         }
         drop(messages);
+        if lock(engine).bound_memory(consumer) {
+            // Held: what waits is what the next commit frees, so it comes now.
+            next_commit = next_commit.min(Instant::now());
+        }
         if committing {
             lock(engine).advance_commit(consumer);
         }
@@ -182,13 +239,15 @@ fn poll_loop(
     }
 }
 
-/// Up to [`MAX_BATCH`] records: waits up to `wait` for the first, then takes what is already fetched.
-fn poll_batch(consumer: &BaseConsumer<Callbacks>, wait: Duration) -> Vec<BorrowedMessage<'_>> {
+/// Up to [`MAX_BATCH`] records: waits up to `wait` for the first, then
+/// takes what is already fetched. An error: the consumer hit a fatal error.
+fn poll_batch(consumer: &BaseConsumer<Callbacks>, wait: Duration) -> anyhow::Result<Vec<BorrowedMessage<'_>>> {
     let mut messages = Vec::new();
     let mut polled = consumer.poll(wait);
     while let Some(result) = polled {
         match result {
             Ok(m) => messages.push(m),
+            Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) => return Err(fatal(consumer)),
             Err(e) => warn!(error = %e, "input consumer error"),
         }
         if messages.len() >= MAX_BATCH {
@@ -196,7 +255,20 @@ fn poll_batch(consumer: &BaseConsumer<Callbacks>, wait: Duration) -> Vec<Borrowe
         }
         polled = consumer.poll(Duration::ZERO);
     }
-    messages
+    Ok(messages)
+}
+
+/// The input consumer's fatal error, said so that the user can act on it.
+fn fatal(consumer: &BaseConsumer<Callbacks>) -> anyhow::Error {
+    match consumer.client().fatal_error() {
+        Some((RDKafkaErrorCode::FencedInstanceId, reason)) => anyhow::anyhow!(
+            "the group coordinator fenced this instance ({reason}): another process joined the group as the same \
+             static member, so two instances were given the same kafka.instance_id. Give each instance its own, or \
+             leave kafka.instance_id unset (each state directory then keeps an ID of its own)"
+        ),
+        Some((code, reason)) => anyhow::anyhow!("the input consumer hit a fatal error: {code:?}: {reason}"),
+        None => anyhow::anyhow!("the input consumer hit a fatal error"),
+    }
 }
 
 /// Checks and creates the topics, trying again with a growing pause while

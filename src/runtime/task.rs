@@ -42,6 +42,8 @@ pub struct Task {
     unsaved_definitions: Vec<(DefinitionId, Definition)>,
     outcomes: Vec<Decided>,
     dead_letters: Vec<DeadLetter>,
+    /// About what the outcomes, dead letters and ticks not yet published take.
+    outputs_bytes: usize,
     /// Ticks of the wall clock for this partition's own stream, to publish
     /// (under `at_least_once`; see [`Task::punctuate`]).
     ticks: Vec<Forward>,
@@ -89,6 +91,43 @@ fn timers_basis(config: &Config) -> String {
     basis
 }
 
+/// Gives every state stored in `store` (of `partition`) its timer by the
+/// deadlines and retention configured now, when they changed since the
+/// timers were written (a scan of the store, once per edit). The timers
+/// they replace are stale and dropped when they come due. Returns how many
+/// were written.
+pub fn rearm_timers(store: &Store, config: &Arc<Config>, partition: i32) -> Result<usize, StoreError> {
+    let basis = timers_basis(config);
+    if store.timers_basis()?.as_deref() == Some(basis.as_bytes()) {
+        return Ok(0);
+    }
+    let timer_of = stored_timer(Arc::clone(config));
+    let mut batch = StoreBatch::default();
+    let mut armed = 0;
+    let mut failed = None;
+    store.for_each_state(|id, bytes| {
+        let Ok(summary) = codec::summary(bytes) else { return };
+        if let Some(due) = timer_of(&summary) {
+            batch.put_timer(&String::from_utf8_lossy(id), due);
+            armed += 1;
+        }
+        if batch.len() >= REARM_BATCH {
+            if let Err(e) = store.write(std::mem::take(&mut batch)) {
+                failed.get_or_insert(e);
+            }
+        }
+    })?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    batch.set_timers_basis(&basis);
+    store.write(batch)?;
+    if armed > 0 {
+        info!(partition, timers = armed, "deadlines or retention changed: timers re-armed");
+    }
+    Ok(armed)
+}
+
 /// The definition `state` is decided by (see [`join::definition`]).
 fn governing<'c>(config: &'c Config, known: &Definitions, state: &WorkflowState) -> Cow<'c, WorkflowSpec> {
     join::governing(config.workflow(&state.workflow_type), state, known, config.state.default_deadline)
@@ -124,6 +163,7 @@ impl Task {
             unsaved_definitions: Vec::new(),
             outcomes: Vec::new(),
             dead_letters: Vec::new(),
+            outputs_bytes: 0,
             ticks: Vec::new(),
             tick_pending: None,
             ticks_keep_time,
@@ -143,42 +183,6 @@ impl Task {
         self.store.for_each_state(|_, bytes| open += i64::from(codec::is_open(bytes)))?;
         self.open.set(open);
         Ok(())
-    }
-
-    /// Gives every stored state its timer by the deadlines and retention
-    /// configured now, when they changed since the timers were written
-    /// (a scan of the store, once per edit). The timers they replace are
-    /// stale and dropped when they come due. Returns how many were written.
-    pub fn rearm_timers(&self) -> Result<usize, StoreError> {
-        let basis = timers_basis(&self.config);
-        if self.store.timers_basis()?.as_deref() == Some(basis.as_bytes()) {
-            return Ok(0);
-        }
-        let timer_of = stored_timer(Arc::clone(&self.config));
-        let mut batch = StoreBatch::default();
-        let mut armed = 0;
-        let mut failed = None;
-        self.store.for_each_state(|id, bytes| {
-            let Ok(summary) = codec::summary(bytes) else { return };
-            if let Some(due) = timer_of(&summary) {
-                batch.put_timer(&String::from_utf8_lossy(id), due);
-                armed += 1;
-            }
-            if batch.len() >= REARM_BATCH {
-                if let Err(e) = self.store.write(std::mem::take(&mut batch)) {
-                    failed.get_or_insert(e);
-                }
-            }
-        })?;
-        if let Some(e) = failed {
-            return Err(e);
-        }
-        batch.set_timers_basis(&basis);
-        self.store.write(batch)?;
-        if armed > 0 {
-            info!(partition = self.partition, timers = armed, "deadlines or retention changed: timers re-armed");
-        }
-        Ok(armed)
     }
 
     /// Takes the clock and the definitions saved with the store's last
@@ -205,6 +209,13 @@ impl Task {
             || !self.dead_letters.is_empty()
             || !self.ticks.is_empty()
             || !self.unsaved_definitions.is_empty()
+    }
+
+    /// About how much memory what waits for a commit takes: the states of
+    /// the record cache and of the commit in flight, and the outputs not
+    /// yet published.
+    pub fn pending_bytes(&self) -> usize {
+        self.states.approx_bytes() + self.outputs_bytes
     }
 
     /// Whether the next commit has an input offset for this partition.
@@ -336,6 +347,7 @@ impl Task {
 
     /// Keeps outcomes for the next publish; `decided_at_ms` (wall clock) is for the latency metric.
     fn add_outcomes(&mut self, outcomes: Vec<join::outcome::OutcomeRecord>, decided_at_ms: i64) {
+        self.outputs_bytes += outcomes.iter().map(join::outcome::OutcomeRecord::approx_bytes).sum::<usize>();
         self.outcomes.extend(outcomes.into_iter().map(|record| Decided { record, decided_at_ms }));
     }
 
@@ -421,18 +433,22 @@ impl Task {
     }
 
     fn dead_letter(&mut self, record: &InputRecord<'_>, error: BadInput) {
-        self.dead_letters.push(dead_letter(&self.config, &self.metrics, record, error));
+        let letter = dead_letter(&self.config, &self.metrics, record, error);
+        self.outputs_bytes += letter.approx_bytes();
+        self.dead_letters.push(letter);
     }
 
     /// The outcomes and dead letters decided and not yet published, for
     /// [`crate::commit::Strategy::publish`], which empties them.
     pub fn outputs(&mut self) -> Outputs<'_> {
+        self.outputs_bytes = 0;
         Outputs { outcomes: &mut self.outcomes, dead_letters: &mut self.dead_letters, forwards: &mut self.ticks }
     }
 
     /// Takes everything the next commit must publish and save, leaving the
     /// task clean. The states stay readable until [`Task::committed`].
     pub fn stage(&mut self) -> Staged {
+        self.outputs_bytes = 0;
         let retention = self.config.state.retention.as_millis() as i64;
         let config = Arc::clone(&self.config);
         let known = &self.definitions;
@@ -464,6 +480,7 @@ impl Task {
 
     /// Forgets everything since the last finished commit, after a commit failed.
     pub fn discard(&mut self) -> Result<(), StoreError> {
+        self.outputs_bytes = 0;
         self.states.discard();
         self.outcomes.clear();
         self.dead_letters.clear();
@@ -667,9 +684,9 @@ steps = ["payment", "inventory"]
              output_topic = \"out\"\ndead_letter_topic = \"dlq\"\n{workflows}"
         );
         let config = Arc::new(crate::config::parse(Path::new("t.toml"), &text, Vec::new()).unwrap());
+        rearm_timers(&store, &config, 0).unwrap();
         let mut task = Task::new(0, store, config, Arc::new(Metrics::new()));
         task.read_saved().unwrap();
-        task.rearm_timers().unwrap();
         task
     }
 
@@ -703,7 +720,7 @@ steps = ["payment", "inventory"]
         let mut t = task_with(store, after);
         let due: Vec<i64> = t.store.due_timers(i64::MAX, 10).unwrap().iter().map(|t| t.due_ms).collect();
         assert!(due.contains(&11_000), "the shortened deadline is armed: {due:?}");
-        assert_eq!(t.rearm_timers().unwrap(), 0, "once per edit");
+        assert_eq!(rearm_timers(&t.store, &t.config, 0).unwrap(), 0, "once per edit");
         t.process_forwarded(&record(br#"{"workflow_id":"w","step":"fraud"}"#, 1), 1, 0).unwrap();
         let staged = commit(&mut t);
         assert!(staged.dead_letters.is_empty(), "a removed step still counts for a workflow that started with it");

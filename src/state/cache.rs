@@ -70,7 +70,15 @@ pub struct CachedStore {
     pending: States,
     /// Stale or fired timers to delete at the commit.
     spent_timers: Vec<Timer>,
+    /// About what a state takes in memory, from the sizes of those staged
+    /// so far (see [`CachedStore::approx_bytes`]).
+    state_bytes: usize,
 }
+
+/// What a state takes before any was staged, and besides its encoding
+/// (its map entry, its decoded form's allocations).
+const STATE_BYTES_GUESS: usize = 512;
+const STATE_OVERHEAD_BYTES: usize = 160;
 
 /// What a commit saves of one store: its changelog records, and the batch
 /// that writes the same states (and their timers) to the store once the
@@ -120,7 +128,21 @@ impl Source {
 
 impl CachedStore {
     pub fn new(partition: i32, store: Arc<Store>) -> CachedStore {
-        CachedStore { partition, store, cache: States::default(), pending: States::default(), spent_timers: Vec::new() }
+        CachedStore {
+            partition,
+            store,
+            cache: States::default(),
+            pending: States::default(),
+            spent_timers: Vec::new(),
+            state_bytes: STATE_BYTES_GUESS,
+        }
+    }
+
+    /// About how much memory the states waiting for a commit (changed, or
+    /// in the commit in flight) take: their count times the size of the
+    /// states staged lately. Cheap: it bounds memory, not to the byte.
+    pub fn approx_bytes(&self) -> usize {
+        (self.cache.len() + self.pending.len()) * self.state_bytes
     }
 
     /// Whether a state or a spent timer waits for a commit.
@@ -182,10 +204,12 @@ impl CachedStore {
         for timer in self.spent_timers.drain(..) {
             changes.batch.delete_timer(&timer);
         }
+        let (mut encoded_bytes, staged) = (0, self.cache.len());
         for (id, state) in self.cache.drain() {
             match &state {
                 Some(state) => {
                     let encoded = codec::encode(state);
+                    encoded_bytes += encoded.len();
                     changes.batch.put_state(&id, &encoded, timer_of(state));
                     changes.changelog.push((ChangelogKey::Workflow(id.clone()), Some(encoded)));
                 }
@@ -195,6 +219,10 @@ impl CachedStore {
                 }
             }
             self.pending.insert(id, state);
+        }
+        // Decoded, a state takes about twice its encoding; the staged copy adds one more.
+        if let Some(each) = (3 * encoded_bytes).checked_div(staged) {
+            self.state_bytes = (3 * self.state_bytes + each + STATE_OVERHEAD_BYTES) / 4;
         }
         changes
     }

@@ -5,7 +5,8 @@
 //! - [`CachedStore`] ([`cache`]): read and change states through the record
 //!   cache, and stage a commit's changes ([`StateChanges`]);
 //! - [`write_batches`]: save staged changes once the changelog has them;
-//! - [`Restorer`] ([`restore`]): open a store, check it, and catch it up
+//! - [`prepare`] and [`Restorer`] ([`restore`]): open a store, check it
+//!   (whether it can be trusted is [`trust`]'s to say), and catch it up
 //!   from the changelog;
 //! - [`Store`] ([`store`]): the RocksDB store itself, and [`codec`], the
 //!   bytes a state is kept as (the same in the store and the changelog).
@@ -18,12 +19,13 @@ pub mod codec;
 pub mod restore;
 pub mod restore_writer;
 pub mod store;
+pub mod trust;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 pub use cache::{CachedStore, ChangelogKey, ChangelogRecord, StateChanges};
-pub use restore::{RestoreError, Restored, Restorer};
+pub use restore::{prepare, Prepared, RestoreError, Restored, Restorer};
 pub use store::{Store, StoreBatch, StoreError, StoreMemory, Timer};
 
 /// When a stored state's timer falls, from its summary (`None`: no timer).
@@ -40,9 +42,11 @@ pub fn write_batches(
     changelog_last: &HashMap<i32, i64>,
 ) -> StoreFailures {
     let mut failed = Vec::new();
+    let now_ms = crate::time::now_ms();
     for (partition, store, mut batch) in batches {
         if let Some(last) = changelog_last.get(&partition) {
             batch.set_checkpoint(last + 1);
+            batch.set_synced_at(now_ms);
         }
         if !batch.is_empty() {
             if let Err(e) = store.write(batch) {

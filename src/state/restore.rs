@@ -1,7 +1,7 @@
 //! Restoring stores from the changelog. On assignment a task's store is
-//! checked (a store with data but no checkpoint, or a checkpoint beyond the
-//! changelog's end, cannot be trusted and is rebuilt), then caught up from
-//! its checkpoint to the changelog's end in batched writes. The stream thread
+//! opened and checked off the stream thread ([`prepare`]; what can be
+//! trusted is [`crate::state::trust`]'s to say), then caught up from its
+//! checkpoint to the changelog's end in batched writes. The stream thread
 //! steps the restorer between polls, so partitions that are already active
 //! keep processing meanwhile; the writes themselves are made by two threads
 //! of the restorer's own ([`crate::state::restore_writer`]), so that reading
@@ -18,18 +18,19 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
-use crate::config::{KafkaConfig, StateConfig};
+use crate::config::KafkaConfig;
+use crate::kafka::changelog_ends::{ChangelogEnds, Ends};
 use crate::kafka::clients;
 use crate::metrics::Metrics;
 use crate::state::codec;
 use crate::state::restore_writer::{Write, Writer, Written};
 use crate::state::store::{Store, StoreBatch, StoreError, StoreMemory};
+use crate::state::trust::{self, Found, Verdict};
 use crate::state::ChangelogKey;
 use crate::state::TimerOf;
 
-const WATERMARK_TIMEOUT: Duration = Duration::from_secs(30);
 /// Entries (states and their timers) per store write while restoring.
 const RESTORE_BATCH: usize = 10_000;
 /// The states in such a write: each comes with its timer.
@@ -79,30 +80,26 @@ pub struct Restorer {
     timer_of: TimerOf,
     topic: String,
     consumer: BaseConsumer,
-    /// Reads the changelog's high watermarks, open transactions included.
-    ends: BaseConsumer,
+    /// Reads the changelog's ends, open transactions included.
+    ends: Arc<ChangelogEnds>,
     active: HashMap<i32, Restoring>,
     finishing: HashMap<i32, Finishing>,
     writer: Writer,
     generations: u64,
-    /// Shared by every store this process opens.
-    memory: StoreMemory,
 }
 
 impl Restorer {
-    /// A restorer of `kafka`'s changelog into stores that share `state`'s
-    /// memory; `timer_of` says when each restored state's timer falls.
+    /// A restorer of `kafka`'s changelog, whose ends `ends` reads; `timer_of`
+    /// says when each restored state's timer falls.
     pub fn new(
         kafka: &KafkaConfig,
-        state: &StateConfig,
+        ends: Arc<ChangelogEnds>,
         metrics: Arc<Metrics>,
         timer_of: TimerOf,
     ) -> Result<Restorer, RestoreError> {
         let consumer: BaseConsumer =
             clients::restore_consumer_config(kafka).create().map_err(RestoreError::Consumer)?;
-        let ends: BaseConsumer = clients::changelog_ends_config(kafka).create().map_err(RestoreError::Consumer)?;
         let topic = kafka.changelog_topic();
-        let memory = StoreMemory::new(state.memory_bytes as usize, state.write_buffer_bytes as usize);
         let writer = Writer::start(WRITER_THREADS).map_err(RestoreError::Thread)?;
         Ok(Restorer {
             metrics,
@@ -114,7 +111,6 @@ impl Restorer {
             finishing: HashMap::new(),
             writer,
             generations: 0,
-            memory,
         })
     }
 
@@ -126,52 +122,10 @@ impl Restorer {
         move |source| RestoreError::Kafka { topic: self.topic.clone(), partition, source }
     }
 
-    /// Opens a partition's store, rebuilding it when it cannot be trusted,
-    /// and starts restoring it. Returns the store and, when it is already up
-    /// to date (nothing to restore), its number of open workflows.
-    pub fn open(&mut self, partition: i32, dir: &Path) -> Result<(Arc<Store>, Option<i64>), RestoreError> {
-        // The committed records end at `high` (the last stable offset); an
-        // open transaction's go on to `all`.
-        let (low, high) = self
-            .consumer
-            .fetch_watermarks(&self.topic, partition, WATERMARK_TIMEOUT)
-            .map_err(self.kafka_error(partition))?;
-        let all = self.uncommitted_end(partition)?;
-        // The verifying read counts the open workflows on the way.
-        let mut open = 0;
-        let opened = Store::open(dir, &self.memory)
-            .and_then(|s| s.verify(|state| open += i64::from(codec::is_open(state))).map(|()| s));
-        let mut store = match opened {
-            Ok(store) => store,
-            Err(e) if e.is_damage() => {
-                warn!(partition, path = %dir.display(), error = %e, "state store is damaged; rebuilding it from the changelog");
-                Store::destroy(dir)?;
-                open = 0;
-                Store::open(dir, &self.memory)?
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let checkpoint = store.checkpoint()?;
-        let untrusted = match checkpoint {
-            None => store.has_state().then(|| "it holds state but no checkpoint".to_string()),
-            Some(c) if c > high => Some(format!("its checkpoint {c} is beyond the changelog's end {high}")),
-            Some(c) if c < low => Some(format!("its checkpoint {c} is before the changelog's start {low}")),
-            Some(_) => None,
-        };
-        if let Some(why) = untrusted {
-            warn!(partition, path = %dir.display(), why, "state store cannot be trusted; rebuilding it from the changelog");
-            drop(store);
-            Store::destroy(dir)?;
-            open = 0;
-            store = Store::open(dir, &self.memory)?;
-        }
-        let from = store.checkpoint()?.unwrap_or(low);
-        let store = Arc::new(store);
-        if from >= all {
-            info!(partition, checkpoint = from, "state store is up to date");
-            return Ok((store, Some(open)));
-        }
-        info!(partition, from, to = high, "restoring state store from the changelog");
+    /// Starts catching `store` up from the changelog, from `from` (see
+    /// [`prepare`], which opened it).
+    pub fn start(&mut self, partition: i32, store: Arc<Store>, from: i64) -> Result<(), RestoreError> {
+        info!(partition, from, "restoring state store from the changelog");
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&self.topic, partition, Offset::Offset(from)).map_err(self.kafka_error(partition))?;
         self.consumer.incremental_assign(&tpl).map_err(self.kafka_error(partition))?;
@@ -180,7 +134,7 @@ impl Restorer {
             partition,
             Restoring {
                 generation: self.generations,
-                store: Arc::clone(&store),
+                store,
                 batch: StoreBatch::for_states(RESTORE_BATCH_STATES, 0),
                 next: from,
                 records: 0,
@@ -188,7 +142,7 @@ impl Restorer {
                 waiting: None,
             },
         );
-        Ok((store, None))
+        Ok(())
     }
 
     /// Stops restoring a partition that was revoked.
@@ -245,11 +199,7 @@ impl Restorer {
 
     /// The end of a changelog partition, records of open transactions included.
     fn uncommitted_end(&self, partition: i32) -> Result<i64, RestoreError> {
-        let (_, end) = self
-            .ends
-            .fetch_watermarks(&self.topic, partition, WATERMARK_TIMEOUT)
-            .map_err(self.kafka_error(partition))?;
-        Ok(end)
+        self.ends.all_end(partition).map_err(self.kafka_error(partition))
     }
 
     /// The restore consumer has read every committed record of `partition`
@@ -300,6 +250,7 @@ impl Restorer {
         let mut batch = std::mem::take(&mut r.batch);
         // The end may lie past the last record (a transaction marker): the next restore starts there.
         batch.set_checkpoint(end);
+        batch.set_synced_at(crate::time::now_ms());
         self.unassign(partition);
         self.writer.write(Write { partition, generation: r.generation, store: r.store, batch, last: true });
         let finishing = Finishing { generation: r.generation, records: r.records, checkpoint: end, started: r.started };
@@ -342,8 +293,79 @@ impl Restorer {
             seconds = f.started.elapsed().as_secs_f64(),
             "state store restored"
         );
-        restored.done.push(partition);
+        restored.done.push((partition, w.open));
     }
+}
+
+/// A store opened and judged ([`prepare`]).
+pub struct Prepared {
+    pub store: Arc<Store>,
+    /// The changelog offset to restore from.
+    pub from: i64,
+    /// Its open workflows when it is already up to date (nothing to restore).
+    pub open: Option<i64>,
+}
+
+/// Opens a partition's store at `dir` and checks it: every entry is read
+/// (damage shows up now, not while processing), and its checkpoint is
+/// judged against the changelog's `ends` ([`trust::judge`]). A store that
+/// cannot be trusted is rebuilt: deleted, or, when it may hold what the
+/// changelog lost, set aside. Slow for a large store: for a thread of its
+/// own, never the stream thread.
+pub fn prepare(
+    partition: i32,
+    dir: &Path,
+    memory: &StoreMemory,
+    ends: Ends,
+    delete_retention: Option<Duration>,
+) -> Result<Prepared, StoreError> {
+    // The verifying read counts the open workflows on the way.
+    let mut open = 0;
+    let opened =
+        Store::open(dir, memory).and_then(|s| s.verify(|state| open += i64::from(codec::is_open(state))).map(|()| s));
+    let mut store = match opened {
+        Ok(store) => store,
+        Err(e) if e.is_damage() => {
+            warn!(partition, path = %dir.display(), error = %e, "state store is damaged; rebuilding it from the changelog");
+            Store::destroy(dir)?;
+            open = 0;
+            Store::open(dir, memory)?
+        }
+        Err(e) => return Err(e),
+    };
+    let found =
+        Found { checkpoint: store.checkpoint()?, has_state: store.has_state(), synced_at_ms: store.synced_at()? };
+    match trust::judge(found, ends, delete_retention, crate::time::now_ms()) {
+        Verdict::Trusted => {}
+        Verdict::Rebuild(why) => {
+            warn!(partition, path = %dir.display(), why, "state store cannot be trusted; rebuilding it from the changelog");
+            drop(store);
+            Store::destroy(dir)?;
+            open = 0;
+            store = Store::open(dir, memory)?;
+        }
+        Verdict::SetAside(why) => {
+            drop(store);
+            let aside = Store::set_aside(dir, crate::time::now_ms())?;
+            error!(
+                partition,
+                why,
+                kept_at = %aside.display(),
+                "state store set aside, not deleted: it may be the only copy of states the changelog lost. The \
+                 partition is rebuilt from the changelog; see the README (\"A store set aside\") for what to do with \
+                 the copy"
+            );
+            open = 0;
+            store = Store::open(dir, memory)?;
+        }
+    }
+    let from = store.checkpoint()?.unwrap_or(ends.low);
+    let store = Arc::new(store);
+    if from >= ends.all {
+        info!(partition, checkpoint = from, "state store is up to date");
+        return Ok(Prepared { store, from, open: Some(open) });
+    }
+    Ok(Prepared { store, from, open: None })
 }
 
 /// Adds one changelog record to its partition's batch, and hands the
@@ -394,8 +416,8 @@ fn apply(
 /// What one [`Restorer::step`] finished.
 #[derive(Debug, Default)]
 pub struct Restored {
-    /// Partitions whose stores reached the changelog's end.
-    pub done: Vec<i32>,
+    /// Partitions whose stores reached the changelog's end, with their open workflows.
+    pub done: Vec<(i32, i64)>,
     /// Partitions whose stores failed a write, and why.
     pub failed: Vec<(i32, StoreError)>,
 }

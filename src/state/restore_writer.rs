@@ -7,6 +7,7 @@ use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use crate::state::codec;
 use crate::state::store::{Store, StoreBatch, StoreError};
 
 /// Writes waiting for a writer thread: reading stops when it is this far ahead.
@@ -26,6 +27,8 @@ pub struct Written {
     pub partition: i32,
     pub generation: u64,
     pub result: Result<(), StoreError>,
+    /// After the last write: the workflows the restored store holds open.
+    pub open: i64,
 }
 
 /// The threads that write restored batches: each partition's on the same
@@ -51,13 +54,19 @@ impl Writer {
                     if failed.contains(&w.generation) {
                         continue;
                     }
-                    let result = w.store.write(w.batch);
+                    let mut result = w.store.write(w.batch);
+                    // A restored store's open workflows are counted here, off the stream thread.
+                    let mut open = 0;
+                    if w.last && result.is_ok() {
+                        result = w.store.for_each_state(|_, bytes| open += i64::from(codec::is_open(bytes)));
+                    }
                     if result.is_err() {
                         failed.insert(w.generation);
                     }
                     if w.last || result.is_err() {
                         // The receiver is gone only when the restorer is.
-                        let _ = report.send(Written { partition: w.partition, generation: w.generation, result });
+                        let written = Written { partition: w.partition, generation: w.generation, result, open };
+                        let _ = report.send(written);
                     }
                 }
             })?;

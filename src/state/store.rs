@@ -9,6 +9,9 @@
 //!   is dropped when it comes due, so that writes never read first;
 //! - `m:checkpoint`: the changelog offset up to which this store is known
 //!   good, written in the same batch as the data it covers;
+//! - `m:synced_at`: when (wall clock, ms) the store was last known in step
+//!   with its changelog: written with each checkpoint and at a clean close
+//!   (see [`crate::state::trust`]);
 //! - `m:clock`: the partition's clock (see [`crate::runtime::task`]) as of
 //!   that commit, in the same batch;
 //! - `m:timers`: what the timers were computed from (the deadlines and the
@@ -43,6 +46,7 @@ const STATE_PREFIX: u8 = b'w';
 const TIMER_PREFIX: u8 = b't';
 const CHECKPOINT_KEY: &[u8] = b"m:checkpoint";
 const CLOCK_KEY: &[u8] = b"m:clock";
+const SYNCED_AT_KEY: &[u8] = b"m:synced_at";
 const TIMERS_KEY: &[u8] = b"m:timers";
 const DEFINITION_PREFIX: &[u8] = b"m:definition:";
 
@@ -56,6 +60,8 @@ pub enum StoreError {
     Create { path: PathBuf, source: std::io::Error },
     #[error("cannot remove the state store at {path}: {source}")]
     Remove { path: PathBuf, source: std::io::Error },
+    #[error("cannot move the state store at {path} aside: {source}")]
+    SetAside { path: PathBuf, source: std::io::Error },
 }
 
 impl StoreError {
@@ -171,6 +177,10 @@ impl StoreBatch {
         self.batch.put(CHECKPOINT_KEY, changelog_offset.to_be_bytes());
     }
 
+    pub fn set_synced_at(&mut self, now_ms: i64) {
+        self.batch.put(SYNCED_AT_KEY, now_ms.to_be_bytes());
+    }
+
     pub fn set_clock(&mut self, clock_ms: i64) {
         self.batch.put(CLOCK_KEY, clock_ms.to_be_bytes());
     }
@@ -267,6 +277,30 @@ impl Store {
 
     pub fn checkpoint(&self) -> Result<Option<i64>, StoreError> {
         self.get_i64(CHECKPOINT_KEY)
+    }
+
+    /// When the store was last known in step with its changelog.
+    pub fn synced_at(&self) -> Result<Option<i64>, StoreError> {
+        self.get_i64(SYNCED_AT_KEY)
+    }
+
+    /// The store is in step with its changelog now (its partition is
+    /// closed cleanly, everything committed): says so, and flushes.
+    pub fn close_in_step(&self, now_ms: i64) -> Result<(), StoreError> {
+        let mut batch = StoreBatch::default();
+        batch.set_synced_at(now_ms);
+        self.write(batch)?;
+        self.flush()
+    }
+
+    /// Moves a store's files (closed) aside, beside the others, and returns
+    /// where: `<dir>.set-aside-<now_ms>`. Nothing is deleted.
+    pub fn set_aside(path: &Path, now_ms: i64) -> Result<PathBuf, StoreError> {
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".set-aside-{now_ms}"));
+        let aside = path.with_file_name(name);
+        std::fs::rename(path, &aside).map_err(|source| StoreError::SetAside { path: path.to_path_buf(), source })?;
+        Ok(aside)
     }
 
     /// The partition's clock as of the last commit saved, if one was.

@@ -698,6 +698,20 @@ pub fn by_workflow(records: &[Record]) -> HashMap<String, Vec<Value>> {
     out
 }
 
+/// `len` hex digits that do not compress (xorshift), so that the state's
+/// files are as large as its payloads.
+pub fn noise(seed: u64, len: usize) -> String {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from_digit((x % 16) as u32, 16).expect("a hex digit")
+        })
+        .collect()
+}
+
 /// Builds a step event.
 pub fn event(workflow_id: &str, workflow_type: &str, step: &str, status: &str, event_id: Option<&str>) -> Value {
     let mut e = serde_json::json!({
@@ -1327,4 +1341,98 @@ impl Drop for Load {
             let _ = thread.join();
         }
     }
+}
+
+/// The changelog records of `topic` as a `read_committed` reader sees them,
+/// by partition, in offset order.
+fn committed_changelog(broker: &Broker, setup: &Setup) -> HashMap<i32, Vec<Record>> {
+    let changelog = format!("{}-state-changelog", setup.app);
+    let mut by_partition: HashMap<i32, Vec<Record>> = HashMap::new();
+    for r in read_to_end(broker, &changelog, "read_committed") {
+        by_partition.entry(r.partition).or_default().push(r);
+    }
+    by_partition
+}
+
+/// Every store under each of `state_dirs` holds exactly what the committed
+/// changelog held at the store's checkpoint: for each key, the last record
+/// before the checkpoint, and nothing else. A store written after its
+/// instance lost the partition (a zombie's write), or one whose changelog
+/// records landed after another owner's, fails this. The stores of
+/// `owners` (state directory, partition) must also be at the changelog's
+/// end: the last owner of a partition, stopped cleanly, holds its latest
+/// state. The stores must be closed (junction stopped).
+pub fn assert_stores_hold_the_changelog_at_their_checkpoints(
+    broker: &Broker,
+    setup: &Setup,
+    state_dirs: &[PathBuf],
+    owners: &[(PathBuf, i32)],
+) -> usize {
+    let changelog = committed_changelog(broker, setup);
+    let memory = junction::state::StoreMemory::new(16 << 20, 4 << 20);
+    let mut checked = 0;
+    for dir in state_dirs {
+        let app_dir = dir.join(&setup.app);
+        let Ok(entries) = std::fs::read_dir(&app_dir) else { continue };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            let Some(partition) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            let store = junction::state::Store::open(&path, &memory).unwrap();
+            let Some(checkpoint) = store.checkpoint().unwrap() else {
+                assert!(!store.has_state(), "{} holds state without a checkpoint", path.display());
+                continue;
+            };
+            let records = changelog.get(&partition).map(Vec::as_slice).unwrap_or_default();
+            let mut expected: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
+            for r in records.iter().filter(|r| r.offset < checkpoint) {
+                expected.insert(r.key.clone().unwrap_or_default(), r.value.clone());
+            }
+            if owners.contains(&(dir.clone(), partition)) {
+                let last = records.last().map_or(0, |r| r.offset + 1);
+                assert!(
+                    checkpoint >= last,
+                    "{}: the last owner's store stops at {checkpoint}, before the changelog's last record ({})",
+                    path.display(),
+                    last - 1
+                );
+            }
+            let mut held: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+            store.for_each_state(|id, state| drop(held.insert(id.to_vec(), state.to_vec()))).unwrap();
+            let definitions = store.definitions().unwrap();
+            let mut logged_definitions = 0;
+            for (id, value) in &expected {
+                match junction::state::ChangelogKey::reserved(id) {
+                    Some(junction::state::ChangelogKey::Clock) => {
+                        let clock = value.as_ref().map(|v| i64::from_be_bytes(v.as_slice().try_into().unwrap()));
+                        assert_eq!(store.clock().unwrap(), clock, "{}: the clock differs", path.display());
+                    }
+                    Some(junction::state::ChangelogKey::Definition(d)) => {
+                        let logged = value.as_deref().map(|v| junction::state::codec::decode_definition(v).unwrap());
+                        assert_eq!(definitions.get(d), logged.as_ref(), "{}: definition {d:?} differs", path.display());
+                        logged_definitions += 1;
+                    }
+                    _ => assert_eq!(
+                        held.get(id),
+                        value.as_ref(),
+                        "{}: the store differs from the changelog at its checkpoint {checkpoint} on {}",
+                        path.display(),
+                        String::from_utf8_lossy(id)
+                    ),
+                }
+            }
+            assert_eq!(definitions.len(), logged_definitions, "{}: definitions no record has", path.display());
+            for id in held.keys() {
+                assert!(
+                    expected.contains_key(id),
+                    "{}: the store holds {}, which the changelog did not hold at its checkpoint {checkpoint}",
+                    path.display(),
+                    String::from_utf8_lossy(id)
+                );
+            }
+            checked += 1;
+        }
+    }
+    checked
 }

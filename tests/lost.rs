@@ -1,0 +1,91 @@
+//! A lost assignment: an instance that could not take part in its group (a
+//! long pause, here SIGSTOP past its session timeout, under load) finds,
+//! when it goes on, that its partitions were given to another. It must give
+//! them up without committing, firing timers or writing the changelog: its
+//! successor decides from there. Afterwards every workflow has its outcome,
+//! a repeat carries the same outcome ID (under `exactly_once` a
+//! `read_committed` reader sees none), and every store, the frozen
+//! instance's included, holds exactly what the changelog held at its
+//! checkpoint: nothing the frozen instance wrote after it lost its
+//! partitions, and no changelog record of its landed after its successor's.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+
+const PARTITIONS: i32 = 4;
+/// Past the session timeout of the tests (6 s), so that the partitions move.
+const FREEZE: Duration = Duration::from_secs(9);
+
+#[test]
+fn an_instance_frozen_past_its_session_gives_up_its_partitions_without_writing_at_least_once() {
+    frozen_past_its_session("at_least_once");
+}
+
+#[test]
+fn an_instance_frozen_past_its_session_gives_up_its_partitions_without_writing_exactly_once() {
+    frozen_past_its_session("exactly_once");
+}
+
+fn frozen_past_its_session(guarantee: &'static str) {
+    let broker = Arc::new(Broker::kafka());
+    let mut setup = Setup::new(&broker, PARTITIONS);
+    setup.guarantee = guarantee;
+    let work = tempfile::tempdir().unwrap();
+    let (mut a, mut b) = Junction::start_two(&setup, work.path());
+
+    let load = Load::start(&broker, &setup.input, "lost");
+    broker.reader(&setup.output).read_until("outcomes under load", |r| r.len() >= 1_000);
+    let frozen_with = a.assigned();
+    a.freeze();
+    std::thread::sleep(FREEZE);
+    // b took every partition by now; its outcomes for a's partitions follow.
+    let seen = broker.reader(&setup.output).read_for(Duration::from_millis(500)).len();
+    broker.reader(&setup.output).read_until("b's outcomes", |r| r.len() >= seen + 500);
+    a.thaw();
+    wait_until("a to rejoin and both to share the partitions", || {
+        let (pa, pb) = (a.assigned(), b.assigned());
+        !pa.is_empty() && !pb.is_empty() && pa.len() + pb.len() == PARTITIONS as usize
+    });
+    a.wait_ready();
+    std::thread::sleep(Duration::from_secs(2));
+    let (workflows, bad) = load.finish();
+
+    let mut output = broker.reader(&setup.output);
+    output.read_until("every outcome", |r| by_workflow(r).len() >= workflows);
+    let records = output.read_for(Duration::from_secs(3)).to_vec();
+    let repeats = assert_one_outcome_each(&records, workflows);
+    for (id, outcomes) in by_workflow(&records) {
+        let index: usize = id.strip_prefix("lost-").unwrap().parse().unwrap();
+        let expected = if index % 20 == 7 { "failed" } else { "completed" };
+        assert_eq!(outcomes[0]["outcome"], expected, "{id}");
+    }
+    if guarantee == "exactly_once" {
+        assert_eq!(repeats, 0, "a read_committed reader saw repeated outcomes");
+    }
+    let mut dead = broker.reader(&setup.dead_letters);
+    dead.read_until("every dead letter", |r| r.len() >= bad);
+
+    let log = a.logs();
+    assert!(!log.contains("panicked") && !b.logs().contains("panicked"), "a panic:\n{log}");
+    let owners: Vec<_> =
+        [&a, &b].iter().flat_map(|j| j.assigned().into_iter().map(|p| (j.state_dir.clone(), p))).collect();
+    assert!(a.terminate(), "a exits 0 on SIGTERM");
+    assert!(b.terminate(), "b exits 0 on SIGTERM");
+    let stores = assert_stores_hold_the_changelog_at_their_checkpoints(
+        &broker,
+        &setup,
+        &[a.state_dir.clone(), b.state_dir.clone()],
+        &owners,
+    );
+    assert!(log.contains("partitions lost"), "a learns that it lost its partitions {frozen_with:?}:\n{log}");
+    println!(
+        "lost ({guarantee}): {workflows} workflows, {} outcome records ({repeats} repeats, same ID), a frozen for \
+         {} s with {frozen_with:?}; {stores} stores checked against the changelog at their checkpoints",
+        records.len(),
+        FREEZE.as_secs()
+    );
+}
