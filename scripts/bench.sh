@@ -10,12 +10,16 @@
 # consistent_random, librdkafka's default, puts three in four elsewhere).
 #   scripts/bench.sh --lso   how long read_committed readers wait after a
 #                            kill -9 under exactly_once (BENCH_LSO_RUNS runs)
+#   scripts/bench.sh --restart  how long an instance restarted after a kill -9
+#                            takes to process again, static and dynamic
+#                            members, default settings (BENCH_RESTART_RUNS runs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 bash scripts/setup.sh kafka
 case "${1:-}" in
     --lso) cargo bench --bench lso_wait ;;
+    --restart) cargo bench --bench restart ;;
     "") cargo bench --bench end_to_end ;;
-    *) echo "usage: $0 [--lso]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--lso|--restart]" >&2; exit 2 ;;
 esac

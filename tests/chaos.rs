@@ -1,11 +1,12 @@
 //! Chaos: three instances in one group under a load of 100,000 workflows,
-//! with random `kill -9`s, SIGTERMs and restarts of instances and a restart
-//! of the broker (which keeps its data). Afterwards every workflow has its
-//! outcome, a repeat carries the same outcome ID, the dead letters are
-//! exactly the bad records, and no log holds a panic.
-//!
-//! Under `exactly_once` (Apache Kafka only) instances are also frozen past
-//! their session timeout and thawed, and a `read_committed` reader must see
+//! with random `kill -9`s, SIGTERMs and restarts of instances, instances
+//! frozen (SIGSTOP) past their session timeout and thawed, the broker
+//! frozen past every session timeout, and a restart of the broker (which
+//! keeps its data); on Apache Kafka, the output topic's `max.message.bytes`
+//! also falls below one workflow's outcome. Afterwards every workflow has
+//! its outcome (that one without its payloads), a repeat carries the same
+//! outcome ID, the dead letters are exactly the bad records, and no log
+//! holds a panic. Under `exactly_once` a `read_committed` reader must see
 //! no repeat at all: not of an outcome, not of a dead letter.
 //!
 //! `CHAOS_WORKFLOWS` and `CHAOS_SEED` change the size and the random choices.
@@ -89,6 +90,20 @@ fn explain_missing(instances: &[Junction], seen: &HashSet<String>, workflows: us
     }
 }
 
+/// A workflow whose outcome is larger than the output topic takes once its
+/// limit falls: three steps with 12 KB payloads that do not compress.
+fn large_workflow() -> Vec<serde_json::Value> {
+    STEPS
+        .iter()
+        .enumerate()
+        .map(|(i, step)| {
+            let mut e = event(LARGE, "order", step, "succeeded", Some(&format!("{LARGE}-{step}")));
+            e["payload"] = serde_json::Value::String(noise(i as u64 + 7, 12_000));
+            e
+        })
+        .collect()
+}
+
 /// The input records that dead letters name: (partition, offset).
 fn source_offsets(dead_letters: &[Record]) -> HashSet<(String, String)> {
     dead_letters
@@ -98,18 +113,24 @@ fn source_offsets(dead_letters: &[Record]) -> HashSet<(String, String)> {
 }
 
 #[test]
-fn three_instances_survive_kills_restarts_and_a_broker_restart_at_least_once() {
+fn three_instances_survive_kills_freezes_restarts_and_a_frozen_and_restarted_broker_at_least_once() {
     chaos("at_least_once", Broker::start_with(Storage::Durable));
 }
 
 #[test]
-fn three_instances_survive_kills_freezes_restarts_and_a_broker_restart_exactly_once() {
+fn three_instances_survive_kills_freezes_restarts_and_a_frozen_and_restarted_broker_exactly_once() {
     chaos("exactly_once", Broker::kafka());
 }
 
 /// How long a frozen instance stays frozen: past its session timeout (6 s),
 /// so that its partitions move, but not always past its transaction timeout.
 const FREEZE: Duration = Duration::from_secs(8);
+/// How long the broker stays frozen: past every member's session timeout.
+const BROKER_FREEZE: Duration = Duration::from_secs(9);
+/// The output topic's limit once it falls: above a batch of ordinary
+/// outcomes, below the large workflow's outcome (three payloads of 12 KB).
+const OUTPUT_LIMIT: &str = "24000";
+const LARGE: &str = "chaos-large";
 
 fn chaos(guarantee: &'static str, mut broker: Broker) {
     let workflows: usize = std::env::var("CHAOS_WORKFLOWS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
@@ -133,9 +154,16 @@ fn chaos(guarantee: &'static str, mut broker: Broker) {
     let chunks: Vec<&[RawRecord]> = input.chunks(input.len().div_ceil(12)).collect();
 
     // Produce the load in 12 parts; between parts, one act of chaos.
-    let (mut kills, mut terms, mut freezes, mut broker_restarts) = (0, 0, 0, 0);
+    let (mut kills, mut terms, mut freezes, mut broker_restarts, mut broker_freezes) = (0, 0, 0, 0, 0);
+    // Alter topic settings on Apache Kafka only: Nisshi's are not checked.
+    let large = broker.has_transactions();
     for (i, chunk) in chunks.iter().enumerate() {
         broker.produce(&setup.input, chunk);
+        if i == 1 && large {
+            broker.set_topic_config(&setup.output, "max.message.bytes", OUTPUT_LIMIT);
+            broker.produce_events(&setup.input, &large_workflow());
+            println!("chaos: the output topic takes {OUTPUT_LIMIT} bytes at most; {LARGE}'s outcome takes more");
+        }
         if i == chunks.len() / 2 {
             broker.stop();
             std::thread::sleep(Duration::from_secs(2));
@@ -144,8 +172,16 @@ fn chaos(guarantee: &'static str, mut broker: Broker) {
             println!("chaos: broker restarted");
             continue;
         }
+        if i == chunks.len() / 3 {
+            broker.freeze();
+            std::thread::sleep(BROKER_FREEZE);
+            broker.thaw();
+            broker_freezes += 1;
+            println!("chaos: broker frozen for {} s", BROKER_FREEZE.as_secs());
+            continue;
+        }
         let victim = random.below(INSTANCES);
-        if guarantee == "exactly_once" && random.below(3) == 0 {
+        if random.below(3) == 0 {
             instances[victim].freeze();
             std::thread::sleep(FREEZE);
             instances[victim].thaw();
@@ -171,10 +207,11 @@ fn chaos(guarantee: &'static str, mut broker: Broker) {
     let deadline = started + RUN_LIMIT;
     let mut seen: HashSet<String> = HashSet::new();
     let mut read = 0;
-    while seen.len() < workflows {
+    let expected = workflows + usize::from(large);
+    while seen.len() < expected {
         if Instant::now() >= deadline {
             explain_missing(&instances, &seen, workflows);
-            panic!("only {} of {workflows} workflows have an outcome", seen.len());
+            panic!("only {} of {expected} workflows have an outcome", seen.len());
         }
         let records = output.read_for(Duration::from_secs(1));
         for r in &records[read..] {
@@ -196,6 +233,12 @@ fn chaos(guarantee: &'static str, mut broker: Broker) {
         if kind == "compensated" {
             continue;
         }
+        if id == LARGE {
+            let why = r.header("junction.truncated");
+            assert!(why.contains("larger than the output topic takes"), "{why}");
+            assert!(v["steps"]["payment"]["payload"].is_null(), "{v}");
+            continue;
+        }
         match first.get(&id) {
             Some((seen_id, value)) => {
                 assert_eq!(seen_id, &outcome_id, "{id}: a repeat has another outcome ID");
@@ -213,6 +256,8 @@ fn chaos(guarantee: &'static str, mut broker: Broker) {
     }
     let lost = workflows - first.len();
     assert_eq!(lost, 0, "lost outcomes");
+    let large_outcomes = records.iter().filter(|r| r.key.as_deref() == Some(LARGE.as_bytes())).count();
+    assert_eq!(large_outcomes > 0, large, "{LARGE}'s outcome, without its payloads");
     assert_eq!(failed, (0..workflows).filter(|w| w % 20 == 7).count());
 
     // Dead letters: exactly the bad records, each named by its source offset.
@@ -224,6 +269,7 @@ fn chaos(guarantee: &'static str, mut broker: Broker) {
     let dead = dlq.read_for(Duration::from_secs(1)).to_vec();
     if guarantee == "exactly_once" {
         assert_eq!(repeats, 0, "a read_committed reader saw repeated outcomes");
+        assert_eq!(large_outcomes, usize::from(large), "a read_committed reader saw {LARGE}'s outcome repeated");
         assert_eq!(dead.len(), bad, "a read_committed reader saw repeated dead letters");
     }
 
@@ -233,12 +279,13 @@ fn chaos(guarantee: &'static str, mut broker: Broker) {
     }
     println!(
         "chaos ({guarantee}): {workflows} workflows ({} input records), {kills} kill -9, {terms} SIGTERM, \
-         {restarts} instance restarts, {freezes} freezes, {broker_restarts} broker restart; {} outcome records: {} \
-         workflows with an outcome, {repeats} repeats (same ID), {lost} lost; {} dead letters for {bad} bad \
-         records ({} distinct); {:.0} s",
+         {restarts} instance restarts, {freezes} instance freezes, {broker_freezes} broker freeze, \
+         {broker_restarts} broker restart; {} outcome records: {} workflows with an outcome, {repeats} repeats \
+         (same ID), {lost} lost{}; {} dead letters for {bad} bad records ({} distinct); {:.0} s",
         input.len(),
         records.len(),
         first.len(),
+        if large { format!("; {LARGE}'s outcome without payloads, {large_outcomes} record(s)") } else { String::new() },
         dead.len(),
         distinct_dead.len(),
         started.elapsed().as_secs_f64()

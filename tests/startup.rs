@@ -140,6 +140,38 @@ fn own_topics_that_disagree_or_have_the_wrong_cleanup_policy_are_refused() {
     assert!(log.contains("cleanup.policy=\"compact\"") && log.contains("needs \"delete\""), "{log}");
 }
 
+/// A changelog that would lose states: one whose `delete` policy expires
+/// them, one that asks more replicas than it has (no write would ever be
+/// acknowledged), and one too small for the states the configuration
+/// allows. An output topic too small for the largest outcome only warns:
+/// such an outcome goes without its payloads.
+#[test]
+fn a_changelog_that_would_lose_states_is_refused_and_a_small_output_topic_is_warned_of() {
+    let broker = Broker::kafka();
+    let work = tempfile::tempdir().unwrap();
+    let refused = |settings: &[(&str, &str)], name: &str| {
+        let setup = Setup::new(&broker, 2);
+        broker.create_topic_with(&format!("{}-state-changelog", setup.app), 2, settings);
+        let mut junction = Junction::start(&setup, work.path(), name);
+        assert_eq!(junction.wait_exit(), Some(1), "{}", junction.logs());
+        junction.logs()
+    };
+    let log = refused(&[("cleanup.policy", "compact,delete"), ("retention.ms", "604800000")], "expiring");
+    assert!(log.contains("retention.ms") && log.contains("a workflow open longer than the retention"), "{log}");
+    let log = refused(&[("cleanup.policy", "compact"), ("min.insync.replicas", "2")], "isr");
+    assert!(log.contains("min.insync.replicas") && log.contains("2 with 1 replicas"), "{log}");
+
+    let log = refused(&[("cleanup.policy", "compact"), ("max.message.bytes", "100000")], "small-changelog");
+    assert!(log.contains("takes records of at most 100000 bytes") && log.contains("state.max_payload_bytes"), "{log}");
+
+    let setup = Setup::new(&broker, 2);
+    broker.create_topic_with(&setup.output, 2, &[("max.message.bytes", "100000")]);
+    let mut junction = Junction::start(&setup, work.path(), "small-output");
+    junction.wait_ready();
+    let log = junction.logs();
+    assert!(log.contains("published without its payloads") && log.contains("max_message_bytes=100000"), "{log}");
+}
+
 #[test]
 fn a_missing_input_topic_is_refused_at_start_up() {
     let broker = Broker::start();

@@ -15,7 +15,7 @@ use crate::config::{Guarantee, KafkaConfig};
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Settings shared by every client: the servers and the user's passthrough properties.
-pub(crate) fn base(config: &KafkaConfig) -> ClientConfig {
+pub fn base(config: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &config.bootstrap_servers);
     for (k, v) in &config.properties {

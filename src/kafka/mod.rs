@@ -7,13 +7,15 @@
 //! ([`changelog_ends`]), and the wait for a previous owner's
 //! transaction ([`stable_offsets`]), and whether a partition is read to its
 //! end ([`caught_up`]), and an offset commit whose answer comes back
-//! ([`answered_commit`]). Nothing here decides what to commit or when.
+//! ([`answered_commit`]), and how the group coordinator describes the group
+//! ([`group_state`]). Nothing here decides what to commit or when.
 
 pub mod answered_commit;
 pub mod caught_up;
 pub mod changelog_ends;
 pub mod clients;
 pub mod delivery;
+pub mod group_state;
 pub mod limits;
 pub mod producer;
 pub mod purge;

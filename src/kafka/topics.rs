@@ -215,37 +215,47 @@ pub fn read_limits_again(config: &KafkaConfig, runtime: &tokio::runtime::Handle)
     Some(read_limits(config, runtime, &admin))
 }
 
-/// Every outcome record, changelog record and forwarded event must fit its
-/// topic's own limit (`limits`, as [`read_limits`] reads them): what a type's
-/// steps with payloads of up to `state.max_payload_bytes` make, and an
-/// event of up to `kafka.max_event_bytes`. A dead letter larger than its
-/// topic takes goes without the bad record's value.
+/// Every changelog record and forwarded event must fit its topic's own
+/// limit (`limits`, as [`read_limits`] reads them): the state of a type's
+/// steps with payloads of up to `state.max_payload_bytes`, an event of up
+/// to `kafka.max_event_bytes`; neither can be cut down, so a topic too small
+/// is refused. An outcome record that may not fit the output topic can: it
+/// is published without its payloads (see [`crate::kafka::refusals`]), and
+/// a warning says so at start-up.
 pub fn check_record_sizes(config: &crate::config::Config, limits: &[usize; 4]) -> Result<(), TopicError> {
     let kafka = &config.kafka;
     let payload = config.state.max_payload_bytes;
     for w in &config.workflows {
         let steps = w.steps.len();
-        let outcome = crate::names::OUTCOME_OVERHEAD_BYTES
-            .saturating_add(steps.saturating_mul(payload.saturating_add(crate::names::OUTCOME_STEP_OVERHEAD_BYTES)));
+        let per_step = |extra: usize| steps.saturating_mul(payload.saturating_add(extra));
+        let outcome =
+            crate::names::OUTCOME_OVERHEAD_BYTES.saturating_add(per_step(crate::names::OUTCOME_STEP_OVERHEAD_BYTES));
         // A state keeps each step's payload and up to two event IDs per step.
-        let state = crate::names::OUTCOME_OVERHEAD_BYTES.saturating_add(steps.saturating_mul(
-            payload.saturating_add(2 * crate::names::MAX_EVENT_ID_BYTES + crate::names::OUTCOME_STEP_OVERHEAD_BYTES),
-        ));
-        for (topic, bytes, limit, what) in [
-            (&kafka.output_topic, outcome, limits[0], "outcome records"),
-            (&kafka.changelog_topic(), state, limits[2], "states"),
-        ] {
-            if bytes > limit {
-                return Err(TopicError::TooSmall {
-                    topic: topic.clone(),
-                    limit,
-                    what: format!(
-                        "{what} of workflow type {:?} ({steps} steps with payloads of up to state.max_payload_bytes, \
-                         {payload}) take up to {bytes} bytes",
-                        w.workflow_type
-                    ),
-                });
-            }
+        let state = crate::names::OUTCOME_OVERHEAD_BYTES
+            .saturating_add(per_step(2 * crate::names::MAX_EVENT_ID_BYTES + crate::names::OUTCOME_STEP_OVERHEAD_BYTES));
+        let describe = |what: &str, bytes: usize| {
+            format!(
+                "{what} of workflow type {:?} ({steps} steps with payloads of up to state.max_payload_bytes, \
+                 {payload}) take up to {bytes} bytes",
+                w.workflow_type
+            )
+        };
+        if state > limits[2] {
+            return Err(TopicError::TooSmall {
+                topic: kafka.changelog_topic(),
+                limit: limits[2],
+                what: describe("states", state),
+            });
+        }
+        if outcome > limits[0] {
+            warn!(
+                topic = %kafka.output_topic,
+                max_message_bytes = limits[0],
+                "{}: an outcome record larger than the topic takes is published without its payloads (header \
+                 junction.truncated); lower state.max_payload_bytes or raise the topic's max.message.bytes to keep \
+                 them",
+                describe("outcome records", outcome)
+            );
         }
     }
     let event = kafka.max_event_bytes.saturating_add(4 * 1024);

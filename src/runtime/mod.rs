@@ -6,6 +6,8 @@
 //! - [`engine`]: its state, shared with the rebalance callbacks;
 //! - [`rebalance`]: the consumer's callbacks (assign, revoke, statistics);
 //! - [`input_watch`]: notices input topics that gain partitions;
+//! - [`group_watch`]: notices home partitions no member of a classic group
+//!   holds, and has one member join again;
 //! - [`partitions`]: each partition's lifecycle (opening, restoring, active,
 //!   stopped);
 //! - [`opener`]: opens and checks an assigned partition's store, off the
@@ -31,6 +33,8 @@
 //!   store is open and checked ([`opener`]);
 //! - `junction-inputs`, which asks the cluster for the input topics'
 //!   partition counts every `topic.metadata.refresh.interval.ms`;
+//! - `junction-group`, which describes a classic group every few seconds
+//!   ([`group_watch`]);
 //! - two `junction-restore` threads that write restored batches to the
 //!   stores (see [`crate::state::restore_writer`]);
 //! - librdkafka's own threads (network, delivery reports), RocksDB's
@@ -41,6 +45,7 @@
 pub mod backpressure;
 pub mod commits;
 pub mod engine;
+pub mod group_watch;
 pub mod input_watch;
 pub mod instance;
 pub mod opener;

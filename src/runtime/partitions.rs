@@ -600,7 +600,9 @@ impl Partitions {
         self.view.show_store(partition, Arc::clone(&slot.task.store));
         if let Some(offset) = resume_from {
             let topic = Arc::clone(&self.repartition_topic);
-            self.seek(consumer, &topic, partition, offset);
+            if !self.seek(consumer, &topic, partition, offset) {
+                return; // stopped again
+            }
         }
         // While the others are held, it waits with them.
         if !self.held {
@@ -612,23 +614,43 @@ impl Partitions {
         self.publish_health(true);
     }
 
-    /// Moves where `partition` of `topic` is read to `offset`. When the
-    /// consumer cannot, the partition's records are not processed until it
-    /// can ([`Partitions::retry_seeks`]): what they follow was discarded.
-    fn seek<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, topic: &Arc<str>, partition: i32, offset: i64) {
+    /// Moves where `partition` of `topic` is read to `offset`; whether it
+    /// could. When the consumer cannot, what the partition's records follow
+    /// was discarded, so its home partition stops ([`Partitions::park`]),
+    /// as one whose store fails does, and processes nothing (no record, no
+    /// timer, no commit) until it is opened again, from `offset`. An input
+    /// partition's records wait meanwhile, and its seek is tried again at
+    /// every turn ([`Partitions::retry_seeks`]).
+    fn seek<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        topic: &Arc<str>,
+        partition: i32,
+        offset: i64,
+    ) -> bool {
         self.forget_seek(topic, partition);
-        if let Err(e) = consumer.seek(topic, partition, Offset::Offset(offset), SEEK_TIMEOUT) {
-            error!(
-                topic = &**topic,
-                partition,
-                offset,
-                error = %e,
-                "cannot seek a partition; its records wait until it can read from there"
-            );
+        let Err(e) = consumer.seek(topic, partition, Offset::Offset(offset), SEEK_TIMEOUT) else { return true };
+        let why =
+            format!("cannot seek {topic} partition {partition} back to offset {offset} after a failed commit: {e}");
+        error!(
+            topic = &**topic,
+            partition,
+            offset,
+            error = %e,
+            "cannot seek a partition back; its home partition stops until it can read from there again"
+        );
+        if **topic == *self.repartition_topic {
+            // Opened again, it reads from `offset` (see `activate`).
+            self.park(consumer, partition, &why, Some(offset));
+        } else {
             self.unsought.push((Arc::clone(topic), partition, offset));
-            let why = format!("cannot seek {topic} partition {partition} back to offset {offset}: {e}");
+            let home = partition.rem_euclid(self.home_partitions.max(1) as i32);
+            if self.slots.contains_key(&home) {
+                self.park(consumer, home, &why, None);
+            }
             self.view.update_health(|h| h.seeking = Some(why));
         }
+        false
     }
 
     /// Seeks again the partitions whose seek failed.
@@ -886,7 +908,9 @@ impl Partitions {
             .filter(|(_, s)| s.phase == Phase::Active)
             .map(|(home, _)| *home)
             .filter(|&home| {
-                !self.forwarded_to.contains(&home)
+                // An input partition of its number waiting for a seek has records it has not read.
+                !self.unsought.iter().any(|(_, p, _)| p.rem_euclid(self.home_partitions.max(1) as i32) == home)
+                    && !self.forwarded_to.contains(&home)
                     && !self.forwarded_in_commit.contains(&home)
                     && read_to_end(&self.repartition_topic, home)
                     && self.inputs_of(&[home]).iter().all(|(topic, partition)| read_to_end(topic, *partition))

@@ -17,15 +17,16 @@ use tracing::{info, warn};
 use crate::commit::lease::{self, Lease};
 use crate::commit::PUBLISH_INTERVAL;
 use crate::config::{Config, Guarantee};
+use crate::kafka::group_state;
 use crate::kafka::limits::TopicLimits;
 use crate::kafka::{clients, topics};
 use crate::ops::view::View;
 use crate::runtime::commits::Commits;
 use crate::runtime::engine::{lock, Engine};
-use crate::runtime::input_watch;
 use crate::runtime::instance::Instance;
 use crate::runtime::partitions::Partitions;
 use crate::runtime::rebalance::Callbacks;
+use crate::runtime::{group_watch, input_watch};
 use crate::time::now_ms;
 
 /// Records handed to the tasks per poll batch.
@@ -70,6 +71,8 @@ pub fn run(config: Arc<Config>, view: Arc<View>, runtime: tokio::runtime::Handle
     let grown =
         input_watch::spawn(Arc::clone(&config), Arc::clone(&view), input_counts.iter().copied().map(Some).collect())
             .context("starting the thread that watches the input topics")?;
+    let orphans = group_watch::spawn(Arc::clone(&config), Arc::clone(&view), layout.home_partitions)
+        .context("starting the thread that watches the group")?;
     let partitions = Partitions::new(
         Arc::clone(&config),
         Arc::clone(&view),
@@ -104,7 +107,7 @@ pub fn run(config: Arc<Config>, view: Arc<View>, runtime: tokio::runtime::Handle
         transactional_id = if config.kafka.processing_guarantee == Guarantee::ExactlyOnce { transactional_id.as_str() } else { "" },
         "junction is running"
     );
-    let result = poll_loop(&config, &view, &engine, &consumer, &grown);
+    let result = poll_loop(&config, &view, &engine, &consumer, &grown, &orphans);
 
     info!("shutting down: committing, closing stores, leaving the group");
     if result.is_ok() {
@@ -161,6 +164,7 @@ fn poll_loop(
     engine: &Mutex<Engine>,
     consumer: &BaseConsumer<Callbacks>,
     grown: &Receiver<input_watch::Counts>,
+    orphans: &Receiver<group_watch::Orphans>,
 ) -> anyhow::Result<()> {
     let interval = config.kafka.commit_interval;
     let mut next_commit = Instant::now() + interval;
@@ -183,6 +187,9 @@ fn poll_loop(
             e.confirm_membership(consumer);
             if let Ok(counts) = grown.try_recv() {
                 e.grow_inputs(consumer, &counts);
+            }
+            if let Ok(o) = orphans.try_recv() {
+                rejoin_for(config, consumer, &o);
             }
             if e.partitions.is_restoring() {
                 let budget = if e.partitions.has_active() { RESTORE_SLICE } else { MAX_POLL_WAIT };
@@ -236,6 +243,25 @@ fn poll_loop(
             lock(engine).partitions.report_state_sizes();
             next_size_report = Instant::now() + STATE_SIZE_REPORT;
         }
+    }
+}
+
+/// Has the leader assign home partitions that no member holds (see
+/// [`group_watch`]): the member with the smallest ID leaves the group and
+/// joins it again, which starts a rebalance.
+fn rejoin_for(config: &Config, consumer: &BaseConsumer<Callbacks>, orphans: &group_watch::Orphans) {
+    let Some(me) = group_state::member_id(consumer) else { return };
+    if orphans.members.iter().min() != Some(&me) {
+        return;
+    }
+    warn!(
+        partitions = ?orphans.partitions,
+        "home partitions held by no member of the group (a static member restarted in the middle of a \
+         cooperative rebalance): joining the group again to have them assigned"
+    );
+    consumer.unsubscribe();
+    if let Err(e) = consumer.subscribe(&[&config.kafka.repartition_topic()]) {
+        warn!(error = %e, "cannot subscribe again to the repartition topic");
     }
 }
 

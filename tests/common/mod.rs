@@ -308,6 +308,17 @@ impl Broker {
         self.child.as_ref().map(Child::id)
     }
 
+    /// SIGSTOP: the broker is frozen, its sockets open, answering nothing.
+    /// (The Kafka launcher execs the JVM, so the child's PID is the broker's.)
+    pub fn freeze(&self) {
+        signal(self.pid().expect("the broker is running"), "-STOP");
+    }
+
+    /// SIGCONT: a frozen broker goes on where it stopped.
+    pub fn thaw(&self) {
+        signal(self.pid().expect("the broker is running"), "-CONT");
+    }
+
     /// Whether this broker has transactions (Nisshi has none).
     pub fn has_transactions(&self) -> bool {
         self.kind == Kind::Kafka
@@ -337,6 +348,21 @@ impl Broker {
             r.unwrap_or_else(|(t, e)| panic!("cannot create topic {t}: {e}"));
         }
         self.wait_for_partitions(name, partitions);
+    }
+
+    /// Deletes a topic, and waits until the metadata no longer shows it.
+    pub fn delete_topic(&self, name: &str) {
+        let admin: AdminClient<DefaultClientContext> = self.client_config().create().unwrap();
+        let results = self.runtime.block_on(admin.delete_topics(&[name], &AdminOptions::new())).unwrap();
+        for r in results {
+            r.unwrap_or_else(|(t, e)| panic!("cannot delete topic {t}: {e}"));
+        }
+        let client: BaseConsumer = self.client_config().create().unwrap();
+        wait_until(&format!("topic {name} to be deleted"), || {
+            client
+                .fetch_metadata(Some(name), Duration::from_secs(5))
+                .is_ok_and(|md| md.topics().first().is_none_or(|t| t.error().is_some() || t.partitions().is_empty()))
+        });
     }
 
     /// Grows a topic to `partitions`, as an operator scaling it out would.
@@ -746,7 +772,9 @@ pub struct Setup {
     pub properties: Vec<(String, String)>,
     /// More lines for the `[state]` section.
     pub state_options: String,
-    /// The consumer group protocol: `classic` (cooperative-sticky) or `consumer` (KIP-848).
+    /// The consumer group protocol: `classic` (cooperative-sticky) or
+    /// `consumer` (KIP-848); `classic-defaults` is the classic protocol
+    /// with librdkafka's own session timeout (45 s), not the tests' 6 s.
     pub group_protocol: &'static str,
     /// More lines for the `[kafka]` section.
     pub kafka_options: String,
@@ -840,6 +868,8 @@ listen = "127.0.0.1:{http_port}"
     fn group_properties(&self) -> String {
         match self.group_protocol {
             "classic" => "\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"".to_string(),
+            // As a user who sets nothing has it: librdkafka's 45 s session.
+            "classic-defaults" => String::new(),
             protocol => format!("\"group.protocol\" = {protocol:?}"),
         }
     }
@@ -1013,9 +1043,8 @@ impl Junction {
         self.signal("-CONT");
     }
 
-    fn signal(&self, signal: &str) {
-        let pid = self.pid().expect("junction is running").to_string();
-        assert!(Command::new("kill").args([signal, &pid]).status().unwrap().success(), "kill {signal} {pid}");
+    fn signal(&self, name: &str) {
+        signal(self.pid().expect("junction is running"), name);
     }
 
     /// Waits for the process to exit by itself; returns its exit code.
@@ -1094,6 +1123,12 @@ impl Drop for Junction {
             eprintln!("--- junction log {} ---\n{}", self.log.display(), self.logs());
         }
     }
+}
+
+/// Sends `signal` (`-STOP`, `-CONT`) to process `pid`.
+fn signal(pid: u32, signal: &str) {
+    let pid = pid.to_string();
+    assert!(Command::new("kill").args([signal, &pid]).status().unwrap().success(), "kill {signal} {pid}");
 }
 
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
