@@ -137,13 +137,14 @@ fn an_aborted_transaction_is_redone_and_the_next_commit_is_not_mistaken_for_a_fa
     let mut junction = Junction::start(&setup, work.path(), "j");
     junction.wait_ready();
 
-    // The changelog refuses every batch for a while: each transaction that
-    // carries changelog records fails, is aborted, and its interval is
-    // redone. (A state has nowhere else to go; an outcome too large for the
-    // output topic would be published without its payloads instead: see
+    // The changelog refuses every batch of states for a while (128 bytes
+    // still take the broker's own transaction markers): each transaction
+    // that carries one fails, is aborted, and its interval is redone. (A
+    // state has nowhere else to go; an outcome too large for the output
+    // topic would be published without its payloads instead: see
     // tests/refusals.rs.)
     let changelog = format!("{}-state-changelog", setup.app);
-    broker.set_topic_config(&changelog, "max.message.bytes", "16");
+    broker.set_topic_config(&changelog, "max.message.bytes", "128");
     let load = Load::start(&broker, &setup.input, "abort");
     wait_until("transactions aborted", || junction.metric("junction_commits_total", "result=\"failed\"") >= 3.0);
     broker.set_topic_config(&changelog, "max.message.bytes", "1048588");

@@ -57,6 +57,9 @@ const SAVE_NICE: libc::c_int = 10;
 const WAIT_STEP: Duration = Duration::from_millis(5);
 /// The pause before asking the coordinator again to confirm the membership.
 const CONFIRM_RETRY: Duration = Duration::from_millis(500);
+/// How long a commit waited for (a rebalance, shutdown) waits for the
+/// lease at most; the stream thread is blocked meanwhile.
+const WAIT_FOR_LEASE: Duration = Duration::from_secs(3);
 
 pub struct AtLeastOnce {
     metrics: Arc<Metrics>,
@@ -151,8 +154,15 @@ impl Saver {
     /// the consumer (a rebalance, shutdown), so the lease the save thread
     /// may wait for is renewed here: by committing again, and waiting for,
     /// the offsets the group holds.
-    fn wait_answer(&self, epoch: usize, lease: &Lease, group: &dyn InputGroup) -> Result<StoreFailures, CommitError> {
+    fn wait_answer(
+        &self,
+        epoch: usize,
+        cancel: &AtomicBool,
+        lease: &Lease,
+        group: &dyn InputGroup,
+    ) -> Result<StoreFailures, CommitError> {
         let mut confirm_failed_at: Option<Instant> = None;
+        let mut wanted_since: Option<Instant> = None;
         loop {
             match self.done.recv_timeout(WAIT_STEP) {
                 Ok((answered, result)) if answered == epoch => return result,
@@ -161,8 +171,22 @@ impl Saver {
                     return Err(CommitError::Thread("the save thread has stopped".into()));
                 }
             }
+            if !lease.is_wanted() {
+                wanted_since = None;
+                continue;
+            }
+            // Nobody else can renew it meanwhile: past a short wait, the
+            // commit is given up (what it did not write is redone by
+            // whoever holds the partitions next).
+            if wanted_since.get_or_insert_with(Instant::now).elapsed() >= WAIT_FOR_LEASE {
+                cancel.store(true, Ordering::SeqCst);
+                while self.answer(epoch).is_none() && !self.is_gone() {
+                    std::thread::sleep(WAIT_STEP);
+                }
+                return Err(CommitError::Unconfirmed(lease.term()));
+            }
             let retry = confirm_failed_at.is_none_or(|at| at.elapsed() >= CONFIRM_RETRY);
-            if lease.is_wanted() && retry {
+            if retry {
                 let sent = Instant::now();
                 match group.confirm_membership() {
                     Ok(()) => lease.renew(sent),
@@ -215,7 +239,7 @@ impl AtLeastOnce {
             let Some(f) = &self.in_flight else { return Ok(None) };
             if f.saving {
                 let result = if wait {
-                    Some(self.saver.wait_answer(f.epoch, &self.lease, group))
+                    Some(self.saver.wait_answer(f.epoch, &f.cancel, &self.lease, group))
                 } else {
                     self.saver.answer(f.epoch)
                 };
@@ -407,7 +431,8 @@ fn save(producer: &Producer, lease: &Lease, job: SaveJob) -> Result<StoreFailure
         None => return Err(CommitError::Abandoned),
         Some(delivered) => delivered.map_err(CommitError::Delivery)?,
     };
-    if !allowed() {
+    let writes = job.work.iter().any(|w| w.store.is_some() && (!w.batch.is_empty() || !w.changelog.is_empty()));
+    if writes && !allowed() {
         return Err(stopped(&job.cancel));
     }
     let batches = job.work.into_iter().filter_map(|w| Some((w.partition, w.store?, w.batch)));

@@ -41,6 +41,9 @@ use crate::time::now_ms;
 
 /// How long one flush or transaction step may take before the commit fails.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a commit that is waited for (a rebalance, shutdown) asks the
+/// coordinator to confirm the membership, at most.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Under `at_least_once`, how often decided outcomes are sent, at most:
 /// often enough that an outcome does not wait for the commit interval, and
@@ -125,7 +128,8 @@ impl<C: ConsumerContext> InputGroup for BaseConsumer<C> {
     }
 
     fn confirm_membership(&self) -> KafkaResult<()> {
-        let committed = self.committed(COMMIT_TIMEOUT)?;
+        // A coordinator that does not answer this within the second would not take the commit either.
+        let committed = self.committed(CONFIRM_TIMEOUT)?;
         let mut again = TopicPartitionList::new();
         for e in committed.elements() {
             if let Offset::Offset(o) = e.offset() {

@@ -8,9 +8,9 @@
 //! waited (below half the bound) it resumes them.
 //!
 //! With this bound, a process takes at most about `state.memory_bytes`
-//! (RocksDB) plus twice `state.max_pending_bytes` (what waits, and the
-//! commit in flight's encoded copy) plus librdkafka's queues, which junction
-//! bounds by default (see the README, "Memory").
+//! (RocksDB) plus twice `state.max_pending_bytes` plus librdkafka's queues,
+//! which junction bounds by default, plus what the README's "Memory" counts
+//! for the rest (`tests/memory.rs` checks the sum).
 
 use tracing::info;
 

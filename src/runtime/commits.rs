@@ -60,26 +60,17 @@ impl Commits {
     /// Asks the group coordinator whether this instance is still a member,
     /// when a writer waits for the lease and no commit is on its way: it
     /// commits again offsets already committed, which the coordinator
-    /// accepts only from a member of the current generation. An error: the
-    /// commit could not be sent (the lease stays as it was).
+    /// accepts only from a member of the current generation; the answer
+    /// comes at a later poll. Nothing is sent while no partition has read
+    /// anything since its assignment (the assignment itself renewed the
+    /// lease then). Never blocks.
     pub fn confirm_membership<C: ConsumerContext>(&mut self, partitions: &mut Partitions, consumer: &BaseConsumer<C>) {
         if !self.lease.is_wanted() || self.lease.is_renewing() {
             return;
         }
-        let mut offsets = partitions.last_committed();
+        let offsets = partitions.last_committed();
         if offsets.count() == 0 {
-            // Nothing read since the assignment: the group's own offset of one partition held.
-            let topic = self.config.kafka.repartition_topic();
-            let Some(&home) = partitions.held().first() else { return };
-            match clients::committed_offset(&self.config.kafka, consumer, &topic, home) {
-                Ok(offset) => {
-                    let _ = offsets.add_partition_offset(&topic, home, rdkafka::Offset::Offset(offset));
-                }
-                Err(e) => {
-                    warn!(error = %e, "cannot read a committed offset to confirm the group membership with");
-                    return;
-                }
-            }
+            return;
         }
         self.lease.commit_sent();
         if let Err(e) = answered_commit::commit(consumer, &offsets) {

@@ -77,8 +77,8 @@ pub struct CachedStore {
 
 /// What a state takes before any was staged, and besides its encoding
 /// (its map entry, its decoded form's allocations).
-const STATE_BYTES_GUESS: usize = 512;
-const STATE_OVERHEAD_BYTES: usize = 160;
+const STATE_BYTES_GUESS: usize = 768;
+const STATE_OVERHEAD_BYTES: usize = 400;
 
 /// What a commit saves of one store: its changelog records, and the batch
 /// that writes the same states (and their timers) to the store once the
@@ -220,8 +220,9 @@ impl CachedStore {
             }
             self.pending.insert(id, state);
         }
-        // Decoded, a state takes about twice its encoding; the staged copy adds one more.
-        if let Some(each) = (3 * encoded_bytes).checked_div(staged) {
+        // Decoded, a state takes about three times its encoding (its map
+        // entry, strings and vectors, measured); the staged copy, one more.
+        if let Some(each) = (4 * encoded_bytes).checked_div(staged) {
             self.state_bytes = (3 * self.state_bytes + each + STATE_OVERHEAD_BYTES) / 4;
         }
         changes
