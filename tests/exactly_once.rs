@@ -16,6 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::TopicPartitionList;
 use serde_json::Value;
 
 fn exactly_once(broker: &Broker, partitions: i32) -> Setup {
@@ -421,6 +423,76 @@ fn a_successor_waits_for_its_predecessors_open_transaction_before_it_trusts_its_
 }
 
 /// Whether a changelog record is a workflow's state (not the clock's or a definition's).
+/// Freezes `a` in a transaction that holds the group's input offsets: one
+/// open on the output topic whose offsets the group coordinator will not
+/// give out (a `read_committed` client asks with `require_stable`). A
+/// freeze after the transaction's records but before its offsets joined it
+/// is tried again.
+fn freeze_holding_the_offsets(a: &Junction, broker: &Broker, setup: &Setup) {
+    let asker: BaseConsumer = broker
+        .client_config()
+        .set("group.id", &setup.app)
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    let repartition = format!("{}-repartition", setup.app);
+    for _ in 0..20 {
+        freeze_in_open_transaction(a, broker, &setup.output);
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..setup.partitions {
+            tpl.add_partition(&repartition, p);
+            tpl.add_partition(&setup.input, p);
+        }
+        if asker.committed_offsets(tpl, Duration::from_secs(3)).is_err() {
+            return;
+        }
+        a.thaw();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("no freeze caught a transaction holding the group's offsets in 20 tries");
+}
+
 fn is_state(key: Option<&[u8]>) -> bool {
     junction::state::ChangelogKey::reserved(key.unwrap_or_default()).is_none()
+}
+
+/// Opening a partition runs off the stream thread, and an error there stops
+/// only that partition, as a failing store does. Here the previous owner's
+/// transaction holds the group's offsets longer than the successor waits for
+/// them (the predecessor's `transaction.timeout.ms` is 5 minutes, the
+/// successor waits its own 10 s and the broker's sweep): the successor stops
+/// those partitions, stays up, tries them again, and takes them once the
+/// predecessor, restarted, has aborted its transaction.
+#[test]
+fn a_partition_whose_offsets_stay_held_stops_alone_and_is_taken_once_they_are_free() {
+    let broker = Arc::new(Broker::kafka());
+    let setup = exactly_once(&broker, 2);
+    let work = tempfile::tempdir().unwrap();
+    let long = [("JUNCTION_KAFKA_PROPERTY_TRANSACTION_TIMEOUT_MS", "300000")];
+    let mut a = Junction::start_with_env(&setup, work.path(), "a", &long);
+    a.wait_ready();
+    let load = Load::start(&broker, &setup.input, "held");
+    broker.reader(&setup.output).read_until("outcomes under load", |r| r.len() >= 300);
+    freeze_holding_the_offsets(&a, &broker, &setup);
+    a.kill();
+
+    let mut b = Junction::start(&setup, work.path(), "b");
+    wait_until("b to stop a partition whose offsets stay held", || {
+        b.logs().contains("its committed offsets are still held by an open transaction")
+    });
+    assert!(b.is_running(), "the others go on: b stays up\n{}", b.logs());
+    let (status, body) = b.get("/readyz").unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("still held by an open transaction"), "/readyz names it: {body}");
+
+    // a comes back on its state directory: its producer aborts the transaction.
+    a.start_again();
+    a.wait_ready();
+    b.wait_ready();
+    std::thread::sleep(Duration::from_secs(2));
+    let (workflows, bad) = load.finish();
+    assert_exactly_once(&broker, &setup, "held", workflows, bad);
+    assert_no_panic(&a, "a");
+    assert_no_panic(&b, "b");
 }

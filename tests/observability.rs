@@ -199,3 +199,36 @@ fn no_secret_from_the_client_properties_appears_in_logs_or_metrics() {
     assert!(!logs.contains(secret), "the password is in the log");
     assert!(!metrics.contains(secret), "the password is in the metrics");
 }
+
+/// `junction_outcomes_total` counts outcomes once their commit is done, so
+/// commits that fail (here the changelog refuses every batch of states for
+/// a while, under `at_least_once`, where outcomes go out before the commit)
+/// and are redone count each outcome once.
+#[test]
+fn outcomes_are_counted_when_committed_not_when_sent() {
+    let broker = std::sync::Arc::new(common::Broker::start_with(common::Storage::Memory));
+    if !broker.has_transactions() {
+        return; // Nisshi does not take topic settings.
+    }
+    let setup = Setup::new(&broker, 2);
+    let work = tempfile::tempdir().unwrap();
+    let mut junction = Junction::start(&setup, work.path(), "j");
+    junction.wait_ready();
+    let changelog = format!("{}-state-changelog", setup.app);
+    broker.set_topic_config(&changelog, "max.message.bytes", "128");
+    broker.produce_events(&setup.input, &complete_orders("counted", 200));
+    wait_until("commits to fail", || junction.metric("junction_commits_total", "result=\"failed\"") >= 3.0);
+    broker.set_topic_config(&changelog, "max.message.bytes", "1048588");
+    wait_until("every outcome committed", || {
+        let records = common::read_to_end(&broker, &setup.output, "read_committed");
+        common::by_workflow(&records).len() >= 200
+            && junction.metric("junction_commits_total", "result=\"ok\"") > 0.0
+            && junction.metric("junction_pending_bytes", "") == 0.0
+    });
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let published = common::read_to_end(&broker, &setup.output, "read_committed").len();
+    let counted = junction.metric("junction_outcomes_total", "");
+    println!("outcomes: 200 workflows, {published} records published (repeats of failed commits included), {counted} counted");
+    assert!(published > 200, "the failed commits' outcomes went out, and again after them");
+    assert_eq!(counted, 200.0, "each outcome counted once, when its commit was done");
+}

@@ -83,3 +83,72 @@ fn too_large_for_the_output_topic(guarantee: &'static str) {
         records.len()
     );
 }
+
+#[test]
+fn outcomes_the_output_topic_refuses_by_its_acls_go_to_the_dead_letter_topic_at_least_once() {
+    refused_by_acls("at_least_once");
+}
+
+#[test]
+fn outcomes_the_output_topic_refuses_by_its_acls_go_to_the_dead_letter_topic_exactly_once() {
+    refused_by_acls("exactly_once");
+}
+
+/// The output topic's ACLs deny junction's user the right to write, while
+/// it may do everything else: every outcome goes to the dead-letter topic
+/// (`outcome_refused`, the outcome as the value), the dead letters of bad
+/// input go there as usual, and junction goes on.
+fn refused_by_acls(guarantee: &'static str) {
+    let broker = Broker::start_secure_with(&[
+        "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        // The broker's own connections (plaintext, the controller) are anonymous.
+        "super.users=User:ANONYMOUS",
+    ]);
+    let mut setup = Setup::named(&broker, 2);
+    setup.guarantee = guarantee;
+    broker.add_acls(&[
+        "ALLOW:TOPIC:*:ALL",
+        "ALLOW:GROUP:*:ALL",
+        "ALLOW:TRANSACTIONAL_ID:*:ALL",
+        "ALLOW:CLUSTER:kafka-cluster:ALL",
+        &format!("DENY:TOPIC:{}:WRITE", setup.output),
+    ]);
+    broker.create_topic(&setup.input, 2);
+    let work = tempfile::tempdir().unwrap();
+    let mut junction = Junction::start(&setup, work.path(), "j");
+    junction.wait_ready();
+
+    let ids: Vec<String> = (0..20).map(|i| format!("denied-{i}")).collect();
+    let events: Vec<Value> = ids
+        .iter()
+        .flat_map(|id| ["payment", "inventory", "fraud_check"].map(|s| event(id, "order", s, "succeeded", None)))
+        .collect();
+    broker.produce_events(&setup.input, &events);
+    broker.produce(&setup.input, &[(Some(b"bad".to_vec()), Some(b"{not json".to_vec()))]);
+
+    let mut dead = broker.reader(&setup.dead_letters);
+    let refused = |r: &[Record]| r.iter().filter(|d| d.header("junction.error") == "outcome_refused").count();
+    dead.read_until("every outcome on the dead-letter topic", |r| refused(r) >= ids.len());
+    let records = dead.read_for(Duration::from_secs(2)).to_vec();
+    let outcomes: Vec<&Record> = records.iter().filter(|d| d.header("junction.error") == "outcome_refused").collect();
+    let distinct: std::collections::HashSet<&str> = outcomes.iter().map(|d| d.header("junction.outcome.id")).collect();
+    assert_eq!(distinct.len(), ids.len(), "every outcome, on the dead-letter topic");
+    for d in &outcomes {
+        assert_eq!(d.json()["outcome"], "completed", "the value is the outcome record");
+        assert!(d.header("junction.error.detail").contains("refuse"), "{d:?}");
+    }
+    if guarantee == "exactly_once" {
+        assert_eq!(outcomes.len(), ids.len(), "a read_committed reader sees each once");
+    }
+    assert!(records.iter().any(|d| d.header("junction.error") == "not_json"), "bad input still dead-lettered");
+    assert!(read_to_end(&broker, &setup.output, "read_committed").is_empty(), "nothing on the output topic");
+    assert!(junction.is_running(), "junction goes on");
+    assert!(!junction.logs().contains("panicked"));
+    println!(
+        "refusals ({guarantee}): {} workflows; the output topic's ACLs refuse junction: {} outcome records on the \
+         dead-letter topic ({} distinct)",
+        ids.len(),
+        outcomes.len(),
+        distinct.len()
+    );
+}

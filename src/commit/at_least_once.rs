@@ -244,6 +244,8 @@ impl AtLeastOnce {
                     self.saver.answer(f.epoch)
                 };
                 let Some(result) = result else { return Ok(None) };
+                // Answered: the save thread is done with this commit, whatever the answer.
+                self.in_flight.as_mut().expect("in flight").saving = false;
                 let failed = result?;
                 let f = self.in_flight.take().expect("in flight");
                 // A partition whose state was not saved keeps its offset where it was.

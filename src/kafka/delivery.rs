@@ -8,9 +8,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{DeliveryResult, ProducerContext};
+use tracing::{debug, error, info, warn};
 
 use crate::kafka::limits::TopicLimits;
 use crate::kafka::refusals::Refusals;
@@ -109,7 +111,41 @@ impl DeliveryTracker {
     }
 }
 
-impl ClientContext for DeliveryTracker {}
+impl ClientContext for DeliveryTracker {
+    /// librdkafka's log, as every client's goes; besides, a transaction
+    /// coordinator that refuses to add a topic's partitions to a transaction
+    /// says which topic only here (the records themselves are then purged,
+    /// not refused): see [`Refusals::topic_refused`].
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+                error!(target: "librdkafka", "librdkafka: {fac} {message}")
+            }
+            RDKafkaLogLevel::Warning => warn!(target: "librdkafka", "librdkafka: {fac} {message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                info!(target: "librdkafka", "librdkafka: {fac} {message}")
+            }
+            RDKafkaLogLevel::Debug => debug!(target: "librdkafka", "librdkafka: {fac} {message}"),
+        }
+        if fac == "ADDPARTS" {
+            if let Some(topic) = refused_by_coordinator(message) {
+                self.refusals.topic_refused(topic, message);
+            }
+        }
+    }
+}
+
+/// The topic of a transaction coordinator's refusal to add its partitions
+/// to a transaction for lack of the right to write it, as librdkafka logs
+/// it: `Failed to add partition "<topic>" [<n>] to transaction: Broker:
+/// Topic authorization failed`.
+fn refused_by_coordinator(message: &str) -> Option<&str> {
+    if !message.contains("Topic authorization failed") {
+        return None;
+    }
+    let rest = message.split("Failed to add partition \"").nth(1)?;
+    rest.split('"').next()
+}
 
 impl ProducerContext for DeliveryTracker {
     type DeliveryOpaque = usize;
@@ -132,5 +168,19 @@ impl ProducerContext for DeliveryTracker {
         }
         // Last: once nothing is in flight, everything delivered is recorded.
         self.in_flight[epoch % EPOCH_SLOTS].fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_topic_the_transaction_coordinator_refuses_is_read_from_its_log_line() {
+        let line = "TxnCoordinator/1: Failed to add partition \"app-out\" [0] to transaction: Broker: Topic authorization failed";
+        assert_eq!(refused_by_coordinator(line), Some("app-out"));
+        let other =
+            "TxnCoordinator/1: Failed to add partition \"app-dlq\" [0] to transaction: Broker: Operation not attempted";
+        assert_eq!(refused_by_coordinator(other), None);
     }
 }

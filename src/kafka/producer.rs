@@ -133,7 +133,14 @@ impl Producer {
                 value.clear();
                 o.write_json_with(&mut value, false);
             }
-            let mut to_dead_letters = self.refusals.remedy(&id).map(|Remedy::DeadLetter { detail }| detail);
+            let mut to_dead_letters =
+                self.refusals.remedy(&id).map(|Remedy::DeadLetter { detail }| detail).or_else(|| {
+                    let why = self.refusals.output_refused()?;
+                    Some(format!(
+                        "the output topic {} refuses junction's writes ({why}); here is the outcome",
+                        self.output_topic
+                    ))
+                });
             let detail_bytes = truncated.as_ref().map_or(0, String::len);
             if to_dead_letters.is_none()
                 && !self.limits.fits(Topic::Output, key.len(), value.len() + detail_bytes, &base)

@@ -13,9 +13,11 @@
 //!   for size all the same (a limit lowered while junction runs) has the
 //!   limits read again before the commit is redone;
 //! - an outcome the output topic refuses for another lasting reason goes,
-//!   when the commit is redone (under `exactly_once` the refusal doomed its
-//!   transaction; under `at_least_once` the commit failed), to the
-//!   dead-letter topic, reason `outcome_refused`;
+//!   when the commit is redone (under `at_least_once` the commit failed), to
+//!   the dead-letter topic, reason `outcome_refused`. Under `exactly_once`
+//!   the transaction coordinator refuses the whole topic before any record
+//!   reaches it (its ACLs): every outcome goes to the dead-letter topic for
+//!   a minute, and the output topic is tried again after it;
 //! - an outcome that no topic takes has nowhere to go: its workflow's home
 //!   partition stops ([`Refusals::take_unplaceable`]), as a failing store
 //!   stops its partition, and is tried again after a pause.
@@ -26,6 +28,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
@@ -34,6 +37,10 @@ use tracing::{error, warn};
 
 use crate::kafka::limits::TopicLimits;
 use crate::names;
+
+/// How long outcomes go to the dead-letter topic after the output topic
+/// was refused as a whole, before it is tried again.
+const OUTPUT_RETRY: Duration = Duration::from_secs(60);
 
 /// What is sent instead of an outcome refused for good.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +61,9 @@ pub struct Refusals {
     dead_letter_topic: String,
     /// By outcome ID (`junction.outcome.id`).
     remedies: Mutex<HashMap<String, Remedy>>,
+    /// Topics a transaction coordinator refused to add to a transaction
+    /// (no right to write them), since when, and its words.
+    refused_topics: Mutex<HashMap<String, (Instant, String)>>,
     /// Whether `remedies` has any: checked first, so that the usual record costs no lock.
     any: AtomicBool,
     unplaceable: Mutex<Vec<Unplaceable>>,
@@ -87,6 +97,7 @@ impl Refusals {
             output_topic: output_topic.to_string(),
             dead_letter_topic: dead_letter_topic.to_string(),
             remedies: Mutex::new(HashMap::new()),
+            refused_topics: Mutex::new(HashMap::new()),
             any: AtomicBool::new(false),
             unplaceable: Mutex::new(Vec::new()),
         }
@@ -108,7 +119,8 @@ impl Refusals {
         let Some(id) = self.outcome_of(m) else { return };
         let mut remedies = self.remedies.lock().expect("refusals lock");
         remedies.remove(&id);
-        self.any.store(!remedies.is_empty(), Ordering::Relaxed);
+        let topics = !self.refused_topics.lock().expect("refusals lock").is_empty();
+        self.any.store(!remedies.is_empty() || topics, Ordering::Relaxed);
     }
 
     /// The broker refused `m` with `e`. When that is lasting, the record's
@@ -149,6 +161,43 @@ impl Refusals {
             workflow_id,
             format!("outcome {id} is refused by the output topic and by the dead-letter topic {topic} ({e})"),
         );
+    }
+
+    /// A transaction coordinator refused to add `topic` to a transaction:
+    /// junction may not write it. Under `exactly_once` that is all that is
+    /// said of it (the records are purged with the transaction, not
+    /// refused), so outcomes go to the dead-letter topic as a whole for a
+    /// while ([`Refusals::output_refused`]), and the output topic is tried
+    /// again after it.
+    pub fn topic_refused(&self, topic: &str, why: &str) {
+        if topic != self.output_topic {
+            return;
+        }
+        let mut refused = self.refused_topics.lock().expect("refusals lock");
+        if refused.insert(topic.to_string(), (Instant::now(), why.to_string())).is_none() {
+            warn!(
+                topic,
+                retry_in_s = OUTPUT_RETRY.as_secs(),
+                "the output topic refuses junction's writes (its ACLs): outcomes go to the dead-letter topic \
+                 (outcome_refused) until it takes them again"
+            );
+        }
+        self.any.store(true, Ordering::Relaxed);
+    }
+
+    /// Why the output topic refuses junction's writes as a whole, while it
+    /// does: outcomes go to the dead-letter topic meanwhile.
+    pub fn output_refused(&self) -> Option<String> {
+        if !self.any.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut refused = self.refused_topics.lock().expect("refusals lock");
+        let (since, why) = refused.get(&self.output_topic)?;
+        if since.elapsed() > OUTPUT_RETRY {
+            refused.remove(&self.output_topic);
+            return None;
+        }
+        Some(why.clone())
     }
 
     /// An outcome no topic takes: its partition must stop.

@@ -27,6 +27,8 @@ use crate::kafka::clients;
 const TRANSACTION_SWEEP: Duration = Duration::from_secs(20);
 /// The pause before asking again after an error.
 const RETRY: Duration = Duration::from_millis(100);
+/// How long one request for the offsets may wait for them to be stable.
+const ASK_TURN: Duration = Duration::from_secs(1);
 
 /// The client that asks the group coordinator, and how long it waits.
 pub struct StableOffsets {
@@ -57,7 +59,9 @@ impl StableOffsets {
         let deadline = Instant::now() + self.timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let error = match self.client.committed_offsets(tpl.clone(), left.max(RETRY)) {
+            // Asked in short turns, so that a cancelled wait (the partition
+            // revoked, shutdown) ends within one.
+            let error = match self.client.committed_offsets(tpl.clone(), left.min(ASK_TURN).max(RETRY)) {
                 Ok(committed) => match committed.elements().iter().find_map(|e| e.error().err()) {
                     None => return Some(Ok(committed)),
                     Some(e) => e,

@@ -119,6 +119,31 @@ pub enum Storage {
     Durable,
 }
 
+/// A Java program that adds ACLs for `User:junction` with Kafka's admin client.
+const ACLS_JAVA: &str = r#"
+import java.util.*;
+import org.apache.kafka.clients.admin.Admin;
+import org.apache.kafka.common.acl.*;
+import org.apache.kafka.common.resource.*;
+
+public class Acls {
+    public static void main(String[] args) throws Exception {
+        Properties props = new Properties();
+        props.put("bootstrap.servers", args[0]);
+        List<AclBinding> bindings = new ArrayList<>();
+        for (int i = 1; i < args.length; i++) {
+            String[] f = args[i].split(":");
+            bindings.add(new AclBinding(
+                new ResourcePattern(ResourceType.valueOf(f[1]), f[2], PatternType.LITERAL),
+                new AccessControlEntry("User:junction", "*", AclOperation.valueOf(f[3]), AclPermissionType.valueOf(f[0]))));
+        }
+        try (Admin admin = Admin.create(props)) {
+            admin.createAcls(bindings).all().get();
+        }
+    }
+}
+"#;
+
 /// The password of the SCRAM user of a secure broker: tests check that it never leaks.
 pub const SECRET_PASSWORD: &str = "s3cret-Pa55word-never-logged";
 
@@ -150,6 +175,10 @@ pub struct Broker {
     settings: Vec<String>,
     /// Formats the broker with this SCRAM user (`SCRAM-SHA-256=[name=…,password=…]`).
     scram: Option<String>,
+    /// A secure broker's plaintext listener, for the broker's own
+    /// connections (its principal, `User:ANONYMOUS`, is a super user when an
+    /// authorizer is configured).
+    pub internal_bootstrap: Option<String>,
     /// The client properties every client of this broker needs (security).
     pub properties: Vec<(String, String)>,
     runtime: tokio::runtime::Runtime,
@@ -188,6 +217,7 @@ impl Broker {
             storage,
             settings: settings.iter().map(|s| s.to_string()).collect(),
             scram: None,
+            internal_bootstrap: None,
             properties: Vec::new(),
             runtime: tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
         };
@@ -199,6 +229,13 @@ impl Broker {
     /// self-signed certificate made here) and requires SASL/SCRAM-SHA-256 as
     /// user `junction` with [`SECRET_PASSWORD`].
     pub fn start_secure() -> Broker {
+        Broker::start_secure_with(&[])
+    }
+
+    /// [`Broker::start_secure`] with more broker settings (`KEY=VALUE`).
+    /// Its plaintext listener, for the broker's own connections, is
+    /// [`Broker::internal_bootstrap`].
+    pub fn start_secure_with(more: &[&str]) -> Broker {
         let dir = tempfile::tempdir().unwrap();
         let made = Command::new("openssl")
             .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost"])
@@ -219,7 +256,10 @@ impl Broker {
             "listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;".to_string(),
             "ssl.keystore.type=PEM".to_string(),
             format!("ssl.keystore.location={}", dir.path().join("keystore.pem").display()),
-        ];
+        ]
+        .into_iter()
+        .chain(more.iter().map(|s| s.to_string()))
+        .collect();
         let mut b = Broker {
             child: None,
             kind: Kind::Kafka,
@@ -239,6 +279,7 @@ impl Broker {
             dir,
             storage: Storage::Durable,
             settings,
+            internal_bootstrap: Some(format!("127.0.0.1:{internal}")),
             scram: Some(format!("SCRAM-SHA-256=[name=junction,password={SECRET_PASSWORD}]")),
             runtime: tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
         };
@@ -317,6 +358,19 @@ impl Broker {
     /// SIGCONT: a frozen broker goes on where it stopped.
     pub fn thaw(&self) {
         signal(self.pid().expect("the broker is running"), "-CONT");
+    }
+
+    /// Adds ACLs for the user `junction` through the plaintext listener of
+    /// a secure broker, with Kafka's own admin client (a Java source file run
+    /// by `java`, with the broker's jars): each `ALLOW|DENY:RESOURCE:NAME:OPERATION`.
+    pub fn add_acls(&self, acls: &[&str]) {
+        let bootstrap = self.internal_bootstrap.as_ref().expect("a secure broker");
+        let source = self.dir.path().join("Acls.java");
+        std::fs::write(&source, ACLS_JAVA).unwrap();
+        let libs =
+            format!("{}/libs/*", std::env::var("JUNCTION_BROKER_HOME").expect("JUNCTION_BROKER_HOME (scripts/env.sh)"));
+        let out = Command::new("java").args(["-cp", &libs]).arg(&source).arg(bootstrap).args(acls).output().unwrap();
+        assert!(out.status.success(), "adding ACLs: {}", String::from_utf8_lossy(&out.stderr));
     }
 
     /// Whether this broker has transactions (Nisshi has none).
@@ -891,6 +945,14 @@ steps = ["request", "callback"]
 deadline = "2s"
 "#;
 
+/// The junction binary the tests and benchmarks run: this build's, or, for a
+/// benchmark comparing two builds in the same hour, the one named by
+/// `JUNCTION_BENCH_BINARY` (a copy of another build's).
+pub fn junction_binary() -> PathBuf {
+    std::env::var_os("JUNCTION_BENCH_BINARY")
+        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_junction")), PathBuf::from)
+}
+
 /// A running `junction run` process, killed when dropped.
 pub struct Junction {
     child: Option<Child>,
@@ -958,11 +1020,7 @@ impl Junction {
 
     /// `junction validate` of this instance's configuration: its exit code and its output.
     pub fn validate(&self) -> (Option<i32>, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_junction"))
-            .args(["validate", "--config"])
-            .arg(&self.config)
-            .output()
-            .unwrap();
+        let out = Command::new(junction_binary()).args(["validate", "--config"]).arg(&self.config).output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
         (out.status.code(), text)
     }
@@ -970,11 +1028,11 @@ impl Junction {
     fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let mut command = match &self.host {
-            None => Command::new(env!("CARGO_BIN_EXE_junction")),
+            None => Command::new(junction_binary()),
             // unshare and sh both exec: the child's PID is junction's.
             Some(host) => {
                 let mut c = Command::new("unshare");
-                c.args(["--uts", "sh", "-c", "hostname \"$0\" && exec \"$@\"", host, env!("CARGO_BIN_EXE_junction")]);
+                c.args(["--uts", "sh", "-c", "hostname \"$0\" && exec \"$@\"", host]).arg(junction_binary());
                 c
             }
         };
