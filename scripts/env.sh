@@ -11,3 +11,6 @@ export JUNCTION_BROKER_HOME="${JUNCTION_BROKER_HOME:-$JUNCTION_CACHE/tools/kafka
 # Nisshi, the second broker: Kafka-compatible, without transactions.
 export JUNCTION_NISSHI="${JUNCTION_NISSHI:-$JUNCTION_CACHE/tools/bin/nisshi}"
 NISSHI_VERSION=0.8.1
+# The benchmark's Kafka Streams peer (benches/peers/kafka-streams), built by
+# scripts/setup.sh: its classes and its dependencies' jars.
+export JUNCTION_PEER_BUILD="${JUNCTION_PEER_BUILD:-$JUNCTION_CACHE/peer/kafka-streams}"

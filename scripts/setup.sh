@@ -9,6 +9,9 @@
 #   when `java` 17 or newer is missing, and Maven when `mvn` is;
 # - Apache Kafka's jars, through Maven from scripts/kafka/pom.xml, into the
 #   cache directory, with a formatted template of a single-node broker's data;
+# - the benchmark's Kafka Streams peer (benches/peers/kafka-streams), built
+#   by Maven into the cache whenever its sources change (the tests run the
+#   benchmark small, peer included);
 # - and, for the tests only: Prometheus and promtool (the observability
 #   tests), and the Nisshi broker, compiled into the cache (about 15 minutes,
 #   the first time).
@@ -62,6 +65,19 @@ PROPERTIES
         kafka.tools.StorageTool format --config "$template/server.properties" --cluster-id "$cluster_id" \
         >"$template/format.log" 2>&1 || { cat "$template/format.log"; exit 1; }
     echo "$cluster_id" >"$template/cluster-id"
+fi
+
+# The Kafka Streams peer, built again when its sources change.
+peer_sources=benches/peers/kafka-streams
+peer_stamp="$KAFKA_VERSION $(find "$peer_sources" -type f -not -path '*/target/*' | sort | xargs cat | sha256sum | cut -c1-16)"
+if [ "$(cat "$JUNCTION_PEER_BUILD/stamp" 2>/dev/null)" != "$peer_stamp" ]; then
+    echo "setup: building the Kafka Streams peer into $JUNCTION_PEER_BUILD (through Maven)"
+    rm -rf "$JUNCTION_PEER_BUILD"
+    mkdir -p "$JUNCTION_PEER_BUILD"
+    mvn -B -f "$peer_sources/pom.xml" -Dkafka.version="$KAFKA_VERSION" -Dpeer.build="$JUNCTION_PEER_BUILD" \
+        -Dmaven.repo.local="$JUNCTION_CACHE/m2" package >"$JUNCTION_PEER_BUILD.log" 2>&1 \
+        || { cat "$JUNCTION_PEER_BUILD.log"; exit 1; }
+    echo "$peer_stamp" >"$JUNCTION_PEER_BUILD/stamp"
 fi
 
 # cargo install records what it installed in the root's .crates.toml.
