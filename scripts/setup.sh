@@ -12,7 +12,8 @@
 # - the benchmark's Kafka Streams peer (benches/peers/kafka-streams), built
 #   by Maven into the cache whenever its sources change (the tests run the
 #   benchmark small, peer included);
-# - and, for the tests only: Prometheus and promtool (the observability
+# - and, for the tests only: gdb (stalls a stream thread in tests/lost.rs),
+#   Prometheus and promtool (the observability
 #   tests), and the Nisshi broker, compiled into the cache (about 15 minutes,
 #   the first time).
 set -euo pipefail
@@ -28,7 +29,7 @@ java_major() {
 
 need_apt=()
 packages=(libclang-dev build-essential pkg-config curl libssl-dev openssl)
-[ "$what" = all ] && packages+=(prometheus)
+[ "$what" = all ] && packages+=(prometheus gdb)
 for pkg in "${packages[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done

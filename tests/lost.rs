@@ -89,3 +89,63 @@ fn frozen_past_its_session(guarantee: &'static str) {
         FREEZE.as_secs()
     );
 }
+
+/// A member whose stream thread is stuck while its group rebalances. The
+/// rebalance waits for the stream thread to take its callback; meanwhile
+/// `max.poll.interval.ms` passes, librdkafka resets the member ID but skips
+/// its "lost" callback (it does in a rebalance), and the session ends: the
+/// group gives the partitions to the others, which decide and commit their
+/// records. When the stream thread goes on, the instance joins again under
+/// a new member ID, still holding its old partitions: going on from its own
+/// stores and positions, its commits, accepted again once it is a member,
+/// would decide their records a second time (seen in the chaos test under
+/// `exactly_once`). Afterwards a `read_committed` reader sees each
+/// workflow's outcome once, and `a` says it gave its partitions up.
+#[test]
+fn a_stream_thread_stuck_while_its_group_rebalances_decides_nothing_twice() {
+    const HOMES: i32 = 6;
+    let broker = Arc::new(Broker::kafka());
+    let mut setup = Setup::new(&broker, HOMES);
+    setup.guarantee = "exactly_once";
+    // The least librdkafka takes with the tests' 6 s session.
+    setup.properties.push(("max.poll.interval.ms".into(), "7000".into()));
+    let work = tempfile::tempdir().unwrap();
+    let (mut a, mut b) = Junction::start_two(&setup, work.path());
+    let load = Load::start(&broker, &setup.input, "stuck");
+    broker.reader(&setup.output).read_until("outcomes under load", |r| r.len() >= 1_000);
+    let held_by_a = a.assigned();
+    let stall = a.stall_stream_thread(Duration::from_secs(20));
+    // c's arrival starts a rebalance that a's stream thread cannot take part in.
+    let mut c = Junction::start(&setup, work.path(), "c");
+    wait_until("b and c to hold every partition", || b.assigned().len() + c.assigned().len() == HOMES as usize);
+    let seen = broker.reader(&setup.output).read_for(Duration::from_millis(500)).len();
+    broker.reader(&setup.output).read_until("b's and c's outcomes", |r| r.len() >= seen + 500);
+    let mut stall = stall;
+    stall.wait().unwrap();
+    wait_until("every partition held once again", || {
+        let held: Vec<i32> = [&a, &b, &c].into_iter().flat_map(Junction::assigned).collect();
+        let mut unique = held.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        held.len() == HOMES as usize && unique.len() == HOMES as usize
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let (workflows, _) = load.finish();
+
+    let mut output = broker.reader(&setup.output);
+    output.read_until("every outcome", |r| by_workflow(r).len() >= workflows);
+    let records = output.read_for(Duration::from_secs(3)).to_vec();
+    let log = a.logs();
+    let repeats = assert_one_outcome_each(&records, workflows);
+    assert_eq!(repeats, 0, "a read_committed reader saw repeated outcomes; a's log:\n{log}");
+    assert!(log.contains("partitions lost"), "a gives up the partitions {held_by_a:?}:\n{log}");
+    for j in [&mut a, &mut b, &mut c] {
+        assert!(!j.logs().contains("panicked"), "a panic:\n{}", j.logs());
+        assert!(j.terminate(), "exits 0 on SIGTERM");
+    }
+    println!(
+        "stuck while rebalancing: {workflows} workflows, {} outcome records, no repeat; a held {held_by_a:?} \
+         and gave them up",
+        records.len()
+    );
+}

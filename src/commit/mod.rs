@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata};
-use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::{Config, Guarantee};
@@ -182,6 +182,17 @@ impl CommitError {
     /// Whether the producer must be replaced before the next commit.
     pub fn needs_new_producer(&self) -> bool {
         matches!(self, CommitError::Fatal(_) | CommitError::Fenced { .. })
+    }
+
+    /// Whether the group coordinator refused the commit's offsets as from
+    /// a member it no longer knows (see [`crate::runtime::membership`]):
+    /// the partitions may be someone else's now.
+    pub fn refused_membership(&self) -> bool {
+        let e = match self {
+            CommitError::Aborted(e) | CommitError::Fatal(e) | CommitError::Offsets(e) => e,
+            _ => return false,
+        };
+        matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::UnknownMemberId | RDKafkaErrorCode::FencedInstanceId))
     }
 }
 

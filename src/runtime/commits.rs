@@ -28,6 +28,9 @@ pub struct Commits {
     transactional_id: String,
     /// Set once the stream thread cannot go on: nothing is committed after that.
     halted: bool,
+    /// Set when the group coordinator refused a commit as from a member it
+    /// does not know (see [`crate::runtime::membership`]).
+    refused_membership: bool,
     /// Deletes the repartition topic's committed records.
     purger: Purger,
     /// How long the changelog may still be written under `at_least_once`.
@@ -48,7 +51,18 @@ impl Commits {
     ) -> Result<Commits, CommitError> {
         let strategy = commit::strategy(Arc::clone(&config), Arc::clone(&metrics), &transactional_id, &lease, &limits)?;
         let purger = Purger::new(&config.kafka, runtime.clone());
-        Ok(Commits { config, metrics, strategy, transactional_id, halted: false, purger, lease, limits, runtime })
+        Ok(Commits {
+            config,
+            metrics,
+            strategy,
+            transactional_id,
+            halted: false,
+            refused_membership: false,
+            purger,
+            lease,
+            limits,
+            runtime,
+        })
     }
 
     /// The partitions were lost: the commit in flight is given up without
@@ -90,6 +104,11 @@ impl Commits {
 
     pub fn is_halted(&self) -> bool {
         self.halted
+    }
+
+    /// Whether a commit was refused as from an unknown member since the last time asked.
+    pub fn take_refused_membership(&mut self) -> bool {
+        std::mem::take(&mut self.refused_membership)
     }
 
     /// Fires due timers and starts committing the active tasks' work, after
@@ -254,6 +273,7 @@ impl Commits {
         }
         warn!(error = %e, "commit failed; discarding the work since the last commit and resuming from there");
         let unplaceable = self.strategy.take_unplaceable();
+        self.refused_membership |= e.refused_membership();
         if let CommitError::Fenced { transaction_age, .. } = &e {
             self.fenced(*transaction_age)?;
         }

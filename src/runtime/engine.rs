@@ -5,11 +5,13 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rdkafka::consumer::{BaseConsumer, ConsumerContext};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
+use crate::kafka::group_state;
 use crate::ops::view::View;
 use crate::runtime::backpressure::{Backpressure, Regulation};
 use crate::runtime::commits::Commits;
+use crate::runtime::membership::Membership;
 use crate::runtime::partitions::Partitions;
 
 pub struct Engine {
@@ -17,12 +19,114 @@ pub struct Engine {
     pub partitions: Partitions,
     pub commits: Commits,
     backpressure: Backpressure,
+    /// The member ID the partitions held were assigned to.
+    membership: Membership,
+    /// Set when the partitions were given up for a lost membership: the
+    /// loop joins the group again, claiming none.
+    rejoin: bool,
     failure: Option<anyhow::Error>,
 }
 
 impl Engine {
     pub fn new(view: Arc<View>, partitions: Partitions, commits: Commits, max_pending_bytes: u64) -> Engine {
-        Engine { view, partitions, commits, backpressure: Backpressure::new(max_pending_bytes), failure: None }
+        Engine {
+            view,
+            partitions,
+            commits,
+            backpressure: Backpressure::new(max_pending_bytes),
+            membership: Membership::default(),
+            rejoin: false,
+            failure: None,
+        }
+    }
+
+    /// The group gave this instance's partitions `homes` to others while it
+    /// could not take part (paused past its session timeout, cut off from
+    /// the coordinator, stuck past `max.poll.interval.ms`), or may have:
+    /// they are someone else's now. Nothing more is written for them: no
+    /// commit, no timer, no changelog record, no store batch; the commit in
+    /// flight is given up, and the work since the last commit with it.
+    pub fn give_up<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, homes: &[i32], why: &str) {
+        let inputs = self.partitions.inputs_of(homes);
+        warn!(
+            lost_homes = ?homes,
+            lost_inputs = ?inputs,
+            why,
+            "partitions lost: the group gave them to another instance while this one could not take part (a long \
+             pause, a network cut); giving them up without committing, firing timers or writing the changelog"
+        );
+        self.view.metrics.partitions_lost.inc_by(homes.len() as u64);
+        self.commits.drop_lost();
+        self.partitions.close_lost(homes);
+        self.partitions.remove_sources(consumer, &inputs);
+        // Whatever else is held (nothing, when the whole assignment is lost) reads again from its last commit.
+        self.partitions.rewind(consumer);
+        self.partitions.publish_health(false);
+    }
+
+    /// Records an assignment of `homes`, to be opened (off the stream
+    /// thread). When the partitions held from before were assigned to
+    /// another member ID (see [`crate::runtime::membership`]), they are
+    /// given up with the new ones, and the group joined again.
+    pub fn assigned<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, homes: &[i32]) {
+        if self.membership_changed(consumer) {
+            let mut all = self.partitions.held();
+            all.extend(homes);
+            self.give_up_membership(consumer, &all, "this instance joined its group again under a new member ID");
+            return;
+        }
+        self.membership.assigned(group_state::member_id(consumer));
+        let inputs = self.partitions.inputs_of(homes);
+        if let Err(e) = self.partitions.add_sources(consumer, &inputs) {
+            self.fail(anyhow::anyhow!(e).context(format!("cannot read the input partitions {inputs:?}")));
+            return;
+        }
+        for &partition in homes {
+            self.partitions.open(consumer, partition);
+        }
+        info!(
+            home_partitions = ?self.partitions.held(),
+            input_partitions = ?self.partitions.held_sources(),
+            "partitions assigned"
+        );
+        self.partitions.publish_health(true);
+    }
+
+    /// Whether the partitions held were assigned to another member ID than this consumer's now.
+    fn membership_changed<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>) -> bool {
+        self.membership.changed(!self.partitions.held().is_empty(), group_state::member_id(consumer).as_deref())
+    }
+
+    /// Gives up `homes` for a membership lost without librdkafka saying so,
+    /// and has the loop join the group again, claiming none of them: the
+    /// group then assigns them afresh, and whoever gets them restores them
+    /// from the changelog and reads from the group's committed offsets.
+    fn give_up_membership<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, homes: &[i32], why: &str) {
+        self.give_up(consumer, homes, why);
+        self.membership.forget();
+        self.rejoin = true;
+    }
+
+    /// Whether the loop must join the group again (see [`Engine::assigned`]).
+    pub fn take_rejoin(&mut self) -> bool {
+        std::mem::take(&mut self.rejoin)
+    }
+
+    /// Gives every partition up when the membership they were assigned
+    /// under is gone: checked before each commit, and after one the
+    /// coordinator refused for an unknown member.
+    fn check_membership<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
+        let why = if self.commits.take_refused_membership() {
+            "the group coordinator refused a commit from this instance as from a member it does not know"
+        } else if self.membership_changed(consumer) {
+            "this instance's member ID changed since its partitions were assigned"
+        } else {
+            return;
+        };
+        let held = self.partitions.held();
+        if !held.is_empty() {
+            self.give_up_membership(consumer, &held, why);
+        }
     }
 
     /// Pauses or resumes every partition read by what waits for a commit
@@ -38,13 +142,16 @@ impl Engine {
 
     /// Commits now (see [`Commits::commit`]); `false` while the commit in flight is unfinished.
     pub fn commit<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, wait: bool) -> bool {
-        match self.commits.commit(&mut self.partitions, consumer, wait) {
+        self.check_membership(consumer);
+        let started = match self.commits.commit(&mut self.partitions, consumer, wait) {
             Ok(started) => started,
             Err(e) => {
                 self.fail(e);
                 false
             }
-        }
+        };
+        self.check_membership(consumer);
+        started
     }
 
     /// Moves the commit in flight on.
@@ -52,6 +159,7 @@ impl Engine {
         if let Err(e) = self.commits.advance(&mut self.partitions, consumer, false) {
             self.fail(e);
         }
+        self.check_membership(consumer);
     }
 
     /// Sends what was decided since the last time, where the guarantee allows.

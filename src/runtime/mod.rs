@@ -5,6 +5,8 @@
 //! - [`stream_thread`]: the loop (poll, process, restore, publish, commit);
 //! - [`engine`]: its state, shared with the rebalance callbacks;
 //! - [`rebalance`]: the consumer's callbacks (assign, revoke, statistics);
+//! - [`membership`]: whether the partitions held were assigned to this
+//!   consumer's member ID, which librdkafka does not always say;
 //! - [`input_watch`]: notices input topics that gain partitions;
 //! - [`group_watch`]: notices home partitions no member of a classic group
 //!   holds, and has one member join again;
@@ -48,6 +50,7 @@ pub mod engine;
 pub mod group_watch;
 pub mod input_watch;
 pub mod instance;
+pub mod membership;
 pub mod opener;
 pub mod partitions;
 pub mod rebalance;

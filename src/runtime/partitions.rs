@@ -285,19 +285,23 @@ impl Partitions {
         Ok(())
     }
 
-    /// Gives up revoked input partitions (their work is committed).
+    /// Gives up revoked input partitions (their work is committed), those
+    /// of `revoked` that are read here.
     pub fn remove_sources<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, revoked: &[(String, i32)]) {
+        let mut read = Vec::new();
         for (topic, partition) in revoked {
             self.forget_seek(topic, *partition);
-            if let Some(index) = self.topic_index(topic) {
-                self.sources.remove(&(index, *partition));
+            let Some(index) = self.topic_index(topic) else { continue };
+            if self.sources.remove(&(index, *partition)).is_some() {
                 self.view.metrics.forget_lag(topic, *partition);
+                read.push((topic.clone(), *partition));
             }
         }
+        let revoked = read;
         if revoked.is_empty() {
             return;
         }
-        if let Err(e) = consumer.incremental_unassign(&partition_list(revoked)) {
+        if let Err(e) = consumer.incremental_unassign(&partition_list(&revoked)) {
             warn!(error = %e, inputs = ?revoked, "cannot stop reading revoked input partitions");
         }
     }

@@ -62,7 +62,7 @@ impl ConsumerContext for Callbacks {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             if consumer.assignment_lost() {
-                on_lost(&mut lock(&self.engine), consumer, &self.homes(tpl));
+                lock(&self.engine).give_up(consumer, &self.homes(tpl), "the group's rebalance says so");
             } else {
                 on_revoke(&mut lock(&self.engine), consumer, &self.homes(tpl));
             }
@@ -74,7 +74,7 @@ impl ConsumerContext for Callbacks {
             Rebalance::Assign(tpl) => {
                 // The coordinator has just counted this instance a member.
                 self.lease.renew(Instant::now());
-                on_assign(&mut lock(&self.engine), consumer, &self.homes(tpl))
+                lock(&self.engine).assigned(consumer, &self.homes(tpl))
             }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => warn!(error = %e, "rebalance error"),
@@ -96,47 +96,6 @@ impl Callbacks {
     fn homes(&self, tpl: &TopicPartitionList) -> Vec<i32> {
         tpl.elements().iter().filter(|e| e.topic() == self.repartition_topic).map(|e| e.partition()).collect()
     }
-}
-
-fn on_assign(engine: &mut Engine, consumer: &BaseConsumer<Callbacks>, homes: &[i32]) {
-    let inputs = engine.partitions.inputs_of(homes);
-    if let Err(e) = engine.partitions.add_sources(consumer, &inputs) {
-        engine.fail(anyhow::anyhow!(e).context(format!("cannot read the input partitions {inputs:?}")));
-        return;
-    }
-    // Only recorded here: the stores are opened off the stream thread (see `runtime::opener`).
-    for &partition in homes {
-        engine.partitions.open(consumer, partition);
-    }
-    info!(
-        home_partitions = ?engine.partitions.held(),
-        input_partitions = ?engine.partitions.held_sources(),
-        "partitions assigned"
-    );
-    engine.partitions.publish_health(true);
-}
-
-/// The group gave this instance's partitions to others while it could not
-/// take part (paused past its session timeout, cut off from the
-/// coordinator, stuck past `max.poll.interval.ms`): they are someone
-/// else's now. Nothing more is written for them: no commit, no timer, no
-/// changelog record, no store batch; the commit in flight is given up,
-/// and the work since the last commit with it.
-fn on_lost(engine: &mut Engine, consumer: &BaseConsumer<Callbacks>, homes: &[i32]) {
-    let inputs = engine.partitions.inputs_of(homes);
-    warn!(
-        lost_homes = ?homes,
-        lost_inputs = ?inputs,
-        "partitions lost: the group gave them to another instance while this one could not take part (a long \
-         pause, a network cut); giving them up without committing, firing timers or writing the changelog"
-    );
-    engine.view.metrics.partitions_lost.inc_by(homes.len() as u64);
-    engine.commits.drop_lost();
-    engine.partitions.close_lost(homes);
-    engine.partitions.remove_sources(consumer, &inputs);
-    // Whatever else is held (nothing, when librdkafka loses the whole assignment) reads again from its last commit.
-    engine.partitions.rewind(consumer);
-    engine.partitions.publish_health(false);
 }
 
 fn on_revoke(engine: &mut Engine, consumer: &BaseConsumer<Callbacks>, homes: &[i32]) {

@@ -191,6 +191,9 @@ fn poll_loop(
             if let Ok(o) = orphans.try_recv() {
                 rejoin_for(config, consumer, &o);
             }
+            if e.take_rejoin() {
+                join_again(config, consumer);
+            }
             if e.partitions.is_restoring() {
                 let budget = if e.partitions.has_active() { RESTORE_SLICE } else { MAX_POLL_WAIT };
                 e.partitions.restore_step(consumer, budget);
@@ -259,6 +262,12 @@ fn rejoin_for(config: &Config, consumer: &BaseConsumer<Callbacks>, orphans: &gro
         "home partitions held by no member of the group (a static member restarted in the middle of a \
          cooperative rebalance): joining the group again to have them assigned"
     );
+    join_again(config, consumer);
+}
+
+/// Leaves the group and joins it again, claiming no partition: the group
+/// assigns them afresh (see [`crate::runtime::membership`]).
+fn join_again(config: &Config, consumer: &BaseConsumer<Callbacks>) {
     consumer.unsubscribe();
     if let Err(e) = consumer.subscribe(&[&config.kafka.repartition_topic()]) {
         warn!(error = %e, "cannot subscribe again to the repartition topic");

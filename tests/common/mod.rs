@@ -1105,6 +1105,53 @@ impl Junction {
         signal(self.pid().expect("junction is running"), name);
     }
 
+    /// Stops the stream thread alone (`junction-stream`) for `duration`
+    /// (up to an hour), as a stream thread stuck in a long call would be,
+    /// while librdkafka's threads go on: gdb attaches and has the stream
+    /// thread call libc's `usleep` (a Rust `sleep` has the name too), which lets every other thread run until it
+    /// returns, then detaches. Returns once the thread is about to stall;
+    /// the returned process ends when it runs again.
+    pub fn stall_stream_thread(&self, duration: Duration) -> Child {
+        let pid = self.pid().expect("junction is running");
+        let script = self.log.with_extension("stall.py");
+        std::fs::write(
+            &script,
+            format!(
+                r#"
+import gdb
+gdb.execute("set pagination off")
+gdb.execute("set confirm off")
+# The other threads' signals neither stop them nor end the call.
+gdb.execute("handle all nostop print pass")
+gdb.execute("set unwindonsignal on")
+gdb.execute("attach {pid}")
+stream = [t for t in gdb.selected_inferior().threads() if t.name == "junction-stream"]
+assert stream, "no junction-stream thread"
+stream[0].switch()
+print("stalled", flush=True)
+# The call runs in the stream thread alone; the others run meanwhile.
+gdb.execute("call (int) usleep({micros})")
+gdb.execute("detach")
+"#,
+                micros = duration.as_micros()
+            ),
+        )
+        .unwrap();
+        let output = self.log.with_extension("stall.log");
+        let file = std::fs::File::create(&output).unwrap();
+        let gdb = Command::new("gdb")
+            .args(["-q", "-nx", "-batch", "-x"])
+            .arg(&script)
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("gdb (scripts/setup.sh installs it)");
+        wait_until("gdb to stop the stream thread", || {
+            std::fs::read_to_string(&output).unwrap_or_default().contains("stalled")
+        });
+        gdb
+    }
+
     /// Waits for the process to exit by itself; returns its exit code.
     pub fn wait_exit(&mut self) -> Option<i32> {
         let mut c = self.child.take()?;
