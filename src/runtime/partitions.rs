@@ -678,7 +678,11 @@ impl Partitions {
 
     /// Drops a failed seek of `partition` of `topic`: sought since, or given up.
     fn forget_seek(&mut self, topic: &str, partition: i32) {
+        let before = self.unsought.len();
         self.unsought.retain(|(t, p, _)| !(**t == *topic && *p == partition));
+        if before > 0 && self.unsought.is_empty() {
+            self.view.update_health(|h| h.seeking = None);
+        }
     }
 
     /// Forgets what the sources read since the last commit, and seeks them back there.
@@ -959,4 +963,73 @@ fn partition_list(partitions: &[(String, i32)]) -> TopicPartitionList {
         tpl.add_partition(topic, *partition);
     }
     tpl
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+
+    use super::*;
+    use crate::kafka::clients;
+    use crate::metrics::Metrics;
+
+    const CONFIG: &str = r#"
+[kafka]
+bootstrap_servers = "127.0.0.1:1"
+input_topic = "steps"
+output_topic = "outcomes"
+dead_letter_topic = "dead"
+
+[[workflows]]
+type = "order"
+steps = ["payment", "inventory"]
+"#;
+
+    /// librdkafka refuses at once to seek a partition whose fetcher has not
+    /// started: here its consumer has no broker to give the partition's
+    /// committed offset from. The input partition waits, is not processed,
+    /// and `/readyz` says why, until a seek succeeds (once assigned again
+    /// from an offset of its own, its fetcher starts); given up meanwhile,
+    /// it is forgotten, and `/readyz` says ready again.
+    #[test]
+    fn an_input_partition_that_cannot_seek_back_waits_and_says_so_until_it_can() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!("{CONFIG}\n[state]\ndir = {:?}\n", dir.path());
+        let config = Arc::new(crate::config::parse(Path::new("junction.toml"), &text, []).unwrap());
+        let view = Arc::new(View::new(Arc::new(Metrics::new())));
+        let mut partitions = Partitions::new(Arc::clone(&config), Arc::clone(&view), 1, vec![1], None).unwrap();
+        let consumer: BaseConsumer = clients::consumer_config(&config.kafka, None).create().unwrap();
+        let input = vec![("steps".to_string(), 0)];
+        let refused = |partitions: &mut Partitions| {
+            partitions.add_sources(&consumer, &input).unwrap();
+            partitions.source_mut("steps", 0).unwrap().replay_from = Some(5);
+            partitions.rewind(&consumer);
+            let seeking = view.health().seeking.expect("/readyz says a partition cannot seek back");
+            assert!(seeking.contains("cannot seek steps partition 0 back to offset 5"), "{seeking}");
+            assert!(partitions.waits_for_seek("steps", 0));
+            partitions.retry_seeks(&consumer);
+            assert!(partitions.waits_for_seek("steps", 0), "still refused");
+        };
+
+        // Given up meanwhile (a rebalance): forgotten.
+        refused(&mut partitions);
+        partitions.remove_sources(&consumer, &input);
+        assert_eq!(view.health().seeking, None, "a partition given up no longer waits for its seek");
+
+        // Read again from an offset of its own, its fetcher starts, and the seek succeeds.
+        refused(&mut partitions);
+        consumer.incremental_unassign(&partition_list(&input)).unwrap();
+        let mut from = TopicPartitionList::new();
+        from.add_partition_offset("steps", 0, Offset::Offset(5)).unwrap();
+        consumer.incremental_assign(&from).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while partitions.waits_for_seek("steps", 0) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            partitions.retry_seeks(&consumer);
+        }
+        assert!(!partitions.waits_for_seek("steps", 0), "the seek succeeds once librdkafka reads the partition");
+        assert_eq!(view.health().seeking, None, "/readyz no longer says so");
+    }
 }
