@@ -158,7 +158,7 @@ fn an_aborted_transaction_is_redone_and_the_next_commit_is_not_mistaken_for_a_fa
     assert!(junction.logs().contains("commit failed"), "{}", junction.logs());
     assert!(junction.is_running(), "an aborted transaction does not stop junction");
     assert_no_panic(&junction, "j");
-    assert!(junction.terminate());
+    assert!(junction.terminate(), "the shutdown did not finish:\n{}", junction.logs());
     assert_stores_match_the_committed_changelog(
         &broker,
         &setup,

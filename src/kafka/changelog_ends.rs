@@ -4,11 +4,22 @@
 //! included. A store counts as restored only once the two meet: a
 //! transaction open on its changelog may yet commit (see
 //! [`crate::state::restore`]).
+//!
+//! The two clients are replaced when one of them reached no broker for a
+//! whole request. librdkafka (since 2.10) forgets every broker that a
+//! metadata response leaves out, and a broker whose controller has just
+//! fenced it (frozen past its own session, restarting) can answer with
+//! none: the client is then left with no broker to ask, for good
+//! (librdkafka issue 5301), and a store waiting on it would never open. A
+//! fresh client starts from `bootstrap.servers` again.
 
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use tracing::warn;
 
 use crate::config::KafkaConfig;
 use crate::kafka::clients;
@@ -30,17 +41,32 @@ pub struct Ends {
 /// Two clients, one for each end; shared by the threads that open stores.
 pub struct ChangelogEnds {
     topic: String,
+    configs: [ClientConfig; 2],
+    clients: RwLock<Arc<Clients>>,
+    timeout: Duration,
+}
+
+/// The clients in use, replaced whole.
+struct Clients {
     committed: BaseConsumer,
     all: BaseConsumer,
 }
 
 impl ChangelogEnds {
     pub fn new(config: &KafkaConfig) -> Result<ChangelogEnds, KafkaError> {
-        Ok(ChangelogEnds {
-            topic: config.changelog_topic(),
-            committed: clients::restore_consumer_config(config).create()?,
-            all: clients::changelog_ends_config(config).create()?,
-        })
+        ChangelogEnds::with(
+            config.changelog_topic(),
+            [
+                clients::changelog_ends_config(config, "read_committed"),
+                clients::changelog_ends_config(config, "read_uncommitted"),
+            ],
+            WATERMARK_TIMEOUT,
+        )
+    }
+
+    fn with(topic: String, configs: [ClientConfig; 2], timeout: Duration) -> Result<ChangelogEnds, KafkaError> {
+        let clients = RwLock::new(Arc::new(create(&configs)?));
+        Ok(ChangelogEnds { topic, configs, clients, timeout })
     }
 
     pub fn topic(&self) -> &str {
@@ -49,13 +75,85 @@ impl ChangelogEnds {
 
     /// Both ends of `partition`, asked of its leader.
     pub fn of(&self, partition: i32) -> Result<Ends, KafkaError> {
-        let (low, committed) = self.committed.fetch_watermarks(&self.topic, partition, WATERMARK_TIMEOUT)?;
-        let all = self.all_end(partition)?;
+        let clients = self.current();
+        let (low, committed) = self.ask(&clients, &clients.committed, partition)?;
+        let all = self.ask(&clients, &clients.all, partition)?.1;
         Ok(Ends { low, committed, all })
     }
 
     /// The end of every record of `partition`, open transactions' included.
     pub fn all_end(&self, partition: i32) -> Result<i64, KafkaError> {
-        Ok(self.all.fetch_watermarks(&self.topic, partition, WATERMARK_TIMEOUT)?.1)
+        let clients = self.current();
+        Ok(self.ask(&clients, &clients.all, partition)?.1)
+    }
+
+    fn current(&self) -> Arc<Clients> {
+        Arc::clone(&self.clients.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// One client's watermarks of `partition`; the clients are replaced
+    /// when it reached no broker.
+    fn ask(&self, clients: &Arc<Clients>, client: &BaseConsumer, partition: i32) -> Result<(i64, i64), KafkaError> {
+        let result = client.fetch_watermarks(&self.topic, partition, self.timeout);
+        if let Err(e) = &result {
+            if e.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+                self.replace(clients, e);
+            }
+        }
+        result
+    }
+
+    /// Replaces `failed` with new clients, unless another thread already has.
+    fn replace(&self, failed: &Arc<Clients>, error: &KafkaError) {
+        let mut current = self.clients.write().unwrap_or_else(|p| p.into_inner());
+        if !Arc::ptr_eq(&current, failed) {
+            return;
+        }
+        match create(&self.configs) {
+            Ok(fresh) => {
+                warn!(
+                    error = %error,
+                    "the clients that read the changelog's ends reached no broker for a whole request: replacing \
+                     them, to start again from bootstrap.servers"
+                );
+                *current = Arc::new(fresh);
+            }
+            Err(e) => warn!(error = %e, "cannot create new clients to read the changelog's ends"),
+        }
+    }
+}
+
+fn create(configs: &[ClientConfig; 2]) -> Result<Clients, KafkaError> {
+    Ok(Clients { committed: configs[0].create()?, all: configs[1].create()? })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client config for a port nothing listens on.
+    fn nowhere(isolation: &str) -> ClientConfig {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", format!("127.0.0.1:{port}")).set("isolation.level", isolation);
+        c
+    }
+
+    #[test]
+    fn clients_that_reach_no_broker_are_replaced_by_fresh_ones() {
+        let ends = ChangelogEnds::with(
+            "changelog".into(),
+            [nowhere("read_committed"), nowhere("read_uncommitted")],
+            Duration::from_millis(500),
+        )
+        .unwrap();
+        let before = ends.current();
+        let error = ends.of(0).unwrap_err();
+        assert_eq!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::AllBrokersDown), "{error}");
+        let after = ends.current();
+        assert!(!Arc::ptr_eq(&before, &after), "the clients that reached no broker are still in use");
+        // A thread that failed on the old clients meanwhile does not replace the new ones.
+        ends.replace(&before, &error);
+        assert!(Arc::ptr_eq(&after, &ends.current()));
     }
 }

@@ -58,8 +58,9 @@ pub fn consumer_config(config: &KafkaConfig, instance_id: Option<&str>) -> Clien
     c
 }
 
-/// The consumer that restores stores from the changelog: no group, and told
-/// when it reaches a partition's end.
+/// The consumer that restores stores from the changelog, told when it
+/// reaches a partition's end. It assigns itself partitions and never joins
+/// its group (librdkafka assigns only in a consumer with a group ID).
 pub fn restore_consumer_config(config: &KafkaConfig) -> ClientConfig {
     let mut c = base(config);
     c.set("group.id", format!("{}-restore", config.application_id))
@@ -109,13 +110,13 @@ pub fn offsets_client_config(config: &KafkaConfig) -> ClientConfig {
     c
 }
 
-/// A client that reads the changelog's high watermarks, which count the
-/// records of transactions still open (the restore consumer reads, and is
-/// told the end of, committed records only): a store is restored only once
-/// no transaction is open on its changelog partition.
-pub fn changelog_ends_config(config: &KafkaConfig) -> ClientConfig {
+/// A client that asks a changelog partition's leader where the partition
+/// ends, as a reader of `isolation` (`read_committed`: its committed
+/// records, the restore's end; `read_uncommitted`: every record, open
+/// transactions' included). It reads nothing, so it joins no group.
+pub fn changelog_ends_config(config: &KafkaConfig, isolation: &str) -> ClientConfig {
     let mut c = base(config);
-    c.set("group.id", format!("{}-restore", config.application_id)).set("isolation.level", "read_uncommitted");
+    c.set("isolation.level", isolation);
     c
 }
 

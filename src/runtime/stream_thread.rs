@@ -110,14 +110,26 @@ pub fn run(config: Arc<Config>, view: Arc<View>, runtime: tokio::runtime::Handle
     let result = poll_loop(&config, &view, &engine, &consumer, &grown, &orphans);
 
     info!("shutting down: committing, closing stores, leaving the group");
+    // Each stage says when it is done, so that a shutdown that overruns
+    // its budget shows where it stopped.
+    let began = Instant::now();
+    let stage = |done: &str| info!(after_ms = began.elapsed().as_millis() as u64, "shutdown: {done}");
     if result.is_ok() {
         lock(&engine).commit(&consumer, true);
+        stage("the last commit is done");
     }
     // Leaving the group runs the revoke callback, which closes the stores.
     drop(consumer);
-    let mut e = lock(&engine);
-    e.partitions.close_all();
-    result.and(e.take_failure().map_or(Ok(()), Err))
+    stage("left the group");
+    let failure = {
+        let mut e = lock(&engine);
+        e.partitions.close_all();
+        e.take_failure()
+    };
+    stage("stores closed");
+    drop(engine);
+    stage("clients closed");
+    result.and(failure.map_or(Ok(()), Err))
 }
 
 /// The lease under which `at_least_once` writes its changelog and stores
@@ -191,7 +203,7 @@ fn poll_loop(
             if let Ok(o) = orphans.try_recv() {
                 rejoin_for(config, consumer, &o);
             }
-            if e.take_rejoin() {
+            if e.should_rejoin(consumer) {
                 join_again(config, consumer);
             }
             if e.partitions.is_restoring() {
