@@ -223,6 +223,10 @@ fn chaos(guarantee: &'static str, mut broker: Broker) {
 
     // One distinct outcome per workflow; a repeat is the same record with the same ID.
     let mut first: HashMap<String, (String, Vec<u8>)> = HashMap::new();
+    // Where each workflow's first outcome is, and, per output partition,
+    // the repeats' offsets with their first's: a failure says where to look.
+    let mut first_at: HashMap<String, i64> = HashMap::new();
+    let mut repeats_at: std::collections::BTreeMap<i32, Vec<(i64, i64)>> = Default::default();
     let mut repeats = 0;
     let mut failed = 0;
     for r in &records {
@@ -244,12 +248,14 @@ fn chaos(guarantee: &'static str, mut broker: Broker) {
                 assert_eq!(seen_id, &outcome_id, "{id}: a repeat has another outcome ID");
                 assert_eq!(value, r.value.as_ref().unwrap(), "{id}: a repeat differs");
                 repeats += 1;
+                repeats_at.entry(r.partition).or_default().push((first_at[&id], r.offset));
             }
             None => {
                 let index: usize = id.strip_prefix("chaos-").unwrap().parse().unwrap();
                 let expected = if index % 20 == 7 { "failed" } else { "completed" };
                 assert_eq!(kind, expected, "{id}");
                 failed += usize::from(kind == "failed");
+                first_at.insert(id.clone(), r.offset);
                 first.insert(id, (outcome_id, r.value.clone().unwrap()));
             }
         }
@@ -268,7 +274,20 @@ fn chaos(guarantee: &'static str, mut broker: Broker) {
     assert!(dead.iter().all(|d| d.header("junction.error") == "not_json"));
     let dead = dlq.read_for(Duration::from_secs(1)).to_vec();
     if guarantee == "exactly_once" {
-        assert_eq!(repeats, 0, "a read_committed reader saw repeated outcomes");
+        let summary: Vec<String> = repeats_at
+            .iter()
+            .map(|(p, at)| {
+                let (lo, hi) = (at.iter().map(|a| a.1).min().unwrap(), at.iter().map(|a| a.1).max().unwrap());
+                let firsts = (at.iter().map(|a| a.0).min().unwrap(), at.iter().map(|a| a.0).max().unwrap());
+                format!(
+                    "partition {p}: {} repeats at offsets {lo}..={hi}, first seen at {}..={}",
+                    at.len(),
+                    firsts.0,
+                    firsts.1
+                )
+            })
+            .collect();
+        assert_eq!(repeats, 0, "a read_committed reader saw repeated outcomes: {summary:?}");
         assert_eq!(large_outcomes, usize::from(large), "a read_committed reader saw {LARGE}'s outcome repeated");
         assert_eq!(dead.len(), bad, "a read_committed reader saw repeated dead letters");
     }

@@ -4,8 +4,8 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use tracing::{debug, error, info, warn};
+use rdkafka::consumer::{BaseConsumer, ConsumerContext};
+use tracing::{error, info, warn};
 
 use crate::kafka::group_state;
 use crate::ops::view::View;
@@ -21,8 +21,8 @@ pub struct Engine {
     backpressure: Backpressure,
     /// The member ID the partitions held were assigned to.
     membership: Membership,
-    /// Set when partitions were given up for a lost membership that
-    /// librdkafka may still count assigned: see [`Engine::should_rejoin`].
+    /// Set when the partitions were given up for a lost membership: the
+    /// loop joins the group again, claiming none.
     rejoin: bool,
     failure: Option<anyhow::Error>,
 }
@@ -46,15 +46,7 @@ impl Engine {
     /// they are someone else's now. Nothing more is written for them: no
     /// commit, no timer, no changelog record, no store batch; the commit in
     /// flight is given up, and the work since the last commit with it.
-    /// Partitions no longer held (given up already) are passed over.
     pub fn give_up<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, homes: &[i32], why: &str) {
-        let held = self.partitions.held();
-        let homes: Vec<i32> = homes.iter().copied().filter(|h| held.contains(h)).collect();
-        if homes.is_empty() {
-            debug!(why, "partitions lost, none of them held here any more");
-            return;
-        }
-        let homes = &homes[..];
         let inputs = self.partitions.inputs_of(homes);
         warn!(
             lost_homes = ?homes,
@@ -75,13 +67,12 @@ impl Engine {
     /// Records an assignment of `homes`, to be opened (off the stream
     /// thread). When the partitions held from before were assigned to
     /// another member ID (see [`crate::runtime::membership`]), they are
-    /// given up, and the new ones left unopened: the group is joined again
-    /// at once.
+    /// given up with the new ones, and the group joined again.
     pub fn assigned<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, homes: &[i32]) {
         if self.membership_changed(consumer) {
-            let held = self.partitions.held();
-            self.give_up_membership(consumer, &held, "this instance joined its group again under a new member ID");
-            info!(declined_homes = ?homes, "partitions assigned but not taken: joining the group again first");
+            let mut all = self.partitions.held();
+            all.extend(homes);
+            self.give_up_membership(consumer, &all, "this instance joined its group again under a new member ID");
             return;
         }
         self.membership.assigned(group_state::member_id(consumer));
@@ -116,33 +107,18 @@ impl Engine {
         self.rejoin = true;
     }
 
-    /// Whether the loop must join the group again now, after partitions
-    /// were given up for a lost membership. Not while librdkafka's member
-    /// ID is reset: it is joining again by itself then, and may yet revoke
-    /// them as lost (two rejoins at once confuse it). Once it has an ID
-    /// again, only if it still counts a home partition assigned that is not
-    /// held here: one it kept across the new ID, or one left unopened.
-    pub fn should_rejoin<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> bool {
-        if !self.rejoin || group_state::member_id(consumer).is_none() {
-            return false;
-        }
-        self.rejoin = false;
-        let held = self.partitions.held();
-        let topic = self.partitions.repartition_topic();
-        consumer.assignment().map_or(true, |assigned| {
-            assigned.elements().iter().any(|e| e.topic() == topic && !held.contains(&e.partition()))
-        })
+    /// Whether the loop must join the group again (see [`Engine::assigned`]).
+    pub fn take_rejoin(&mut self) -> bool {
+        std::mem::take(&mut self.rejoin)
     }
 
     /// Gives every partition up when the membership they were assigned
-    /// under is gone: when the coordinator refused a commit for an unknown
-    /// member, and, with `ask_member_id`, when the member ID changed
-    /// (checked before and after each commit; a moving commit looks at the
-    /// refusal alone, which costs nothing).
-    fn check_membership<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, ask_member_id: bool) {
+    /// under is gone: checked before each commit, and after one the
+    /// coordinator refused for an unknown member.
+    fn check_membership<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
         let why = if self.commits.take_refused_membership() {
             "the group coordinator refused a commit from this instance as from a member it does not know"
-        } else if ask_member_id && self.membership_changed(consumer) {
+        } else if self.membership_changed(consumer) {
             "this instance's member ID changed since its partitions were assigned"
         } else {
             return;
@@ -166,7 +142,7 @@ impl Engine {
 
     /// Commits now (see [`Commits::commit`]); `false` while the commit in flight is unfinished.
     pub fn commit<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, wait: bool) -> bool {
-        self.check_membership(consumer, true);
+        self.check_membership(consumer);
         let started = match self.commits.commit(&mut self.partitions, consumer, wait) {
             Ok(started) => started,
             Err(e) => {
@@ -174,7 +150,7 @@ impl Engine {
                 false
             }
         };
-        self.check_membership(consumer, true);
+        self.check_membership(consumer);
         started
     }
 
@@ -183,7 +159,7 @@ impl Engine {
         if let Err(e) = self.commits.advance(&mut self.partitions, consumer, false) {
             self.fail(e);
         }
-        self.check_membership(consumer, false);
+        self.check_membership(consumer);
     }
 
     /// Sends what was decided since the last time, where the guarantee allows.

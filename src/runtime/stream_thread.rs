@@ -203,7 +203,7 @@ fn poll_loop(
             if let Ok(o) = orphans.try_recv() {
                 rejoin_for(config, consumer, &o);
             }
-            if e.should_rejoin(consumer) {
+            if e.take_rejoin() {
                 join_again(config, consumer);
             }
             if e.partitions.is_restoring() {
