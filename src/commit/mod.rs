@@ -104,7 +104,8 @@ pub fn strategy(
 /// What a commit needs of the input consumer.
 pub trait InputGroup {
     fn commit_offsets(&self, offsets: &TopicPartitionList, mode: CommitMode) -> KafkaResult<()>;
-    /// The group membership that a transaction's offsets are committed as.
+    /// The group membership that a transaction's offsets are committed as;
+    /// `None` while this consumer is no member.
     fn group_metadata(&self) -> Option<ConsumerGroupMetadata>;
     /// Commits again, and waits for, the offsets the group has committed
     /// for the partitions assigned here: the coordinator accepts them only
@@ -123,8 +124,15 @@ impl<C: ConsumerContext> InputGroup for BaseConsumer<C> {
         }
     }
 
+    /// Taken before the member ID is looked at: librdkafka resets both when
+    /// the session runs out, and a transaction's offsets sent with no member
+    /// ID and no generation are accepted by the coordinator as from outside
+    /// the group (unless a `group.instance.id` names a member), which would
+    /// let an instance that lost its partitions commit for them. Metadata
+    /// taken while the ID was still valid is checked by the coordinator.
     fn group_metadata(&self) -> Option<ConsumerGroupMetadata> {
-        Consumer::group_metadata(self)
+        let metadata = Consumer::group_metadata(self)?;
+        crate::kafka::group_state::member_id(self).map(|_| metadata)
     }
 
     fn confirm_membership(&self) -> KafkaResult<()> {
@@ -335,4 +343,27 @@ impl Tally {
 fn count_commit(metrics: &Metrics, started: Instant, ok: bool) {
     metrics.commit_duration.observe(started.elapsed().as_secs_f64());
     metrics.commit(ok);
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::config::ClientConfig;
+
+    use super::*;
+
+    #[test]
+    fn a_consumer_that_is_no_member_gives_no_group_metadata_for_a_transaction() {
+        // A real librdkafka consumer of a group, with no broker to join it through.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", format!("127.0.0.1:{port}"))
+            .set("group.id", "g")
+            .create()
+            .unwrap();
+        assert!(Consumer::group_metadata(&consumer).is_some(), "librdkafka gives metadata without a member ID");
+        assert!(
+            InputGroup::group_metadata(&consumer).is_none(),
+            "offsets would join a transaction as from outside the group"
+        );
+    }
 }
