@@ -329,6 +329,12 @@ impl Broker {
         }
     }
 
+    /// Whether the broker answers with metadata that lists a broker.
+    fn lists_a_broker(&self) -> bool {
+        let client: BaseConsumer = self.client_config().create().unwrap();
+        client.fetch_metadata(None, Duration::from_secs(2)).is_ok_and(|m| !m.brokers().is_empty())
+    }
+
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + PATIENCE;
         loop {
@@ -336,8 +342,7 @@ impl Broker {
                 let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
                 panic!("the broker exited at start-up: {status}; its log:\n{log}");
             }
-            let client: BaseConsumer = self.client_config().create().unwrap();
-            if client.fetch_metadata(None, Duration::from_secs(2)).is_ok_and(|m| !m.brokers().is_empty()) {
+            if self.lists_a_broker() {
                 return;
             }
             assert!(Instant::now() < deadline, "the broker did not answer on {}", self.bootstrap);
@@ -355,9 +360,22 @@ impl Broker {
         signal(self.pid().expect("the broker is running"), "-STOP");
     }
 
-    /// SIGCONT: a frozen broker goes on where it stopped.
+    /// SIGCONT: a frozen broker goes on where it stopped. Returns once it
+    /// lists itself in its metadata again: frozen past its own session, its
+    /// controller fences it first, and a client that starts meanwhile is
+    /// told of no broker and, from librdkafka 2.10, forgets every one it
+    /// knew (librdkafka issue 5301): the next load's producer would never
+    /// deliver.
     pub fn thaw(&self) {
         signal(self.pid().expect("the broker is running"), "-CONT");
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if self.lists_a_broker() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the thawed broker did not answer on {}", self.bootstrap);
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Adds ACLs for the user `junction` through the plaintext listener of
