@@ -141,6 +141,10 @@ pub fn decode<'a>(
         Some(Field::Fixed(name)) => Cow::Owned(name.clone()),
         _ => required_text(fields.step, &names, "step").map_err(with_id)?,
     };
+    // A mapping's pointer can find an empty string where the step's name should be.
+    if step.is_empty() && mapping.is_some() {
+        return Err(with_id(BadInput::new(Reason::MissingField, format!("{} is empty", names.of("step")))));
+    }
     let status = status(&names, fields.status).map_err(with_id)?;
     let event_id = event_id(&names, fields.event_id).map_err(with_id)?;
     let occurred_at_ms = occurred_at(&names, fields.occurred_at, record_timestamp_ms)
