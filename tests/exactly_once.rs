@@ -61,6 +61,16 @@ fn assert_exactly_once(broker: &Broker, setup: &Setup, prefix: &str, workflows: 
     );
 }
 
+/// `junction`, the one instance of `setup` (2 partitions), panicked
+/// nowhere, shuts down cleanly, and leaves stores that hold what the
+/// committed changelog holds.
+fn stops_with_its_stores_as_the_changelog(broker: &Broker, setup: &Setup, junction: &mut Junction) {
+    assert_no_panic(junction, "j");
+    assert!(junction.terminate(), "the shutdown did not finish:\n{}", junction.logs());
+    let owners = [(junction.state_dir.clone(), 0), (junction.state_dir.clone(), 1)];
+    assert_stores_match_the_committed_changelog(broker, setup, &owners);
+}
+
 fn assert_no_panic(j: &Junction, name: &str) {
     let log = j.logs();
     assert!(!log.contains("panicked"), "{name}'s log holds a panic:\n{log}");
@@ -157,13 +167,42 @@ fn an_aborted_transaction_is_redone_and_the_next_commit_is_not_mistaken_for_a_fa
     assert_exactly_once(&broker, &setup, "abort", workflows, bad);
     assert!(junction.logs().contains("commit failed"), "{}", junction.logs());
     assert!(junction.is_running(), "an aborted transaction does not stop junction");
-    assert_no_panic(&junction, "j");
-    assert!(junction.terminate(), "the shutdown did not finish:\n{}", junction.logs());
-    assert_stores_match_the_committed_changelog(
-        &broker,
-        &setup,
-        &[(junction.state_dir.clone(), 0), (junction.state_dir.clone(), 1)],
-    );
+    stops_with_its_stores_as_the_changelog(&broker, &setup, &mut junction);
+}
+
+/// A transaction the broker committed, whose answer never came back (a
+/// broker stalled, or the network cut, at that moment): junction's commit
+/// fails, but its outcomes are out, so its interval must not be redone as
+/// an aborted one's is. Every client reaches the broker through a proxy,
+/// which loses the answer of one `EndTxn` and then keeps new connections
+/// out until junction has given up waiting for it.
+#[test]
+fn a_commit_whose_answer_is_lost_is_not_redone_when_the_broker_took_it() {
+    let proxy = proxy::Proxy::start(free_port());
+    let broker = Arc::new(Broker::kafka_through(&proxy));
+    let setup = exactly_once(&broker, 2);
+    let work = tempfile::tempdir().unwrap();
+    let mut junction = Junction::start(&setup, work.path(), "j");
+    junction.wait_ready();
+
+    let load = Load::start(&broker, &setup.input, "lost");
+    broker.reader(&setup.output).read_until("the first outcomes", |r| r.len() >= 100);
+    proxy.lose_next_commit_answer();
+    wait_until("a commit's answer lost", || proxy.lost_a_commit_answer());
+    // junction waits for the answer as long as its commit timeout allows (60 s).
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !junction.logs().contains("commit failed") {
+        assert!(Instant::now() < deadline, "the commit did not fail:\n{}", junction.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    proxy.let_connections_through();
+    broker.reader(&setup.output).read_until("outcomes after the lost answer", |r| r.len() >= 400);
+    let (workflows, bad) = load.finish();
+
+    assert_exactly_once(&broker, &setup, "lost", workflows, bad);
+    assert!(junction.logs().contains("had committed: its interval is not redone"), "{}", junction.logs());
+    assert!(junction.is_running(), "a commit whose answer is lost does not stop junction");
+    stops_with_its_stores_as_the_changelog(&broker, &setup, &mut junction);
 }
 
 #[test]

@@ -6,14 +6,18 @@
 //!
 //! Nothing is published before the commit, so a commit is never in flight
 //! between polls: [`Strategy::begin`] returns once the transaction is
-//! committed or aborted.
+//! committed or aborted. A transaction whose commit failed without being
+//! aborted may have committed: a new producer ends it, and the group's
+//! offsets, which it carried, say whether it did (see `settle`).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::error::KafkaError;
 use rdkafka::producer::Producer as _;
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
 use tracing::warn;
 
 use super::{batches, committed, count_commit, count_outcomes, offsets, CommitError, Committed, InputGroup, Outputs};
@@ -29,7 +33,10 @@ use crate::state;
 const EPOCH: usize = 0;
 
 pub struct ExactlyOnce {
+    config: Arc<Config>,
     metrics: Arc<Metrics>,
+    transactional_id: String,
+    limits: Arc<TopicLimits>,
     producer: Producer,
 }
 
@@ -43,38 +50,41 @@ impl ExactlyOnce {
         transactional_id: &str,
         limits: Arc<TopicLimits>,
     ) -> Result<ExactlyOnce, CommitError> {
-        let producer = Producer::new(&config.kafka, transactional_id, None, limits).map_err(CommitError::Producer)?;
-        producer.client().init_transactions(COMMIT_TIMEOUT).map_err(|e| transaction_error(e, Duration::ZERO))?;
-        Ok(ExactlyOnce { metrics, producer })
+        let producer = transactional_producer(&config, transactional_id, &limits)?;
+        Ok(ExactlyOnce { config, metrics, transactional_id: transactional_id.to_string(), limits, producer })
     }
 
     fn commit(&mut self, mut staged: Vec<(i32, Staged)>, group: &dyn InputGroup) -> Result<Committed, CommitError> {
         let began = Instant::now();
         let failed = |e: KafkaError| transaction_error(e, began.elapsed());
         self.producer.client().begin_transaction().map_err(failed)?;
-        if let Err(e) = self.send_transaction(&staged, group, began) {
-            let e = self.fatal_or(e, began);
-            if !e.needs_new_producer() {
-                self.abort().map_err(|e| self.fatal_or(e, began))?;
+        let changelog_last = match self.send_transaction(&staged, group, began) {
+            Ok(changelog_last) => changelog_last,
+            Err(e) => {
+                let e = self.fatal_or(e, began);
+                if !e.needs_new_producer() {
+                    self.abort().map_err(|e| self.fatal_or(e, began))?;
+                }
+                return Err(e);
             }
-            return Err(e);
+        };
+        if let Err(e) = self.producer.client().commit_transaction(COMMIT_TIMEOUT) {
+            let e = self.fatal_or(failed(e), began);
+            self.settle(&staged, group, e)?;
         }
-        let changelog_last = self
-            .producer
-            .drain_deliveries(COMMIT_TIMEOUT)
-            .map_err(|e| self.fatal_or(CommitError::Delivery(e), began))?;
         let failed = state::write_batches(batches(&mut staged), &changelog_last);
         staged.iter().for_each(|(_, s)| count_outcomes(&self.metrics, &s.outcomes));
         Ok(committed(&staged, failed))
     }
 
-    /// Sends every record and offset of the transaction, then commits it.
+    /// Sends every record and offset of the transaction, and waits for
+    /// their delivery; returns the last changelog offset of each partition.
     fn send_transaction(
         &self,
         staged: &[(i32, Staged)],
         group: &dyn InputGroup,
         began: Instant,
-    ) -> Result<(), CommitError> {
+    ) -> Result<HashMap<i32, i64>, CommitError> {
         let failed = |e: KafkaError| transaction_error(e, began.elapsed());
         for (partition, s) in staged {
             self.producer.send_outcomes(EPOCH, s.outcomes.iter().map(|d| &d.record)).map_err(CommitError::Delivery)?;
@@ -97,7 +107,48 @@ impl ExactlyOnce {
             self.producer.client().send_offsets_to_transaction(&offsets, &group, COMMIT_TIMEOUT).map_err(failed)?;
         }
         self.await_transaction_deliveries(began)?;
-        self.producer.client().commit_transaction(COMMIT_TIMEOUT).map_err(failed)
+        self.producer.drain_deliveries(COMMIT_TIMEOUT).map_err(CommitError::Delivery)
+    }
+
+    /// A transaction whose commit failed may have committed all the same:
+    /// the coordinator may have taken the commit before the error (its
+    /// answer lost, the broker stalled past the timeout), and librdkafka
+    /// goes on with it in the background. Redoing the interval then would
+    /// publish its outcomes twice. Only a fence (the coordinator refused
+    /// it) or an abort that goes through says that it did not commit.
+    /// Otherwise a new producer ends the transaction (its initialisation
+    /// returns once the coordinator has finished it, one way or the other),
+    /// and the group's offsets, which the transaction carried, tell which
+    /// way. `Ok`: it committed.
+    fn settle(&mut self, staged: &[(i32, Staged)], group: &dyn InputGroup, e: CommitError) -> Result<(), CommitError> {
+        if matches!(e, CommitError::Fenced { .. }) || (!e.needs_new_producer() && self.abort().is_ok()) {
+            return Err(e);
+        }
+        warn!(
+            error = %e,
+            "a transaction's commit failed, and the coordinator may have committed it all the same: a new \
+             producer ends it, and the group's offsets tell which way"
+        );
+        self.producer = transactional_producer(&self.config, &self.transactional_id, &self.limits)
+            .map_err(|new| CommitError::Unsettled(format!("{e}; then the new producer failed: {new}")))?;
+        let offsets = offsets(&committed(staged, Vec::new()))?;
+        let group_has = group.stable_offsets(offsets).map_err(|read| {
+            CommitError::Unsettled(format!("{e}; then the group's offsets could not be read: {read}"))
+        })?;
+        match took(staged, &group_has) {
+            Some(true) => {
+                warn!("the transaction whose commit failed had committed: its interval is not redone");
+                Ok(())
+            }
+            // Aborted: the new producer takes the next one.
+            Some(false) => Err(match e {
+                CommitError::Fatal(e) => CommitError::Aborted(e),
+                e => e,
+            }),
+            None => Err(CommitError::Undecided {
+                homes: staged.iter().filter(|(_, s)| s.store.is_some()).map(|(p, _)| *p).collect(),
+            }),
+        }
     }
 
     /// Waits until every record of the transaction is delivered, and fails
@@ -187,6 +238,37 @@ impl Strategy for ExactlyOnce {
     }
 }
 
+/// A producer whose transactions are initialised, which fences any older
+/// producer with the same transactional ID and ends what it left open:
+/// aborted, or committed when its commit had reached the coordinator.
+fn transactional_producer(
+    config: &Config,
+    transactional_id: &str,
+    limits: &Arc<TopicLimits>,
+) -> Result<Producer, CommitError> {
+    let producer =
+        Producer::new(&config.kafka, transactional_id, None, Arc::clone(limits)).map_err(CommitError::Producer)?;
+    producer.client().init_transactions(COMMIT_TIMEOUT).map_err(|e| transaction_error(e, Duration::ZERO))?;
+    Ok(producer)
+}
+
+/// Whether the transaction that carried `staged`'s offsets committed, as
+/// the group's offsets after its end (`group_has`) say: yes when an offset
+/// it moved is there; no when none is; `None` when it moved none (it only
+/// fired deadlines of partitions that had read nothing since their last commit).
+fn took(staged: &[(i32, Staged)], group_has: &TopicPartitionList) -> Option<bool> {
+    let mut moved = false;
+    for (partition, s) in staged {
+        let Some(next) = s.next_offset.filter(|next| s.last_committed != Some(*next)) else { continue };
+        moved = true;
+        let has = group_has.find_partition(&s.topic, *partition).map(|e| e.offset());
+        if has == Some(Offset::Offset(next)) {
+            return Some(true);
+        }
+    }
+    moved.then_some(false)
+}
+
 /// Sorts an error of a transaction `age` old into the ways of handling it.
 fn transaction_error(e: KafkaError, transaction_age: Duration) -> CommitError {
     match &e {
@@ -199,4 +281,45 @@ fn transaction_error(e: KafkaError, transaction_age: Duration) -> CommitError {
 /// Whether `code` says that a newer producer with the same transactional ID fenced this one.
 fn is_fence(code: RDKafkaErrorCode) -> bool {
     matches!(code, RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::StoreBatch;
+
+    fn staged(topic: &str, last_committed: Option<i64>, next_offset: Option<i64>) -> Staged {
+        Staged {
+            topic: Arc::from(topic),
+            store: None,
+            outcomes: Vec::new(),
+            dead_letters: Vec::new(),
+            forwards: Vec::new(),
+            changelog: Vec::new(),
+            batch: StoreBatch::default(),
+            next_offset,
+            last_committed,
+        }
+    }
+
+    fn group_has(offsets: &[(&str, i32, i64)]) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition, offset) in offsets {
+            tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset)).unwrap();
+        }
+        tpl
+    }
+
+    #[test]
+    fn the_groups_offsets_tell_whether_a_transaction_whose_commit_failed_committed() {
+        // Partition 0 of "r" read nothing (its offset is only covered); "in" 1 read up to 20.
+        let both = [(0, staged("r", Some(5), Some(5))), (1, staged("in", Some(10), Some(20)))];
+        assert_eq!(took(&both, &group_has(&[("r", 0, 5), ("in", 1, 20)])), Some(true));
+        assert_eq!(took(&both, &group_has(&[("r", 0, 5), ("in", 1, 10)])), Some(false));
+        // Another owner committed past it since: not this transaction's offset.
+        assert_eq!(took(&both, &group_has(&[("r", 0, 5), ("in", 1, 30)])), Some(false));
+        // Only covered offsets: the group's offsets are the same either way.
+        let covered = [(0, staged("r", Some(5), Some(5)))];
+        assert_eq!(took(&covered, &group_has(&[("r", 0, 5)])), None);
+    }
 }

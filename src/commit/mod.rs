@@ -112,6 +112,10 @@ pub trait InputGroup {
     /// from a member of the current generation (see [`lease`]). For when
     /// the caller waits anyway (a rebalance, shutdown) and nothing else polls.
     fn confirm_membership(&self) -> KafkaResult<()>;
+    /// The group's committed offsets of `partitions`, once no open
+    /// transaction holds them (under `read_committed`, librdkafka asks
+    /// with `require_stable`).
+    fn stable_offsets(&self, partitions: TopicPartitionList) -> KafkaResult<TopicPartitionList>;
 }
 
 impl<C: ConsumerContext> InputGroup for BaseConsumer<C> {
@@ -149,6 +153,10 @@ impl<C: ConsumerContext> InputGroup for BaseConsumer<C> {
         }
         self.commit(&again, CommitMode::Sync)
     }
+
+    fn stable_offsets(&self, partitions: TopicPartitionList) -> KafkaResult<TopicPartitionList> {
+        Consumer::committed_offsets(self, partitions, COMMIT_TIMEOUT)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -184,6 +192,17 @@ pub enum CommitError {
     /// The assignment was lost while the commit was in flight.
     #[error("the partitions were lost to another instance; the commit was given up")]
     Abandoned,
+    /// Under `exactly_once`: a transaction's commit failed and may have
+    /// committed all the same, and it moved no input offset that would
+    /// tell (it only fired deadlines): the stores of `homes` must be caught
+    /// up from the changelog, which holds their state either way.
+    #[error("a transaction that only fired deadlines may have committed: partitions {homes:?} are opened again")]
+    Undecided { homes: Vec<i32> },
+    /// Under `exactly_once`: a transaction's commit failed and may have
+    /// committed all the same, and junction could not learn which: where
+    /// each partition's last commit is, is unknown here.
+    #[error("cannot tell whether a transaction committed: {0}")]
+    Unsettled(String),
 }
 
 impl CommitError {
@@ -248,6 +267,10 @@ pub struct Staged {
     pub batch: StoreBatch,
     /// The next input offset to commit, if any record was processed.
     pub next_offset: Option<i64>,
+    /// The offset after the last commit, where a replay would start: set
+    /// by the stream thread, which keeps it. Equal to `next_offset` when the
+    /// partition read nothing since (its offset is in a transaction all the same).
+    pub last_committed: Option<i64>,
 }
 
 impl Staged {

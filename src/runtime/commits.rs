@@ -152,7 +152,7 @@ impl Commits {
         let mut staged: Vec<(i32, Staged)> = partitions
             .active()
             .filter(|(_, s)| s.task.is_dirty())
-            .map(|(partition, s)| (partition, s.task.stage()))
+            .map(|(partition, s)| (partition, Staged { last_committed: s.replay_from, ..s.task.stage() }))
             .collect();
         staged.extend(partitions.sources().filter(|s| s.is_dirty()).map(|s| (s.partition, s.stage())));
         partitions.forwards_staged();
@@ -271,6 +271,10 @@ impl Commits {
         if self.halted {
             return Ok(());
         }
+        if let CommitError::Unsettled(_) = &e {
+            // Resuming from the last commit known here could redo a committed interval.
+            return Err(anyhow!(e).context("the stream thread stops: a restart reads the group's offsets again"));
+        }
         warn!(error = %e, "commit failed; discarding the work since the last commit and resuming from there");
         let unplaceable = self.strategy.take_unplaceable();
         self.refused_membership |= e.refused_membership();
@@ -297,6 +301,12 @@ impl Commits {
             .map_err(|e| anyhow!(e).context("replacing the producer"))?;
         }
         partitions.rewind(consumer);
+        // Their changelog holds their state, with or without the transaction's.
+        if let CommitError::Undecided { homes } = &e {
+            for &home in homes {
+                partitions.park(consumer, home, &e, None);
+            }
+        }
         // An outcome no topic takes stops its workflow's home partition, alone.
         for u in unplaceable {
             let home = crate::route::home(&u.workflow_id, partitions.home_partitions());

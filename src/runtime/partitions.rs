@@ -459,7 +459,7 @@ impl Partitions {
             error = %error,
             resume_from = from,
             retry_in_s = backoff.as_secs(),
-            "partition stopped: its state store failed; its offsets stay at the last saved commit, and the other partitions go on"
+            "partition stopped; its offsets stay at the last saved commit, and the other partitions go on"
         );
         self.view.metrics.partition_stopped();
         self.parked.insert(

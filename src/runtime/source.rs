@@ -105,6 +105,7 @@ impl Source {
             changelog: Vec::new(),
             batch: StoreBatch::default(),
             next_offset: self.next_offset.take(),
+            last_committed: self.replay_from,
         }
     }
 

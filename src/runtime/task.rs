@@ -469,6 +469,8 @@ impl Task {
             changelog: changes.changelog,
             batch: changes.batch,
             next_offset: self.next_offset.take(),
+            // The slot keeps it (see `runtime::commits`).
+            last_committed: None,
         }
     }
 

@@ -9,6 +9,8 @@
 //! Kafka itself ([`Broker::kafka`]).
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -205,13 +207,29 @@ impl Broker {
         Broker::launch(Kind::Kafka, Storage::Durable, settings)
     }
 
+    /// Apache Kafka, listening on `proxy`'s target and advertising the
+    /// proxy's port: every client, the broker's own included, reaches it
+    /// through the proxy.
+    pub fn kafka_through(proxy: &proxy::Proxy) -> Broker {
+        let controller = free_port();
+        let settings = [
+            format!("listeners=PLAINTEXT://127.0.0.1:{},CONTROLLER://127.0.0.1:{controller}", proxy.target),
+            format!("advertised.listeners=PLAINTEXT://127.0.0.1:{}", proxy.port),
+        ];
+        let settings: Vec<&str> = settings.iter().map(String::as_str).collect();
+        Broker::launch_on(Kind::Kafka, Storage::Durable, &settings, proxy.port, controller)
+    }
+
     fn launch(kind: Kind, storage: Storage, settings: &[&str]) -> Broker {
-        let port = free_port();
+        Broker::launch_on(kind, storage, settings, free_port(), free_port())
+    }
+
+    fn launch_on(kind: Kind, storage: Storage, settings: &[&str], port: u16, controller_port: u16) -> Broker {
         let mut b = Broker {
             child: None,
             kind,
             port,
-            controller_port: free_port(),
+            controller_port,
             bootstrap: format!("127.0.0.1:{port}"),
             dir: tempfile::tempdir().unwrap(),
             storage,
@@ -544,26 +562,7 @@ impl Broker {
 
     /// Produces records (key, value) with a producer whose partitioner is `partitioner`.
     pub fn produce_with(&self, partitioner: Option<&str>, topic: &str, records: &[RawRecord]) {
-        let producer = self.producer_with(partitioner);
-        for (key, value) in records {
-            let mut r: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
-            if let Some(k) = key {
-                r = r.key(k.as_slice());
-            }
-            if let Some(v) = value {
-                r = r.payload(v.as_slice());
-            }
-            loop {
-                match producer.send(r) {
-                    Ok(()) => break,
-                    Err((_, back)) => {
-                        r = back;
-                        producer.poll(Duration::from_millis(10));
-                    }
-                }
-            }
-        }
-        producer.flush(Duration::from_secs(30)).unwrap();
+        send_all(&self.producer_with(partitioner), topic, records);
     }
 
     /// Produces step events, each keyed by its workflow ID.
@@ -1446,9 +1445,32 @@ pub fn assert_stores_match_the_committed_changelog(broker: &Broker, setup: &Setu
     }
 }
 
+/// Sends records (key, value) to a topic through `producer` and waits for every delivery.
+pub fn send_all(producer: &BaseProducer, topic: &str, records: &[RawRecord]) {
+    for (key, value) in records {
+        let mut r: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
+        if let Some(k) = key {
+            r = r.key(k.as_slice());
+        }
+        if let Some(v) = value {
+            r = r.payload(v.as_slice());
+        }
+        loop {
+            match producer.send(r) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    r = back;
+                    producer.poll(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+}
+
 /// A steady load on the input topic until stopped: windows of 50 order
 /// workflows, their steps interleaved, 5% of them failing a step, and one
-/// bad record per window.
+/// bad record per window, through one producer, as a service has.
 pub struct Load {
     stop: Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<(usize, usize)>>,
@@ -1458,8 +1480,8 @@ impl Load {
     pub fn start(broker: &Arc<Broker>, topic: &str, prefix: &str) -> Load {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let thread = {
-            let (broker, stop, topic, prefix) =
-                (Arc::clone(broker), Arc::clone(&stop), topic.to_string(), prefix.to_string());
+            let (producer, stop, topic, prefix) =
+                (broker.producer(), Arc::clone(&stop), topic.to_string(), prefix.to_string());
             std::thread::spawn(move || {
                 let (mut workflows, mut bad) = (0, 0);
                 while !stop.load(Ordering::SeqCst) {
@@ -1473,7 +1495,7 @@ impl Load {
                         }
                     }
                     records.push((Some(format!("{prefix}-bad-{bad}").into_bytes()), Some(b"{not json".to_vec())));
-                    broker.produce(&topic, &records);
+                    send_all(&producer, &topic, &records);
                     workflows += 50;
                     bad += 1;
                     std::thread::sleep(Duration::from_millis(20));
@@ -1493,7 +1515,7 @@ impl Load {
 
 impl Drop for Load {
     fn drop(&mut self) {
-        // Joined, so that a failing test's broker, which the thread shares, is stopped with the test.
+        // Joined, so that a failing test's load stops with the test.
         self.stop.store(true, Ordering::SeqCst);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
