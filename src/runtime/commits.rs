@@ -304,7 +304,10 @@ impl Commits {
         // Their changelog holds their state, with or without the transaction's.
         if let CommitError::Undecided { homes } = &e {
             for &home in homes {
-                partitions.park(consumer, home, &e, None);
+                // (One the rewind stopped already is opened again anyway.)
+                if partitions.get_mut(home).is_some() {
+                    partitions.park(consumer, home, &e, None);
+                }
             }
         }
         // An outcome no topic takes stops its workflow's home partition, alone.

@@ -45,7 +45,7 @@ impl Proxy {
         let accepting = Arc::clone(&state);
         std::thread::spawn(move || {
             for client in listener.incoming() {
-                let Ok(client) = client else { return };
+                let Ok(client) = client else { continue };
                 if accepting.refusing.load(Ordering::SeqCst) {
                     let _ = client.shutdown(Shutdown::Both);
                     continue;
@@ -86,12 +86,16 @@ impl Drop for Proxy {
 
 /// Passes one client's connection to the broker and back, each way on a thread of its own.
 fn connect(state: &Arc<State>, client: TcpStream, broker: TcpStream) {
-    let mut streams = state.streams.lock().unwrap();
-    streams.extend([client.try_clone().unwrap(), broker.try_clone().unwrap()]);
-    drop(streams);
+    let clones = || {
+        Ok::<_, std::io::Error>([client.try_clone()?, broker.try_clone()?, client.try_clone()?, broker.try_clone()?])
+    };
+    let Ok([kept_client, kept_broker, from_client, to_broker]) = clones() else { return };
+    state.streams.lock().unwrap().extend([kept_client, kept_broker]);
+    for s in [&client, &broker] {
+        let _ = s.set_nodelay(true);
+    }
     let silenced = Arc::new(AtomicBool::new(false));
     let (requests, answers) = (Arc::clone(state), Arc::clone(&silenced));
-    let (from_client, to_broker) = (client.try_clone().unwrap(), broker.try_clone().unwrap());
     std::thread::spawn(move || pass_requests(&requests, &silenced, from_client, to_broker));
     std::thread::spawn(move || pass_answers(&answers, broker, client));
 }
@@ -104,17 +108,19 @@ fn pass_requests(state: &State, silenced: &AtomicBool, mut from: TcpStream, mut 
         if from.read_exact(&mut size).is_err() {
             break;
         }
-        let mut request = vec![0u8; i32::from_be_bytes(size).max(0) as usize];
-        if from.read_exact(&mut request).is_err() {
+        // The size, then the request, sent in one write.
+        let mut request = size.to_vec();
+        request.resize(4 + i32::from_be_bytes(size).max(0) as usize, 0);
+        if from.read_exact(&mut request[4..]).is_err() {
             break;
         }
-        let key = request.get(..2).map(|k| i16::from_be_bytes([k[0], k[1]]));
+        let key = request.get(4..6).map(|k| i16::from_be_bytes([k[0], k[1]]));
         if key == Some(END_TXN) && state.armed.swap(false, Ordering::SeqCst) {
             silenced.store(true, Ordering::SeqCst);
             state.refusing.store(true, Ordering::SeqCst);
             state.lost.store(true, Ordering::SeqCst);
         }
-        if to.write_all(&size).and_then(|()| to.write_all(&request)).is_err() {
+        if to.write_all(&request).is_err() {
             break;
         }
     }
