@@ -180,7 +180,10 @@ fn a_full_disk_stops_only_its_partition_commits_nothing_past_unsaved_state_and_h
     assert!(body.contains("No space left on device"), "{body}");
     assert!(junction.is_running());
     let log = junction.logs();
-    assert!(log.contains("partition stopped") && log.contains("No space left"), "{log}");
+    assert!(
+        log.contains("partition stopped; its offsets stay at the last saved commit") && log.contains("No space left"),
+        "{log}"
+    );
     assert!(junction.metric("junction_store_failures_total", "") >= 1.0);
 
     // The other partitions go on, with the disk still full.

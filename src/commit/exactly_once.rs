@@ -135,9 +135,6 @@ impl ExactlyOnce {
         let group_has = group.stable_offsets(offsets).map_err(|read| {
             CommitError::Unsettled(format!("{e}; then the group's offsets could not be read: {read}"))
         })?;
-        if let Some(refused) = group_has.elements().iter().find_map(|p| p.error().err()) {
-            return Err(CommitError::Unsettled(format!("{e}; then the group's offsets could not be read: {refused}")));
-        }
         match took(staged, &group_has) {
             Some(true) => {
                 warn!("the transaction whose commit failed had committed: its interval is not redone");

@@ -114,7 +114,8 @@ pub trait InputGroup {
     fn confirm_membership(&self) -> KafkaResult<()>;
     /// The group's committed offsets of `partitions`, once no open
     /// transaction holds them (under `read_committed`, librdkafka asks
-    /// with `require_stable`).
+    /// with `require_stable`); an error when the group answered one of
+    /// them with an error.
     fn stable_offsets(&self, partitions: TopicPartitionList) -> KafkaResult<TopicPartitionList>;
 }
 
@@ -155,7 +156,9 @@ impl<C: ConsumerContext> InputGroup for BaseConsumer<C> {
     }
 
     fn stable_offsets(&self, partitions: TopicPartitionList) -> KafkaResult<TopicPartitionList> {
-        Consumer::committed_offsets(self, partitions, COMMIT_TIMEOUT)
+        let offsets = Consumer::committed_offsets(self, partitions, COMMIT_TIMEOUT)?;
+        offsets.elements().iter().try_for_each(|p| p.error())?;
+        Ok(offsets)
     }
 }
 

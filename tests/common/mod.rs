@@ -386,14 +386,7 @@ impl Broker {
     /// deliver.
     pub fn thaw(&self) {
         signal(self.pid().expect("the broker is running"), "-CONT");
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if self.lists_a_broker() {
-                return;
-            }
-            assert!(Instant::now() < deadline, "the thawed broker did not answer on {}", self.bootstrap);
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_until(&format!("the thawed broker to list itself on {}", self.bootstrap), || self.lists_a_broker());
     }
 
     /// Adds ACLs for the user `junction` through the plaintext listener of
