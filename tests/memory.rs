@@ -7,6 +7,13 @@
 //! decide every workflow once the quota is lifted and the last steps come;
 //! its resident memory must stay within what the README's "Memory" adds up
 //! for these settings.
+//!
+//! The backlog is large enough that holding it would pass that sum: with the
+//! bound lifted to 1 GiB, 127 MiB waited and junction reached 431–484 MiB.
+//! So the sum is what shows that memory does not grow with the backlog. (The
+//! peaks of the two halves are printed, not compared: the C library's
+//! malloc steps up by 20–35 MiB when it likes, and the code without the
+//! bound once passed that comparison, 362 then 376 MiB.)
 
 mod common;
 
@@ -59,6 +66,9 @@ fn a_slow_commit_pauses_processing_instead_of_growing_memory() {
     setup.state_options =
         format!("memory_bytes = 16777216\nwrite_buffer_bytes = 4194304\nmax_pending_bytes = {PENDING_LIMIT}\n");
     setup.properties.push(("client.id".into(), CLIENT_ID.into()));
+    // The queues the documented sum below counts.
+    setup.properties.push(("queued.max.messages.kbytes".into(), QUEUE_KBYTES.to_string()));
+    setup.properties.push(("queue.buffering.max.kbytes".into(), QUEUE_KBYTES.to_string()));
     let work = tempfile::tempdir().unwrap();
     let mut j = Junction::start(&setup, work.path(), "j");
     j.wait_ready();
@@ -74,8 +84,8 @@ fn a_slow_commit_pauses_processing_instead_of_growing_memory() {
     };
     broker.produce_events(&setup.input, &steps(&["payment", "inventory"]));
 
-    // Throttled for a while: what waits stays bounded, and memory with it,
-    // in the second half as in the first, however large the backlog.
+    // Throttled for a while, long enough to take most of the backlog in:
+    // what waits stays bounded, and memory with it.
     let (mut most_pending, mut first_half, mut second_half) = (0.0f64, 0.0f64, 0.0f64);
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(24) {
@@ -115,8 +125,6 @@ fn a_slow_commit_pauses_processing_instead_of_growing_memory() {
         most_pending / MIB,
         PENDING_LIMIT >> 20
     );
-    // Room for what the allocators keep of freed memory for a while.
-    assert!(second_half <= first_half + 48.0 * MIB, "resident memory grew with the backlog");
     assert!(
         most_rss <= documented,
         "resident memory {:.0} MiB, above the documented {:.0} MiB",
