@@ -71,11 +71,6 @@ fn stops_with_its_stores_as_the_changelog(broker: &Broker, setup: &Setup, juncti
     assert_stores_match_the_committed_changelog(broker, setup, &owners);
 }
 
-fn assert_no_panic(j: &Junction, name: &str) {
-    let log = j.logs();
-    assert!(!log.contains("panicked"), "{name}'s log holds a panic:\n{log}");
-}
-
 #[test]
 fn kill_9_in_a_transaction_then_a_restart_shows_every_outcome_and_dead_letter_once() {
     let broker = Arc::new(Broker::kafka());

@@ -149,3 +149,37 @@ fn holdings(log: &str) -> (Vec<i32>, Vec<i32>) {
     }
     (homes, held_inputs)
 }
+
+/// Two instances given one `kafka.instance_id` under `at_least_once`. No
+/// transactional producer fences the first: only the group does, when the
+/// second joins as the same static member, and librdkafka hands that to the
+/// consumer as a fatal consumption error. The fenced instance must stop and
+/// name the setting to fix, not stay up holding nothing; the other goes on
+/// and every workflow is decided.
+#[test]
+fn two_instances_given_one_instance_id_leave_one_running_and_the_other_says_why_at_least_once() {
+    let broker = Arc::new(Broker::kafka());
+    let mut setup = Setup::new(&broker, 4);
+    setup.guarantee = "at_least_once";
+    // As a deployment that copies one configuration to every replica would.
+    setup.kafka_options = "instance_id = \"replica\"\n".into();
+    let work = tempfile::tempdir().unwrap();
+    let mut a = Junction::start(&setup, work.path(), "a");
+    a.wait_ready();
+    let load = Load::start(&broker, &setup.input, "twins");
+    broker.reader(&setup.output).read_until("outcomes under load", |r| r.len() >= 200);
+    let mut b = Junction::start(&setup, work.path(), "b");
+
+    assert_eq!(a.wait_exit(), Some(1), "the fenced instance exits with an error");
+    let log = a.logs();
+    assert!(log.contains("kafka.instance_id"), "a names the setting to fix:\n{log}");
+    b.wait_ready();
+    std::thread::sleep(Duration::from_secs(2));
+    let (workflows, _) = load.finish();
+    let mut output = broker.reader(&setup.output);
+    output.read_until("every outcome", |r| by_workflow(r).len() >= workflows);
+    let records = output.read_for(Duration::from_secs(2)).to_vec();
+    assert_one_outcome_each(&records, workflows);
+    assert!(b.is_running(), "the survivor goes on");
+    assert_no_panic(&b, "b");
+}

@@ -70,7 +70,7 @@ impl ExactlyOnce {
         };
         if let Err(e) = self.producer.client().commit_transaction(COMMIT_TIMEOUT) {
             let e = self.fatal_or(failed(e), began);
-            self.settle(&staged, group, e)?;
+            self.settle(&staged, group, e, began)?;
         }
         let failed = state::write_batches(batches(&mut staged), &changelog_last);
         staged.iter().for_each(|(_, s)| count_outcomes(&self.metrics, &s.outcomes));
@@ -120,9 +120,27 @@ impl ExactlyOnce {
     /// returns once the coordinator has finished it, one way or the other),
     /// and the group's offsets, which the transaction carried, tell which
     /// way. `Ok`: it committed.
-    fn settle(&mut self, staged: &[(i32, Staged)], group: &dyn InputGroup, e: CommitError) -> Result<(), CommitError> {
-        if matches!(e, CommitError::Fenced { .. }) || (!e.needs_new_producer() && self.abort().is_ok()) {
+    ///
+    /// A fence can come just after the commit's own error (the coordinator
+    /// answered the commit with an error, then the newer producer's fence
+    /// reached this one): the abort then fails with it. A new producer must
+    /// not be made then, since it would fence the newer one in turn.
+    fn settle(
+        &mut self,
+        staged: &[(i32, Staged)],
+        group: &dyn InputGroup,
+        e: CommitError,
+        began: Instant,
+    ) -> Result<(), CommitError> {
+        if matches!(e, CommitError::Fenced { .. }) {
             return Err(e);
+        }
+        if !e.needs_new_producer() {
+            match self.abort().map_err(|abort| self.fatal_or(abort, began)) {
+                Ok(()) => return Err(e),
+                Err(fenced @ CommitError::Fenced { .. }) => return Err(fenced),
+                Err(_) => {}
+            }
         }
         warn!(
             error = %e,

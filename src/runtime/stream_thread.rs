@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::BorrowedMessage;
 use tracing::{info, warn};
 
@@ -294,6 +294,9 @@ fn poll_batch(consumer: &BaseConsumer<Callbacks>, wait: Duration) -> anyhow::Res
     while let Some(result) = polled {
         match result {
             Ok(m) => messages.push(m),
+            // librdkafka hands a fatal error over as the error it was (a
+            // fenced static member's, for one), marked fatal.
+            Err(KafkaError::MessageConsumptionFatal(_)) => return Err(fatal(consumer)),
             Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) => return Err(fatal(consumer)),
             Err(e) => warn!(error = %e, "input consumer error"),
         }

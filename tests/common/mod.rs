@@ -754,6 +754,12 @@ impl Reader {
     }
 }
 
+/// Fails when `j`'s log holds a panic.
+pub fn assert_no_panic(j: &Junction, name: &str) {
+    let log = j.logs();
+    assert!(!log.contains("panicked"), "{name}'s log holds a panic:\n{log}");
+}
+
 /// Every workflow has exactly one distinct outcome: any repeat is identical
 /// and carries the same outcome ID.
 pub fn assert_one_outcome_each(records: &[Record], expected: usize) -> usize {
