@@ -183,3 +183,42 @@ fn two_instances_given_one_instance_id_leave_one_running_and_the_other_says_why_
     assert!(b.is_running(), "the survivor goes on");
     assert_no_panic(&b, "b");
 }
+
+/// A rebalance's assignment that reaches an instance as it leaves the
+/// group. The instance is told to stop, and its stream thread is held where
+/// it starts to leave (after its last commit) while the other instance, a
+/// dynamic member, leaves: the group gives this one the other's partitions,
+/// and that assignment waits in the consumer's queue when the close goes
+/// on. In a close, librdkafka may end its group before it answers a request
+/// that a callback sends, which then waits for ever (librdkafka issues 4041
+/// and 4884). The instance must exit with status 0 within its shutdown
+/// budget, and a successor decides every workflow.
+#[test]
+fn an_assignment_that_arrives_as_an_instance_leaves_its_group_does_not_hang_its_shutdown() {
+    let broker = Arc::new(Broker::kafka());
+    let mut setup = Setup::new(&broker, PARTITIONS as i32);
+    // A dynamic member's shutdown leaves the group at once, so that it rebalances at once.
+    setup.kafka_options = "static_membership = false\n".into();
+    let work = tempfile::tempdir().unwrap();
+    let (mut leaving, mut other) = Junction::start_two(&setup, work.path());
+    let load = Load::start(&broker, &setup.input, "close");
+    broker.reader(&setup.output).read_until("outcomes under load", |r| r.len() >= 500);
+
+    let (gdb, closing) = leaving.stall_in_close(Duration::from_secs(5));
+    leaving.signal("-TERM");
+    wait_until("the stream thread to start leaving the group", &closing);
+    assert!(other.terminate(), "the other instance exits 0 on SIGTERM:\n{}", other.logs());
+    let code = leaving.wait_exit();
+    drop(gdb);
+    assert_eq!(code, Some(0), "the instance leaving shuts down within its budget:\n{}", leaving.logs());
+
+    let mut successor = Junction::start(&setup, work.path(), "successor");
+    successor.wait_ready();
+    std::thread::sleep(Duration::from_secs(2));
+    let (workflows, _) = load.finish();
+    let mut output = broker.reader(&setup.output);
+    output.read_until("every outcome", |r| by_workflow(r).len() >= workflows);
+    let records = output.read_for(Duration::from_secs(2)).to_vec();
+    assert_one_outcome_each(&records, workflows);
+    assert!(successor.terminate(), "the successor exits 0 on SIGTERM");
+}

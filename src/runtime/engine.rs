@@ -24,6 +24,10 @@ pub struct Engine {
     /// Set when the partitions were given up for a lost membership: the
     /// loop joins the group again, claiming none.
     rejoin: bool,
+    /// Set once the stream thread has given its partitions up to leave the
+    /// group: the callbacks of the consumer's close then ask librdkafka
+    /// nothing (see [`crate::runtime::rebalance`]).
+    pub closing: bool,
     failure: Option<anyhow::Error>,
 }
 
@@ -36,6 +40,7 @@ impl Engine {
             backpressure: Backpressure::new(max_pending_bytes),
             membership: Membership::default(),
             rejoin: false,
+            closing: false,
             failure: None,
         }
     }

@@ -10,11 +10,12 @@
 //! the input and repartition topics together, an assignor may give one
 //! member every input partition and another every home partition.)
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, RebalanceProtocol};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Statistics, TopicPartitionList};
 use tracing::{debug, info, warn};
 
@@ -31,6 +32,8 @@ pub struct Callbacks {
     pub repartition_topic: String,
     /// Every topic read (the input topics and the repartition topic), for the lag.
     pub topics: Vec<String>,
+    /// Whether the group's rebalance protocol is the cooperative one (see `rebalance`).
+    pub cooperative: OnceLock<bool>,
 }
 
 impl ClientContext for Callbacks {
@@ -59,6 +62,31 @@ impl ClientContext for Callbacks {
 }
 
 impl ConsumerContext for Callbacks {
+    /// rdkafka's own, but for the rebalance protocol, asked once while the
+    /// group is up and kept: in the consumer's close, librdkafka may end its
+    /// group before it answers a request that a callback sends (librdkafka
+    /// issues 4041 and 4884), and the call then waits for ever.
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let rebalance = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => Rebalance::Assign(tpl),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => Rebalance::Revoke(tpl),
+            e => Rebalance::Error(KafkaError::Rebalance(e.into())),
+        };
+        self.pre_rebalance(consumer, &rebalance);
+        let cooperative =
+            *self.cooperative.get_or_init(|| matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative));
+        let done = match (&rebalance, cooperative) {
+            (Rebalance::Assign(tpl), true) => consumer.incremental_assign(tpl),
+            (Rebalance::Assign(tpl), false) => consumer.assign(tpl),
+            (_, true) => consumer.incremental_unassign(tpl),
+            (_, false) => consumer.unassign(),
+        };
+        if let Err(e) = done {
+            warn!(error = %e, "cannot apply the group's rebalance");
+        }
+        self.post_rebalance(consumer, &rebalance);
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             if consumer.assignment_lost() {
@@ -74,7 +102,10 @@ impl ConsumerContext for Callbacks {
             Rebalance::Assign(tpl) => {
                 // The coordinator has just counted this instance a member.
                 self.lease.renew(Instant::now());
-                lock(&self.engine).assigned(consumer, &self.homes(tpl))
+                let mut engine = lock(&self.engine);
+                if !engine.closing {
+                    engine.assigned(consumer, &self.homes(tpl))
+                }
             }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => warn!(error = %e, "rebalance error"),
@@ -101,8 +132,9 @@ impl Callbacks {
 fn on_revoke(engine: &mut Engine, consumer: &BaseConsumer<Callbacks>, homes: &[i32]) {
     let inputs = engine.partitions.inputs_of(homes);
     // Finish the interval's work before the partitions are given up (not
-    // after a failure: what failed must not be committed).
-    if !engine.commits.is_halted() {
+    // after a failure: what failed must not be committed; nor while
+    // closing, after the last commit).
+    if !engine.commits.is_halted() && !engine.closing {
         engine.commit(consumer, true);
     }
     engine.partitions.close(homes);

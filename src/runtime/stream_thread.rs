@@ -5,7 +5,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -44,6 +44,10 @@ const STARTUP_RETRY_MAX: Duration = Duration::from_secs(10);
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often `junction_state_bytes` is refreshed.
 const STATE_SIZE_REPORT: Duration = Duration::from_secs(5);
+/// How long the consumer stays quiet before the shutdown leaves the group,
+/// and how long it may take to (see `give_up_before_leaving`).
+const CLOSE_QUIET: Duration = Duration::from_millis(100);
+const CLOSE_DRAIN: Duration = Duration::from_secs(1);
 
 /// Runs the processor until `view.shutdown` is set, then commits, closes
 /// the stores and leaves the group. Returns an error when it cannot go on.
@@ -90,6 +94,7 @@ pub fn run(config: Arc<Config>, view: Arc<View>, runtime: tokio::runtime::Handle
         lease,
         repartition_topic: config.kafka.repartition_topic(),
         topics,
+        cooperative: OnceLock::new(),
     };
     let member_id = config.kafka.static_membership.then_some(instance.id.as_str());
     let consumer: BaseConsumer<Callbacks> = clients::consumer_config(&config.kafka, member_id)
@@ -118,7 +123,9 @@ pub fn run(config: Arc<Config>, view: Arc<View>, runtime: tokio::runtime::Handle
         lock(&engine).commit(&consumer, true);
         stage("the last commit is done");
     }
-    // Leaving the group runs the revoke callback, which closes the stores.
+    give_up_before_leaving(&engine, &consumer);
+    stage("partitions given up");
+    // Leaving the group runs the revoke callback, which asks librdkafka nothing now.
     drop(consumer);
     stage("left the group");
     let failure = {
@@ -257,6 +264,31 @@ fn poll_loop(
         if Instant::now() >= next_size_report {
             lock(engine).partitions.report_state_sizes();
             next_size_report = Instant::now() + STATE_SIZE_REPORT;
+        }
+    }
+}
+
+/// Closes the stores and stops reading the input partitions while the group
+/// is still up, then serves what the consumer has queued: a rebalance's
+/// assignment that arrived meanwhile is answered now. In the consumer's
+/// close, librdkafka may end its group before it answers a request that a
+/// callback sends, which then waits for ever (librdkafka issues 4041 and
+/// 4884): the close's callbacks must have nothing left to ask.
+fn give_up_before_leaving(engine: &Mutex<Engine>, consumer: &BaseConsumer<Callbacks>) {
+    {
+        let mut e = lock(engine);
+        e.closing = true;
+        let (homes, inputs) = (e.partitions.held(), e.partitions.held_sources());
+        e.partitions.close(&homes);
+        e.partitions.remove_sources(consumer, &inputs);
+    }
+    // Until a poll waits its whole time (one that serves a callback returns
+    // at once). Records read now are dropped: their offsets were not committed.
+    let deadline = Instant::now() + CLOSE_DRAIN;
+    while Instant::now() < deadline {
+        let polled = Instant::now();
+        if consumer.poll(CLOSE_QUIET).is_none() && polled.elapsed() >= CLOSE_QUIET {
+            break;
         }
     }
 }

@@ -1117,7 +1117,8 @@ impl Junction {
         self.signal("-CONT");
     }
 
-    fn signal(&self, name: &str) {
+    /// Sends the signal `name` (`-STOP`, `-TERM`, ...) and returns at once.
+    pub fn signal(&self, name: &str) {
         signal(self.pid().expect("junction is running"), name);
     }
 
@@ -1128,12 +1129,54 @@ impl Junction {
     /// returns, then detaches. Returns once the thread is about to stall;
     /// the returned process ends when it runs again.
     pub fn stall_stream_thread(&self, duration: Duration) -> Child {
+        let script = format!(
+            r#"
+stream = [t for t in gdb.selected_inferior().threads() if t.name == "junction-stream"]
+assert stream, "no junction-stream thread"
+stream[0].switch()
+print("stalled", flush=True)
+# The call runs in the stream thread alone; the others run meanwhile.
+gdb.execute("call (int) usleep({micros})")
+"#,
+            micros = duration.as_micros()
+        );
+        let (gdb, output) = self.debug("stall", &script);
+        wait_until("gdb to stop the stream thread", || {
+            std::fs::read_to_string(&output).unwrap_or_default().contains("stalled")
+        });
+        gdb
+    }
+
+    /// Has the stream thread stop for `duration` where it starts to leave
+    /// the group (librdkafka's `rd_kafka_consumer_close_queue`), while
+    /// librdkafka's threads go on, as [`Junction::stall_stream_thread`]
+    /// does. Returns once gdb waits for that moment, with a check of
+    /// whether it has come.
+    pub fn stall_in_close(&self, duration: Duration) -> (Child, impl Fn() -> bool) {
+        let script = format!(
+            r#"
+gdb.execute("break rd_kafka_consumer_close_queue")
+print("waiting", flush=True)
+gdb.execute("continue")
+print("closing", flush=True)
+gdb.execute("delete")
+gdb.execute("call (int) usleep({micros})")
+"#,
+            micros = duration.as_micros()
+        );
+        let (gdb, output) = self.debug("close", &script);
+        let said = move |what: &str| std::fs::read_to_string(&output).unwrap_or_default().contains(what);
+        wait_until("gdb to wait for the close", || said("waiting"));
+        (gdb, move || said("closing"))
+    }
+
+    /// Runs the gdb Python `script` against the process, attached first and
+    /// detached last; returns gdb and the file of its output.
+    fn debug(&self, name: &str, script: &str) -> (Child, PathBuf) {
         let pid = self.pid().expect("junction is running");
-        let script = self.log.with_extension("stall.py");
-        std::fs::write(
-            &script,
-            format!(
-                r#"
+        let path = self.log.with_extension(format!("{name}.py"));
+        let script = format!(
+            r#"
 import gdb
 gdb.execute("set pagination off")
 gdb.execute("set confirm off")
@@ -1141,31 +1184,21 @@ gdb.execute("set confirm off")
 gdb.execute("handle all nostop print pass")
 gdb.execute("set unwindonsignal on")
 gdb.execute("attach {pid}")
-stream = [t for t in gdb.selected_inferior().threads() if t.name == "junction-stream"]
-assert stream, "no junction-stream thread"
-stream[0].switch()
-print("stalled", flush=True)
-# The call runs in the stream thread alone; the others run meanwhile.
-gdb.execute("call (int) usleep({micros})")
+{script}
 gdb.execute("detach")
-"#,
-                micros = duration.as_micros()
-            ),
-        )
-        .unwrap();
-        let output = self.log.with_extension("stall.log");
+"#
+        );
+        std::fs::write(&path, script).unwrap();
+        let output = self.log.with_extension(format!("{name}.log"));
         let file = std::fs::File::create(&output).unwrap();
         let gdb = Command::new("gdb")
             .args(["-q", "-nx", "-batch", "-x"])
-            .arg(&script)
+            .arg(&path)
             .stdout(file.try_clone().unwrap())
             .stderr(file)
             .spawn()
             .expect("gdb (scripts/setup.sh installs it)");
-        wait_until("gdb to stop the stream thread", || {
-            std::fs::read_to_string(&output).unwrap_or_default().contains("stalled")
-        });
-        gdb
+        (gdb, output)
     }
 
     /// Waits for the process to exit by itself; returns its exit code.
