@@ -222,3 +222,50 @@ fn an_assignment_that_arrives_as_an_instance_leaves_its_group_does_not_hang_its_
     assert_one_outcome_each(&records, workflows);
     assert!(successor.terminate(), "the successor exits 0 on SIGTERM");
 }
+
+/// A static member that its group fences though no other instance has its
+/// ID: here a client that joins once under its `group.instance.id` and goes
+/// without leaving, as a broker restart or a join that timed out can leave
+/// it too (the chaos test met it after a frozen broker). The instance gives
+/// its partitions up as lost, joins again with a new consumer and decides
+/// every workflow; only a second fence soon after says that another
+/// instance has its ID.
+#[test]
+fn a_static_member_fenced_once_joins_again_and_decides_everything() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::ClientConfig;
+
+    let broker = Arc::new(Broker::kafka());
+    let mut setup = Setup::new(&broker, 4);
+    setup.kafka_options = "instance_id = \"one\"\n".into();
+    let work = tempfile::tempdir().unwrap();
+    let mut junction = Junction::start(&setup, work.path(), "j");
+    junction.wait_ready();
+    let load = Load::start(&broker, &setup.input, "fenced");
+    broker.reader(&setup.output).read_until("outcomes under load", |r| r.len() >= 200);
+    {
+        // Takes junction's place in the group, then goes without leaving.
+        let intruder: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &setup.bootstrap)
+            .set("group.id", &setup.app)
+            .set("group.instance.id", format!("{}-one", setup.app))
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("session.timeout.ms", "6000")
+            .create()
+            .unwrap();
+        intruder.subscribe(&[&format!("{}-repartition", setup.app)]).unwrap();
+        wait_until("the intruder to take junction's place", || {
+            intruder.poll(Duration::from_millis(100));
+            intruder.assignment().is_ok_and(|a| a.count() > 0)
+        });
+    }
+    wait_until("junction to join again", || junction.logs().contains("joining the group again with a new consumer"));
+    junction.wait_ready();
+    std::thread::sleep(Duration::from_secs(2));
+    let (workflows, _) = load.finish();
+    let mut output = broker.reader(&setup.output);
+    output.read_until("every outcome", |r| by_workflow(r).len() >= workflows);
+    let records = output.read_for(Duration::from_secs(2)).to_vec();
+    assert_one_outcome_each(&records, workflows);
+    assert!(junction.terminate(), "junction exits 0 on SIGTERM:\n{}", junction.logs());
+}

@@ -112,6 +112,16 @@ impl Engine {
         self.rejoin = true;
     }
 
+    /// The group fenced this static member: every partition is given up as
+    /// lost, and the membership forgotten, for a new consumer to join again.
+    pub fn fenced<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
+        let held = self.partitions.held();
+        if !held.is_empty() {
+            self.give_up(consumer, &held, "the group coordinator fenced this static member");
+        }
+        self.membership.forget();
+    }
+
     /// Whether the loop must join the group again (see [`Engine::assigned`]).
     pub fn take_rejoin(&mut self) -> bool {
         std::mem::take(&mut self.rejoin)

@@ -86,24 +86,9 @@ pub fn run(config: Arc<Config>, view: Arc<View>, runtime: tokio::runtime::Handle
     )?;
     let engine =
         Arc::new(Mutex::new(Engine::new(Arc::clone(&view), partitions, commits, config.state.max_pending_bytes)));
-    let mut topics: Vec<String> = config.kafka.input_topics.iter().map(|t| t.name.clone()).collect();
-    topics.push(config.kafka.repartition_topic());
-    let callbacks = Callbacks {
-        engine: Arc::clone(&engine),
-        view: Arc::clone(&view),
-        lease,
-        repartition_topic: config.kafka.repartition_topic(),
-        topics,
-        cooperative: OnceLock::new(),
-    };
     let member_id = config.kafka.static_membership.then_some(instance.id.as_str());
-    let consumer: BaseConsumer<Callbacks> = clients::consumer_config(&config.kafka, member_id)
-        .create_with_context(callbacks)
-        .context("creating the input consumer")?;
-    learn_input_topics(&config, &consumer);
-    // The group balances the home partitions; each instance reads the input
-    // partitions of those it holds (see `runtime::rebalance`).
-    consumer.subscribe(&[&config.kafka.repartition_topic()]).context("subscribing to the repartition topic")?;
+    let join = || join_group(&config, &engine, &view, &lease, member_id);
+    let mut consumer = join()?;
     info!(
         inputs = ?layout.inputs,
         home_partitions = layout.home_partitions,
@@ -112,7 +97,31 @@ pub fn run(config: Arc<Config>, view: Arc<View>, runtime: tokio::runtime::Handle
         transactional_id = if config.kafka.processing_guarantee == Guarantee::ExactlyOnce { transactional_id.as_str() } else { "" },
         "junction is running"
     );
-    let result = poll_loop(&config, &view, &engine, &consumer, &grown, &orphans);
+    // A static member fenced once joins again with a new consumer; fenced
+    // again soon after, another instance has its ID.
+    let mut fenced_at: Option<Instant> = None;
+    let result = loop {
+        match poll_loop(&config, &view, &engine, &consumer, &grown, &orphans) {
+            Ok(Ended::Fenced) if fenced_at.is_none_or(|t| t.elapsed() > layout.session.0 * 2) => {
+                warn!(
+                    "the group coordinator fenced this static member, though another instance may not have its ID \
+                     (a broker restart or a join that timed out can do it): giving every partition up as lost and \
+                     joining the group again with a new consumer"
+                );
+                lock(&engine).fenced(&consumer);
+                drop(consumer);
+                consumer = join()?;
+                fenced_at = Some(Instant::now());
+            }
+            Ok(Ended::Fenced) => {
+                let mut e = lock(&engine);
+                e.fail(fatal(&consumer));
+                break Err(e.take_failure().expect("a failure was just recorded"));
+            }
+            Ok(Ended::Shutdown) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
 
     info!("shutting down: committing, closing stores, leaving the group");
     // Each stage says when it is done, so that a shutdown that overruns
@@ -176,6 +185,41 @@ fn learn_input_topics(config: &Config, consumer: &BaseConsumer<Callbacks>) {
     }
 }
 
+/// A consumer of the group, subscribed to the repartition topic.
+fn join_group(
+    config: &Config,
+    engine: &Arc<Mutex<Engine>>,
+    view: &Arc<View>,
+    lease: &Arc<Lease>,
+    member_id: Option<&str>,
+) -> anyhow::Result<BaseConsumer<Callbacks>> {
+    let mut topics: Vec<String> = config.kafka.input_topics.iter().map(|t| t.name.clone()).collect();
+    topics.push(config.kafka.repartition_topic());
+    let callbacks = Callbacks {
+        engine: Arc::clone(engine),
+        view: Arc::clone(view),
+        lease: Arc::clone(lease),
+        repartition_topic: config.kafka.repartition_topic(),
+        topics,
+        cooperative: OnceLock::new(),
+    };
+    let consumer: BaseConsumer<Callbacks> = clients::consumer_config(&config.kafka, member_id)
+        .create_with_context(callbacks)
+        .context("creating the input consumer")?;
+    learn_input_topics(config, &consumer);
+    // The group balances the home partitions; each instance reads the input
+    // partitions of those it holds (see `runtime::rebalance`).
+    consumer.subscribe(&[&config.kafka.repartition_topic()]).context("subscribing to the repartition topic")?;
+    Ok(consumer)
+}
+
+/// How the poll loop ended, short of an error.
+enum Ended {
+    Shutdown,
+    /// The group coordinator fenced this static member: the consumer cannot go on.
+    Fenced,
+}
+
 /// The loop itself, until shutdown or an error.
 fn poll_loop(
     config: &Config,
@@ -184,14 +228,14 @@ fn poll_loop(
     consumer: &BaseConsumer<Callbacks>,
     grown: &Receiver<input_watch::Counts>,
     orphans: &Receiver<group_watch::Orphans>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Ended> {
     let interval = config.kafka.commit_interval;
     let mut next_commit = Instant::now() + interval;
     let mut next_publish = Instant::now() + PUBLISH_INTERVAL;
     let mut next_size_report = Instant::now();
     loop {
         if view.shutdown.load(Ordering::SeqCst) {
-            return Ok(());
+            return Ok(Ended::Shutdown);
         }
         let restoring = {
             let mut e = lock(engine);
@@ -230,6 +274,7 @@ fn poll_loop(
         };
         let messages = match poll_batch(consumer, wait) {
             Ok(messages) => messages,
+            Err(_) if is_fenced(consumer) => return Ok(Ended::Fenced),
             Err(e) => {
                 // Halted first: leaving the group commits nothing more.
                 let mut e2 = lock(engine);
@@ -338,6 +383,11 @@ fn poll_batch(consumer: &BaseConsumer<Callbacks>, wait: Duration) -> anyhow::Res
         polled = consumer.poll(Duration::ZERO);
     }
     Ok(messages)
+}
+
+/// Whether the consumer's fatal error is the group's fence of its static member.
+fn is_fenced(consumer: &BaseConsumer<Callbacks>) -> bool {
+    matches!(consumer.client().fatal_error(), Some((RDKafkaErrorCode::FencedInstanceId, _)))
 }
 
 /// The input consumer's fatal error, said so that the user can act on it.
