@@ -54,9 +54,7 @@ fn frozen_past_its_session(guarantee: &'static str) {
     std::thread::sleep(Duration::from_secs(2));
     let (workflows, bad) = load.finish();
 
-    let mut output = broker.reader(&setup.output);
-    output.read_until("every outcome", |r| by_workflow(r).len() >= workflows);
-    let records = output.read_for(Duration::from_secs(3)).to_vec();
+    let records = broker.reader(&setup.output).every_outcome(workflows, Duration::from_secs(3));
     let repeats = assert_one_outcome_each(&records, workflows);
     for (id, outcomes) in by_workflow(&records) {
         let index: usize = id.strip_prefix("lost-").unwrap().parse().unwrap();
@@ -132,9 +130,7 @@ fn a_stream_thread_stuck_while_its_group_rebalances_decides_nothing_twice() {
     std::thread::sleep(Duration::from_secs(2));
     let (workflows, _) = load.finish();
 
-    let mut output = broker.reader(&setup.output);
-    output.read_until("every outcome", |r| by_workflow(r).len() >= workflows);
-    let records = output.read_for(Duration::from_secs(3)).to_vec();
+    let records = broker.reader(&setup.output).every_outcome(workflows, Duration::from_secs(3));
     let log = a.logs();
     let repeats = assert_one_outcome_each(&records, workflows);
     assert_eq!(repeats, 0, "a read_committed reader saw repeated outcomes; a's log:\n{log}");

@@ -176,9 +176,7 @@ fn two_instances_given_one_instance_id_leave_one_running_and_the_other_says_why_
     b.wait_ready();
     std::thread::sleep(Duration::from_secs(2));
     let (workflows, _) = load.finish();
-    let mut output = broker.reader(&setup.output);
-    output.read_until("every outcome", |r| by_workflow(r).len() >= workflows);
-    let records = output.read_for(Duration::from_secs(2)).to_vec();
+    let records = broker.reader(&setup.output).every_outcome(workflows, Duration::from_secs(2));
     assert_one_outcome_each(&records, workflows);
     assert!(b.is_running(), "the survivor goes on");
     assert_no_panic(&b, "b");
@@ -216,9 +214,7 @@ fn an_assignment_that_arrives_as_an_instance_leaves_its_group_does_not_hang_its_
     successor.wait_ready();
     std::thread::sleep(Duration::from_secs(2));
     let (workflows, _) = load.finish();
-    let mut output = broker.reader(&setup.output);
-    output.read_until("every outcome", |r| by_workflow(r).len() >= workflows);
-    let records = output.read_for(Duration::from_secs(2)).to_vec();
+    let records = broker.reader(&setup.output).every_outcome(workflows, Duration::from_secs(2));
     assert_one_outcome_each(&records, workflows);
     assert!(successor.terminate(), "the successor exits 0 on SIGTERM");
 }
@@ -263,9 +259,7 @@ fn a_static_member_fenced_once_joins_again_and_decides_everything() {
     junction.wait_ready();
     std::thread::sleep(Duration::from_secs(2));
     let (workflows, _) = load.finish();
-    let mut output = broker.reader(&setup.output);
-    output.read_until("every outcome", |r| by_workflow(r).len() >= workflows);
-    let records = output.read_for(Duration::from_secs(2)).to_vec();
+    let records = broker.reader(&setup.output).every_outcome(workflows, Duration::from_secs(2));
     assert_one_outcome_each(&records, workflows);
     assert!(junction.terminate(), "junction exits 0 on SIGTERM:\n{}", junction.logs());
 }

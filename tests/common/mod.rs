@@ -700,6 +700,13 @@ impl Reader {
         &self.records
     }
 
+    /// Reads until each of `workflows` workflows has an outcome, then what
+    /// else arrives within `settle` (repeats, if any).
+    pub fn every_outcome(&mut self, workflows: usize, settle: Duration) -> Vec<Record> {
+        self.read_until("every outcome", |r| by_workflow(r).len() >= workflows);
+        self.read_for(settle).to_vec()
+    }
+
     /// Reads whatever arrives within `window`: to check that nothing more comes.
     pub fn read_for(&mut self, window: Duration) -> &[Record] {
         let end = Instant::now() + window;
