@@ -30,9 +30,7 @@ fn exactly_once(broker: &Broker, partitions: i32) -> Setup {
 /// exactly once, as expected, and every bad record dead-lettered exactly
 /// once. Reads on for a while after the last one, to see late repeats.
 fn assert_exactly_once(broker: &Broker, setup: &Setup, prefix: &str, workflows: usize, bad: usize) {
-    let mut output = broker.reader(&setup.output);
-    output.read_until("every outcome", |r| by_workflow(r).len() >= workflows);
-    let records = output.read_for(Duration::from_secs(3)).to_vec();
+    let records = broker.reader(&setup.output).every_outcome(workflows, Duration::from_secs(3));
     let mut seen: HashMap<String, usize> = HashMap::new();
     for r in &records {
         let v = r.json();
