@@ -8,12 +8,21 @@
 //! - its checkpoint is beyond the changelog's end (here the changelog was
 //!   deleted and created again): the store may be the only copy of its
 //!   states. It is set aside, never deleted, and the partition rebuilt.
+//!
+//! And the restore reaches the changelog's end even when its consumer was
+//! told of no broker while it waited for the next restore.
 
 mod common;
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use junction::kafka::changelog_ends::ChangelogEnds;
+use junction::metrics::Metrics;
+use junction::state::restore::Restorer;
+use junction::state::{codec, Store, StoreMemory};
 
 fn complete(id: &str) -> Vec<serde_json::Value> {
     ["payment", "inventory", "fraud_check"].iter().map(|s| event(id, "order", s, "succeeded", None)).collect()
@@ -106,4 +115,71 @@ fn a_store_away_longer_than_its_changelog_keeps_tombstones_is_rebuilt() {
     let later = read_to_end(&broker, &setup.output, "read_committed");
     assert_eq!(later.iter().filter(|r| r.key.as_deref() == Some(b"purged".as_slice())).count(), 1, "one outcome");
     assert!(a.terminate());
+}
+
+/// Restores partition `partition` of the changelog from its start into a
+/// fresh store under `dir`, stepping `restorer` as the stream thread does;
+/// returns the open workflows the store then holds.
+fn restore(restorer: &mut Restorer, dir: &Path, partition: i32) -> usize {
+    let store = Arc::new(Store::open(&dir.join(partition.to_string()), &StoreMemory::new(16 << 20, 4 << 20)).unwrap());
+    restorer.start(partition, Arc::clone(&store), 0).unwrap();
+    wait_until(&format!("the restore of changelog partition {partition} to reach its end"), || {
+        let restored = restorer.step(Duration::from_millis(200));
+        assert!(restored.failed.is_empty(), "{:?}", restored.failed);
+        restored.done.iter().any(|(p, _)| *p == partition)
+    });
+    let mut open = 0;
+    store.verify(|state| open += usize::from(codec::is_open(state))).unwrap();
+    open
+}
+
+/// The restore's consumer lives as long as its stream thread, idle between
+/// restores. A broker that its controller has fenced (frozen past its own
+/// session, or restarting) answers metadata requests with no broker in
+/// them, and a librdkafka client told so forgets every broker it knew, for
+/// good (librdkafka issue 5301). A restore begun after that must still
+/// reach the changelog's end: in a chaos run one never did, and its
+/// partition decided nothing for the rest of the run. Here a proxy answers
+/// as the fenced broker does, for a while.
+#[test]
+fn a_restore_after_its_consumer_was_told_of_no_broker_reaches_the_changelogs_end() {
+    let proxy = proxy::Proxy::start(free_port());
+    let broker = Broker::kafka_through(&proxy);
+    let setup = Setup::new(&broker, 2);
+    let work = tempfile::tempdir().unwrap();
+    let mut junction = Junction::start(&setup, work.path(), "j");
+    junction.wait_ready();
+    let ids: Vec<String> = (0..400).map(|i| format!("restored-{i}")).collect();
+    let first_steps: Vec<serde_json::Value> = ids.iter().map(|id| complete(id).remove(0)).collect();
+    broker.produce_events(&setup.input, &first_steps);
+    wait_until("the open workflows to be committed", || {
+        junction.metric("junction_workflows_open", "") == ids.len() as f64
+    });
+    assert!(junction.terminate(), "junction exits 0 on SIGTERM");
+
+    // The restore's own clients, configured as junction configures them
+    // (its metadata refreshed every second, as in every test).
+    let text = setup.config_text(&work.path().join("unused"), free_port());
+    let config = junction::config::parse(Path::new("restore.toml"), &text, Vec::new()).unwrap();
+    let ends = Arc::new(ChangelogEnds::new(&config.kafka).unwrap());
+    let mut restorer = Restorer::new(&config.kafka, ends, Arc::new(Metrics::new()), Box::new(|_| None)).unwrap();
+    let stores = work.path().join("restored");
+    let first = restore(&mut restorer, &stores, 0);
+
+    // As the broker's restart does: every connection is cut, none is taken
+    // for a while, then its clients connect again to a broker not yet
+    // unfenced, for a while.
+    proxy.cut_connections();
+    std::thread::sleep(Duration::from_secs(8));
+    proxy.fence();
+    proxy.let_connections_through();
+    // Long enough for every client to have connected again (librdkafka
+    // waits up to reconnect.backoff.max.ms, 10 s, between attempts, and
+    // more with its jitter) and been told so more than once.
+    std::thread::sleep(Duration::from_secs(20));
+    assert!(proxy.fenced_answers() > 0, "no client asked for metadata while the broker was fenced");
+    proxy.unfence();
+
+    let second = restore(&mut restorer, &stores, 1);
+    assert_eq!(first + second, ids.len(), "every open workflow is restored ({first} and {second})");
 }

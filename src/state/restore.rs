@@ -8,12 +8,21 @@
 //! the changelog and writing the stores go on at the same time. It copies
 //! bytes: which timer a restored state gets is the runtime's rule, given to
 //! it as [`TimerOf`].
+//!
+//! The restore's consumer lives as long as its stream thread. A restore
+//! that hears nothing from it for [`RESTORE_SILENCE`] (no record, no end of
+//! partition) replaces it with a fresh one, which goes on from each
+//! partition's next offset. A librdkafka client told of no broker (a
+//! restarting broker, or one its controller has fenced, answers so) forgets
+//! every broker it knew and asks for metadata no more (librdkafka issue
+//! 5301): without the replacement its restores would never end.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
@@ -39,6 +48,9 @@ const RESTORE_BATCH_STATES: usize = RESTORE_BATCH / 2;
 const WAITING_RECHECK: Duration = Duration::from_millis(500);
 /// Threads writing restored batches (each partition's on one of them).
 const WRITER_THREADS: usize = 2;
+/// How long a restore may hear nothing from its consumer before the
+/// consumer is replaced (see the module).
+pub const RESTORE_SILENCE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
@@ -79,7 +91,12 @@ pub struct Restorer {
     /// The timer each restored state gets in its store.
     timer_of: TimerOf,
     topic: String,
+    /// The consumer's configuration, for a fresh one.
+    config: ClientConfig,
     consumer: BaseConsumer,
+    /// When the consumer last gave a record or an end of partition, or a
+    /// restore began with none under way.
+    heard: Instant,
     /// Reads the changelog's ends, open transactions included.
     ends: Arc<ChangelogEnds>,
     active: HashMap<i32, Restoring>,
@@ -97,15 +114,17 @@ impl Restorer {
         metrics: Arc<Metrics>,
         timer_of: TimerOf,
     ) -> Result<Restorer, RestoreError> {
-        let consumer: BaseConsumer =
-            clients::restore_consumer_config(kafka).create().map_err(RestoreError::Consumer)?;
+        let config = clients::restore_consumer_config(kafka);
+        let consumer: BaseConsumer = config.create().map_err(RestoreError::Consumer)?;
         let topic = kafka.changelog_topic();
         let writer = Writer::start(WRITER_THREADS).map_err(RestoreError::Thread)?;
         Ok(Restorer {
             metrics,
             timer_of,
             topic,
+            config,
             consumer,
+            heard: Instant::now(),
             ends,
             active: HashMap::new(),
             finishing: HashMap::new(),
@@ -129,6 +148,9 @@ impl Restorer {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&self.topic, partition, Offset::Offset(from)).map_err(self.kafka_error(partition))?;
         self.consumer.incremental_assign(&tpl).map_err(self.kafka_error(partition))?;
+        if self.active.is_empty() {
+            self.heard = Instant::now();
+        }
         self.generations += 1;
         self.active.insert(
             partition,
@@ -183,18 +205,54 @@ impl Restorer {
             let left = deadline.saturating_duration_since(Instant::now());
             let Some(polled) = self.consumer.poll(left) else { break };
             match polled {
-                Ok(m) => apply(&mut self.active, &self.timer_of, &self.metrics, &self.writer, &m),
-                Err(KafkaError::PartitionEOF(partition)) => self.at_committed_end(partition),
+                Ok(m) => {
+                    self.heard = Instant::now();
+                    apply(&mut self.active, &self.timer_of, &self.metrics, &self.writer, &m)
+                }
+                Err(KafkaError::PartitionEOF(partition)) => {
+                    self.heard = Instant::now();
+                    self.at_committed_end(partition)
+                }
                 Err(e) => warn!(error = %e, "changelog consumer error while restoring"),
             }
             if Instant::now() >= deadline {
                 break;
             }
         }
+        if !self.active.is_empty() && self.heard.elapsed() >= RESTORE_SILENCE {
+            self.replace_consumer();
+        }
         if self.active.is_empty() && !self.finishing.is_empty() {
             self.collect_written(&mut restored, deadline.saturating_duration_since(Instant::now()));
         }
         restored
+    }
+
+    /// Replaces the consumer with a fresh one, which starts from
+    /// `bootstrap.servers` again and reads each partition under restore
+    /// from the offset after its last record applied.
+    fn replace_consumer(&mut self) {
+        self.heard = Instant::now();
+        let mut tpl = TopicPartitionList::new();
+        for (partition, r) in &self.active {
+            if let Err(e) = tpl.add_partition_offset(&self.topic, *partition, Offset::Offset(r.next)) {
+                warn!(partition, error = %e, "cannot give a fresh changelog consumer its partition");
+                return;
+            }
+        }
+        let fresh = self.config.create::<BaseConsumer>().and_then(|c| c.assign(&tpl).map(|()| c));
+        match fresh {
+            Ok(consumer) => {
+                warn!(
+                    partitions = ?self.active.keys().collect::<Vec<_>>(),
+                    silent_s = RESTORE_SILENCE.as_secs(),
+                    "the changelog consumer gave nothing while restoring: replacing it, to start again from \
+                     bootstrap.servers (a client told of no broker asks for none again, librdkafka issue 5301)"
+                );
+                self.consumer = consumer;
+            }
+            Err(e) => warn!(error = %e, "cannot create a fresh changelog consumer; trying again"),
+        }
     }
 
     /// The end of a changelog partition, records of open transactions included.

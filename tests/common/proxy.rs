@@ -7,14 +7,25 @@
 //! producer that sent it cannot learn, within its own timeout, that its
 //! transaction committed: what a broker stalled or a network cut at that
 //! moment does in production.
+//!
+//! Told to, it also answers `Metadata` requests with no broker in them, as a
+//! broker does while its controller has fenced it (frozen past its own
+//! session, or restarting): what makes a librdkafka client forget every
+//! broker it knew (librdkafka issue 5301). The answers are otherwise the
+//! broker's.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// The Kafka protocol's key of `EndTxn`, the request that commits or aborts a transaction.
 const END_TXN: i16 = 26;
+/// The Kafka protocol's key of `Metadata`.
+const METADATA: i16 = 3;
+/// The first version of `Metadata` in the protocol's compact ("flexible") encoding.
+const METADATA_FLEXIBLE: i16 = 9;
 
 pub struct Proxy {
     /// Where clients connect: the broker's advertised port.
@@ -32,6 +43,10 @@ struct State {
     lost: AtomicBool,
     /// New connections are closed at once.
     refusing: AtomicBool,
+    /// `Metadata` answers list no broker.
+    fenced: AtomicBool,
+    /// How many answers listed none.
+    fenced_answers: AtomicUsize,
     /// Every connection, closed when the proxy is dropped.
     streams: Mutex<Vec<TcpStream>>,
 }
@@ -74,6 +89,30 @@ impl Proxy {
     pub fn let_connections_through(&self) {
         self.state.refusing.store(false, Ordering::SeqCst);
     }
+
+    /// From now on, and until [`Proxy::unfence`], every `Metadata` answer
+    /// lists no broker (its topics are left as they are), as a fenced broker's do.
+    pub fn fence(&self) {
+        self.state.fenced.store(true, Ordering::SeqCst);
+    }
+
+    /// Closes every connection and refuses new ones until
+    /// [`Proxy::let_connections_through`], as a broker that stopped does.
+    pub fn cut_connections(&self) {
+        self.state.refusing.store(true, Ordering::SeqCst);
+        for s in self.state.streams.lock().unwrap().drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+
+    pub fn unfence(&self) {
+        self.state.fenced.store(false, Ordering::SeqCst);
+    }
+
+    /// How many `Metadata` answers listed no broker.
+    pub fn fenced_answers(&self) -> usize {
+        self.state.fenced_answers.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for Proxy {
@@ -94,29 +133,46 @@ fn connect(state: &Arc<State>, client: TcpStream, broker: TcpStream) {
     for s in [&client, &broker] {
         let _ = s.set_nodelay(true);
     }
-    let silenced = Arc::new(AtomicBool::new(false));
-    let (requests, answers) = (Arc::clone(state), Arc::clone(&silenced));
-    std::thread::spawn(move || pass_requests(&requests, &silenced, from_client, to_broker));
-    std::thread::spawn(move || pass_answers(&answers, broker, client));
+    let connection = Arc::new(Connection::default());
+    let (requests, answers) = (Arc::clone(state), Arc::clone(state));
+    let asked = Arc::clone(&connection);
+    std::thread::spawn(move || pass_requests(&requests, &asked, from_client, to_broker));
+    std::thread::spawn(move || pass_answers(&answers, &connection, broker, client));
 }
 
-/// Passes each request whole, and reads its key: once armed, an `EndTxn`
-/// silences its connection's answers from then on.
-fn pass_requests(state: &State, silenced: &AtomicBool, mut from: TcpStream, mut to: TcpStream) {
-    loop {
-        let mut size = [0u8; 4];
-        if from.read_exact(&mut size).is_err() {
-            break;
+/// What one connection's two threads share.
+#[derive(Default)]
+struct Connection {
+    /// Its answers are no longer passed.
+    silenced: AtomicBool,
+    /// The `Metadata` requests not yet answered: correlation ID, version.
+    metadata: Mutex<HashMap<i32, i16>>,
+}
+
+/// Reads one size-prefixed request or answer whole: its size, then it.
+fn read_frame(from: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut size = [0u8; 4];
+    from.read_exact(&mut size).ok()?;
+    let mut frame = size.to_vec();
+    frame.resize(4 + i32::from_be_bytes(size).max(0) as usize, 0);
+    from.read_exact(&mut frame[4..]).ok()?;
+    Some(frame)
+}
+
+/// Passes each request whole, and reads its header: once armed, an
+/// `EndTxn` silences its connection's answers from then on; a `Metadata`
+/// request is noted, for its answer.
+fn pass_requests(state: &State, connection: &Connection, mut from: TcpStream, mut to: TcpStream) {
+    // Each request is sent in one write.
+    while let Some(request) = read_frame(&mut from) {
+        let field = |at: usize| request.get(at..at + 2).map(|k| i16::from_be_bytes([k[0], k[1]]));
+        let key = field(4);
+        if let (Some(METADATA), Some(version), Some(id)) = (key, field(6), request.get(8..12)) {
+            let id = i32::from_be_bytes(id.try_into().unwrap());
+            connection.metadata.lock().unwrap().insert(id, version);
         }
-        // The size, then the request, sent in one write.
-        let mut request = size.to_vec();
-        request.resize(4 + i32::from_be_bytes(size).max(0) as usize, 0);
-        if from.read_exact(&mut request[4..]).is_err() {
-            break;
-        }
-        let key = request.get(4..6).map(|k| i16::from_be_bytes([k[0], k[1]]));
         if key == Some(END_TXN) && state.armed.swap(false, Ordering::SeqCst) {
-            silenced.store(true, Ordering::SeqCst);
+            connection.silenced.store(true, Ordering::SeqCst);
             state.refusing.store(true, Ordering::SeqCst);
             state.lost.store(true, Ordering::SeqCst);
         }
@@ -127,20 +183,92 @@ fn pass_requests(state: &State, silenced: &AtomicBool, mut from: TcpStream, mut 
     let _ = to.shutdown(Shutdown::Both);
 }
 
-/// Passes the broker's answers, but none once the connection is silenced.
-fn pass_answers(silenced: &AtomicBool, mut from: TcpStream, mut to: TcpStream) {
-    let mut buffer = [0u8; 64 * 1024];
-    loop {
-        let n = match from.read(&mut buffer) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        if silenced.load(Ordering::SeqCst) {
+/// Passes the broker's answers, but none once the connection is silenced,
+/// and those to `Metadata` without their brokers while fenced.
+fn pass_answers(state: &State, connection: &Connection, mut from: TcpStream, mut to: TcpStream) {
+    while let Some(mut answer) = read_frame(&mut from) {
+        if connection.silenced.load(Ordering::SeqCst) {
             continue;
         }
-        if to.write_all(&buffer[..n]).is_err() {
+        let id = answer.get(4..8).map(|id| i32::from_be_bytes(id.try_into().unwrap()));
+        let version = id.and_then(|id| connection.metadata.lock().unwrap().remove(&id));
+        if let Some(version) = version.filter(|_| state.fenced.load(Ordering::SeqCst)) {
+            let body = without_brokers(&answer[4..], version).expect("a Metadata answer the proxy can read");
+            answer = [&(body.len() as i32).to_be_bytes()[..], &body].concat();
+            state.fenced_answers.fetch_add(1, Ordering::SeqCst);
+        }
+        if to.write_all(&answer).is_err() {
             break;
         }
     }
     let _ = to.shutdown(Shutdown::Both);
+}
+
+/// A `Metadata` answer of `version` (after its size) with an empty list of
+/// brokers: its header (the correlation ID, then tagged fields when
+/// flexible), the throttle time, then the brokers, each a node ID, a host,
+/// a port, a rack and tagged fields. The rest is kept.
+fn without_brokers(answer: &[u8], version: i16) -> Option<Vec<u8>> {
+    let flexible = version >= METADATA_FLEXIBLE;
+    let mut at = 4;
+    if flexible {
+        at = skip_tagged_fields(answer, at)?;
+    }
+    if version >= 3 {
+        at += 4;
+    }
+    let start = at;
+    let brokers = if flexible {
+        let (n, next) = unsigned_varint(answer, at)?;
+        at = next;
+        n.checked_sub(1)?
+    } else {
+        at += 4;
+        u64::try_from(i32::from_be_bytes(answer.get(start..at)?.try_into().ok()?)).ok()?
+    };
+    for _ in 0..brokers {
+        at = skip_string(answer, at + 4, flexible)? + 4;
+        if version >= 1 {
+            at = skip_string(answer, at, flexible)?;
+        }
+        if flexible {
+            at = skip_tagged_fields(answer, at)?;
+        }
+    }
+    let empty: &[u8] = if flexible { &[1] } else { &[0, 0, 0, 0] };
+    Some([&answer[..start], empty, answer.get(at..)?].concat())
+}
+
+/// A (nullable) string's end: a compact one's length is an unsigned varint
+/// plus one (0 for null), a classic one's an `i16` (-1 for null).
+fn skip_string(bytes: &[u8], at: usize, flexible: bool) -> Option<usize> {
+    if flexible {
+        let (n, next) = unsigned_varint(bytes, at)?;
+        return Some(next + n.saturating_sub(1) as usize);
+    }
+    let n = i16::from_be_bytes(bytes.get(at..at + 2)?.try_into().ok()?);
+    Some(at + 2 + n.max(0) as usize)
+}
+
+fn skip_tagged_fields(bytes: &[u8], at: usize) -> Option<usize> {
+    let (fields, mut at) = unsigned_varint(bytes, at)?;
+    for _ in 0..fields {
+        let (_tag, next) = unsigned_varint(bytes, at)?;
+        let (size, next) = unsigned_varint(bytes, next)?;
+        at = next + size as usize;
+    }
+    Some(at)
+}
+
+fn unsigned_varint(bytes: &[u8], mut at: usize) -> Option<(u64, usize)> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *bytes.get(at)?;
+        at += 1;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some((value, at));
+        }
+    }
+    None
 }
