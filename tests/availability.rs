@@ -87,3 +87,31 @@ fn a_broker_restart_in_the_middle_of_a_run_loses_nothing() {
     assert_eq!(junction.metric("junction_workflows_open", ""), 0.0);
     println!("outage: {} workflows, {} outcomes, {repeats} repeats, 0 lost", ids.len(), records.len());
 }
+
+/// A restarting broker answers metadata requests with no broker in them
+/// until its controller unfences it, and librdkafka strands a client told
+/// so: it never asks for a broker again (`junction::kafka::stranded`).
+/// junction replaces each of its clients so stranded, and decides what
+/// comes after. A proxy in front of Apache Kafka stages the restart.
+#[test]
+fn workflows_after_a_broker_restart_that_answered_as_fenced_are_decided() {
+    let proxy = proxy::Proxy::start(free_port());
+    let broker = Broker::kafka_through(&proxy);
+    let setup = Setup::new(&broker, 2);
+    let work = tempfile::tempdir().unwrap();
+    let mut junction = Junction::start(&setup, work.path(), "j");
+    junction.wait_ready();
+    let steps = ["payment", "inventory", "fraud_check"];
+    let before: Vec<String> = (0..200).map(|i| format!("before-{i}")).collect();
+    broker.produce_events(&setup.input, &steps_of(&before, &steps));
+    broker.reader(&setup.output).read_until("the outcomes before", |r| by_workflow(r).len() >= before.len());
+
+    proxy.restart_answering_as_fenced();
+    let after: Vec<String> = (0..200).map(|i| format!("after-{i}")).collect();
+    broker.produce_events(&setup.input, &steps_of(&after, &steps));
+    let ids: Vec<String> = before.iter().chain(&after).cloned().collect();
+    let records = broker.reader(&setup.output).every_outcome(ids.len(), Duration::from_secs(1));
+    let repeats = assert_all_completed(&records, &ids);
+    assert!(junction.is_running(), "junction rides out the restart");
+    println!("a restart answered as fenced: {} workflows, {} outcomes, {repeats} repeats", ids.len(), records.len());
+}

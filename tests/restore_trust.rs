@@ -139,8 +139,8 @@ fn restore(restorer: &mut Restorer, dir: &Path, partition: i32) -> usize {
 /// them, and a librdkafka client told so forgets every broker it knew, for
 /// good (librdkafka issue 5301). A restore begun after that must still
 /// reach the changelog's end: in a chaos run one never did, and its
-/// partition decided nothing for the rest of the run. Here a proxy answers
-/// as the fenced broker does, for a while.
+/// partition decided nothing for the rest of the run. Here a proxy stages
+/// the broker's restart.
 #[test]
 fn a_restore_after_its_consumer_was_told_of_no_broker_reaches_the_changelogs_end() {
     let proxy = proxy::Proxy::start(free_port());
@@ -166,19 +166,7 @@ fn a_restore_after_its_consumer_was_told_of_no_broker_reaches_the_changelogs_end
     let stores = work.path().join("restored");
     let first = restore(&mut restorer, &stores, 0);
 
-    // As the broker's restart does: every connection is cut, none is taken
-    // for a while, then its clients connect again to a broker not yet
-    // unfenced, for a while.
-    proxy.cut_connections();
-    std::thread::sleep(Duration::from_secs(8));
-    proxy.fence();
-    proxy.let_connections_through();
-    // Long enough for every client to have connected again (librdkafka
-    // waits up to reconnect.backoff.max.ms, 10 s, between attempts, and
-    // more with its jitter) and been told so more than once.
-    std::thread::sleep(Duration::from_secs(20));
-    assert!(proxy.fenced_answers() > 0, "no client asked for metadata while the broker was fenced");
-    proxy.unfence();
+    proxy.restart_answering_as_fenced();
 
     let second = restore(&mut restorer, &stores, 1);
     assert_eq!(first + second, ids.len(), "every open workflow is restored ({first} and {second})");

@@ -214,6 +214,11 @@ impl CommitError {
         matches!(self, CommitError::Fatal(_) | CommitError::Fenced { .. })
     }
 
+    /// Whether records were not delivered within the message timeout.
+    pub fn timed_out(&self) -> bool {
+        matches!(self, CommitError::Delivery(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageTimedOut))
+    }
+
     /// Whether the group coordinator refused the commit's offsets as from
     /// a member it no longer knows (see [`crate::runtime::membership`]):
     /// the partitions may be someone else's now.

@@ -5,20 +5,17 @@
 //! transaction open on its changelog may yet commit (see
 //! [`crate::state::restore`]).
 //!
-//! The two clients are replaced when one of them reached no broker for a
-//! whole request. librdkafka (since 2.10) forgets every broker that a
-//! metadata response leaves out, and a broker whose controller has just
-//! fenced it (frozen past its own session, restarting) can answer with
-//! none: the client is then left with no broker to ask, for good
-//! (librdkafka issue 5301), and a store waiting on it would never open. A
-//! fresh client starts from `bootstrap.servers` again.
+//! The two clients are replaced when a request of one of them fails: it
+//! may have been stranded ([`crate::kafka::stranded`]; a fenced broker's
+//! answer leaves it with no broker, or with partitions whose leader it does
+//! not know), and a store waiting on it would never open.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use tracing::warn;
 
 use crate::config::KafkaConfig;
@@ -92,13 +89,11 @@ impl ChangelogEnds {
     }
 
     /// One client's watermarks of `partition`; the clients are replaced
-    /// when it reached no broker.
+    /// when it fails.
     fn ask(&self, clients: &Arc<Clients>, client: &BaseConsumer, partition: i32) -> Result<(i64, i64), KafkaError> {
         let result = client.fetch_watermarks(&self.topic, partition, self.timeout);
         if let Err(e) = &result {
-            if e.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
-                self.replace(clients, e);
-            }
+            self.replace(clients, e);
         }
         result
     }
@@ -113,8 +108,8 @@ impl ChangelogEnds {
             Ok(fresh) => {
                 warn!(
                     error = %error,
-                    "the clients that read the changelog's ends reached no broker for a whole request: replacing \
-                     them, to start again from bootstrap.servers"
+                    "a client that reads the changelog's ends failed a request: replacing them, to start again from \
+                     bootstrap.servers"
                 );
                 *current = Arc::new(fresh);
             }
@@ -129,6 +124,8 @@ fn create(configs: &[ClientConfig; 2]) -> Result<Clients, KafkaError> {
 
 #[cfg(test)]
 mod tests {
+    use rdkafka::error::RDKafkaErrorCode;
+
     use super::*;
 
     /// A client config for a port nothing listens on (as in `runtime::partitions`' tests).

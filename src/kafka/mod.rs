@@ -8,7 +8,8 @@
 //! transaction ([`stable_offsets`]), and whether a partition is read to its
 //! end ([`caught_up`]), and an offset commit whose answer comes back
 //! ([`answered_commit`]), and how the group coordinator describes the group
-//! ([`group_state`]). Nothing here decides what to commit or when.
+//! ([`group_state`]), and which clients librdkafka has stranded
+//! ([`stranded`]). Nothing here decides what to commit or when.
 
 pub mod answered_commit;
 pub mod caught_up;
@@ -21,6 +22,7 @@ pub mod producer;
 pub mod purge;
 pub mod refusals;
 pub mod stable_offsets;
+pub mod stranded;
 pub mod topics;
 
 pub use clients::{consumer_config, producer_config};

@@ -290,7 +290,12 @@ impl Commits {
                 warn!(?limits, "a topic refused a record for its size: its limits are read again");
             }
         }
-        if e.needs_new_producer() || limits_lowered {
+        // A producer whose records time out may know no broker any more:
+        // one that met a broker its controller had fenced forgets them all
+        // (librdkafka issue 5301), and would time out for ever. Under
+        // at_least_once a new one costs only its connections.
+        let stuck = e.timed_out() && self.config.kafka.processing_guarantee == Guarantee::AtLeastOnce;
+        if e.needs_new_producer() || limits_lowered || stuck {
             self.strategy = commit::strategy(
                 Arc::clone(&self.config),
                 Arc::clone(&self.metrics),

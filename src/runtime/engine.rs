@@ -112,12 +112,13 @@ impl Engine {
         self.rejoin = true;
     }
 
-    /// The group fenced this static member: every partition is given up as
-    /// lost, and the membership forgotten, for a new consumer to join again.
-    pub fn fenced<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
+    /// The consumer cannot go on (the group fenced this static member, or
+    /// librdkafka stranded it, `why`): every partition is given up as lost,
+    /// and the membership forgotten, for a new consumer to join again.
+    pub fn start_over<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, why: &str) {
         let held = self.partitions.held();
         if !held.is_empty() {
-            self.give_up(consumer, &held, "the group coordinator fenced this static member");
+            self.give_up(consumer, &held, why);
         }
         self.membership.forget();
     }

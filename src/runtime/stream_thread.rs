@@ -19,6 +19,7 @@ use crate::commit::PUBLISH_INTERVAL;
 use crate::config::{Config, Guarantee};
 use crate::kafka::group_state;
 use crate::kafka::limits::TopicLimits;
+use crate::kafka::stranded::{self, Reachability};
 use crate::kafka::{clients, topics};
 use crate::ops::view::View;
 use crate::runtime::commits::Commits;
@@ -108,10 +109,21 @@ pub fn run(config: Arc<Config>, view: Arc<View>, runtime: tokio::runtime::Handle
                      (a broker restart or a join that timed out can do it): giving every partition up as lost and \
                      joining the group again with a new consumer"
                 );
-                lock(&engine).fenced(&consumer);
+                lock(&engine).start_over(&consumer, "the group coordinator fenced this static member");
                 drop(consumer);
                 consumer = join()?;
                 fenced_at = Some(Instant::now());
+            }
+            Ok(Ended::Stranded) => {
+                warn!(
+                    "the input consumer has reached no broker for {} s while a new client reaches the cluster: \
+                     librdkafka stranded it (issue 5301). Giving every partition up as lost and joining the group \
+                     again with a new consumer",
+                    stranded::CHECK_AFTER.as_secs()
+                );
+                lock(&engine).start_over(&consumer, "librdkafka stranded the input consumer");
+                drop(consumer);
+                consumer = join()?;
             }
             Ok(Ended::Fenced) => {
                 let mut e = lock(&engine);
@@ -218,6 +230,8 @@ enum Ended {
     Shutdown,
     /// The group coordinator fenced this static member: the consumer cannot go on.
     Fenced,
+    /// The consumer reaches no broker, though the cluster answers a new client.
+    Stranded,
 }
 
 /// The loop itself, until shutdown or an error.
@@ -233,6 +247,7 @@ fn poll_loop(
     let mut next_commit = Instant::now() + interval;
     let mut next_publish = Instant::now() + PUBLISH_INTERVAL;
     let mut next_size_report = Instant::now();
+    let mut reachability = Reachability::default();
     loop {
         if view.shutdown.load(Ordering::SeqCst) {
             return Ok(Ended::Shutdown);
@@ -309,6 +324,10 @@ fn poll_loop(
         if Instant::now() >= next_size_report {
             lock(engine).partitions.report_state_sizes();
             next_size_report = Instant::now() + STATE_SIZE_REPORT;
+            // (The consumer's statistics say whether it reaches a broker, every 5 s.)
+            if reachability.stranded(view.health().unreachable.is_none(), &config.kafka) {
+                return Ok(Ended::Stranded);
+            }
         }
     }
 }

@@ -19,6 +19,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// The Kafka protocol's key of `EndTxn`, the request that commits or aborts a transaction.
 const END_TXN: i16 = 26;
@@ -107,6 +108,21 @@ impl Proxy {
 
     pub fn unfence(&self) {
         self.state.fenced.store(false, Ordering::SeqCst);
+    }
+
+    /// Stages a broker's restart as its clients see it: every connection is
+    /// cut, none is taken for 8 s, then the broker answers `Metadata` as one
+    /// not yet unfenced does, for 20 s: long enough for every client to have
+    /// connected again (librdkafka waits up to `reconnect.backoff.max.ms`,
+    /// 10 s, between attempts, and more with its jitter) and been told so.
+    pub fn restart_answering_as_fenced(&self) {
+        self.cut_connections();
+        std::thread::sleep(Duration::from_secs(8));
+        self.fence();
+        self.let_connections_through();
+        std::thread::sleep(Duration::from_secs(20));
+        assert!(self.fenced_answers() > 0, "no client asked for metadata while the broker answered as fenced");
+        self.unfence();
     }
 
     /// How many `Metadata` answers listed no broker.
