@@ -95,9 +95,19 @@ fn a_broker_restart_in_the_middle_of_a_run_loses_nothing() {
 /// comes after. A proxy in front of Apache Kafka stages the restart.
 #[test]
 fn workflows_after_a_broker_restart_that_answered_as_fenced_are_decided() {
+    decide_after_a_restart_answered_as_fenced("at_least_once");
+}
+
+#[test]
+fn workflows_after_a_broker_restart_that_answered_as_fenced_are_decided_exactly_once() {
+    decide_after_a_restart_answered_as_fenced("exactly_once");
+}
+
+fn decide_after_a_restart_answered_as_fenced(guarantee: &'static str) {
     let proxy = proxy::Proxy::start(free_port());
     let broker = Broker::kafka_through(&proxy);
-    let setup = Setup::new(&broker, 2);
+    let mut setup = Setup::new(&broker, 2);
+    setup.guarantee = guarantee;
     let work = tempfile::tempdir().unwrap();
     let mut junction = Junction::start(&setup, work.path(), "j");
     junction.wait_ready();
@@ -112,6 +122,13 @@ fn workflows_after_a_broker_restart_that_answered_as_fenced_are_decided() {
     let ids: Vec<String> = before.iter().chain(&after).cloned().collect();
     let records = broker.reader(&setup.output).every_outcome(ids.len(), Duration::from_secs(1));
     let repeats = assert_all_completed(&records, &ids);
+    if guarantee == "exactly_once" {
+        assert_eq!(repeats, 0, "a read_committed reader sees no repeat under exactly_once");
+    }
     assert!(junction.is_running(), "junction rides out the restart");
-    println!("a restart answered as fenced: {} workflows, {} outcomes, {repeats} repeats", ids.len(), records.len());
+    println!(
+        "a restart answered as fenced, {guarantee}: {} workflows, {} outcomes, {repeats} repeats",
+        ids.len(),
+        records.len()
+    );
 }

@@ -2,14 +2,18 @@
 //! is never lost to retention, however long junction is down), so junction
 //! deletes what it has committed: every [`PURGE_INTERVAL`], the records of
 //! each home partition before its committed offset, as Kafka Streams does
-//! with its repartition topics. A failed purge is tried again next time; it
-//! costs only disk.
+//! with its repartition topics. A failed purge is tried again next time,
+//! with a new admin client (librdkafka may have stranded the old one,
+//! [`crate::kafka::stranded`]); it costs only disk.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, warn};
 
@@ -21,7 +25,10 @@ pub const PURGE_INTERVAL: Duration = Duration::from_secs(30);
 
 pub struct Purger {
     topic: String,
+    config: ClientConfig,
     admin: Option<AdminClient<DefaultClientContext>>,
+    /// The last purge failed: the next one makes a new admin client.
+    failed: Arc<AtomicBool>,
     runtime: tokio::runtime::Handle,
     /// Home partition → the offset committed, not yet purged up to.
     committed: BTreeMap<i32, i64>,
@@ -29,14 +36,13 @@ pub struct Purger {
 }
 
 impl Purger {
-    pub fn new(config: &KafkaConfig, runtime: tokio::runtime::Handle) -> Purger {
-        let admin = base(config)
-            .create()
-            .map_err(|e| warn!(error = %e, "cannot create the admin client that purges the repartition topic"))
-            .ok();
+    pub fn new(kafka: &KafkaConfig, runtime: tokio::runtime::Handle) -> Purger {
+        let config = base(kafka);
         Purger {
-            topic: config.repartition_topic(),
-            admin,
+            topic: kafka.repartition_topic(),
+            admin: admin(&config),
+            config,
+            failed: Arc::new(AtomicBool::new(false)),
             runtime,
             committed: BTreeMap::new(),
             next: Instant::now() + PURGE_INTERVAL,
@@ -54,6 +60,9 @@ impl Purger {
             return;
         }
         self.next = Instant::now() + PURGE_INTERVAL;
+        if self.admin.is_none() || self.failed.swap(false, Ordering::SeqCst) {
+            self.admin = admin(&self.config);
+        }
         let Some(admin) = &self.admin else { return };
         let mut tpl = TopicPartitionList::new();
         for (partition, offset) in std::mem::take(&mut self.committed) {
@@ -62,17 +71,29 @@ impl Purger {
             }
         }
         let request = admin.delete_records(&tpl, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))));
+        let failed = Arc::clone(&self.failed);
         self.runtime.spawn(async move {
             match request.await {
                 Ok(result) => {
                     for e in result.elements() {
                         if let Err(error) = e.error() {
                             debug!(partition = e.partition(), error = %error, "cannot purge a repartition partition");
+                            failed.store(true, Ordering::SeqCst);
                         }
                     }
                 }
-                Err(e) => debug!(error = %e, "cannot purge the repartition topic; tried again later"),
+                Err(e) => {
+                    debug!(error = %e, "cannot purge the repartition topic; tried again later");
+                    failed.store(true, Ordering::SeqCst);
+                }
             }
         });
     }
+}
+
+fn admin(config: &ClientConfig) -> Option<AdminClient<DefaultClientContext>> {
+    config
+        .create()
+        .map_err(|e| warn!(error = %e, "cannot create the admin client that purges the repartition topic"))
+        .ok()
 }

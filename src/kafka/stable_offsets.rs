@@ -9,11 +9,14 @@
 //! only once the offsets are stable; librdkafka asks again meanwhile.) The
 //! wait can last the transaction timeout and the broker's sweep of timed-out
 //! transactions, so it runs on the thread that opens the partition's store
-//! ([`crate::runtime::opener`]), never on the stream thread.
+//! ([`crate::runtime::opener`]), never on the stream thread. Each wait
+//! has a client of its own, so that one librdkafka stranded
+//! ([`crate::kafka::stranded`]) stops no later opening.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::TopicPartitionList;
@@ -30,16 +33,16 @@ const RETRY: Duration = Duration::from_millis(100);
 /// How long one request for the offsets may wait for them to be stable.
 const ASK_TURN: Duration = Duration::from_secs(1);
 
-/// The client that asks the group coordinator, and how long it waits.
+/// The configuration of the client that asks the group coordinator, and how long it waits.
 pub struct StableOffsets {
-    client: BaseConsumer,
+    client: ClientConfig,
     /// The longest wait, after which the answer is the last error.
     timeout: Duration,
 }
 
 impl StableOffsets {
     pub fn new(config: &KafkaConfig) -> Result<StableOffsets, KafkaError> {
-        let client = clients::offsets_client_config(config).create()?;
+        let client = clients::offsets_client_config(config);
         let timeout = clients::transaction_timeout(config) + TRANSACTION_SWEEP;
         Ok(StableOffsets { client, timeout })
     }
@@ -56,12 +59,16 @@ impl StableOffsets {
         for (topic, partition) in partitions {
             tpl.add_partition(topic, *partition);
         }
+        let client: BaseConsumer = match self.client.create() {
+            Ok(client) => client,
+            Err(e) => return Some(Err(e)),
+        };
         let deadline = Instant::now() + self.timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             // Asked in short turns, so that a cancelled wait (the partition
             // revoked, shutdown) ends within one.
-            let error = match self.client.committed_offsets(tpl.clone(), left.min(ASK_TURN).max(RETRY)) {
+            let error = match client.committed_offsets(tpl.clone(), left.min(ASK_TURN).max(RETRY)) {
                 Ok(committed) => match committed.elements().iter().find_map(|e| e.error().err()) {
                     None => return Some(Ok(committed)),
                     Some(e) => e,

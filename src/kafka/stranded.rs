@@ -6,8 +6,11 @@
 //! changelog ends' clients ([`crate::kafka::changelog_ends`]), the restore's
 //! consumer ([`crate::state::restore`]), the input consumer (the stream
 //! thread, after [`Reachability`] says so) and, under `at_least_once`, the
-//! producer whose records time out ([`crate::runtime::commits`]). A fresh
-//! client starts from `bootstrap.servers` again.
+//! producer whose records time out ([`crate::runtime::commits`]). The
+//! threads that watch the input topics and the group, and the purge of the
+//! repartition topic, make a new client after a failed request; each wait
+//! for stable offsets has a client of its own. A fresh client starts from
+//! `bootstrap.servers` again.
 
 use std::time::{Duration, Instant};
 

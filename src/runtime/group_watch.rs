@@ -67,7 +67,9 @@ pub fn spawn(config: Arc<Config>, view: Arc<View>, home_partitions: usize) -> st
                 Ok(Some(state)) => state,
                 Ok(None) => continue,
                 Err(e) => {
+                    // With a new client: librdkafka may have stranded this one (`kafka::stranded`).
                     debug!(error = %e, "cannot describe the consumer group");
+                    client = None;
                     continue;
                 }
             };

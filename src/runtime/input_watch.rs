@@ -61,7 +61,11 @@ pub fn spawn(config: Arc<Config>, view: Arc<View>, first: Counts) -> std::io::Re
                     last = counts;
                 }
                 Ok(_) => {}
-                Err(e) => warn!(error = %e, "cannot check the input topics for new partitions; trying again later"),
+                Err(e) => {
+                    // With a new client: librdkafka may have stranded this one (`kafka::stranded`).
+                    warn!(error = %e, "cannot check the input topics for new partitions; trying again later");
+                    client = None;
+                }
             }
         }
     })?;
