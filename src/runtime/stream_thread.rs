@@ -116,10 +116,10 @@ pub fn run(config: Arc<Config>, view: Arc<View>, runtime: tokio::runtime::Handle
             }
             Ok(Ended::Stranded) => {
                 warn!(
-                    "the input consumer has reached no broker for {} s while a new client reaches the cluster: \
+                    "the input consumer reaches no broker while new clients have reached the cluster for {} s: \
                      librdkafka stranded it (issue 5301). Giving every partition up as lost and joining the group \
                      again with a new consumer",
-                    stranded::CHECK_AFTER.as_secs()
+                    stranded::STRANDED_AFTER.as_secs()
                 );
                 lock(&engine).start_over(&consumer, "librdkafka stranded the input consumer");
                 drop(consumer);

@@ -11,7 +11,7 @@
 //!
 //! The restore's consumer lives as long as its stream thread. A restore
 //! that hears nothing from it for [`RESTORE_SILENCE`] (no record, no end of
-//! partition) replaces it with a fresh one, which goes on from each
+//! partition, while short of the committed end) replaces it with a fresh one, which goes on from each
 //! partition's next offset. A librdkafka client told of no broker (a
 //! restarting broker, or one its controller has fenced, answers so) forgets
 //! every broker it knew and asks for metadata no more (librdkafka issue
@@ -255,16 +255,17 @@ impl Restorer {
         }
     }
 
-    /// The end of a changelog partition, records of open transactions included.
-    fn uncommitted_end(&self, partition: i32) -> Result<i64, RestoreError> {
-        self.ends.all_end(partition).map_err(self.kafka_error(partition))
+    /// The ends of a changelog partition: its committed records', and every record's.
+    fn ends(&self, partition: i32) -> Result<Ends, RestoreError> {
+        self.ends.of(partition).map_err(self.kafka_error(partition))
     }
 
     /// The restore consumer has read every committed record of `partition`
     /// (its position is past the last one and its markers). The store is
     /// restored if no transaction is open beyond them: an open one may yet
     /// commit (its instance was only paused), and its records and input
-    /// offsets with it. Until it commits or aborts, the partition waits.
+    /// offsets with it. Until it commits or aborts, the partition waits, and
+    /// the consumer's silence is no sign that it is stranded.
     fn at_committed_end(&mut self, partition: i32) {
         let position = self.consumer.position().ok().and_then(|p| {
             match p.find_partition(&self.topic, partition).map(|e| e.offset()) {
@@ -272,18 +273,22 @@ impl Restorer {
                 _ => None,
             }
         });
-        let all = self.uncommitted_end(partition);
+        let ends = self.ends(partition);
         let Some(r) = self.active.get_mut(&partition) else { return };
         let end = position.unwrap_or(r.next).max(r.next);
         let now = Instant::now();
-        match all {
-            Ok(all) if end >= all => {}
-            Ok(all) => {
+        match ends {
+            Ok(ends) if end >= ends.all => {}
+            Ok(ends) => {
+                if end >= ends.committed {
+                    // Read to the committed end: nothing more to hear until the transaction ends.
+                    self.heard = now;
+                }
                 if r.waiting.is_none() {
                     info!(
                         partition,
                         committed_end = end,
-                        end = all,
+                        end = ends.all,
                         "a transaction is open on the changelog partition; the store counts as restored once it \
                          commits or aborts"
                     );
