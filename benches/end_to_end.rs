@@ -187,6 +187,19 @@ fn one_guarantee(
                 j.metric("junction_forwarded_total", ""),
                 "records",
             );
+            // What paced the stream thread: how long its commits took, and how often it waited for them.
+            let (seconds, commits) = commit_totals(&j);
+            report.line(&format!("{guarantee}:   junction's commits"), commits, "");
+            report.line(
+                &format!("{guarantee}:   junction's mean commit duration while at full speed"),
+                1000.0 * seconds / commits.max(1.0),
+                "ms",
+            );
+            report.line(
+                &format!("{guarantee}:   junction's backpressure pauses"),
+                j.metric("junction_backpressure_pauses_total", ""),
+                "",
+            );
         }
         keep_best(&mut junction, f);
         check_outcomes(broker, &setup, input, report, "junction");

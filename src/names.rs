@@ -63,6 +63,7 @@ pub const MANAGED_CLIENT_PROPERTIES: &[&str] = &[
     "transactional.id",
     "enable.idempotence",
     "partitioner",
+    "statistics.interval.ms",
 ];
 
 /// Why a record went to the dead-letter topic: the stable code in the

@@ -589,8 +589,11 @@ fixed_step = "refund"
 
     #[test]
     fn managed_client_properties_are_refused() {
-        let text = MINIMAL.to_string() + "\n[kafka.properties]\n\"enable.auto.commit\" = true\n";
-        let shown = parse_with(&text, &[]).unwrap_err().to_string();
-        assert!(shown.contains("kafka.properties.enable.auto.commit"), "{shown}");
+        for name in ["enable.auto.commit", "statistics.interval.ms"] {
+            let text = MINIMAL.to_string() + &format!("\n[kafka.properties]\n\"{name}\" = 1\n");
+            let shown = parse_with(&text, &[]).unwrap_err().to_string();
+            assert!(shown.contains(&format!("kafka.properties.{name}")), "{shown}");
+            assert!(shown.contains("junction sets this property itself"), "{shown}");
+        }
     }
 }

@@ -104,15 +104,26 @@ impl ChangelogEnds {
         if !Arc::ptr_eq(&current, failed) {
             return;
         }
+        warn!(
+            error = %error,
+            "a client that reads the changelog's ends failed a request: replacing them, to start again from \
+             bootstrap.servers"
+        );
+        self.create_into(&mut current);
+    }
+
+    /// Replaces the clients now: another client of this process was found
+    /// stranded (see [`crate::kafka::stranded`]), and these, made before the
+    /// same broker restart, may be too; a request of theirs would wait its
+    /// whole timeout before failing.
+    pub fn renew(&self) {
+        let mut current = self.clients.write().unwrap_or_else(|p| p.into_inner());
+        self.create_into(&mut current);
+    }
+
+    fn create_into(&self, current: &mut Arc<Clients>) {
         match create(&self.configs) {
-            Ok(fresh) => {
-                warn!(
-                    error = %error,
-                    "a client that reads the changelog's ends failed a request: replacing them, to start again from \
-                     bootstrap.servers"
-                );
-                *current = Arc::new(fresh);
-            }
+            Ok(fresh) => *current = Arc::new(fresh),
             Err(e) => warn!(error = %e, "cannot create new clients to read the changelog's ends"),
         }
     }

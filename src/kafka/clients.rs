@@ -13,6 +13,9 @@ use crate::config::{Guarantee, KafkaConfig};
 
 /// How long a request of the group coordinator or for watermarks may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the input consumer's statistics come (junction sets it; see
+/// [`crate::kafka::stranded::STRANDED_AFTER`], which counts on it).
+pub const STATISTICS_INTERVAL_MS: &str = "5000";
 
 /// Settings shared by every client: the servers and the user's passthrough properties.
 pub fn base(config: &KafkaConfig) -> ClientConfig {
@@ -53,8 +56,9 @@ pub fn consumer_config(config: &KafkaConfig, instance_id: Option<&str>) -> Clien
     // less CPU than one per few records.
     c.set_if_absent("fetch.min.bytes", "100000");
     queue_backoff(&mut c);
-    // Statistics feed junction_consumer_lag.
-    c.set_if_absent("statistics.interval.ms", "5000");
+    // Statistics feed junction_consumer_lag, and say whether the consumer
+    // reaches a broker (a stranded one never does: kafka::stranded).
+    c.set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
     c
 }
 

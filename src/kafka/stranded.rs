@@ -5,8 +5,10 @@
 //! long-lived client of junction's is replaced when that happens: the
 //! changelog ends' clients ([`crate::kafka::changelog_ends`]), the restore's
 //! consumer ([`crate::state::restore`]), the input consumer (the stream
-//! thread, after [`Reachability`] says so) and, under `at_least_once`, the
-//! producer whose records time out ([`crate::runtime::commits`]). The
+//! thread, after [`Reachability`] says so, and with it the changelog's
+//! readers and the producer, made before the same restart) and, under
+//! `at_least_once`, the producer whose records time out
+//! ([`crate::runtime::commits`]). The
 //! threads that watch the input topics and the group, and the purge of the
 //! repartition topic, make a new client after a failed request; each wait
 //! for stable offsets has a client of its own. A fresh client starts from
@@ -52,7 +54,7 @@ pub struct Reachability {
     asked: Option<Instant>,
     probe: Option<Receiver<bool>>,
     /// Since when fresh clients have reached the cluster (when the first of
-    /// an unbroken run of them asked).
+    /// an unbroken run of them was answered).
     answered_since: Option<Instant>,
 }
 
@@ -68,7 +70,9 @@ impl Reachability {
             match probe.try_recv() {
                 Err(TryRecvError::Empty) => return false,
                 Ok(true) => {
-                    self.answered_since = self.answered_since.or(self.asked);
+                    // Dated when answered: a probe asked while the broker was
+                    // still down may wait PROBE_TIMEOUT for it to come back.
+                    self.answered_since = self.answered_since.or(Some(Instant::now()));
                     self.probe = None;
                 }
                 Ok(false) | Err(TryRecvError::Disconnected) => {

@@ -71,6 +71,28 @@ impl Commits {
         self.strategy.drop_lost();
     }
 
+    /// Replaces the producer, every partition having been given up (no
+    /// commit or transaction is under way): the input consumer was found
+    /// stranded, and the producer, made before the same broker restart, may
+    /// be too. (Under `exactly_once` the new one fences the old.) Kept when
+    /// a new one cannot be made: a commit that fails replaces it again.
+    pub fn renew_producer(&mut self) {
+        match self.new_strategy() {
+            Ok(strategy) => self.strategy = strategy,
+            Err(e) => warn!(error = %e, "cannot replace the producer; the next commit that fails will"),
+        }
+    }
+
+    fn new_strategy(&self) -> Result<Box<dyn Strategy>, CommitError> {
+        commit::strategy(
+            Arc::clone(&self.config),
+            Arc::clone(&self.metrics),
+            &self.transactional_id,
+            &self.lease,
+            &self.limits,
+        )
+    }
+
     /// Asks the group coordinator whether this instance is still a member,
     /// when a writer waits for the lease and no commit is on its way: it
     /// commits again offsets already committed, which the coordinator
@@ -296,14 +318,7 @@ impl Commits {
         // at_least_once a new one costs only its connections.
         let stuck = e.timed_out() && self.config.kafka.processing_guarantee == Guarantee::AtLeastOnce;
         if e.needs_new_producer() || limits_lowered || stuck {
-            self.strategy = commit::strategy(
-                Arc::clone(&self.config),
-                Arc::clone(&self.metrics),
-                &self.transactional_id,
-                &self.lease,
-                &self.limits,
-            )
-            .map_err(|e| anyhow!(e).context("replacing the producer"))?;
+            self.strategy = self.new_strategy().map_err(|e| anyhow!(e).context("replacing the producer"))?;
         }
         partitions.rewind(consumer);
         // Their changelog holds their state, with or without the transaction's.

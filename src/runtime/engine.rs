@@ -123,6 +123,14 @@ impl Engine {
         self.membership.forget();
     }
 
+    /// Replaces the clients made before the broker restart that stranded
+    /// the input consumer (after [`Engine::start_over`], with every
+    /// partition given up): the changelog's readers and the producer.
+    pub fn renew_clients(&mut self) {
+        self.partitions.renew_clients();
+        self.commits.renew_producer();
+    }
+
     /// Whether the loop must join the group again (see [`Engine::assigned`]).
     pub fn take_rejoin(&mut self) -> bool {
         std::mem::take(&mut self.rejoin)

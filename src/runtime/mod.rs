@@ -39,6 +39,9 @@
 //!   ([`group_watch`]);
 //! - two `junction-restore` threads that write restored batches to the
 //!   stores (see [`crate::state::restore_writer`]);
+//! - a `junction-probe` thread while the input consumer reaches no broker,
+//!   which asks a fresh client whether the cluster answers
+//!   ([`crate::kafka::stranded`]);
 //! - librdkafka's own threads (network, delivery reports), RocksDB's
 //!   (flushes; compactions at the lowest priority);
 //! - the tokio runtime, which serves HTTP and signals and never blocks on

@@ -105,6 +105,8 @@ pub struct Partitions {
     /// that fails again soon after it resumed waits longer.
     stops: HashMap<i32, (Instant, Duration)>,
     restorer: Restorer,
+    /// The clients that read the changelog's ends, shared with the opener and the restorer.
+    ends: Arc<ChangelogEnds>,
     /// Whether an input record read on its workflow's home partition is
     /// joined there directly instead of forwarded: under `exactly_once`
     /// only. Under `at_least_once` a crash replays what it had published,
@@ -157,7 +159,7 @@ impl Partitions {
         let memory = StoreMemory::new(config.state.memory_bytes as usize, config.state.write_buffer_bytes as usize);
         let opener = Opener::new(Arc::clone(&config), Arc::clone(&ends), memory, delete_retention)
             .map_err(|e| anyhow!(e).context("creating the client that checks the group's offsets"))?;
-        let restorer = Restorer::new(&config.kafka, ends, Arc::clone(&view.metrics), timers)?;
+        let restorer = Restorer::new(&config.kafka, Arc::clone(&ends), Arc::clone(&view.metrics), timers)?;
         let joins_directly = config.kafka.processing_guarantee == Guarantee::ExactlyOnce;
         Ok(Partitions {
             home_partitions,
@@ -171,6 +173,7 @@ impl Partitions {
             parked: BTreeMap::new(),
             stops: HashMap::new(),
             restorer,
+            ends,
             joins_directly,
             stopped_homes: BTreeSet::new(),
             unsought: Vec::new(),
@@ -326,6 +329,14 @@ impl Partitions {
 
     pub fn has_active(&self) -> bool {
         self.slots.values().any(|s| s.phase == Phase::Active)
+    }
+
+    /// Replaces the clients that read the changelog (its ends, the
+    /// restore's consumer): the input consumer was found stranded, and
+    /// these, made before the same broker restart, may be too.
+    pub fn renew_clients(&mut self) {
+        self.ends.renew();
+        self.restorer.renew_consumer();
     }
 
     pub fn is_restoring(&self) -> bool {

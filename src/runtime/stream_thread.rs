@@ -117,11 +117,15 @@ pub fn run(config: Arc<Config>, view: Arc<View>, runtime: tokio::runtime::Handle
             Ok(Ended::Stranded) => {
                 warn!(
                     "the input consumer reaches no broker while new clients have reached the cluster for {} s: \
-                     librdkafka stranded it (issue 5301). Giving every partition up as lost and joining the group \
-                     again with a new consumer",
+                     librdkafka stranded it (issue 5301). Giving every partition up as lost, replacing the \
+                     changelog's readers and the producer, and joining the group again with a new consumer",
                     stranded::STRANDED_AFTER.as_secs()
                 );
-                lock(&engine).start_over(&consumer, "librdkafka stranded the input consumer");
+                {
+                    let mut e = lock(&engine);
+                    e.start_over(&consumer, "librdkafka stranded the input consumer");
+                    e.renew_clients();
+                }
                 drop(consumer);
                 consumer = join()?;
             }

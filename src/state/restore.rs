@@ -9,10 +9,12 @@
 //! bytes: which timer a restored state gets is the runtime's rule, given to
 //! it as [`TimerOf`].
 //!
-//! The restore's consumer lives as long as its stream thread. A restore
-//! that hears nothing from it for [`RESTORE_SILENCE`] (no record, no end of
-//! partition, while short of the committed end) replaces it with a fresh one, which goes on from each
-//! partition's next offset. A librdkafka client told of no broker (a
+//! The restore's consumer lives as long as its stream thread. When a
+//! partition under restore hears nothing from it for [`RESTORE_SILENCE`] (no
+//! record, no end of partition, while short of the committed end), the
+//! consumer is replaced with a fresh one, which goes on from each
+//! partition's next offset (one partition waiting by right for an open
+//! transaction does not hide another's silence). A librdkafka client told of no broker (a
 //! restarting broker, or one its controller has fenced, answers so) forgets
 //! every broker it knew and asks for metadata no more (librdkafka issue
 //! 5301): without the replacement its restores would never end.
@@ -76,6 +78,10 @@ struct Restoring {
     /// Since when it has been at the end of the committed records while a
     /// transaction is still open beyond them, and when that was last checked.
     waiting: Option<(Instant, Instant)>,
+    /// When the consumer last gave it a record or its end (or the restore
+    /// began, or the consumer was replaced), and `next` then.
+    heard: Instant,
+    heard_next: i64,
 }
 
 /// A partition whose last write is with a writer thread.
@@ -94,9 +100,6 @@ pub struct Restorer {
     /// The consumer's configuration, for a fresh one.
     config: ClientConfig,
     consumer: BaseConsumer,
-    /// When the consumer last gave a record or an end of partition, or a
-    /// restore began with none under way.
-    heard: Instant,
     /// Reads the changelog's ends, open transactions included.
     ends: Arc<ChangelogEnds>,
     active: HashMap<i32, Restoring>,
@@ -124,7 +127,6 @@ impl Restorer {
             topic,
             config,
             consumer,
-            heard: Instant::now(),
             ends,
             active: HashMap::new(),
             finishing: HashMap::new(),
@@ -148,9 +150,6 @@ impl Restorer {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&self.topic, partition, Offset::Offset(from)).map_err(self.kafka_error(partition))?;
         self.consumer.incremental_assign(&tpl).map_err(self.kafka_error(partition))?;
-        if self.active.is_empty() {
-            self.heard = Instant::now();
-        }
         self.generations += 1;
         self.active.insert(
             partition,
@@ -162,6 +161,8 @@ impl Restorer {
                 records: 0,
                 started: Instant::now(),
                 waiting: None,
+                heard: Instant::now(),
+                heard_next: from,
             },
         );
         Ok(())
@@ -205,12 +206,11 @@ impl Restorer {
             let left = deadline.saturating_duration_since(Instant::now());
             let Some(polled) = self.consumer.poll(left) else { break };
             match polled {
-                Ok(m) => {
-                    self.heard = Instant::now();
-                    apply(&mut self.active, &self.timer_of, &self.metrics, &self.writer, &m)
-                }
+                Ok(m) => apply(&mut self.active, &self.timer_of, &self.metrics, &self.writer, &m),
                 Err(KafkaError::PartitionEOF(partition)) => {
-                    self.heard = Instant::now();
+                    if let Some(r) = self.active.get_mut(&partition) {
+                        r.heard = Instant::now();
+                    }
                     self.at_committed_end(partition)
                 }
                 Err(e) => warn!(error = %e, "changelog consumer error while restoring"),
@@ -219,8 +219,13 @@ impl Restorer {
                 break;
             }
         }
-        if !self.active.is_empty() && self.heard.elapsed() >= RESTORE_SILENCE {
-            self.replace_consumer();
+        // Records heard since the last step (noted here, not per record).
+        let now = Instant::now();
+        for r in self.active.values_mut().filter(|r| r.next != r.heard_next) {
+            (r.heard, r.heard_next) = (now, r.next);
+        }
+        if self.active.values().any(|r| r.heard.elapsed() >= RESTORE_SILENCE) {
+            self.replace_consumer("the changelog consumer gave a partition nothing for 10 s while restoring");
         }
         if self.active.is_empty() && !self.finishing.is_empty() {
             self.collect_written(&mut restored, deadline.saturating_duration_since(Instant::now()));
@@ -228,11 +233,18 @@ impl Restorer {
         restored
     }
 
+    /// Replaces the consumer now, another client of this process having
+    /// been found stranded (see [`crate::kafka::stranded`]).
+    pub fn renew_consumer(&mut self) {
+        self.replace_consumer("another client of this process was stranded");
+    }
+
     /// Replaces the consumer with a fresh one, which starts from
     /// `bootstrap.servers` again and reads each partition under restore
     /// from the offset after its last record applied.
-    fn replace_consumer(&mut self) {
-        self.heard = Instant::now();
+    fn replace_consumer(&mut self, why: &str) {
+        let now = Instant::now();
+        self.active.values_mut().for_each(|r| r.heard = now);
         let mut tpl = TopicPartitionList::new();
         for (partition, r) in &self.active {
             if let Err(e) = tpl.add_partition_offset(&self.topic, *partition, Offset::Offset(r.next)) {
@@ -245,9 +257,9 @@ impl Restorer {
             Ok(consumer) => {
                 warn!(
                     partitions = ?self.active.keys().collect::<Vec<_>>(),
-                    silent_s = RESTORE_SILENCE.as_secs(),
-                    "the changelog consumer gave nothing while restoring: replacing it, to start again from \
-                     bootstrap.servers (a client told of no broker asks for none again, librdkafka issue 5301)"
+                    why,
+                    "replacing the changelog consumer, to start again from bootstrap.servers (a client told of no \
+                     broker asks for none again, librdkafka issue 5301)"
                 );
                 self.consumer = consumer;
             }
@@ -255,9 +267,15 @@ impl Restorer {
         }
     }
 
-    /// The ends of a changelog partition: its committed records', and every record's.
-    fn ends(&self, partition: i32) -> Result<Ends, RestoreError> {
-        self.ends.of(partition).map_err(self.kafka_error(partition))
+    /// The ends of a changelog partition that a restore at `end` needs:
+    /// none when it is at the end of every record (one request, the usual
+    /// case), else its committed records' too.
+    fn ends(&self, partition: i32, end: i64) -> Result<Option<Ends>, RestoreError> {
+        let all = self.ends.all_end(partition).map_err(self.kafka_error(partition))?;
+        if end >= all {
+            return Ok(None);
+        }
+        self.ends.of(partition).map(Some).map_err(self.kafka_error(partition))
     }
 
     /// The restore consumer has read every committed record of `partition`
@@ -273,16 +291,19 @@ impl Restorer {
                 _ => None,
             }
         });
-        let ends = self.ends(partition);
+        let Some(next) = self.active.get(&partition).map(|r| r.next) else { return };
+        let end = position.unwrap_or(next).max(next);
+        let ends = self.ends(partition, end);
         let Some(r) = self.active.get_mut(&partition) else { return };
-        let end = position.unwrap_or(r.next).max(r.next);
         let now = Instant::now();
         match ends {
-            Ok(ends) if end >= ends.all => {}
-            Ok(ends) => {
+            Ok(None) => {}
+            // The transaction ended between the two requests.
+            Ok(Some(ends)) if end >= ends.all => {}
+            Ok(Some(ends)) => {
                 if end >= ends.committed {
                     // Read to the committed end: nothing more to hear until the transaction ends.
-                    self.heard = now;
+                    r.heard = now;
                 }
                 if r.waiting.is_none() {
                     info!(

@@ -100,8 +100,9 @@ impl Proxy {
     /// Closes every connection and refuses new ones until
     /// [`Proxy::let_connections_through`], as a broker that stopped does.
     pub fn cut_connections(&self) {
+        let mut streams = self.state.streams.lock().unwrap();
         self.state.refusing.store(true, Ordering::SeqCst);
-        for s in self.state.streams.lock().unwrap().drain(..) {
+        for s in streams.drain(..) {
             let _ = s.shutdown(Shutdown::Both);
         }
     }
@@ -145,7 +146,17 @@ fn connect(state: &Arc<State>, client: TcpStream, broker: TcpStream) {
         Ok::<_, std::io::Error>([client.try_clone()?, broker.try_clone()?, client.try_clone()?, broker.try_clone()?])
     };
     let Ok([kept_client, kept_broker, from_client, to_broker]) = clones() else { return };
-    state.streams.lock().unwrap().extend([kept_client, kept_broker]);
+    {
+        // Under the lock cut_connections drains: a connection accepted just
+        // before a cut is either cut with the others or closed here.
+        let mut streams = state.streams.lock().unwrap();
+        if state.refusing.load(Ordering::SeqCst) {
+            let _ = client.shutdown(Shutdown::Both);
+            let _ = broker.shutdown(Shutdown::Both);
+            return;
+        }
+        streams.extend([kept_client, kept_broker]);
+    }
     for s in [&client, &broker] {
         let _ = s.set_nodelay(true);
     }
