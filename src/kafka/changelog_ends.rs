@@ -84,6 +84,14 @@ impl ChangelogEnds {
         Ok(self.ask(&clients, &clients.all, partition)?.1)
     }
 
+    /// The ends of `partition` when the end of every record is known
+    /// already: one request, for the committed records' end.
+    pub fn with_all(&self, partition: i32, all: i64) -> Result<Ends, KafkaError> {
+        let clients = self.current();
+        let (low, committed) = self.ask(&clients, &clients.committed, partition)?;
+        Ok(Ends { low, committed, all: all.max(committed) })
+    }
+
     fn current(&self) -> Arc<Clients> {
         Arc::clone(&self.clients.read().unwrap_or_else(|p| p.into_inner()))
     }

@@ -52,7 +52,8 @@ pub struct Reachability {
     unreachable_since: Option<Instant>,
     /// When a fresh client last asked, and its answer to come.
     asked: Option<Instant>,
-    probe: Option<Receiver<bool>>,
+    /// The answer, and when it came.
+    probe: Option<Receiver<(bool, Instant)>>,
     /// Since when fresh clients have reached the cluster (when the first of
     /// an unbroken run of them was answered).
     answered_since: Option<Instant>,
@@ -69,13 +70,15 @@ impl Reachability {
         if let Some(probe) = &self.probe {
             match probe.try_recv() {
                 Err(TryRecvError::Empty) => return false,
-                Ok(true) => {
-                    // Dated when answered: a probe asked while the broker was
-                    // still down may wait PROBE_TIMEOUT for it to come back.
-                    self.answered_since = self.answered_since.or(Some(Instant::now()));
+                Ok((true, answered)) => {
+                    // Dated when answered (by the probe's thread): a probe
+                    // asked while the broker was still down may wait
+                    // PROBE_TIMEOUT for it to come back, and this is read
+                    // only every few seconds.
+                    self.answered_since = self.answered_since.or(Some(answered));
                     self.probe = None;
                 }
-                Ok(false) | Err(TryRecvError::Disconnected) => {
+                Ok((false, _)) | Err(TryRecvError::Disconnected) => {
                     self.answered_since = None;
                     self.probe = None;
                 }
@@ -90,7 +93,8 @@ impl Reachability {
             let (tx, rx) = mpsc::channel();
             let config = clients::base(config);
             let spawned = std::thread::Builder::new().name("junction-probe".into()).spawn(move || {
-                let _ = tx.send(cluster_answers(&config));
+                let answers = cluster_answers(&config);
+                let _ = tx.send((answers, Instant::now()));
             });
             match spawned {
                 Ok(_) => self.probe = Some(rx),

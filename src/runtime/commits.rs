@@ -28,6 +28,11 @@ pub struct Commits {
     transactional_id: String,
     /// Set once the stream thread cannot go on: nothing is committed after that.
     halted: bool,
+    /// The producer could not be replaced after the input consumer was
+    /// stranded ([`Commits::renew_producer`]): the next commit makes one
+    /// first. (Under `exactly_once` the old one may already be fenced by the
+    /// attempt, and its fence must not be read as a twin instance's.)
+    renew_pending: bool,
     /// Set when the group coordinator refused a commit as from a member it
     /// does not know (see [`crate::runtime::membership`]).
     refused_membership: bool,
@@ -57,6 +62,7 @@ impl Commits {
             strategy,
             transactional_id,
             halted: false,
+            renew_pending: false,
             refused_membership: false,
             purger,
             lease,
@@ -79,7 +85,10 @@ impl Commits {
     pub fn renew_producer(&mut self) {
         match self.new_strategy() {
             Ok(strategy) => self.strategy = strategy,
-            Err(e) => warn!(error = %e, "cannot replace the producer; the next commit that fails will"),
+            Err(e) => {
+                warn!(error = %e, "cannot replace the producer; the next commit makes a new one first");
+                self.renew_pending = true;
+            }
         }
     }
 
@@ -152,6 +161,12 @@ impl Commits {
             if self.strategy.is_committing() {
                 return Ok(false);
             }
+        }
+        if self.renew_pending {
+            self.strategy = self
+                .new_strategy()
+                .map_err(|e| anyhow!(e).context("replacing the producer after the input consumer was stranded"))?;
+            self.renew_pending = false;
         }
         let now = now_ms();
         let caught_up = partitions.caught_up_homes(consumer);

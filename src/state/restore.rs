@@ -9,12 +9,13 @@
 //! bytes: which timer a restored state gets is the runtime's rule, given to
 //! it as [`TimerOf`].
 //!
-//! The restore's consumer lives as long as its stream thread. When a
-//! partition under restore hears nothing from it for [`RESTORE_SILENCE`] (no
-//! record, no end of partition, while short of the committed end), the
-//! consumer is replaced with a fresh one, which goes on from each
-//! partition's next offset (one partition waiting by right for an open
-//! transaction does not hide another's silence). A librdkafka client told of no broker (a
+//! The restore's consumer lives as long as its stream thread. When it has
+//! given nothing for [`RESTORE_SILENCE`] (no record, no end of partition)
+//! while some partition under restore is short of its committed end, it is
+//! replaced with a fresh one, which goes on from each partition's next
+//! offset. (A stranded client gives no partition anything; a partition
+//! waiting by right for an open transaction hears nothing, and does not
+//! count.) A librdkafka client told of no broker (a
 //! restarting broker, or one its controller has fenced, answers so) forgets
 //! every broker it knew and asks for metadata no more (librdkafka issue
 //! 5301): without the replacement its restores would never end.
@@ -78,10 +79,9 @@ struct Restoring {
     /// Since when it has been at the end of the committed records while a
     /// transaction is still open beyond them, and when that was last checked.
     waiting: Option<(Instant, Instant)>,
-    /// When the consumer last gave it a record or its end (or the restore
-    /// began, or the consumer was replaced), and `next` then.
-    heard: Instant,
-    heard_next: i64,
+    /// Read to the committed end, while a transaction is open beyond it:
+    /// nothing comes for it until the transaction ends.
+    waits_by_right: bool,
 }
 
 /// A partition whose last write is with a writer thread.
@@ -100,6 +100,9 @@ pub struct Restorer {
     /// The consumer's configuration, for a fresh one.
     config: ClientConfig,
     consumer: BaseConsumer,
+    /// When the consumer last gave a record or an end of partition (or a
+    /// restore began with none under way, or the consumer was replaced).
+    heard: Instant,
     /// Reads the changelog's ends, open transactions included.
     ends: Arc<ChangelogEnds>,
     active: HashMap<i32, Restoring>,
@@ -127,6 +130,7 @@ impl Restorer {
             topic,
             config,
             consumer,
+            heard: Instant::now(),
             ends,
             active: HashMap::new(),
             finishing: HashMap::new(),
@@ -150,6 +154,10 @@ impl Restorer {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&self.topic, partition, Offset::Offset(from)).map_err(self.kafka_error(partition))?;
         self.consumer.incremental_assign(&tpl).map_err(self.kafka_error(partition))?;
+        // Silence counts from now when nothing was expected before.
+        if self.active.values().all(|r| r.waits_by_right) {
+            self.heard = Instant::now();
+        }
         self.generations += 1;
         self.active.insert(
             partition,
@@ -161,8 +169,7 @@ impl Restorer {
                 records: 0,
                 started: Instant::now(),
                 waiting: None,
-                heard: Instant::now(),
-                heard_next: from,
+                waits_by_right: false,
             },
         );
         Ok(())
@@ -206,11 +213,12 @@ impl Restorer {
             let left = deadline.saturating_duration_since(Instant::now());
             let Some(polled) = self.consumer.poll(left) else { break };
             match polled {
-                Ok(m) => apply(&mut self.active, &self.timer_of, &self.metrics, &self.writer, &m),
+                Ok(m) => {
+                    self.heard = Instant::now();
+                    apply(&mut self.active, &self.timer_of, &self.metrics, &self.writer, &m)
+                }
                 Err(KafkaError::PartitionEOF(partition)) => {
-                    if let Some(r) = self.active.get_mut(&partition) {
-                        r.heard = Instant::now();
-                    }
+                    self.heard = Instant::now();
                     self.at_committed_end(partition)
                 }
                 Err(e) => warn!(error = %e, "changelog consumer error while restoring"),
@@ -219,13 +227,9 @@ impl Restorer {
                 break;
             }
         }
-        // Records heard since the last step (noted here, not per record).
-        let now = Instant::now();
-        for r in self.active.values_mut().filter(|r| r.next != r.heard_next) {
-            (r.heard, r.heard_next) = (now, r.next);
-        }
-        if self.active.values().any(|r| r.heard.elapsed() >= RESTORE_SILENCE) {
-            self.replace_consumer("the changelog consumer gave a partition nothing for 10 s while restoring");
+        let expecting = self.active.values().any(|r| !r.waits_by_right);
+        if expecting && self.heard.elapsed() >= RESTORE_SILENCE {
+            self.replace_consumer("the changelog consumer gave nothing for 10 s while restoring");
         }
         if self.active.is_empty() && !self.finishing.is_empty() {
             self.collect_written(&mut restored, deadline.saturating_duration_since(Instant::now()));
@@ -243,8 +247,7 @@ impl Restorer {
     /// `bootstrap.servers` again and reads each partition under restore
     /// from the offset after its last record applied.
     fn replace_consumer(&mut self, why: &str) {
-        let now = Instant::now();
-        self.active.values_mut().for_each(|r| r.heard = now);
+        self.heard = Instant::now();
         let mut tpl = TopicPartitionList::new();
         for (partition, r) in &self.active {
             if let Err(e) = tpl.add_partition_offset(&self.topic, *partition, Offset::Offset(r.next)) {
@@ -269,13 +272,13 @@ impl Restorer {
 
     /// The ends of a changelog partition that a restore at `end` needs:
     /// none when it is at the end of every record (one request, the usual
-    /// case), else its committed records' too.
+    /// case), else its committed records' too (a second).
     fn ends(&self, partition: i32, end: i64) -> Result<Option<Ends>, RestoreError> {
         let all = self.ends.all_end(partition).map_err(self.kafka_error(partition))?;
         if end >= all {
             return Ok(None);
         }
-        self.ends.of(partition).map(Some).map_err(self.kafka_error(partition))
+        self.ends.with_all(partition, all).map(Some).map_err(self.kafka_error(partition))
     }
 
     /// The restore consumer has read every committed record of `partition`
@@ -298,13 +301,10 @@ impl Restorer {
         let now = Instant::now();
         match ends {
             Ok(None) => {}
-            // The transaction ended between the two requests.
-            Ok(Some(ends)) if end >= ends.all => {}
+
             Ok(Some(ends)) => {
-                if end >= ends.committed {
-                    // Read to the committed end: nothing more to hear until the transaction ends.
-                    r.heard = now;
-                }
+                // Read to the committed end: nothing more to hear until the transaction ends.
+                r.waits_by_right = end >= ends.committed;
                 if r.waiting.is_none() {
                     info!(
                         partition,
@@ -318,6 +318,7 @@ impl Restorer {
                 return;
             }
             Err(e) => {
+                r.waits_by_right = false;
                 warn!(partition, error = %e, "cannot read the changelog's end; trying again");
                 r.waiting = Some((r.waiting.map_or(now, |(since, _)| since), now));
                 return;
