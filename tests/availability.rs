@@ -104,6 +104,11 @@ fn workflows_after_a_broker_restart_that_answered_as_fenced_are_decided_exactly_
 }
 
 fn decide_after_a_restart_answered_as_fenced(guarantee: &'static str) {
+    decide_after_a_restart_answered_as_fenced_to(guarantee, "");
+}
+
+/// The restart, answered as fenced to the clients whose `client.id` ends with `to` ("": every client).
+fn decide_after_a_restart_answered_as_fenced_to(guarantee: &'static str, to: &str) {
     let proxy = proxy::Proxy::start(free_port());
     let broker = Broker::kafka_through(&proxy);
     let mut setup = Setup::new(&broker, 2);
@@ -116,7 +121,7 @@ fn decide_after_a_restart_answered_as_fenced(guarantee: &'static str) {
     broker.produce_events(&setup.input, &steps_of(&before, &steps));
     broker.reader(&setup.output).read_until("the outcomes before", |r| by_workflow(r).len() >= before.len());
 
-    proxy.restart_answering_as_fenced();
+    proxy.restart_answering_as_fenced_to(to);
     let after: Vec<String> = (0..200).map(|i| format!("after-{i}")).collect();
     broker.produce_events(&setup.input, &steps_of(&after, &steps));
     let ids: Vec<String> = before.iter().chain(&after).cloned().collect();
@@ -126,9 +131,24 @@ fn decide_after_a_restart_answered_as_fenced(guarantee: &'static str) {
         assert_eq!(repeats, 0, "a read_committed reader sees no repeat under exactly_once");
     }
     assert!(junction.is_running(), "junction rides out the restart");
+    // Whether a fenced answer stranded a client is librdkafka's timing: not asserted.
+    let logs = junction.logs();
+    let stranded = ["the input consumer reaches no broker", "the producer reaches no broker"].map(|l| logs.contains(l));
     println!(
-        "a restart answered as fenced, {guarantee}: {} workflows, {} outcomes, {repeats} repeats",
+        "a restart answered as fenced to {to:?}, {guarantee}: {} workflows, {} outcomes, {repeats} repeats; \
+         replaced as stranded (input consumer, producer): {stranded:?}",
         ids.len(),
         records.len()
     );
+}
+
+/// A broker's fenced answer can reach the transactional producer alone
+/// (librdkafka issue 5301: told of no broker, it may ask for none again)
+/// while the input consumer reaches the cluster and goes on reading. No
+/// transaction may wait on that producer (it would hold the stream thread
+/// for the commit timeout, a minute), and it is replaced. (Without that,
+/// this failed in 1 of 2 runs: the producer is not stranded every time.)
+#[test]
+fn workflows_after_the_producer_alone_was_told_of_no_broker_are_decided_exactly_once() {
+    decide_after_a_restart_answered_as_fenced_to("exactly_once", "-producer");
 }

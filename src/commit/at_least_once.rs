@@ -365,6 +365,10 @@ impl Strategy for AtLeastOnce {
         self.in_flight.is_some()
     }
 
+    fn producer_reaches_a_broker(&self) -> bool {
+        self.producer.tracker().reaches_a_broker()
+    }
+
     fn begin(&mut self, staged: Vec<(i32, Staged)>, group: &dyn InputGroup) -> Result<Option<Committed>, CommitError> {
         assert!(self.in_flight.is_none(), "a commit is already in flight");
         let started = Instant::now();

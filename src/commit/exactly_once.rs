@@ -240,6 +240,10 @@ impl Strategy for ExactlyOnce {
         false
     }
 
+    fn producer_reaches_a_broker(&self) -> bool {
+        self.producer.tracker().reaches_a_broker()
+    }
+
     fn begin(&mut self, staged: Vec<(i32, Staged)>, group: &dyn InputGroup) -> Result<Option<Committed>, CommitError> {
         let started = Instant::now();
         let result = self.commit(staged, group);

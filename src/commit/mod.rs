@@ -61,6 +61,10 @@ pub trait Strategy: Send {
     /// before the next one begins.
     fn is_committing(&self) -> bool;
 
+    /// Whether the producer reaches a broker, as its last statistics or
+    /// error said (see [`crate::kafka::delivery::DeliveryTracker`]).
+    fn producer_reaches_a_broker(&self) -> bool;
+
     /// Starts committing `staged`, which is not empty. Returns what was
     /// committed when the commit is already finished, `None` while it is
     /// in flight. On error, the caller discards what the tasks staged and

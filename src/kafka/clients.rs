@@ -13,17 +13,24 @@ use crate::config::{Guarantee, KafkaConfig};
 
 /// How long a request of the group coordinator or for watermarks may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// How often the input consumer's statistics come (junction sets it; see
-/// [`crate::kafka::stranded::STRANDED_AFTER`], which counts on it).
+/// How often the input consumer's and the producer's statistics come
+/// (junction sets it; see [`crate::kafka::stranded::STRANDED_AFTER`], which
+/// counts on it).
 pub const STATISTICS_INTERVAL_MS: &str = "5000";
 
-/// Settings shared by every client: the servers and the user's passthrough properties.
-pub fn base(config: &KafkaConfig) -> ClientConfig {
+/// Settings shared by every client: the servers, the user's passthrough
+/// properties, and a `client.id` that says which of junction's clients
+/// sent a request (in the broker's logs and request metrics): the
+/// configured `client.id`, or else the application ID, then `role`, as
+/// Kafka Streams names its clients.
+pub fn base(config: &KafkaConfig, role: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &config.bootstrap_servers);
     for (k, v) in &config.properties {
         c.set(k, v);
     }
+    let prefix = config.properties.get("client.id").unwrap_or(&config.application_id);
+    c.set("client.id", format!("{prefix}-{role}"));
     c
 }
 
@@ -31,7 +38,7 @@ pub fn base(config: &KafkaConfig) -> ClientConfig {
 /// only, after the state and outputs they cover are safe. With an
 /// `instance_id` it is a static member of its group (see [`group_instance_id`]).
 pub fn consumer_config(config: &KafkaConfig, instance_id: Option<&str>) -> ClientConfig {
-    let mut c = base(config);
+    let mut c = base(config, "consumer");
     c.set("group.id", &config.application_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -66,7 +73,7 @@ pub fn consumer_config(config: &KafkaConfig, instance_id: Option<&str>) -> Clien
 /// reaches a partition's end. It assigns itself partitions and never joins
 /// its group (librdkafka assigns only in a consumer with a group ID).
 pub fn restore_consumer_config(config: &KafkaConfig) -> ClientConfig {
-    let mut c = base(config);
+    let mut c = base(config, "restore-consumer");
     c.set("group.id", format!("{}-restore", config.application_id))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -106,7 +113,7 @@ pub fn committed_offset<C: ConsumerContext>(
 /// offsets, as the input consumer would, without being a member: for
 /// [`crate::kafka::stable_offsets`].
 pub fn offsets_client_config(config: &KafkaConfig) -> ClientConfig {
-    let mut c = base(config);
+    let mut c = base(config, "offsets");
     c.set("group.id", &config.application_id)
         .set("enable.auto.commit", "false")
         // Asks with `require_stable`: offsets that an open transaction holds are waited for.
@@ -119,7 +126,7 @@ pub fn offsets_client_config(config: &KafkaConfig) -> ClientConfig {
 /// records, the restore's end; `read_uncommitted`: every record, open
 /// transactions' included). It reads nothing, so it joins no group.
 pub fn changelog_ends_config(config: &KafkaConfig, isolation: &str) -> ClientConfig {
-    let mut c = base(config);
+    let mut c = base(config, &format!("changelog-ends-{isolation}"));
     c.set("isolation.level", isolation);
     c
 }
@@ -140,7 +147,7 @@ pub fn producer_config(
     transactional_id: &str,
     message_timeout: Option<Duration>,
 ) -> ClientConfig {
-    let mut c = base(config);
+    let mut c = base(config, "producer");
     if let Some(timeout) = message_timeout {
         if !config.properties.contains_key("delivery.timeout.ms") {
             c.set_if_absent("message.timeout.ms", &timeout.as_millis().to_string());
@@ -165,6 +172,9 @@ pub fn producer_config(
         // directory aborts it at once. It must exceed the longest commit.
         c.set_if_absent("transaction.timeout.ms", &DEFAULT_TRANSACTION_TIMEOUT.as_millis().to_string());
     }
+    // They say whether it reaches a broker (a stranded one never does:
+    // kafka::stranded, runtime::commits).
+    c.set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
     c
 }
 
@@ -230,5 +240,30 @@ impl SetIfAbsent for ClientConfig {
             self.set(key, value);
         }
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn kafka(properties: &str) -> KafkaConfig {
+        let text = format!(
+            "[kafka]\nbootstrap_servers = \"127.0.0.1:9092\"\napplication_id = \"app\"\ninput_topic = \"in\"\n\
+             output_topic = \"out\"\ndead_letter_topic = \"dlq\"\n[kafka.properties]\n{properties}\n\
+             [[workflows]]\ntype = \"t\"\nsteps = [\"a\"]\n"
+        );
+        crate::config::parse(Path::new("t.toml"), &text, Vec::new()).unwrap().kafka
+    }
+
+    #[test]
+    fn each_client_is_named_by_its_role_after_the_configured_client_id() {
+        let config = kafka("");
+        assert_eq!(producer_config(&config, "t", None).get("client.id"), Some("app-producer"));
+        assert_eq!(consumer_config(&config, None).get("client.id"), Some("app-consumer"));
+        let named = kafka("\"client.id\" = \"orders\"");
+        assert_eq!(restore_consumer_config(&named).get("client.id"), Some("orders-restore-consumer"));
     }
 }

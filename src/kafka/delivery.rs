@@ -4,18 +4,20 @@
 //! stores' checkpoints.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{DeliveryResult, ProducerContext};
+use rdkafka::statistics::Statistics;
 use tracing::{debug, error, info, warn};
 
 use crate::kafka::limits::TopicLimits;
 use crate::kafka::refusals::Refusals;
+use crate::kafka::stranded;
 
 /// A record the producer could not deliver.
 #[derive(Debug, Clone)]
@@ -49,6 +51,11 @@ pub struct DeliveryTracker {
     deliveries: Mutex<Deliveries>,
     /// Epochs before this one were given up: their failures are not recorded.
     forgotten: AtomicUsize,
+    /// Whether the producer reaches a broker: set by its statistics (a
+    /// broker is up), cleared by them (none is) and by librdkafka's "all
+    /// brokers down". A producer stranded by librdkafka issue 5301 never
+    /// reaches one again (see [`crate::kafka::stranded`]).
+    reaches_a_broker: AtomicBool,
 }
 
 const EPOCH_SLOTS: usize = 4;
@@ -62,6 +69,7 @@ impl DeliveryTracker {
             in_flight: std::array::from_fn(|_| AtomicUsize::new(0)),
             deliveries: Mutex::new(Deliveries::default()),
             forgotten: AtomicUsize::new(0),
+            reaches_a_broker: AtomicBool::new(true),
         }
     }
 
@@ -93,6 +101,10 @@ impl DeliveryTracker {
     /// The first delivery that failed since the last `take`, if any.
     pub fn first_failure(&self) -> Option<KafkaError> {
         self.deliveries.lock().expect("tracker lock").failures.first().map(|f| f.error.clone())
+    }
+
+    pub fn reaches_a_broker(&self) -> bool {
+        self.reaches_a_broker.load(Ordering::SeqCst)
     }
 
     /// Takes every failure and changelog offset recorded so far.
@@ -132,6 +144,17 @@ impl ClientContext for DeliveryTracker {
                 self.refusals.topic_refused(topic, message);
             }
         }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.reaches_a_broker.store(false, Ordering::SeqCst);
+        }
+        error!(target: "librdkafka", "librdkafka: producer error: {error}: {reason}");
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        self.reaches_a_broker.store(stranded::reaches_a_broker(&statistics), Ordering::SeqCst);
     }
 }
 

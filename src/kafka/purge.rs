@@ -37,7 +37,7 @@ pub struct Purger {
 
 impl Purger {
     pub fn new(kafka: &KafkaConfig, runtime: tokio::runtime::Handle) -> Purger {
-        let config = base(kafka);
+        let config = base(kafka, "purge");
         Purger {
             topic: kafka.repartition_topic(),
             admin: admin(&config),

@@ -6,8 +6,9 @@
 //! changelog ends' clients ([`crate::kafka::changelog_ends`]), the restore's
 //! consumer ([`crate::state::restore`]), the input consumer (the stream
 //! thread, after [`Reachability`] says so, and with it the changelog's
-//! readers and the producer, made before the same restart) and, under
-//! `at_least_once`, the producer whose records time out
+//! readers and the producer, made before the same restart), and the
+//! producer: under `exactly_once` after [`Reachability`] says so of it
+//! too, under `at_least_once` once its records time out
 //! ([`crate::runtime::commits`]). The
 //! threads that watch the input topics and the group, and the purge of the
 //! repartition topic, make a new client after a failed request; each wait
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::statistics::Statistics;
 use tracing::warn;
 
 use crate::config::KafkaConfig;
@@ -35,6 +37,15 @@ pub const CHECK_EVERY: Duration = Duration::from_secs(10);
 pub const STRANDED_AFTER: Duration = Duration::from_secs(20);
 /// How long a fresh client waits for the cluster's answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether a client's statistics say it reaches a broker: one it knows as
+/// a broker of the cluster (from `bootstrap.servers` or the metadata) is
+/// up. A stranded client may still keep the connection of a coordinator
+/// it had looked up (a "logical" broker of librdkafka's), yet has no
+/// broker to ask anything else of, a coordinator's address among them.
+pub fn reaches_a_broker(statistics: &Statistics) -> bool {
+    statistics.brokers.values().any(|b| b.state == "UP" && matches!(b.source.as_str(), "learned" | "configured"))
+}
 
 /// Whether a fresh client of `config`'s cluster is answered with a broker.
 pub fn cluster_answers(config: &ClientConfig) -> bool {
@@ -91,7 +102,7 @@ impl Reachability {
         if due(since) && self.asked.is_none_or(due) {
             self.asked = Some(Instant::now());
             let (tx, rx) = mpsc::channel();
-            let config = clients::base(config);
+            let config = clients::base(config, "probe");
             let spawned = std::thread::Builder::new().name("junction-probe".into()).spawn(move || {
                 let answers = cluster_answers(&config);
                 let _ = tx.send((answers, Instant::now()));

@@ -156,7 +156,7 @@ pub fn prepare_topics(config: &KafkaConfig, runtime: &tokio::runtime::Handle) ->
             to_create.push(NewTopic::new(topic, home_partitions as i32, TopicReplication::Fixed(replication)));
         }
     }
-    let admin: AdminClient<DefaultClientContext> = base(config)
+    let admin: AdminClient<DefaultClientContext> = base(config, "admin")
         .create()
         .map_err(|source| TopicError::Metadata { servers: config.bootstrap_servers.clone(), source })?;
     if !to_create.is_empty() {
@@ -211,7 +211,7 @@ pub fn read_limits(
 /// [`read_limits`] again, with a client of its own: after a topic refused
 /// a record for its size.
 pub fn read_limits_again(config: &KafkaConfig, runtime: &tokio::runtime::Handle) -> Option<[usize; 4]> {
-    let admin: AdminClient<DefaultClientContext> = base(config).create().ok()?;
+    let admin: AdminClient<DefaultClientContext> = base(config, "admin").create().ok()?;
     Some(read_limits(config, runtime, &admin))
 }
 
@@ -499,7 +499,7 @@ fn check_settings(
 type Probe = BaseConsumer<ProbeContext>;
 
 fn probe(config: &KafkaConfig) -> Result<Probe, TopicError> {
-    base(config)
+    base(config, "metadata")
         .set_log_level(RDKafkaLogLevel::Error)
         .create_with_context(ProbeContext::default())
         .map_err(|source| TopicError::Metadata { servers: config.bootstrap_servers.clone(), source })

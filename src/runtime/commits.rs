@@ -15,6 +15,7 @@ use crate::commit::{self, CommitError, Committed, Outputs, Staged, Strategy};
 use crate::config::{Config, Guarantee};
 use crate::kafka::limits::TopicLimits;
 use crate::kafka::purge::Purger;
+use crate::kafka::stranded::{self, Reachability};
 use crate::kafka::{answered_commit, clients, topics};
 use crate::metrics::Metrics;
 use crate::runtime::partitions::Partitions;
@@ -33,6 +34,9 @@ pub struct Commits {
     /// first. (Under `exactly_once` the old one may already be fenced by the
     /// attempt, and its fence must not be read as a twin instance's.)
     renew_pending: bool,
+    /// Whether the producer reaches a broker, followed to tell when
+    /// librdkafka stranded it (see [`Commits::replace_stranded_producer`]).
+    producer_reach: Reachability,
     /// Set when the group coordinator refused a commit as from a member it
     /// does not know (see [`crate::runtime::membership`]).
     refused_membership: bool,
@@ -63,6 +67,7 @@ impl Commits {
             transactional_id,
             halted: false,
             renew_pending: false,
+            producer_reach: Reachability::default(),
             refused_membership: false,
             purger,
             lease,
@@ -90,6 +95,29 @@ impl Commits {
                 self.renew_pending = true;
             }
         }
+    }
+
+    /// Under `exactly_once`, replaces a producer that librdkafka stranded
+    /// (issue 5301: see [`crate::kafka::stranded`]), between two commits
+    /// (no transaction is open then, and the new producer fences the old):
+    /// one that still reaches no broker while fresh clients have reached
+    /// the cluster for [`stranded::STRANDED_AFTER`]. Its commits wait
+    /// meanwhile (see [`Commits::commit`]). Called every few seconds.
+    /// (Under `at_least_once` a commit whose records time out replaces it.)
+    pub fn replace_stranded_producer(&mut self) {
+        if self.config.kafka.processing_guarantee != Guarantee::ExactlyOnce {
+            return;
+        }
+        if !self.producer_reach.stranded(self.strategy.producer_reaches_a_broker(), &self.config.kafka) {
+            return;
+        }
+        warn!(
+            "the producer reaches no broker while new clients have reached the cluster for {} s: librdkafka \
+             stranded it (issue 5301). Replacing it",
+            stranded::STRANDED_AFTER.as_secs()
+        );
+        self.producer_reach = Reachability::default();
+        self.renew_producer();
     }
 
     fn new_strategy(&self) -> Result<Box<dyn Strategy>, CommitError> {
@@ -167,6 +195,16 @@ impl Commits {
                 .new_strategy()
                 .map_err(|e| anyhow!(e).context("replacing the producer after the input consumer was stranded"))?;
             self.renew_pending = false;
+        }
+        if !wait
+            && self.config.kafka.processing_guarantee == Guarantee::ExactlyOnce
+            && !self.strategy.producer_reaches_a_broker()
+        {
+            // A transaction begun now would wait for a broker up to the
+            // commit timeout (a minute) on the stream thread: one stranded
+            // never reaches one. The work waits for the next interval, and
+            // the producer is replaced if stranded.
+            return Ok(true);
         }
         let now = now_ms();
         let caught_up = partitions.caught_up_homes(consumer);

@@ -60,7 +60,7 @@ pub fn spawn(config: Arc<Config>, view: Arc<View>, home_partitions: usize) -> st
                 std::thread::sleep(SHUTDOWN_CHECK);
             }
             if client.is_none() {
-                client = clients::base(&config.kafka).create().ok();
+                client = clients::base(&config.kafka, "group-watch").create().ok();
             }
             let Some(c) = &client else { continue };
             let described = match group_state::describe(c, &group, &topic, REQUEST_TIMEOUT) {

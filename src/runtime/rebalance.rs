@@ -20,6 +20,7 @@ use rdkafka::{ClientContext, Statistics, TopicPartitionList};
 use tracing::{debug, info, warn};
 
 use crate::commit::lease::Lease;
+use crate::kafka::stranded;
 use crate::ops::view::View;
 use crate::runtime::engine::{lock, Engine};
 
@@ -46,7 +47,7 @@ impl ClientContext for Callbacks {
     }
 
     fn stats(&self, statistics: Statistics) {
-        if statistics.brokers.values().any(|b| b.state == "UP") {
+        if stranded::reaches_a_broker(&statistics) {
             self.view.set_unreachable(None);
         }
         for name in &self.topics {

@@ -332,6 +332,7 @@ fn poll_loop(
             if reachability.stranded(view.health().unreachable.is_none(), &config.kafka) {
                 return Ok(Ended::Stranded);
             }
+            lock(engine).commits.replace_stranded_producer();
         }
     }
 }

@@ -11,8 +11,8 @@
 //! Told to, it also answers `Metadata` requests with no broker in them, as a
 //! broker does while its controller has fenced it (frozen past its own
 //! session, or restarting): what makes a librdkafka client forget every
-//! broker it knew (librdkafka issue 5301). The answers are otherwise the
-//! broker's.
+//! broker it knew (librdkafka issue 5301): to every client, or to those
+//! whose `client.id` ends as told. The answers are otherwise the broker's.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -46,6 +46,8 @@ struct State {
     refusing: AtomicBool,
     /// `Metadata` answers list no broker.
     fenced: AtomicBool,
+    /// Only the clients whose `client.id` ends so are answered as fenced.
+    fenced_clients: Mutex<String>,
     /// How many answers listed none.
     fenced_answers: AtomicUsize,
     /// Every connection, closed when the proxy is dropped.
@@ -92,8 +94,11 @@ impl Proxy {
     }
 
     /// From now on, and until [`Proxy::unfence`], every `Metadata` answer
-    /// lists no broker (its topics are left as they are), as a fenced broker's do.
-    pub fn fence(&self) {
+    /// to a client whose `client.id` ends with `suffix` (every answer, for
+    /// "") lists no broker (its topics are left as they are), as a fenced
+    /// broker's do. junction names each of its clients by its role.
+    pub fn fence(&self, suffix: &str) {
+        *self.state.fenced_clients.lock().unwrap() = suffix.to_string();
         self.state.fenced.store(true, Ordering::SeqCst);
     }
 
@@ -117,9 +122,15 @@ impl Proxy {
     /// connected again (librdkafka waits up to `reconnect.backoff.max.ms`,
     /// 10 s, between attempts, and more with its jitter) and been told so.
     pub fn restart_answering_as_fenced(&self) {
+        self.restart_answering_as_fenced_to("");
+    }
+
+    /// [`Proxy::restart_answering_as_fenced`], the fenced answers going only
+    /// to the clients whose `client.id` ends with `suffix`.
+    pub fn restart_answering_as_fenced_to(&self, suffix: &str) {
         self.cut_connections();
         std::thread::sleep(Duration::from_secs(8));
-        self.fence();
+        self.fence(suffix);
         self.let_connections_through();
         std::thread::sleep(Duration::from_secs(20));
         assert!(self.fenced_answers() > 0, "no client asked for metadata while the broker answered as fenced");
@@ -172,8 +183,9 @@ fn connect(state: &Arc<State>, client: TcpStream, broker: TcpStream) {
 struct Connection {
     /// Its answers are no longer passed.
     silenced: AtomicBool,
-    /// The `Metadata` requests not yet answered: correlation ID, version.
-    metadata: Mutex<HashMap<i32, i16>>,
+    /// The `Metadata` requests not yet answered: correlation ID, then
+    /// version and client ID.
+    metadata: Mutex<HashMap<i32, (i16, String)>>,
 }
 
 /// Reads one size-prefixed request or answer whole: its size, then it.
@@ -196,7 +208,12 @@ fn pass_requests(state: &State, connection: &Connection, mut from: TcpStream, mu
         let key = field(4);
         if let (Some(METADATA), Some(version), Some(id)) = (key, field(6), request.get(8..12)) {
             let id = i32::from_be_bytes(id.try_into().unwrap());
-            connection.metadata.lock().unwrap().insert(id, version);
+            // The header's client ID: a nullable string (its length, then it).
+            let client = field(12)
+                .and_then(|n| request.get(14..14 + n.max(0) as usize))
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
+            connection.metadata.lock().unwrap().insert(id, (version, client));
         }
         if key == Some(END_TXN) && state.armed.swap(false, Ordering::SeqCst) {
             connection.silenced.store(true, Ordering::SeqCst);
@@ -218,8 +235,11 @@ fn pass_answers(state: &State, connection: &Connection, mut from: TcpStream, mut
             continue;
         }
         let id = answer.get(4..8).map(|id| i32::from_be_bytes(id.try_into().unwrap()));
-        let version = id.and_then(|id| connection.metadata.lock().unwrap().remove(&id));
-        if let Some(version) = version.filter(|_| state.fenced.load(Ordering::SeqCst)) {
+        let asked = id.and_then(|id| connection.metadata.lock().unwrap().remove(&id));
+        let fenced = |client: &str| {
+            state.fenced.load(Ordering::SeqCst) && client.ends_with(state.fenced_clients.lock().unwrap().as_str())
+        };
+        if let Some((version, _)) = asked.filter(|(_, client)| fenced(client)) {
             let body = without_brokers(&answer[4..], version).expect("a Metadata answer the proxy can read");
             answer = [&(body.len() as i32).to_be_bytes()[..], &body].concat();
             state.fenced_answers.fetch_add(1, Ordering::SeqCst);
