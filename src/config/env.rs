@@ -22,6 +22,7 @@ const OVERRIDABLE: &[&str] = &[
     "kafka.processing_guarantee",
     "kafka.commit_interval",
     "kafka.max_event_bytes",
+    "kafka.static_membership",
     "state.dir",
     "state.retention",
     "state.memory_bytes",
@@ -30,6 +31,7 @@ const OVERRIDABLE: &[&str] = &[
     "state.grace",
     "state.max_clock_skew",
     "state.max_payload_bytes",
+    "state.max_pending_bytes",
     "http.listen",
 ];
 

@@ -407,10 +407,14 @@ deadline = "15m"
             &[
                 ("JUNCTION_KAFKA_BOOTSTRAP_SERVERS", "10.0.0.1:9092"),
                 ("JUNCTION_KAFKA_PROPERTY_SASL_PASSWORD", "s3cret"),
+                ("JUNCTION_STATE_MAX_PENDING_BYTES", "134217728"),
+                ("JUNCTION_KAFKA_STATIC_MEMBERSHIP", "false"),
             ],
         )
         .unwrap();
+        assert!(!c.kafka.static_membership);
         assert_eq!(c.kafka.bootstrap_servers, "10.0.0.1:9092");
+        assert_eq!(c.state.max_pending_bytes, 128 << 20);
         assert_eq!(c.kafka.properties.get("sasl.password").map(String::as_str), Some("s3cret"));
         let printed = format!("{c:?}");
         assert!(!printed.contains("s3cret") && printed.contains("[redacted]"), "{printed}");

@@ -72,10 +72,7 @@ impl ChangelogEnds {
 
     /// Both ends of `partition`, asked of its leader.
     pub fn of(&self, partition: i32) -> Result<Ends, KafkaError> {
-        let clients = self.current();
-        let (low, committed) = self.ask(&clients, &clients.committed, partition)?;
-        let all = self.ask(&clients, &clients.all, partition)?.1;
-        Ok(Ends { low, committed, all })
+        self.with_all(partition, self.all_end(partition)?)
     }
 
     /// The end of every record of `partition`, open transactions' included.
@@ -85,7 +82,9 @@ impl ChangelogEnds {
     }
 
     /// The ends of `partition` when the end of every record is known
-    /// already: one request, for the committed records' end.
+    /// already: one request, for the committed records' end. (A
+    /// transaction committed since `all` was read moves the committed end
+    /// past it: every record's end is then at least that.)
     pub fn with_all(&self, partition: i32, all: i64) -> Result<Ends, KafkaError> {
         let clients = self.current();
         let (low, committed) = self.ask(&clients, &clients.committed, partition)?;

@@ -41,10 +41,10 @@ pub struct StableOffsets {
 }
 
 impl StableOffsets {
-    pub fn new(config: &KafkaConfig) -> Result<StableOffsets, KafkaError> {
+    pub fn new(config: &KafkaConfig) -> StableOffsets {
         let client = clients::offsets_client_config(config);
         let timeout = clients::transaction_timeout(config) + TRANSACTION_SWEEP;
-        Ok(StableOffsets { client, timeout })
+        StableOffsets { client, timeout }
     }
 
     /// Waits until the group's offsets of `partitions` are stable, and

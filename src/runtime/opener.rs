@@ -93,10 +93,10 @@ impl Opener {
         ends: Arc<ChangelogEnds>,
         memory: StoreMemory,
         delete_retention: Option<Duration>,
-    ) -> Result<Opener, KafkaError> {
-        let stable = StableOffsets::new(&config.kafka)?;
+    ) -> Opener {
+        let stable = StableOffsets::new(&config.kafka);
         let (sender, answers) = mpsc::channel();
-        Ok(Opener { shared: Arc::new(Shared { config, stable, ends, memory, delete_retention }), sender, answers })
+        Opener { shared: Arc::new(Shared { config, stable, ends, memory, delete_retention }), sender, answers }
     }
 
     /// Starts opening a partition; its answer comes with [`Opener::answered`].

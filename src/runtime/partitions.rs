@@ -157,8 +157,7 @@ impl Partitions {
                 .map_err(|e| anyhow!(e).context("creating the clients that read the changelog's ends"))?,
         );
         let memory = StoreMemory::new(config.state.memory_bytes as usize, config.state.write_buffer_bytes as usize);
-        let opener = Opener::new(Arc::clone(&config), Arc::clone(&ends), memory, delete_retention)
-            .map_err(|e| anyhow!(e).context("creating the client that checks the group's offsets"))?;
+        let opener = Opener::new(Arc::clone(&config), Arc::clone(&ends), memory, delete_retention);
         let restorer = Restorer::new(&config.kafka, Arc::clone(&ends), Arc::clone(&view.metrics), timers)?;
         let joins_directly = config.kafka.processing_guarantee == Guarantee::ExactlyOnce;
         Ok(Partitions {
