@@ -50,7 +50,8 @@ fn quota(broker: &Broker, bytes_per_second: Option<u64>) {
     let status = Command::new("java")
         .args(["-cp", &format!("{home}/libs/*"), "kafka.admin.ConfigCommand"])
         .args(["--bootstrap-server", &broker.bootstrap, "--alter", "--entity-type", "clients"])
-        .args(["--entity-name", CLIENT_ID])
+        // junction names its producer after the configured client.id.
+        .args(["--entity-name", &format!("{CLIENT_ID}-producer")])
         .args(change)
         .status()
         .expect("run Kafka's ConfigCommand");

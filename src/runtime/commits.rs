@@ -29,8 +29,8 @@ pub struct Commits {
     transactional_id: String,
     /// Set once the stream thread cannot go on: nothing is committed after that.
     halted: bool,
-    /// The producer could not be replaced after the input consumer was
-    /// stranded ([`Commits::renew_producer`]): the next commit makes one
+    /// The producer could not be replaced after it or the input consumer
+    /// was found stranded ([`Commits::renew_producer`]): the next commit makes one
     /// first. (Under `exactly_once` the old one may already be fenced by the
     /// attempt, and its fence must not be read as a twin instance's.)
     renew_pending: bool,
@@ -193,7 +193,7 @@ impl Commits {
         if self.renew_pending {
             self.strategy = self
                 .new_strategy()
-                .map_err(|e| anyhow!(e).context("replacing the producer after the input consumer was stranded"))?;
+                .map_err(|e| anyhow!(e).context("replacing a producer that librdkafka may have stranded"))?;
             self.renew_pending = false;
         }
         if !wait
