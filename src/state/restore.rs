@@ -301,7 +301,6 @@ impl Restorer {
         let now = Instant::now();
         match ends {
             Ok(None) => {}
-
             Ok(Some(ends)) => {
                 // Read to the committed end: nothing more to hear until the transaction ends.
                 r.waits_by_right = end >= ends.committed;
