@@ -25,6 +25,9 @@ pub const HEADER_SOURCE_OFFSET: &str = "junction.source.offset";
 /// On a tick of a home partition's clock in the repartition topic (see
 /// [`crate::route::Forward::tick`]): its timestamp is the wall clock's time.
 pub const HEADER_TICK: &str = "junction.tick";
+/// On a marker in the repartition topic (see [`crate::route::Forward::marker`]):
+/// where its source topic, partition and offset headers say what it covers.
+pub const HEADER_MARKER: &str = "junction.marker";
 /// On an outcome record published without its steps' payloads, because the
 /// output topic refused it for its size: why (see [`crate::kafka::refusals`]).
 pub const HEADER_TRUNCATED: &str = "junction.truncated";

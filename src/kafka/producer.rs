@@ -223,7 +223,8 @@ impl Producer {
 
     /// Sends records read off their workflow's home partition to it, on the
     /// repartition topic: keyed by workflow ID, with the source record's
-    /// value and timestamp, and where it came from as headers.
+    /// value and timestamp, and where it came from as headers; and the
+    /// ticks and markers of home partitions, without a key.
     pub fn send_forwards(&self, epoch: usize, forwards: &[Forward]) -> Result<(), KafkaError> {
         for f in forwards {
             if f.is_tick() {
@@ -243,6 +244,16 @@ impl Producer {
                 .insert(Header { key: names::HEADER_SOURCE_TOPIC, value: Some(f.source_topic.as_str()) })
                 .insert(Header { key: names::HEADER_SOURCE_PARTITION, value: Some(partition.as_str()) })
                 .insert(Header { key: names::HEADER_SOURCE_OFFSET, value: Some(offset.as_str()) });
+            if f.is_marker() {
+                headers = headers.insert(Header { key: names::HEADER_MARKER, value: Some("") });
+                let record: BaseRecord<'_, [u8], [u8], usize> =
+                    BaseRecord::with_opaque_to(&self.repartition_topic, epoch)
+                        .partition(f.home)
+                        .payload(&[][..])
+                        .headers(headers);
+                self.send(record)?;
+                continue;
+            }
             if let Some(k) = &f.key {
                 headers = headers.insert(Header { key: names::HEADER_SOURCE_KEY, value: Some(k.as_slice()) });
             }

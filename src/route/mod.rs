@@ -1,17 +1,22 @@
 //! Routing: every workflow has one home partition, `murmur2(workflow_id)
 //! mod N`, where N is the partition count of junction's own topics (the
 //! changelog and `<application_id>-repartition`); the task of that
-//! partition joins all of its events. Every input record, whatever its key,
-//! its producer's partitioner or its topic, is forwarded: re-keyed by
-//! workflow ID to its home partition of the repartition topic, with its
-//! value, its timestamp and where it came from, and joined when it is read
-//! back. A workflow's events so reach its task in one order, the same on
-//! every replay after a crash.
+//! partition joins all of its events. An input record read off its
+//! workflow's home partition, whatever its key, its producer's partitioner
+//! or its topic, is forwarded: re-keyed by workflow ID to its home
+//! partition of the repartition topic, with its value, its timestamp and
+//! where it came from, and joined when it is read back. One read on its
+//! home partition is joined there: under `exactly_once` at once; under
+//! `at_least_once` where a *marker* in the repartition partition says
+//! ("the records of input partition p read so far"), so that the
+//! repartition partition's log orders every event of its workflows, and
+//! each replay after a crash meets them in the same order.
 //!
 //! - [`partitioner`]: Kafka's default partitioner, murmur2;
-//! - [`Forward`]: a record on its way home (or a tick of the wall clock),
-//!   and [`forwarded_origin`], where a record read back from the
-//!   repartition topic came from.
+//! - [`Forward`]: a record on its way home, a tick of the wall clock or a
+//!   marker; [`forwarded_origin`], where a record read back from the
+//!   repartition topic came from, and [`marker_of`], what a marker read
+//!   back covers.
 //!
 //! Pure: no Kafka client, no store.
 
@@ -78,9 +83,55 @@ impl Forward {
         }
     }
 
-    pub fn is_tick(&self) -> bool {
-        self.workflow_id.is_empty()
+    /// A marker for `home`'s stream: the records of `source_partition` of
+    /// `source_topic` that are `home`'s, read up to `through` and held
+    /// where they were read, are joined where the marker is read back.
+    /// Under `at_least_once` a record read on its workflow's home partition
+    /// waits for its marker instead of being forwarded: the marker orders
+    /// it among the records forwarded to its home, as its own copy would
+    /// have, at the cost of a few bytes for a whole poll's records.
+    pub fn marker(home: i32, source_topic: &str, source_partition: i32, through: i64) -> Forward {
+        Forward {
+            home,
+            workflow_id: String::new(),
+            key: None,
+            value: Vec::new(),
+            timestamp_ms: None,
+            source_topic: source_topic.to_string(),
+            source_partition,
+            source_offset: through,
+        }
     }
+
+    pub fn is_tick(&self) -> bool {
+        self.workflow_id.is_empty() && self.source_partition < 0
+    }
+
+    pub fn is_marker(&self) -> bool {
+        self.workflow_id.is_empty() && self.source_partition >= 0
+    }
+}
+
+/// What a marker read back from the repartition topic covers ([`Forward::marker`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Marker<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    /// The last offset it covers.
+    pub through: i64,
+}
+
+/// The marker a record read from the repartition topic is, if it is one.
+pub fn marker_of<'a>(m: &'a BorrowedMessage<'_>) -> Option<Marker<'a>> {
+    if m.key().is_some() {
+        return None;
+    }
+    let headers = m.headers()?;
+    if !headers.iter().any(|h| h.key == names::HEADER_MARKER) {
+        return None;
+    }
+    let origin = forwarded_origin(m)?;
+    Some(Marker { topic: origin.topic, partition: origin.partition, through: origin.offset })
 }
 
 /// Whether a record read from the repartition topic is a tick ([`Forward::tick`]).

@@ -60,6 +60,22 @@ pub struct Slot {
     pub replay_from: Option<i64>,
     /// Opened again after its store failed: it must prove it can write before it resumes.
     reopened: bool,
+    /// Sought back to a marker whose records were not read yet.
+    refetch: Option<Refetch>,
+}
+
+/// A task's partition sought back to a marker whose held records its input
+/// partition had not read yet (after a crash or a move, the marker's
+/// records are read again from their last commit): it waits, paused, until
+/// they are read, and then skips what it had fetched before the seek, up
+/// to the marker again.
+struct Refetch {
+    /// The marker's offset.
+    from: i64,
+    /// The input partition (index into `input_topics`, partition) and the
+    /// offset it must have read; `None` once it has, and the partition is
+    /// resumed.
+    waits_for: Option<(usize, i32, i64)>,
 }
 
 /// A partition stopped because its store failed: assigned, paused, and
@@ -116,7 +132,11 @@ pub struct Partitions {
     /// repartition topic alone, a workflow's events reach its task in one
     /// order, the same on every replay. (Under `exactly_once` nothing of an
     /// interval is visible before its transaction commits, and a replay
-    /// redoes it from the start.)
+    /// redoes it from the start.) Under `at_least_once` such a record is
+    /// held where it was read until a marker in the repartition partition
+    /// joins it ([`route::Forward::marker`]): the order is the log's, at the
+    /// cost of a marker per poll instead of a copy per record; the input
+    /// partitions of a home partition not active are paused meanwhile.
     joins_directly: bool,
     /// Home partitions stopped since the last commit began, whose input
     /// partitions of the same number must be read again from their last
@@ -284,7 +304,41 @@ impl Partitions {
                 .entry((index, *partition))
                 .or_insert_with(|| Source::new(topic, *partition, &self.view.metrics));
         }
+        let homes: BTreeSet<i32> =
+            assigned.iter().map(|(_, p)| p.rem_euclid(self.home_partitions.max(1) as i32)).collect();
+        for home in homes.into_iter().filter(|h| !self.is_active(*h)) {
+            self.pause_inputs(consumer, home, true);
+        }
         Ok(())
+    }
+
+    fn is_active(&self, home: i32) -> bool {
+        self.slots.get(&home).is_some_and(|s| s.phase == Phase::Active)
+    }
+
+    /// Under `at_least_once`, pauses or resumes the input partitions of
+    /// `home`'s number (see [`Partitions::joins_directly`]): what they read
+    /// while their home partition is not active would wait in memory for
+    /// it. Resumes none waiting for a seek, or while every read is held.
+    fn pause_inputs<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, home: i32, pause: bool) {
+        if self.joins_directly || (!pause && self.held) {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition) in self.inputs_of(&[home]) {
+            if self.sources.contains_key(&(self.topic_index(&topic).unwrap_or(usize::MAX), partition))
+                && (pause || !self.waits_for_seek(&topic, partition))
+            {
+                tpl.add_partition(&topic, partition);
+            }
+        }
+        if tpl.count() == 0 {
+            return;
+        }
+        let result = if pause { consumer.pause(&tpl) } else { consumer.resume(&tpl) };
+        if let Err(e) = result {
+            warn!(home, error = %e, pause, "cannot pause or resume the input partitions of a home partition");
+        }
     }
 
     /// Gives up revoked input partitions (their work is committed), those
@@ -361,6 +415,7 @@ impl Partitions {
         reopened: bool,
     ) {
         self.pause(consumer, partition, true);
+        self.pause_inputs(consumer, partition, true);
         let mut offsets = vec![(self.repartition_topic.to_string(), partition)];
         offsets.extend(self.inputs_of(&[partition]));
         self.tickets += 1;
@@ -421,7 +476,8 @@ impl Partitions {
         if let Some(open) = prepared.open {
             task.set_open(open);
         }
-        self.slots.insert(partition, Slot { task, phase, resume_from: from, replay_from: from, reopened });
+        self.slots
+            .insert(partition, Slot { task, phase, resume_from: from, replay_from: from, reopened, refetch: None });
         match phase {
             Phase::Restoring => {
                 if let Err(e) = self.restorer.start(partition, store, prepared.from) {
@@ -445,14 +501,16 @@ impl Partitions {
         from: Option<i64>,
     ) {
         self.pause(consumer, partition, true);
+        self.pause_inputs(consumer, partition, true);
         self.restorer.cancel(partition);
         if let Some(awaiting) = self.awaiting.remove(&partition) {
             awaiting.cancel.store(true, Ordering::SeqCst);
         }
         self.view.hide_store(partition);
-        if self.joins_directly {
-            self.stopped_homes.insert(partition);
-        }
+        // What its input partitions joined into it directly (under
+        // `exactly_once`), or held for it (under `at_least_once`), is lost
+        // with the task: they are read again from their last commit.
+        self.stopped_homes.insert(partition);
         let from = match self.slots.remove(&partition) {
             Some(slot) => slot.replay_from.or(slot.resume_from).or(from),
             None => from,
@@ -622,6 +680,7 @@ impl Partitions {
         if !self.held {
             self.pause(consumer, partition, false);
         }
+        self.pause_inputs(consumer, partition, false);
         if reopened {
             info!(partition, resume_from, "stopped partition resumed");
         }
@@ -702,8 +761,8 @@ impl Partitions {
     }
 
     /// Reads again, from their last commit, the input partitions that
-    /// joined directly into a task stopped since (none under
-    /// `at_least_once`). Called before a commit stages the sources, with no
+    /// joined directly into a task stopped since (under `exactly_once`), or
+    /// held records for it (under `at_least_once`). Called before a commit stages the sources, with no
     /// commit in flight, so that the offsets of what the stopped task lost
     /// are not committed.
     pub fn rewind_stopped_homes_sources<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
@@ -751,6 +810,37 @@ impl Partitions {
                 self.process_input(consumer, index, m, now);
             }
         }
+        if !self.joins_directly {
+            self.mark_held();
+        }
+        self.resume_refetched(consumer);
+    }
+
+    /// Sends a marker for what each source held since its last one.
+    fn mark_held(&mut self) {
+        for source in self.sources.values_mut() {
+            if source.mark() {
+                self.forwarded_to.insert(source.partition);
+            }
+        }
+    }
+
+    /// Resumes the partitions waiting for their input to read a marker's records, once it has.
+    fn resume_refetched<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
+        let mut ready = Vec::new();
+        for (partition, slot) in &mut self.slots {
+            let Some(refetch) = slot.refetch.as_mut() else { continue };
+            let Some((index, input, through)) = refetch.waits_for else { continue };
+            if self.sources.get(&(index, input)).is_none_or(|source| source.has_read(through)) {
+                refetch.waits_for = None;
+                ready.push(*partition);
+            }
+        }
+        for partition in ready {
+            if !self.held {
+                self.pause(consumer, partition, false);
+            }
+        }
     }
 
     fn process_forwarded<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, m: &BorrowedMessage<'_>, now: i64) {
@@ -771,9 +861,19 @@ impl Partitions {
             }
             return;
         }
+        if let Some(refetch) = &slot.refetch {
+            if refetch.waits_for.is_some() || m.offset() != refetch.from {
+                return; // fetched before the seek back to the marker
+            }
+            slot.refetch = None;
+        }
         slot.replay_from.get_or_insert(m.offset());
         if route::is_tick(m) {
             slot.task.tick(m.timestamp().to_millis().unwrap_or(i64::MIN), m.offset());
+            return;
+        }
+        if let Some(marker) = route::marker_of(m) {
+            self.process_marker(consumer, partition, m.offset(), &marker, now);
             return;
         }
         // The record it was forwarded from: where it came from is in its headers.
@@ -800,9 +900,71 @@ impl Partitions {
         }
     }
 
+    /// Joins the records a marker read back at `offset` of `partition`
+    /// covers, held by its input partition. One that has not read them yet
+    /// (it reads them again after a crash or a move) is waited for: the
+    /// partition is sought back to the marker and paused until it has.
+    fn process_marker<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        partition: i32,
+        offset: i64,
+        marker: &route::Marker<'_>,
+        now: i64,
+    ) {
+        let source =
+            self.topic_index(marker.topic).and_then(|i| Some((i, self.sources.get_mut(&(i, marker.partition))?)));
+        let Some((index, source)) = source else {
+            // Its input is not read here any more (a topic no longer configured): nothing to join.
+            warn!(
+                partition,
+                offset,
+                topic = marker.topic,
+                input = marker.partition,
+                "a marker for an input partition not read here; skipped"
+            );
+            if let Some(slot) = self.slots.get_mut(&partition) {
+                slot.task.passed(offset);
+            }
+            return;
+        };
+        if !source.has_read(marker.through) {
+            info!(
+                partition,
+                offset,
+                input = marker.partition,
+                through = marker.through,
+                "a marker's records are being read again: its partition waits for them"
+            );
+            let slot = self.slots.get_mut(&partition).expect("the slot of a record processed");
+            slot.refetch = Some(Refetch { from: offset, waits_for: Some((index, marker.partition, marker.through)) });
+            self.pause(consumer, partition, true);
+            let topic = Arc::clone(&self.repartition_topic);
+            self.seek(consumer, &topic, partition, offset);
+            return;
+        }
+        let held: Vec<_> = source.release(marker.through).collect();
+        let slot = self.slots.get_mut(&partition).expect("the slot of a record processed");
+        slot.task.passed(offset);
+        for f in &held {
+            let record = InputRecord {
+                key: f.key.as_deref(),
+                value: Some(&f.value),
+                timestamp_ms: f.timestamp_ms,
+                topic: &f.source_topic,
+                partition: f.source_partition,
+                offset: f.source_offset,
+            };
+            if let Err(e) = slot.task.process_forwarded(&record, offset, now) {
+                self.park(consumer, partition, &e, None);
+                return;
+            }
+        }
+    }
+
     /// Decodes an input record, and joins it when it was read on its
     /// workflow's home partition and may be (see [`Partitions::joins_directly`]);
-    /// otherwise forwards it there.
+    /// holds it for its marker when it may not; otherwise forwards it there.
     fn process_input<C: ConsumerContext>(
         &mut self,
         consumer: &BaseConsumer<C>,
@@ -832,6 +994,10 @@ impl Partitions {
         };
         source.read(record.offset);
         let home = route::home(&event.workflow_id, self.home_partitions);
+        if home == partition && !self.joins_directly {
+            source.hold(home, &event, &record);
+            return;
+        }
         if home == partition && self.joins_directly {
             if let Some(slot) = self.slots.get_mut(&home).filter(|s| s.phase == Phase::Active) {
                 match slot.task.join(&event, &record, now) {
@@ -851,7 +1017,11 @@ impl Partitions {
     pub fn rewind<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
         let mut seeks = Vec::new();
         let mut failed = Vec::new();
+        let mut waiting = Vec::new();
         for (partition, slot) in &mut self.slots {
+            if slot.refetch.take().is_some_and(|r| r.waits_for.is_some()) {
+                waiting.push(*partition);
+            }
             match slot.task.discard() {
                 Err(e) => failed.push((*partition, e)),
                 Ok(()) => seeks.extend(slot.replay_from.map(|offset| (*partition, offset))),
@@ -865,6 +1035,11 @@ impl Partitions {
             self.seek(consumer, &topic, partition, offset);
         }
         self.rewind_sources(consumer);
+        for partition in waiting {
+            if !self.held && self.is_active(partition) {
+                self.pause(consumer, partition, false);
+            }
+        }
     }
 
     /// About how much memory what waits for a commit takes, in every task and source.
@@ -880,12 +1055,16 @@ impl Partitions {
         self.held = hold;
         let mut tpl = TopicPartitionList::new();
         for (partition, slot) in &self.slots {
-            if slot.phase == Phase::Active {
+            let waits = slot.refetch.as_ref().is_some_and(|r| r.waits_for.is_some());
+            if slot.phase == Phase::Active && (hold || !waits) {
                 tpl.add_partition(&self.repartition_topic, *partition);
             }
         }
         for source in self.sources.values() {
-            if hold || !self.waits_for_seek(&source.topic, source.partition) {
+            let home = source.partition.rem_euclid(self.home_partitions.max(1) as i32);
+            let waits =
+                self.waits_for_seek(&source.topic, source.partition) || (!self.joins_directly && !self.is_active(home));
+            if hold || !waits {
                 tpl.add_partition(&source.topic, source.partition);
             }
         }

@@ -1,9 +1,13 @@
 //! One assigned input partition: it decodes each record with its topic's
 //! mapping, finds the workflow's home and forwards the record there through
-//! the repartition topic. Bad records become dead letters here, where they
-//! were read. It keeps its forwards,
-//! dead letters and next offset until the commit takes them.
+//! the repartition topic, or, under `at_least_once`, holds a record read on
+//! its workflow's home partition until a marker joins it there
+//! ([`crate::route::Forward::marker`]). Bad records become dead letters
+//! here, where they were read. It keeps its forwards, dead letters and next
+//! offset until the commit takes them, and its held records until their
+//! marker is read back: the offset it commits is never past one still held.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use prometheus::IntCounter;
@@ -24,7 +28,17 @@ pub struct Source {
     /// Where to rewind to: the offset after the last commit.
     pub replay_from: Option<i64>,
     next_offset: Option<i64>,
+    /// The offset after the last record read, kept across commits.
+    read_to: Option<i64>,
     forwards: Vec<Forward>,
+    /// The records read on their workflow's home partition (this one's
+    /// number) and not yet joined there, in offset order.
+    held: VecDeque<Forward>,
+    /// The last held record a marker covers.
+    marked_through: Option<i64>,
+    /// Held records were joined since the last commit began: the offset it
+    /// commits may move on though nothing was read.
+    released: bool,
     dead_letters: Vec<DeadLetter>,
     /// Always empty: a source decides nothing (for [`Source::outputs`]).
     no_outcomes: Vec<Decided>,
@@ -41,7 +55,11 @@ impl Source {
             partition,
             replay_from: None,
             next_offset: None,
+            read_to: None,
             forwards: Vec::new(),
+            held: VecDeque::new(),
+            marked_through: None,
+            released: false,
             dead_letters: Vec::new(),
             no_outcomes: Vec::new(),
             outputs_bytes: 0,
@@ -52,12 +70,55 @@ impl Source {
     pub fn read(&mut self, offset: i64) {
         self.replay_from.get_or_insert(offset);
         self.next_offset = Some(offset + 1);
+        self.read_to = Some(offset + 1);
+    }
+
+    /// Whether the record at `offset` was read since the last rewind.
+    pub fn has_read(&self, offset: i64) -> bool {
+        self.read_to.is_some_and(|to| to > offset)
     }
 
     /// Sends `record`, whose workflow's home is `home`, there.
     pub fn forward(&mut self, home: i32, event: &StepEvent<'_>, record: &InputRecord<'_>) {
         self.forwarded.inc();
-        let forward = Forward {
+        let forward = Self::copy(home, event, record);
+        self.outputs_bytes += forward.approx_bytes();
+        self.forwards.push(forward);
+    }
+
+    /// Keeps `record`, read on its workflow's home partition `home`, until
+    /// a marker joins it there ([`Source::mark`], [`Source::release`]).
+    pub fn hold(&mut self, home: i32, event: &StepEvent<'_>, record: &InputRecord<'_>) {
+        self.held.push_back(Self::copy(home, event, record));
+    }
+
+    /// Sends a marker for the records held since the last one, if any; whether it did.
+    pub fn mark(&mut self) -> bool {
+        let Some(last) = self.held.back() else { return false };
+        if self.marked_through.is_some_and(|through| through >= last.source_offset) {
+            return false;
+        }
+        let marker = Forward::marker(last.home, &self.topic, self.partition, last.source_offset);
+        self.marked_through = Some(last.source_offset);
+        self.outputs_bytes += marker.approx_bytes();
+        self.forwards.push(marker);
+        true
+    }
+
+    /// Takes the held records up to `through`, which a marker read back joins.
+    pub fn release(&mut self, through: i64) -> impl Iterator<Item = Forward> + '_ {
+        let count = self.held.iter().take_while(|f| f.source_offset <= through).count();
+        self.released |= count > 0;
+        self.held.drain(..count)
+    }
+
+    /// About how much memory the held records take.
+    pub fn held_bytes(&self) -> usize {
+        self.held.iter().map(Forward::approx_bytes).sum()
+    }
+
+    fn copy(home: i32, event: &StepEvent<'_>, record: &InputRecord<'_>) -> Forward {
+        Forward {
             home,
             workflow_id: event.workflow_id.to_string(),
             key: record.key.map(<[u8]>::to_vec),
@@ -66,9 +127,7 @@ impl Source {
             source_topic: record.topic.to_string(),
             source_partition: record.partition,
             source_offset: record.offset,
-        };
-        self.outputs_bytes += forward.approx_bytes();
-        self.forwards.push(forward);
+        }
     }
 
     pub fn dead_letter(&mut self, config: &Config, metrics: &Metrics, record: &InputRecord<'_>, error: BadInput) {
@@ -83,7 +142,7 @@ impl Source {
     }
 
     pub fn is_dirty(&self) -> bool {
-        self.next_offset.is_some() || !self.forwards.is_empty() || !self.dead_letters.is_empty()
+        self.next_offset.is_some() || self.released || !self.forwards.is_empty() || !self.dead_letters.is_empty()
     }
 
     /// The forwards and dead letters not yet published, for
@@ -93,9 +152,14 @@ impl Source {
         Outputs { outcomes: &mut self.no_outcomes, dead_letters: &mut self.dead_letters, forwards: &mut self.forwards }
     }
 
-    /// Takes everything the next commit must publish, and the offset it commits.
+    /// Takes everything the next commit must publish, and the offset it
+    /// commits: the next one to read, or the first held one, whichever is
+    /// first (a replay from there reads again what its markers join).
     pub fn stage(&mut self) -> Staged {
         self.outputs_bytes = 0;
+        let read = self.next_offset.take().or(if self.released { self.read_to } else { None });
+        self.released = false;
+        let next_offset = read.map(|next| self.held.front().map_or(next, |first| first.source_offset.min(next)));
         Staged {
             topic: Arc::clone(&self.topic),
             store: None,
@@ -104,7 +168,7 @@ impl Source {
             forwards: std::mem::take(&mut self.forwards),
             changelog: Vec::new(),
             batch: StoreBatch::default(),
-            next_offset: self.next_offset.take(),
+            next_offset,
             last_committed: self.replay_from,
         }
     }
@@ -115,5 +179,68 @@ impl Source {
         self.forwards.clear();
         self.dead_letters.clear();
         self.next_offset = None;
+        self.read_to = None;
+        self.held.clear();
+        self.marked_through = None;
+        self.released = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::input::event;
+
+    const CONFIG: &str = r#"
+[kafka]
+bootstrap_servers = "x:1"
+input_topic = "in"
+output_topic = "out"
+dead_letter_topic = "dlq"
+[[workflows]]
+type = "order"
+steps = ["payment", "inventory"]
+"#;
+
+    fn read_and_hold(source: &mut Source, config: &Config, offset: i64) {
+        let value = br#"{"workflow_id":"w","step":"payment"}"#;
+        let record =
+            InputRecord { key: None, value: Some(value), timestamp_ms: Some(1_000), topic: "in", partition: 0, offset };
+        let event = event::decode(config, None, record.value, 1_000).unwrap();
+        source.read(offset);
+        source.hold(0, &event, &record);
+    }
+
+    #[test]
+    fn the_offset_committed_never_passes_a_record_held_for_its_marker() {
+        let config = crate::config::parse(Path::new("t.toml"), CONFIG, Vec::new()).unwrap();
+        let mut source = Source::new(Arc::from("in"), 0, &Metrics::new());
+        for offset in 10..13 {
+            read_and_hold(&mut source, &config, offset);
+        }
+        assert!(source.mark(), "one marker for the three");
+        assert!(!source.mark(), "none again for the same records");
+        let staged = source.stage();
+        let markers: Vec<_> = staged.forwards.iter().filter(|f| f.is_marker()).collect();
+        assert_eq!(markers.len(), 1);
+        assert_eq!((markers[0].source_offset, markers[0].home), (12, 0));
+        assert_eq!(staged.next_offset, Some(10), "the first held record, read again after a crash");
+        source.replay_from = Some(10);
+
+        read_and_hold(&mut source, &config, 13);
+        assert!(source.has_read(13) && !source.has_read(14));
+        assert_eq!(source.release(12).map(|f| f.source_offset).collect::<Vec<_>>(), vec![10, 11, 12]);
+        assert_eq!(source.stage().next_offset, Some(13), "13 is still held");
+        assert_eq!(source.release(13).count(), 1);
+        assert!(source.is_dirty(), "a release moves the offset on though nothing was read");
+        assert_eq!(source.stage().next_offset, Some(14));
+        assert!(!source.is_dirty());
+
+        read_and_hold(&mut source, &config, 14);
+        source.discard();
+        assert!(!source.has_read(14), "after a rewind, read again before its marker joins it");
+        assert_eq!(source.release(14).count(), 0);
     }
 }
