@@ -292,15 +292,18 @@ fn chaos(guarantee: &'static str, mut broker: Broker) {
         assert_eq!(dead.len(), bad, "a read_committed reader saw repeated dead letters");
     }
 
+    let mut marker_waits = 0;
     for (i, j) in instances.iter().enumerate() {
         let log = j.logs();
         assert!(!log.contains("panicked"), "j{i}'s log holds a panic:\n{log}");
+        marker_waits += log.matches("a marker's records are being read again").count();
     }
     println!(
         "chaos ({guarantee}): {workflows} workflows ({} input records), {kills} kill -9, {terms} SIGTERM, \
          {restarts} instance restarts, {freezes} instance freezes, {broker_freezes} broker freeze, \
          {broker_restarts} broker restart; {} outcome records: {} workflows with an outcome, {repeats} repeats \
-         (same ID), {lost} lost{}; {} dead letters for {bad} bad records ({} distinct); {:.0} s",
+         (same ID), {lost} lost{}; {} dead letters for {bad} bad records ({} distinct); {marker_waits} markers \
+         read back before their records were read again; {:.0} s",
         input.len(),
         records.len(),
         first.len(),

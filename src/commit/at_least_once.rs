@@ -50,9 +50,6 @@ use crate::metrics::Metrics;
 use crate::route::Forward;
 use crate::state::{self, ChangelogRecord, Store, StoreBatch, StoreFailures};
 
-/// The commit thread's nice value: under contention the stream thread,
-/// which publishes outcomes, goes first; a commit only takes longer.
-const SAVE_NICE: libc::c_int = 10;
 /// How often a commit waited for looks at the save thread.
 const WAIT_STEP: Duration = Duration::from_millis(5);
 /// The pause before asking the coordinator again to confirm the membership.
@@ -116,7 +113,6 @@ impl Saver {
         let thread = std::thread::Builder::new()
             .name("junction-save".into())
             .spawn(move || {
-                lower_priority();
                 for job in queue {
                     let epoch = job.epoch;
                     // No receiver: the strategy is gone, and this thread with it.
@@ -443,13 +439,4 @@ fn save(producer: &Producer, lease: &Lease, job: SaveJob) -> Result<StoreFailure
     }
     let batches = job.work.into_iter().filter_map(|w| Some((w.partition, w.store?, w.batch)));
     Ok(state::write_batches(batches, &changelog_last))
-}
-
-/// Lowers the calling thread's CPU priority (Linux's nice is per thread).
-fn lower_priority() {
-    // SAFETY: setpriority takes plain integers; `who` 0 is the calling thread.
-    let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, SAVE_NICE) };
-    if result != 0 {
-        debug!(error = %std::io::Error::last_os_error(), "cannot lower the commit thread's priority");
-    }
 }

@@ -135,8 +135,9 @@ pub struct Partitions {
     /// redoes it from the start.) Under `at_least_once` such a record is
     /// held where it was read until a marker in the repartition partition
     /// joins it ([`route::Forward::marker`]): the order is the log's, at the
-    /// cost of a marker per poll instead of a copy per record; the input
-    /// partitions of a home partition not active are paused meanwhile.
+    /// cost of a marker per poll instead of a copy per record (held
+    /// whatever the home partition's phase, so that a replay meets every
+    /// held record at its marker; see [`Partitions::bound_held`]).
     joins_directly: bool,
     /// Home partitions stopped since the last commit began, whose input
     /// partitions of the same number must be read again from their last
@@ -304,41 +305,11 @@ impl Partitions {
                 .entry((index, *partition))
                 .or_insert_with(|| Source::new(topic, *partition, &self.view.metrics));
         }
-        let homes: BTreeSet<i32> =
-            assigned.iter().map(|(_, p)| p.rem_euclid(self.home_partitions.max(1) as i32)).collect();
-        for home in homes.into_iter().filter(|h| !self.is_active(*h)) {
-            self.pause_inputs(consumer, home, true);
-        }
         Ok(())
     }
 
     fn is_active(&self, home: i32) -> bool {
         self.slots.get(&home).is_some_and(|s| s.phase == Phase::Active)
-    }
-
-    /// Under `at_least_once`, pauses or resumes the input partitions of
-    /// `home`'s number (see [`Partitions::joins_directly`]): what they read
-    /// while their home partition is not active would wait in memory for
-    /// it. Resumes none waiting for a seek, or while every read is held.
-    fn pause_inputs<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, home: i32, pause: bool) {
-        if self.joins_directly || (!pause && self.held) {
-            return;
-        }
-        let mut tpl = TopicPartitionList::new();
-        for (topic, partition) in self.inputs_of(&[home]) {
-            if self.sources.contains_key(&(self.topic_index(&topic).unwrap_or(usize::MAX), partition))
-                && (pause || !self.waits_for_seek(&topic, partition))
-            {
-                tpl.add_partition(&topic, partition);
-            }
-        }
-        if tpl.count() == 0 {
-            return;
-        }
-        let result = if pause { consumer.pause(&tpl) } else { consumer.resume(&tpl) };
-        if let Err(e) = result {
-            warn!(home, error = %e, pause, "cannot pause or resume the input partitions of a home partition");
-        }
     }
 
     /// Gives up revoked input partitions (their work is committed), those
@@ -415,7 +386,6 @@ impl Partitions {
         reopened: bool,
     ) {
         self.pause(consumer, partition, true);
-        self.pause_inputs(consumer, partition, true);
         let mut offsets = vec![(self.repartition_topic.to_string(), partition)];
         offsets.extend(self.inputs_of(&[partition]));
         self.tickets += 1;
@@ -501,7 +471,6 @@ impl Partitions {
         from: Option<i64>,
     ) {
         self.pause(consumer, partition, true);
-        self.pause_inputs(consumer, partition, true);
         self.restorer.cancel(partition);
         if let Some(awaiting) = self.awaiting.remove(&partition) {
             awaiting.cancel.store(true, Ordering::SeqCst);
@@ -540,7 +509,15 @@ impl Partitions {
     /// Opens the stopped partitions whose pause is over.
     pub fn retry_parked<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
         let now = Instant::now();
-        let due: Vec<i32> = self.parked.iter().filter(|(_, p)| p.retry_at <= now).map(|(p, _)| *p).collect();
+        // Not before the input partitions of its number are read again from
+        // their last commit (at the next commit): what they held or joined
+        // for the stopped task must meet its replay.
+        let due: Vec<i32> = self
+            .parked
+            .iter()
+            .filter(|(p, parked)| parked.retry_at <= now && !self.stopped_homes.contains(p))
+            .map(|(p, _)| *p)
+            .collect();
         for partition in due {
             let parked = self.parked.remove(&partition).expect("parked");
             info!(partition, "opening a stopped partition's state store again");
@@ -680,7 +657,6 @@ impl Partitions {
         if !self.held {
             self.pause(consumer, partition, false);
         }
-        self.pause_inputs(consumer, partition, false);
         if reopened {
             info!(partition, resume_from, "stopped partition resumed");
         }
@@ -814,6 +790,57 @@ impl Partitions {
             self.mark_held();
         }
         self.resume_refetched(consumer);
+        self.bound_held(consumer);
+    }
+
+    /// Whether a marker's records, read up to `through` on `source`, were
+    /// read since its last commit or are before it (joined and committed:
+    /// the marker is a repeat, written after a replay read them again).
+    fn marker_read(&self, index: usize, partition: i32, through: i64) -> bool {
+        let Some(source) = self.sources.get(&(index, partition)) else { return true };
+        let start = source.replay_from.or_else(|| self.starts.get(&(source.topic.to_string(), partition)).copied());
+        source.has_read(through) || start.is_some_and(|start| through < start)
+    }
+
+    /// Bounds the records held for their markers: an input partition whose
+    /// held records pass their share of half `state.max_pending_bytes`
+    /// (its home partition restoring, stopped, or behind) is paused until
+    /// they are under half of it, unless a marker waits for its records.
+    /// Held records are not counted in [`Partitions::pending_bytes`]: the
+    /// hold it triggers pauses the repartition partitions whose markers
+    /// would release them.
+    fn bound_held<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
+        if self.joins_directly || self.sources.is_empty() {
+            return;
+        }
+        let share = (self.config.state.max_pending_bytes as usize / 2) / self.sources.len();
+        let awaited: BTreeSet<(usize, i32)> = self
+            .slots
+            .values()
+            .filter_map(|s| s.refetch.as_ref()?.waits_for.map(|(index, partition, _)| (index, partition)))
+            .collect();
+        let (mut pause, mut resume) = (TopicPartitionList::new(), TopicPartitionList::new());
+        for (key, source) in &mut self.sources {
+            let awaited = awaited.contains(key);
+            if !source.is_capped() && !awaited && source.held_bytes() > share {
+                source.set_capped(true);
+                pause.add_partition(&source.topic, source.partition);
+            } else if source.is_capped() && (awaited || source.held_bytes() <= share / 2) {
+                source.set_capped(false);
+                if !self.held && !self.unsought.iter().any(|(t, p, _)| *t == source.topic && *p == source.partition) {
+                    resume.add_partition(&source.topic, source.partition);
+                }
+            }
+        }
+        for (tpl, pause) in [(pause, true), (resume, false)] {
+            if tpl.count() == 0 {
+                continue;
+            }
+            let result = if pause { consumer.pause(&tpl) } else { consumer.resume(&tpl) };
+            if let Err(e) = result {
+                warn!(error = %e, pause, "cannot pause or resume input partitions whose held records wait");
+            }
+        }
     }
 
     /// Sends a marker for what each source held since its last one.
@@ -831,9 +858,13 @@ impl Partitions {
         for (partition, slot) in &mut self.slots {
             let Some(refetch) = slot.refetch.as_mut() else { continue };
             let Some((index, input, through)) = refetch.waits_for else { continue };
-            if self.sources.get(&(index, input)).is_none_or(|source| source.has_read(through)) {
+            ready.push((*partition, index, input, through));
+        }
+        ready.retain(|&(_, index, input, through)| self.marker_read(index, input, through));
+        let ready: Vec<i32> = ready.into_iter().map(|(partition, ..)| partition).collect();
+        for partition in &ready {
+            if let Some(refetch) = self.slots.get_mut(partition).and_then(|s| s.refetch.as_mut()) {
                 refetch.waits_for = None;
-                ready.push(*partition);
             }
         }
         for partition in ready {
@@ -912,9 +943,8 @@ impl Partitions {
         marker: &route::Marker<'_>,
         now: i64,
     ) {
-        let source =
-            self.topic_index(marker.topic).and_then(|i| Some((i, self.sources.get_mut(&(i, marker.partition))?)));
-        let Some((index, source)) = source else {
+        let index = self.topic_index(marker.topic).filter(|i| self.sources.contains_key(&(*i, marker.partition)));
+        let Some(index) = index else {
             // Its input is not read here any more (a topic no longer configured): nothing to join.
             warn!(
                 partition,
@@ -928,7 +958,7 @@ impl Partitions {
             }
             return;
         };
-        if !source.has_read(marker.through) {
+        if !self.marker_read(index, marker.partition, marker.through) {
             info!(
                 partition,
                 offset,
@@ -943,6 +973,7 @@ impl Partitions {
             self.seek(consumer, &topic, partition, offset);
             return;
         }
+        let source = self.sources.get_mut(&(index, marker.partition)).expect("a source found above");
         let held: Vec<_> = source.release(marker.through).collect();
         let slot = self.slots.get_mut(&partition).expect("the slot of a record processed");
         slot.task.passed(offset);
@@ -1061,9 +1092,7 @@ impl Partitions {
             }
         }
         for source in self.sources.values() {
-            let home = source.partition.rem_euclid(self.home_partitions.max(1) as i32);
-            let waits =
-                self.waits_for_seek(&source.topic, source.partition) || (!self.joins_directly && !self.is_active(home));
+            let waits = self.waits_for_seek(&source.topic, source.partition) || source.is_capped();
             if hold || !waits {
                 tpl.add_partition(&source.topic, source.partition);
             }

@@ -34,8 +34,13 @@ pub struct Source {
     /// The records read on their workflow's home partition (this one's
     /// number) and not yet joined there, in offset order.
     held: VecDeque<Forward>,
+    /// About what the held records take.
+    held_bytes: usize,
     /// The last held record a marker covers.
     marked_through: Option<i64>,
+    /// Paused because its held records took too much (see
+    /// [`crate::runtime::partitions::Partitions`]'s `bound_held`).
+    capped: bool,
     /// Held records were joined since the last commit began: the offset it
     /// commits may move on though nothing was read.
     released: bool,
@@ -58,7 +63,9 @@ impl Source {
             read_to: None,
             forwards: Vec::new(),
             held: VecDeque::new(),
+            held_bytes: 0,
             marked_through: None,
+            capped: false,
             released: false,
             dead_letters: Vec::new(),
             no_outcomes: Vec::new(),
@@ -89,7 +96,9 @@ impl Source {
     /// Keeps `record`, read on its workflow's home partition `home`, until
     /// a marker joins it there ([`Source::mark`], [`Source::release`]).
     pub fn hold(&mut self, home: i32, event: &StepEvent<'_>, record: &InputRecord<'_>) {
-        self.held.push_back(Self::copy(home, event, record));
+        let held = Self::copy(home, event, record);
+        self.held_bytes += held.approx_bytes();
+        self.held.push_back(held);
     }
 
     /// Sends a marker for the records held since the last one, if any; whether it did.
@@ -107,14 +116,24 @@ impl Source {
 
     /// Takes the held records up to `through`, which a marker read back joins.
     pub fn release(&mut self, through: i64) -> impl Iterator<Item = Forward> + '_ {
-        let count = self.held.iter().take_while(|f| f.source_offset <= through).count();
+        let released: Vec<&Forward> = self.held.iter().take_while(|f| f.source_offset <= through).collect();
+        self.held_bytes -= released.iter().map(|f| f.approx_bytes()).sum::<usize>();
+        let count = released.len();
         self.released |= count > 0;
         self.held.drain(..count)
     }
 
     /// About how much memory the held records take.
     pub fn held_bytes(&self) -> usize {
-        self.held.iter().map(Forward::approx_bytes).sum()
+        self.held_bytes
+    }
+
+    pub fn is_capped(&self) -> bool {
+        self.capped
+    }
+
+    pub fn set_capped(&mut self, capped: bool) {
+        self.capped = capped;
     }
 
     fn copy(home: i32, event: &StepEvent<'_>, record: &InputRecord<'_>) -> Forward {
@@ -181,6 +200,7 @@ impl Source {
         self.next_offset = None;
         self.read_to = None;
         self.held.clear();
+        self.held_bytes = 0;
         self.marked_through = None;
         self.released = false;
     }
@@ -231,7 +251,9 @@ steps = ["payment", "inventory"]
 
         read_and_hold(&mut source, &config, 13);
         assert!(source.has_read(13) && !source.has_read(14));
+        let bytes = source.held_bytes();
         assert_eq!(source.release(12).map(|f| f.source_offset).collect::<Vec<_>>(), vec![10, 11, 12]);
+        assert_eq!(source.held_bytes(), bytes / 4, "one of four left");
         assert_eq!(source.stage().next_offset, Some(13), "13 is still held");
         assert_eq!(source.release(13).count(), 1);
         assert!(source.is_dirty(), "a release moves the offset on though nothing was read");
@@ -240,6 +262,7 @@ steps = ["payment", "inventory"]
 
         read_and_hold(&mut source, &config, 14);
         source.discard();
+        assert_eq!(source.held_bytes(), 0);
         assert!(!source.has_read(14), "after a rewind, read again before its marker joins it");
         assert_eq!(source.release(14).count(), 0);
     }
