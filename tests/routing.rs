@@ -257,3 +257,64 @@ fn an_input_topic_that_gains_partitions_is_read_on_its_new_ones() {
     assert_eq!(broker.partition_count(&format!("{}-repartition", setup.app)), 2, "N is kept");
     assert!(junction.logs().contains("an input topic gained partitions"), "{}", junction.logs());
 }
+
+/// Under `at_least_once` a record read on its workflow's home partition
+/// waits, held, for the marker that joins it there; one read elsewhere is
+/// forwarded, and the repartition partition's log orders the two. After a
+/// kill -9 before any commit, the instance started again reads the markers
+/// back before it has read their records again (the records it holds
+/// meanwhile are bounded: its input partition pauses): each marker waits for
+/// its records (the pause ends for it), and every outcome published again is
+/// the one published before the kill, the steps to compensate of each
+/// `failed` included, which depend on the order of its steps.
+#[test]
+fn markers_read_back_before_their_records_wait_for_them_and_the_replay_decides_the_same() {
+    let broker = Broker::start();
+    let mut setup = Setup::new(&broker, 2);
+    // Nothing is committed before the kill: the restart replays every marker.
+    setup.commit_interval = "10m";
+    setup.state_options = "grace = \"10m\"\n".to_string();
+    let work = tempfile::tempdir().unwrap();
+    let mut junction = Junction::start(&setup, work.path(), "j");
+    junction.wait_ready();
+    let n = 400;
+    let filler = "x".repeat(16 << 10);
+    let step = |id: &str, step: &str, status: &str| {
+        let mut e = event(id, "order", step, status, None);
+        e["payload"] = json!({ "filler": filler });
+        e
+    };
+    // Payment and fraud check keyed by workflow ID with murmur2 (on their
+    // home partitions: held), inventory unkeyed (on either: held or
+    // forwarded), failing for one workflow in three.
+    let (mut payments, mut inventories, mut fraud_checks) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..n {
+        let id = format!("held-{i}");
+        payments.push(keyed(&step(&id, "payment", "succeeded")));
+        inventories.push(unkeyed(&step(&id, "inventory", if i % 3 == 0 { "failed" } else { "succeeded" })));
+        fraud_checks.push(keyed(&step(&id, "fraud_check", "succeeded")));
+    }
+    broker.produce_with(Some("murmur2_random"), &setup.input, &payments);
+    broker.produce(&setup.input, &inventories);
+    broker.produce_with(Some("murmur2_random"), &setup.input, &fraud_checks);
+    let mut out = broker.reader(&setup.output);
+    let first = out.read_until("every outcome", |r| by_workflow(r).len() >= n).len();
+    junction.kill();
+    // Started again, the records it reads wait for their markers while its
+    // stores open; with 2 MiB for what waits, half a megabyte of them pauses
+    // each input partition, and the markers, read back at once, come before
+    // most of their records.
+    junction.set_env("JUNCTION_STATE_MAX_PENDING_BYTES", "2097152");
+    junction.start_again();
+    let records = out.read_until("every outcome again", |r| r.len() >= 2 * first).to_vec();
+
+    let mut published: std::collections::HashMap<&str, &Option<Vec<u8>>> = std::collections::HashMap::new();
+    for r in &records {
+        let earlier = *published.entry(r.header(junction::names::HEADER_OUTCOME_ID)).or_insert(&r.value);
+        assert!(earlier == &r.value, "an outcome published again differs from the first: {:?}", r.json());
+    }
+    assert_eq!(published.len(), n, "one outcome ID per workflow");
+    let waits = junction.logs().matches("a marker's records are being read again").count();
+    eprintln!("markers after a kill -9: {n} workflows, {} outcome records, {waits} markers waited", records.len());
+    assert!(waits > 0, "a marker read back before its records waited for them");
+}
