@@ -60,22 +60,19 @@ fn three_producers(broker: Broker, guarantee: &'static str) {
         assert_eq!(r.key.as_deref(), Some(id.as_bytes()));
         assert_eq!(r.partition, route::home(&id, 4), "{id}'s outcome is on its murmur2 partition");
     }
-    // Under exactly_once a record read on its home partition (every
-    // murmur2 one, a quarter of the others) is joined there; the rest, and
-    // under at_least_once every record, go through the repartition topic.
+    // A record read on its home partition (every murmur2 one, a quarter of
+    // the others) is joined there (under at_least_once where its marker is
+    // read back); only the rest go through the repartition topic.
     let input = read_to_end(&broker, &setup.input, "read_committed");
     let off_home = input.iter().filter(|r| r.partition != route::home(r.json()["workflow_id"].as_str().unwrap(), 4));
-    let expected = if guarantee == "exactly_once" { off_home.count() } else { input.len() };
     let forwarded = junction.metric("junction_forwarded_total", &format!("topic=\"{}\"", setup.input));
-    assert_eq!(forwarded, expected as f64, "records forwarded, of {}", input.len());
-    if guarantee == "exactly_once" {
-        let murmur2_forwarded = input
-            .iter()
-            .filter(|r| r.json()["step"] == "payment")
-            .filter(|r| r.partition != route::home(r.json()["workflow_id"].as_str().unwrap(), 4))
-            .count();
-        assert_eq!(murmur2_forwarded, 0, "a murmur2 producer keyed by workflow ID puts every record on its home");
-    }
+    assert_eq!(forwarded, off_home.count() as f64, "records forwarded, of {}", input.len());
+    let murmur2_forwarded = input
+        .iter()
+        .filter(|r| r.json()["step"] == "payment")
+        .filter(|r| r.partition != route::home(r.json()["workflow_id"].as_str().unwrap(), 4))
+        .count();
+    assert_eq!(murmur2_forwarded, 0, "a murmur2 producer keyed by workflow ID puts every record on its home");
     // As of the last finished commit, which can follow an at_least_once outcome.
     wait_until("mixed-7's committed state", || {
         http_get(junction.http_port, "/workflows/mixed-7").is_some_and(|(s, _)| s == 200)
