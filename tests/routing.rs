@@ -270,7 +270,8 @@ fn markers_read_back_before_their_records_wait_for_them_and_the_replay_decides_t
     let mut setup = Setup::new(&broker, 2);
     // Nothing is committed before the kill: the restart replays every marker.
     setup.commit_interval = "10m";
-    setup.state_options = "grace = \"10m\"\n".to_string();
+    // (and no backpressure commits either: 512 MiB may wait).
+    setup.state_options = "grace = \"10m\"\nmax_pending_bytes = 536870912\n".to_string();
     let work = tempfile::tempdir().unwrap();
     let mut junction = Junction::start(&setup, work.path(), "j");
     junction.wait_ready();

@@ -167,6 +167,10 @@ fn a_full_disk_stops_only_its_partition_commits_nothing_past_unsaved_state_and_h
     }
     let stuck = &stuck[..sent];
     eprintln!("partition 0 stopped after {sent} workflows with {PAYLOAD_BYTES}-byte payloads");
+    // Workflows whose steps arrive while partition 0 is stopped: their
+    // input records are not committed before it has joined them.
+    let waiting = ids_on(0, "waiting", 10);
+    broker.produce_events(&setup.input, &complete(&waiting));
 
     // It says so, and the process stays up. (While the disk stays full,
     // each attempt to open the store again fails and stops it again.)
@@ -247,7 +251,7 @@ fn a_full_disk_stops_only_its_partition_commits_nothing_past_unsaved_state_and_h
         .collect();
     broker.produce_events(&setup.input, &rest);
 
-    let all = before.len() + during.len() + stuck.len();
+    let all = before.len() + during.len() + stuck.len() + waiting.len();
     let records = out.read_until("every outcome", |r| by_workflow(r).len() >= all).to_vec();
     let repeats = assert_one_outcome_each(&records, all);
     let outcomes = by_workflow(&records);

@@ -135,9 +135,11 @@ pub struct Partitions {
     /// redoes it from the start.) Under `at_least_once` such a record is
     /// held where it was read until a marker in the repartition partition
     /// joins it ([`route::Forward::marker`]): the order is the log's, at the
-    /// cost of a marker per poll instead of a copy per record (held
-    /// whatever the home partition's phase, so that a replay meets every
-    /// held record at its marker; see [`Partitions::bound_held`]).
+    /// cost of a marker per poll instead of a copy per record. While the
+    /// home partition is not active, its input partitions are frozen
+    /// ([`Source::freeze`]) and read again from their last commit once it
+    /// is, so that a replay meets every record at its marker; see also
+    /// [`Partitions::bound_held`].
     joins_directly: bool,
     /// Home partitions stopped since the last commit began, whose input
     /// partitions of the same number must be read again from their last
@@ -301,11 +303,44 @@ impl Partitions {
         for (topic, partition) in assigned {
             let Some(index) = self.topic_index(topic) else { continue };
             let topic = Arc::clone(&self.input_topics[index]);
-            self.sources
+            let home = partition.rem_euclid(self.home_partitions.max(1) as i32);
+            let freeze = !self.joins_directly && !self.is_active(home);
+            let source = self
+                .sources
                 .entry((index, *partition))
                 .or_insert_with(|| Source::new(topic, *partition, &self.view.metrics));
+            if freeze {
+                source.freeze();
+            }
         }
         Ok(())
+    }
+
+    /// Under `at_least_once`, freezes the input partitions of `home`'s
+    /// number ([`Source::freeze`]): it is not active.
+    fn freeze_inputs(&mut self, home: i32) {
+        if self.joins_directly {
+            return;
+        }
+        let n = self.home_partitions.max(1) as i32;
+        for source in self.sources.values_mut().filter(|s| s.partition.rem_euclid(n) == home) {
+            source.freeze();
+        }
+    }
+
+    /// Under `at_least_once`, reads again from their last commit the input
+    /// partitions of `home`'s number that were frozen: it is active.
+    fn thaw_inputs<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, home: i32) {
+        let n = self.home_partitions.max(1) as i32;
+        let mut thawed = BTreeSet::new();
+        for source in self.sources.values_mut().filter(|s| s.partition.rem_euclid(n) == home) {
+            if source.thaw() {
+                thawed.insert((Arc::clone(&source.topic), source.partition));
+            }
+        }
+        if !thawed.is_empty() {
+            self.rewind_sources_where(consumer, |s| thawed.contains(&(Arc::clone(&s.topic), s.partition)));
+        }
     }
 
     fn is_active(&self, home: i32) -> bool {
@@ -386,6 +421,7 @@ impl Partitions {
         reopened: bool,
     ) {
         self.pause(consumer, partition, true);
+        self.freeze_inputs(partition);
         let mut offsets = vec![(self.repartition_topic.to_string(), partition)];
         offsets.extend(self.inputs_of(&[partition]));
         self.tickets += 1;
@@ -471,6 +507,7 @@ impl Partitions {
         from: Option<i64>,
     ) {
         self.pause(consumer, partition, true);
+        self.freeze_inputs(partition);
         self.restorer.cancel(partition);
         if let Some(awaiting) = self.awaiting.remove(&partition) {
             awaiting.cancel.store(true, Ordering::SeqCst);
@@ -529,6 +566,7 @@ impl Partitions {
     /// Gives up revoked partitions: drops their tasks and closes their
     /// stores, flushed (their work is committed).
     pub fn close(&mut self, revoked: &[i32]) {
+        self.stopped_homes.retain(|h| !revoked.contains(h));
         let now_ms = crate::time::now_ms();
         for slot in self.forget(revoked) {
             if let Err(e) = slot.task.store.close_in_step(now_ms) {
@@ -657,6 +695,7 @@ impl Partitions {
         if !self.held {
             self.pause(consumer, partition, false);
         }
+        self.thaw_inputs(consumer, partition);
         if reopened {
             info!(partition, resume_from, "stopped partition resumed");
         }
@@ -708,7 +747,16 @@ impl Partitions {
             return;
         }
         for (topic, partition, offset) in std::mem::take(&mut self.unsought) {
-            self.seek(consumer, &topic, partition, offset);
+            let capped =
+                self.topic_index(&topic).and_then(|i| self.sources.get(&(i, partition))).is_some_and(Source::is_capped);
+            if self.seek(consumer, &topic, partition, offset) && !self.held && !capped {
+                // A hold released meanwhile left it paused.
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(&topic, partition);
+                if let Err(e) = consumer.resume(&tpl) {
+                    warn!(topic = &*topic, partition, error = %e, "cannot resume an input partition sought again");
+                }
+            }
         }
         if self.unsought.is_empty() {
             info!("every partition that could not seek has now: they read from their last commit again");
@@ -764,6 +812,8 @@ impl Partitions {
         for (topic, partition, offset) in seeks {
             self.seek(consumer, &topic, partition, offset);
         }
+        // What they held is gone: those paused for it read again.
+        self.bound_held(consumer);
     }
 
     /// Hands each record read back from the repartition topic to its task,
@@ -794,12 +844,32 @@ impl Partitions {
     }
 
     /// Whether a marker's records, read up to `through` on `source`, were
-    /// read since its last commit or are before it (joined and committed:
-    /// the marker is a repeat, written after a replay read them again).
-    fn marker_read(&self, index: usize, partition: i32, through: i64) -> bool {
+    /// read since its last commit, or will not be read again: before its
+    /// last commit (joined and committed: the marker is a repeat, written
+    /// after a replay read them again), or before where the consumer reads
+    /// it from (deleted by the retention, or skipped by `auto.offset.reset`).
+    fn marker_read<C: ConsumerContext>(
+        &self,
+        consumer: &BaseConsumer<C>,
+        index: usize,
+        partition: i32,
+        through: i64,
+    ) -> bool {
         let Some(source) = self.sources.get(&(index, partition)) else { return true };
+        if source.has_read(through) {
+            return true;
+        }
         let start = source.replay_from.or_else(|| self.starts.get(&(source.topic.to_string(), partition)).copied());
-        source.has_read(through) || start.is_some_and(|start| through < start)
+        if start.is_some_and(|start| through < start) {
+            return true;
+        }
+        let position = consumer.position().ok().and_then(|positions| {
+            match positions.find_partition(&source.topic, partition)?.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            }
+        });
+        position.is_some_and(|next| through < next)
     }
 
     /// Bounds the records held for their markers: an input partition whose
@@ -827,7 +897,7 @@ impl Partitions {
                 pause.add_partition(&source.topic, source.partition);
             } else if source.is_capped() && (awaited || source.held_bytes() <= share / 2) {
                 source.set_capped(false);
-                if !self.held && !self.unsought.iter().any(|(t, p, _)| *t == source.topic && *p == source.partition) {
+                if !self.held {
                     resume.add_partition(&source.topic, source.partition);
                 }
             }
@@ -860,7 +930,7 @@ impl Partitions {
             let Some((index, input, through)) = refetch.waits_for else { continue };
             ready.push((*partition, index, input, through));
         }
-        ready.retain(|&(_, index, input, through)| self.marker_read(index, input, through));
+        ready.retain(|&(_, index, input, through)| self.marker_read(consumer, index, input, through));
         let ready: Vec<i32> = ready.into_iter().map(|(partition, ..)| partition).collect();
         for partition in &ready {
             if let Some(refetch) = self.slots.get_mut(partition).and_then(|s| s.refetch.as_mut()) {
@@ -958,7 +1028,7 @@ impl Partitions {
             }
             return;
         };
-        if !self.marker_read(index, marker.partition, marker.through) {
+        if !self.marker_read(consumer, index, marker.partition, marker.through) {
             info!(
                 partition,
                 offset,

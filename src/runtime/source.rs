@@ -41,6 +41,11 @@ pub struct Source {
     /// Paused because its held records took too much (see
     /// [`crate::runtime::partitions::Partitions`]'s `bound_held`).
     capped: bool,
+    /// Its home partition is not active (opening, restoring, stopped): a
+    /// record for it is not held but dropped, and no offset is committed,
+    /// until the home partition is active and this is read again from its
+    /// last commit ([`Source::freeze`]).
+    frozen: bool,
     /// Held records were joined since the last commit began: the offset it
     /// commits may move on though nothing was read.
     released: bool,
@@ -66,6 +71,7 @@ impl Source {
             held_bytes: 0,
             marked_through: None,
             capped: false,
+            frozen: false,
             released: false,
             dead_letters: Vec::new(),
             no_outcomes: Vec::new(),
@@ -96,6 +102,9 @@ impl Source {
     /// Keeps `record`, read on its workflow's home partition `home`, until
     /// a marker joins it there ([`Source::mark`], [`Source::release`]).
     pub fn hold(&mut self, home: i32, event: &StepEvent<'_>, record: &InputRecord<'_>) {
+        if self.frozen {
+            return; // read again once its home partition is active
+        }
         let held = Self::copy(home, event, record);
         self.held_bytes += held.approx_bytes();
         self.held.push_back(held);
@@ -126,6 +135,26 @@ impl Source {
     /// About how much memory the held records take.
     pub fn held_bytes(&self) -> usize {
         self.held_bytes
+    }
+
+    /// Its home partition stops being active: what it held is dropped, and
+    /// nothing it reads from here is held or committed; its records for
+    /// other homes are still forwarded (and forwarded again after the
+    /// rewind, which the join absorbs). Memory stays bounded however long
+    /// the home partition is away, and other homes' records go on.
+    pub fn freeze(&mut self) {
+        self.frozen = true;
+        self.next_offset = None;
+        self.held.clear();
+        self.held_bytes = 0;
+        self.marked_through = None;
+        self.released = false;
+    }
+
+    /// Its home partition is active again: whether it was frozen, and so
+    /// must be read again from its last commit.
+    pub fn thaw(&mut self) -> bool {
+        std::mem::take(&mut self.frozen)
     }
 
     pub fn is_capped(&self) -> bool {
@@ -178,6 +207,7 @@ impl Source {
         self.outputs_bytes = 0;
         let read = self.next_offset.take().or(if self.released { self.read_to } else { None });
         self.released = false;
+        let read = read.filter(|_| !self.frozen);
         let next_offset = read.map(|next| self.held.front().map_or(next, |first| first.source_offset.min(next)));
         Staged {
             topic: Arc::clone(&self.topic),

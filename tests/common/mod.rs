@@ -1099,13 +1099,13 @@ impl Junction {
         }
     }
 
-    /// Starts the process again after a kill, with the same state directory and port.
     /// Sets an environment variable for the next start (a configuration override).
     pub fn set_env(&mut self, key: &str, value: &str) {
         self.extra_env.retain(|(k, _)| k != key);
         self.extra_env.push((key.to_string(), value.to_string()));
     }
 
+    /// Starts the process again after a kill, with the same state directory and port.
     pub fn start_again(&mut self) {
         assert!(self.child.is_none(), "still running");
         self.spawn();
