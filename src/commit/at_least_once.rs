@@ -333,6 +333,9 @@ impl AtLeastOnce {
     /// being delivered, so that the next commit counts only its own records.
     fn abandon(&mut self, e: CommitError) -> CommitError {
         let e = self.fatal_or(e);
+        // The rewind that follows discards the interval being published too:
+        // its outcomes are decided and published again, and counted then.
+        self.published = Tally::default();
         if let Some(f) = self.in_flight.take() {
             let _ = self.producer.client().flush(COMMIT_TIMEOUT);
             // A later commit's write must never land before this one's: the
