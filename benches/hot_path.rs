@@ -15,6 +15,12 @@
 //! counted: librdkafka (fetching, producing), RocksDB's write of the batch,
 //! and the threads beside the stream thread.
 //!
+//! Under `at_least_once` (`HOT_PATH_GUARANTEE=at_least_once`) each record
+//! read on its workflow's home partition is held by its input partition
+//! ([`Source`]) until its marker is read back, and joined then: the interval
+//! also counts holding the records and joining them at their marker (one
+//! marker per interval here; one per poll in a running instance).
+//!
 //! The input: 30,000 workflows of the end-to-end benchmark's kind (3 steps,
 //! 5% failing, 2% of events twice, shuffled within windows of 1,000
 //! workflows), in intervals of 3,000 records. Under `cargo test` it runs
@@ -25,6 +31,9 @@ use std::sync::Arc;
 
 use junction::input::record::InputRecord;
 use junction::metrics::Metrics;
+use junction::config::Config;
+use junction::input::event;
+use junction::runtime::source::Source;
 use junction::runtime::task::Task;
 use junction::state::{Store, StoreMemory};
 
@@ -54,12 +63,22 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let memory = StoreMemory::new(128 << 20, 32 << 20);
     let store = Arc::new(Store::open(dir.path(), &memory).unwrap());
-    let mut task = Task::new(0, store, config, Arc::new(Metrics::new()));
+    let metrics = Arc::new(Metrics::new());
+    let mut task = Task::new(0, store, Arc::clone(&config), Arc::clone(&metrics));
     let (records, failing) = input();
+    let mut source = match std::env::var("HOT_PATH_GUARANTEE").as_deref() {
+        Ok("at_least_once") => Some(Source::new(Arc::from("in"), 0, &metrics)),
+        Ok("exactly_once") | Err(_) => None,
+        Ok(other) => panic!("HOT_PATH_GUARANTEE: expected at_least_once or exactly_once, not {other:?}"),
+    };
 
     let (mut outcomes, mut failed, mut bytes) = (0, 0, 0);
     for (i, chunk) in records.chunks(INTERVAL).enumerate() {
-        let staged = interval(&mut task, chunk, (i * INTERVAL) as i64);
+        let first_offset = (i * INTERVAL) as i64;
+        let staged = match source.as_mut() {
+            Some(source) => interval_held(&config, source, &mut task, chunk, first_offset),
+            None => interval(&mut task, chunk, first_offset),
+        };
         outcomes += staged.outcomes;
         failed += staged.failed;
         bytes += staged.bytes;
@@ -68,7 +87,8 @@ fn main() {
     }
     assert_eq!(outcomes, WORKFLOWS, "one outcome per workflow");
     assert_eq!(failed, failing, "every failing workflow failed");
-    println!("hot path: {} events, {outcomes} outcomes ({bytes} bytes of JSON)", records.len());
+    let guarantee = if source.is_some() { "at_least_once" } else { "exactly_once" };
+    println!("hot path: {} events, {outcomes} outcomes ({bytes} bytes of JSON), {guarantee}", records.len());
 }
 
 struct Interval {
@@ -93,6 +113,45 @@ fn interval(task: &mut Task, records: &[Vec<u8>], first_offset: i64) -> Interval
         };
         task.process_forwarded(&record, offset, RECORD_MS).unwrap();
     }
+    stage(task)
+}
+
+/// The same interval under `at_least_once`: each record decoded and held by
+/// its input partition, as the stream thread reads it, then joined when the
+/// interval's marker is read back.
+#[inline(never)]
+fn interval_held(
+    config: &Config,
+    source: &mut Source,
+    task: &mut Task,
+    records: &[Vec<u8>],
+    first_offset: i64,
+) -> Interval {
+    for (i, value) in records.iter().enumerate() {
+        let record = InputRecord {
+            key: None,
+            value: Some(value),
+            timestamp_ms: Some(RECORD_MS),
+            topic: "in",
+            partition: 0,
+            offset: first_offset + i as i64,
+        };
+        let event = event::decode(config, None, record.value, RECORD_MS).unwrap();
+        source.read(record.offset);
+        source.hold(0, &event, &record);
+    }
+    assert!(source.mark(), "a marker for the interval's records");
+    let marker_offset = first_offset;
+    for held in source.release(first_offset + records.len() as i64 - 1) {
+        task.join_held(&held, marker_offset, RECORD_MS).unwrap();
+    }
+    let staged = source.stage();
+    std::hint::black_box(&staged.forwards);
+    stage(task)
+}
+
+/// Stages what the task decided in the interval, and renders its outcomes.
+fn stage(task: &mut Task) -> Interval {
     let staged = task.stage();
     let mut json = Vec::with_capacity(512);
     let (mut failed, mut bytes) = (0, 0);

@@ -15,7 +15,9 @@
 #                             home partition; consistent_random, librdkafka's
 #                             default, puts three in four elsewhere)
 #   scripts/bench.sh --instructions  instructions per event on the hot path,
-#                             counted by callgrind on a fixed input
+#                             counted by callgrind on a fixed input, joined at
+#                             once (exactly_once) and held for a marker
+#                             (at_least_once)
 #   scripts/bench.sh --lso    how long read_committed readers wait after a
 #                             kill -9 under exactly_once (BENCH_LSO_RUNS runs)
 #   scripts/bench.sh --restart  how long an instance restarted after a kill -9
@@ -37,14 +39,16 @@ case "${1:-}" in
         program=$(cargo bench --bench hot_path --no-run --message-format=json 2>/dev/null \
             | sed -n 's/.*"executable":"\([^"]*\/hot_path-[^"]*\)".*/\1/p' | tail -1)
         out=$(mktemp -d)
-        valgrind --tool=callgrind --toggle-collect='*hot_path::interval*' \
-            --callgrind-out-file="$out/callgrind.out" "$program" --bench >"$out/stdout" 2>"$out/stderr" \
-            || { cat "$out/stderr"; exit 1; }
-        cat "$out/stdout"
-        events=$(sed -n 's/^hot path: \([0-9]*\) events.*/\1/p' "$out/stdout")
-        instructions=$(sed -n 's/^summary: \([0-9]*\).*/\1/p' "$out/callgrind.out")
-        echo "instructions (Ir) on the hot path: $instructions"
-        echo "instructions per event: $((instructions / events))"
+        for guarantee in exactly_once at_least_once; do
+            HOT_PATH_GUARANTEE=$guarantee valgrind --tool=callgrind --toggle-collect='*hot_path::interval*' \
+                --callgrind-out-file="$out/callgrind.out" "$program" --bench >"$out/stdout" 2>"$out/stderr" \
+                || { cat "$out/stderr"; exit 1; }
+            cat "$out/stdout"
+            events=$(sed -n 's/^hot path: \([0-9]*\) events.*/\1/p' "$out/stdout")
+            instructions=$(sed -n 's/^summary: \([0-9]*\).*/\1/p' "$out/callgrind.out")
+            echo "$guarantee: instructions (Ir) on the hot path: $instructions"
+            echo "$guarantee: instructions per event: $((instructions / events))"
+        done
         rm -rf "$out"
         ;;
     "") cargo bench --bench end_to_end ;;

@@ -1048,15 +1048,7 @@ impl Partitions {
         let slot = self.slots.get_mut(&partition).expect("the slot of a record processed");
         slot.task.passed(offset);
         for f in &held {
-            let record = InputRecord {
-                key: f.key.as_deref(),
-                value: Some(&f.value),
-                timestamp_ms: f.timestamp_ms,
-                topic: &f.source_topic,
-                partition: f.source_partition,
-                offset: f.source_offset,
-            };
-            if let Err(e) = slot.task.process_forwarded(&record, offset, now) {
+            if let Err(e) = slot.task.join_held(f, offset, now) {
                 self.park(consumer, partition, &e, None);
                 return;
             }

@@ -244,6 +244,20 @@ impl Task {
         Ok(())
     }
 
+    /// Joins a record held on its input partition ([`crate::runtime::source::Source::hold`]),
+    /// which the marker at `offset` of this partition covers.
+    pub fn join_held(&mut self, held: &Forward, offset: i64, now_ms: i64) -> Result<(), StoreError> {
+        let record = InputRecord {
+            key: held.key.as_deref(),
+            value: Some(&held.value),
+            timestamp_ms: held.timestamp_ms,
+            topic: &held.source_topic,
+            partition: held.source_partition,
+            offset: held.source_offset,
+        };
+        self.process_forwarded(&record, offset, now_ms)
+    }
+
     /// Joins one event of a workflow whose home this is, by the definition
     /// the workflow started with (a new one: its type's as configured). On
     /// a store error the event counts as not joined.
