@@ -29,10 +29,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use junction::input::record::InputRecord;
-use junction::metrics::Metrics;
 use junction::config::Config;
 use junction::input::event;
+use junction::input::record::InputRecord;
+use junction::metrics::Metrics;
 use junction::runtime::source::Source;
 use junction::runtime::task::Task;
 use junction::state::{Store, StoreMemory};

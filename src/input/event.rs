@@ -55,6 +55,66 @@ pub struct StepEvent<'a> {
     pub payload: Option<&'a RawValue>,
 }
 
+impl StepEvent<'_> {
+    /// A copy that owns its text: for a record kept past its consumer's
+    /// buffer, and joined later without decoding it again.
+    pub fn to_owned_event(&self) -> OwnedStepEvent {
+        let workflow = match &self.workflow {
+            TypeRef::Configured(i) => TypeRef::Configured(*i),
+            TypeRef::Unresolved { named, error } => {
+                TypeRef::Unresolved { named: named.as_ref().map(|n| Cow::Owned(n.to_string())), error: error.clone() }
+            }
+        };
+        OwnedStepEvent {
+            workflow_id: self.workflow_id.to_string(),
+            workflow,
+            step: self.step.to_string(),
+            status: self.status,
+            event_id: self.event_id.as_ref().map(|id| id.to_string()),
+            occurred_at_ms: self.occurred_at_ms,
+            payload: self.payload.map(RawValue::to_owned),
+        }
+    }
+}
+
+/// A [`StepEvent`] that owns its text ([`StepEvent::to_owned_event`]).
+#[derive(Debug, Clone)]
+pub struct OwnedStepEvent {
+    workflow_id: String,
+    workflow: TypeRef<'static>,
+    step: String,
+    status: Status,
+    event_id: Option<String>,
+    occurred_at_ms: i64,
+    payload: Option<Box<RawValue>>,
+}
+
+impl OwnedStepEvent {
+    pub fn as_event(&self) -> StepEvent<'_> {
+        StepEvent {
+            workflow_id: Cow::Borrowed(&self.workflow_id),
+            workflow: self.workflow.clone(),
+            step: Cow::Borrowed(&self.step),
+            status: self.status,
+            event_id: self.event_id.as_deref().map(Cow::Borrowed),
+            occurred_at_ms: self.occurred_at_ms,
+            payload: self.payload.as_deref(),
+        }
+    }
+
+    pub fn workflow_id(&self) -> &str {
+        &self.workflow_id
+    }
+
+    /// About how many bytes its text takes.
+    pub fn text_bytes(&self) -> usize {
+        self.workflow_id.len()
+            + self.step.len()
+            + self.event_id.as_ref().map_or(0, String::len)
+            + self.payload.as_ref().map_or(0, |p| p.get().len())
+    }
+}
+
 /// An event's workflow type, as the configuration tells it.
 #[derive(Debug, Clone)]
 pub enum TypeRef<'a> {

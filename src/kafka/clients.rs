@@ -18,6 +18,12 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// counts on it).
 pub const STATISTICS_INTERVAL_MS: &str = "5000";
 
+/// Under `at_least_once`, the records per input partition the consumer
+/// fetches ahead (`queued.min.messages`), and the most one fetch brings of
+/// a partition (`max.partition.fetch.bytes`): see [`consumer_config`].
+const PREFETCH_RECORDS: u32 = 5_000;
+const PREFETCH_PARTITION_BYTES: u32 = 256 << 10;
+
 /// Settings shared by every client: the servers, the user's passthrough
 /// properties, and a `client.id` that says which of junction's clients
 /// sent a request (in the broker's logs and request metrics): the
@@ -62,6 +68,15 @@ pub fn consumer_config(config: &KafkaConfig, instance_id: Option<&str>) -> Clien
     // bring this much: fewer, fuller fetches cost the broker and junction
     // less CPU than one per few records.
     c.set_if_absent("fetch.min.bytes", "100000");
+    if config.processing_guarantee == Guarantee::AtLeastOnce {
+        // A record read on its home partition waits for its marker, which
+        // is read behind everything fetched before it: librdkafka's own
+        // prefetch (100,000 records per partition, up to 64 MiB) would hold
+        // records for a second. A few thousand records per partition keep
+        // the stream thread fed, and the markers a commit interval away.
+        c.set_if_absent("queued.min.messages", &PREFETCH_RECORDS.to_string());
+        c.set_if_absent("max.partition.fetch.bytes", &PREFETCH_PARTITION_BYTES.to_string());
+    }
     queue_backoff(&mut c);
     // Statistics feed junction_consumer_lag, and say whether the consumer
     // reaches a broker (a stranded one never does: kafka::stranded).

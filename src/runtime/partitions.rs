@@ -303,8 +303,7 @@ impl Partitions {
         for (topic, partition) in assigned {
             let Some(index) = self.topic_index(topic) else { continue };
             let topic = Arc::clone(&self.input_topics[index]);
-            let home = partition.rem_euclid(self.home_partitions.max(1) as i32);
-            let freeze = !self.joins_directly && !self.is_active(home);
+            let freeze = !self.joins_directly && !self.is_active(self.home_of(*partition));
             let source = self
                 .sources
                 .entry((index, *partition))
@@ -323,7 +322,7 @@ impl Partitions {
             return;
         }
         let n = self.home_partitions.max(1) as i32;
-        for source in self.sources.values_mut().filter(|s| s.partition.rem_euclid(n) == home) {
+        for source in self.sources.values_mut().filter(|s| home_of(s.partition, n) == home) {
             source.freeze();
         }
     }
@@ -333,7 +332,7 @@ impl Partitions {
     fn thaw_inputs<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, home: i32) {
         let n = self.home_partitions.max(1) as i32;
         let mut thawed = BTreeSet::new();
-        for source in self.sources.values_mut().filter(|s| s.partition.rem_euclid(n) == home) {
+        for source in self.sources.values_mut().filter(|s| home_of(s.partition, n) == home) {
             if source.thaw() {
                 thawed.insert((Arc::clone(&source.topic), source.partition));
             }
@@ -345,6 +344,15 @@ impl Partitions {
 
     fn is_active(&self, home: i32) -> bool {
         self.slots.get(&home).is_some_and(|s| s.phase == Phase::Active)
+    }
+
+    fn active_mut(&mut self, home: i32) -> Option<&mut Slot> {
+        self.slots.get_mut(&home).filter(|s| s.phase == Phase::Active)
+    }
+
+    /// The home partition whose number an input partition has.
+    fn home_of(&self, input_partition: i32) -> i32 {
+        home_of(input_partition, self.home_partitions.max(1) as i32)
     }
 
     /// Gives up revoked input partitions (their work is committed), those
@@ -644,12 +652,7 @@ impl Partitions {
 
     /// Pauses or resumes a task's partition of the repartition topic.
     fn pause<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, partition: i32, pause: bool) {
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(&self.repartition_topic, partition);
-        let result = if pause { consumer.pause(&tpl) } else { consumer.resume(&tpl) };
-        if let Err(e) = result {
-            warn!(partition, error = %e, pause, "cannot pause or resume a partition");
-        }
+        pause_partition(consumer, &self.repartition_topic, partition, pause);
     }
 
     /// Restores for up to `budget`, and activates the partitions whose stores are restored.
@@ -732,7 +735,7 @@ impl Partitions {
             self.park(consumer, partition, &why, Some(offset));
         } else {
             self.unsought.push((Arc::clone(topic), partition, offset));
-            let home = partition.rem_euclid(self.home_partitions.max(1) as i32);
+            let home = self.home_of(partition);
             if self.slots.contains_key(&home) {
                 self.park(consumer, home, &why, None);
             }
@@ -751,11 +754,7 @@ impl Partitions {
                 self.topic_index(&topic).and_then(|i| self.sources.get(&(i, partition))).is_some_and(Source::is_capped);
             if self.seek(consumer, &topic, partition, offset) && !self.held && !capped {
                 // A hold released meanwhile left it paused.
-                let mut tpl = TopicPartitionList::new();
-                tpl.add_partition(&topic, partition);
-                if let Err(e) = consumer.resume(&tpl) {
-                    warn!(topic = &*topic, partition, error = %e, "cannot resume an input partition sought again");
-                }
+                pause_partition(consumer, &topic, partition, false);
             }
         }
         if self.unsought.is_empty() {
@@ -863,19 +862,18 @@ impl Partitions {
         if start.is_some_and(|start| through < start) {
             return true;
         }
-        let position = consumer.position().ok().and_then(|positions| {
-            match positions.find_partition(&source.topic, partition)?.offset() {
-                Offset::Offset(o) => Some(o),
-                _ => None,
-            }
-        });
-        position.is_some_and(|next| through < next)
+        let positions = consumer.position().ok();
+        position_in(positions.as_ref(), &source.topic, partition).is_some_and(|next| through < next)
     }
 
-    /// Bounds the records held for their markers: an input partition whose
-    /// held records pass their share of half `state.max_pending_bytes`
-    /// (its home partition restoring, stopped, or behind) is paused until
-    /// they are under half of it, unless a marker waits for its records.
+    /// Bounds the records held for their markers: once all of them
+    /// together pass half `state.max_pending_bytes` (a home partition
+    /// behind), an input partition whose held records pass their share of
+    /// that half is paused until they are under half its share, or all of
+    /// them under a quarter, unless a marker waits for its records. Below
+    /// the bound nothing is paused: a partition holds one fetch of its
+    /// records (thousands) until their marker is read back, and a pause
+    /// drops what the consumer fetched for it, which is fetched again.
     /// Held records are not counted in [`Partitions::pending_bytes`]: the
     /// hold it triggers pauses the repartition partitions whose markers
     /// would release them.
@@ -883,7 +881,9 @@ impl Partitions {
         if self.joins_directly || self.sources.is_empty() {
             return;
         }
-        let share = (self.config.state.max_pending_bytes as usize / 2) / self.sources.len();
+        let half = self.config.state.max_pending_bytes as usize / 2;
+        let share = half / self.sources.len();
+        let total: usize = self.sources.values().map(Source::held_bytes).sum();
         let awaited: BTreeSet<(usize, i32)> = self
             .slots
             .values()
@@ -892,10 +892,10 @@ impl Partitions {
         let (mut pause, mut resume) = (TopicPartitionList::new(), TopicPartitionList::new());
         for (key, source) in &mut self.sources {
             let awaited = awaited.contains(key);
-            if !source.is_capped() && !awaited && source.held_bytes() > share {
+            if !source.is_capped() && !awaited && total > half && source.held_bytes() > share {
                 source.set_capped(true);
                 pause.add_partition(&source.topic, source.partition);
-            } else if source.is_capped() && (awaited || source.held_bytes() <= share / 2) {
+            } else if source.is_capped() && (awaited || source.held_bytes() <= share / 2 || total <= half / 2) {
                 source.set_capped(false);
                 if !self.held {
                     resume.add_partition(&source.topic, source.partition);
@@ -924,20 +924,17 @@ impl Partitions {
 
     /// Resumes the partitions waiting for their input to read a marker's records, once it has.
     fn resume_refetched<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
-        let mut ready = Vec::new();
-        for (partition, slot) in &mut self.slots {
-            let Some(refetch) = slot.refetch.as_mut() else { continue };
-            let Some((index, input, through)) = refetch.waits_for else { continue };
-            ready.push((*partition, index, input, through));
-        }
-        ready.retain(|&(_, index, input, through)| self.marker_read(consumer, index, input, through));
-        let ready: Vec<i32> = ready.into_iter().map(|(partition, ..)| partition).collect();
-        for partition in &ready {
-            if let Some(refetch) = self.slots.get_mut(partition).and_then(|s| s.refetch.as_mut()) {
+        let ready: Vec<i32> = self
+            .slots
+            .iter()
+            .filter_map(|(partition, slot)| Some((*partition, slot.refetch.as_ref()?.waits_for?)))
+            .filter(|&(_, (index, input, through))| self.marker_read(consumer, index, input, through))
+            .map(|(partition, _)| partition)
+            .collect();
+        for partition in ready {
+            if let Some(refetch) = self.slots.get_mut(&partition).and_then(|s| s.refetch.as_mut()) {
                 refetch.waits_for = None;
             }
-        }
-        for partition in ready {
             if !self.held {
                 self.pause(consumer, partition, false);
             }
@@ -1092,7 +1089,7 @@ impl Partitions {
             return;
         }
         if home == partition && self.joins_directly {
-            if let Some(slot) = self.slots.get_mut(&home).filter(|s| s.phase == Phase::Active) {
+            if let Some(slot) = self.active_mut(home) {
                 match slot.task.join(&event, &record, now) {
                     Ok(()) => return,
                     // Not joined: the partition stops, and the record waits for it in the repartition topic.
@@ -1178,15 +1175,10 @@ impl Partitions {
     /// waits for a commit. Their clocks may follow the wall clock.
     pub fn caught_up_homes<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>) -> BTreeSet<i32> {
         let positions = consumer.position().ok();
-        let position =
-            |topic: &str, partition: i32| match positions.as_ref()?.find_partition(topic, partition)?.offset() {
-                Offset::Offset(o) => Some(o),
-                _ => None,
-            };
         let read_to_end = |topic: &str, partition: i32| {
             let start = self.starts.get(&(topic.to_string(), partition)).copied();
             caught_up::has_caught_up(
-                position(topic, partition),
+                position_in(positions.as_ref(), topic, partition),
                 start,
                 caught_up::cached_ends(consumer, topic, partition),
             )
@@ -1197,7 +1189,7 @@ impl Partitions {
             .map(|(home, _)| *home)
             .filter(|&home| {
                 // An input partition of its number waiting for a seek has records it has not read.
-                !self.unsought.iter().any(|(_, p, _)| p.rem_euclid(self.home_partitions.max(1) as i32) == home)
+                !self.unsought.iter().any(|(_, p, _)| self.home_of(*p) == home)
                     && !self.forwarded_to.contains(&home)
                     && !self.forwarded_in_commit.contains(&home)
                     && read_to_end(&self.repartition_topic, home)
@@ -1243,6 +1235,29 @@ fn partition_list(partitions: &[(String, i32)]) -> TopicPartitionList {
         tpl.add_partition(topic, *partition);
     }
     tpl
+}
+
+/// The home partition whose number `input_partition` has, of `home_partitions`.
+fn home_of(input_partition: i32, home_partitions: i32) -> i32 {
+    input_partition.rem_euclid(home_partitions)
+}
+
+/// Where `consumer` reads `partition` of `topic` from, in `positions`.
+fn position_in(positions: Option<&TopicPartitionList>, topic: &str, partition: i32) -> Option<i64> {
+    match positions?.find_partition(topic, partition)?.offset() {
+        Offset::Offset(o) => Some(o),
+        _ => None,
+    }
+}
+
+/// Pauses or resumes one partition.
+fn pause_partition<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str, partition: i32, pause: bool) {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    let result = if pause { consumer.pause(&tpl) } else { consumer.resume(&tpl) };
+    if let Err(e) = result {
+        warn!(topic, partition, error = %e, pause, "cannot pause or resume a partition");
+    }
 }
 
 #[cfg(test)]

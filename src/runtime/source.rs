@@ -15,12 +15,45 @@ use prometheus::IntCounter;
 use crate::commit::{Decided, Outputs, Staged};
 use crate::config::Config;
 use crate::input::dead_letter::DeadLetter;
-use crate::input::event::{BadInput, StepEvent};
+use crate::input::event::{BadInput, OwnedStepEvent, StepEvent};
 use crate::input::record::InputRecord;
 use crate::metrics::Metrics;
 use crate::route::Forward;
 use crate::runtime::task::dead_letter;
 use crate::state::StoreBatch;
+
+/// A record held for its marker: decoded once, when it was read.
+pub struct Held {
+    /// Its workflow's home partition.
+    pub home: i32,
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    /// Its value, unchanged, for a dead letter should its join refuse it.
+    pub value: Vec<u8>,
+    pub timestamp_ms: Option<i64>,
+    pub event: OwnedStepEvent,
+}
+
+impl Held {
+    /// The record it was read as.
+    pub fn record(&self) -> InputRecord<'_> {
+        InputRecord {
+            key: self.key.as_deref(),
+            value: Some(&self.value),
+            timestamp_ms: self.timestamp_ms,
+            topic: &self.topic,
+            partition: self.partition,
+            offset: self.offset,
+        }
+    }
+
+    /// About how many bytes it takes.
+    fn approx_bytes(&self) -> usize {
+        160 + self.key.as_ref().map_or(0, Vec::len) + self.value.len() + self.event.text_bytes()
+    }
+}
 
 pub struct Source {
     pub topic: Arc<str>,
@@ -33,7 +66,7 @@ pub struct Source {
     forwards: Vec<Forward>,
     /// The records read on their workflow's home partition (this one's
     /// number) and not yet joined there, in offset order.
-    held: VecDeque<Forward>,
+    held: VecDeque<Held>,
     /// About what the held records take.
     held_bytes: usize,
     /// The last held record a marker covers.
@@ -94,7 +127,16 @@ impl Source {
     /// Sends `record`, whose workflow's home is `home`, there.
     pub fn forward(&mut self, home: i32, event: &StepEvent<'_>, record: &InputRecord<'_>) {
         self.forwarded.inc();
-        let forward = Self::copy(home, event, record);
+        let forward = Forward {
+            home,
+            workflow_id: event.workflow_id.to_string(),
+            key: record.key.map(<[u8]>::to_vec),
+            value: record.value.unwrap_or_default().to_vec(),
+            timestamp_ms: record.timestamp_ms,
+            source_topic: record.topic.to_string(),
+            source_partition: record.partition,
+            source_offset: record.offset,
+        };
         self.outputs_bytes += forward.approx_bytes();
         self.forwards.push(forward);
     }
@@ -105,7 +147,16 @@ impl Source {
         if self.frozen {
             return; // read again once its home partition is active
         }
-        let held = Self::copy(home, event, record);
+        let held = Held {
+            home,
+            topic: Arc::clone(&self.topic),
+            partition: record.partition,
+            offset: record.offset,
+            key: record.key.map(<[u8]>::to_vec),
+            value: record.value.unwrap_or_default().to_vec(),
+            timestamp_ms: record.timestamp_ms,
+            event: event.to_owned_event(),
+        };
         self.held_bytes += held.approx_bytes();
         self.held.push_back(held);
     }
@@ -113,21 +164,20 @@ impl Source {
     /// Sends a marker for the records held since the last one, if any; whether it did.
     pub fn mark(&mut self) -> bool {
         let Some(last) = self.held.back() else { return false };
-        if self.marked_through.is_some_and(|through| through >= last.source_offset) {
+        if self.marked_through.is_some_and(|through| through >= last.offset) {
             return false;
         }
-        let marker = Forward::marker(last.home, &self.topic, self.partition, last.source_offset);
-        self.marked_through = Some(last.source_offset);
+        let marker = Forward::marker(last.home, &self.topic, self.partition, last.offset);
+        self.marked_through = Some(last.offset);
         self.outputs_bytes += marker.approx_bytes();
         self.forwards.push(marker);
         true
     }
 
     /// Takes the held records up to `through`, which a marker read back joins.
-    pub fn release(&mut self, through: i64) -> impl Iterator<Item = Forward> + '_ {
-        let released: Vec<&Forward> = self.held.iter().take_while(|f| f.source_offset <= through).collect();
-        self.held_bytes -= released.iter().map(|f| f.approx_bytes()).sum::<usize>();
-        let count = released.len();
+    pub fn release(&mut self, through: i64) -> impl Iterator<Item = Held> + '_ {
+        let count = self.held.partition_point(|h| h.offset <= through);
+        self.held_bytes -= self.held.range(..count).map(Held::approx_bytes).sum::<usize>();
         self.released |= count > 0;
         self.held.drain(..count)
     }
@@ -145,10 +195,7 @@ impl Source {
     pub fn freeze(&mut self) {
         self.frozen = true;
         self.next_offset = None;
-        self.held.clear();
-        self.held_bytes = 0;
-        self.marked_through = None;
-        self.released = false;
+        self.drop_held();
     }
 
     /// Its home partition is active again: whether it was frozen, and so
@@ -163,19 +210,6 @@ impl Source {
 
     pub fn set_capped(&mut self, capped: bool) {
         self.capped = capped;
-    }
-
-    fn copy(home: i32, event: &StepEvent<'_>, record: &InputRecord<'_>) -> Forward {
-        Forward {
-            home,
-            workflow_id: event.workflow_id.to_string(),
-            key: record.key.map(<[u8]>::to_vec),
-            value: record.value.unwrap_or_default().to_vec(),
-            timestamp_ms: record.timestamp_ms,
-            source_topic: record.topic.to_string(),
-            source_partition: record.partition,
-            source_offset: record.offset,
-        }
     }
 
     pub fn dead_letter(&mut self, config: &Config, metrics: &Metrics, record: &InputRecord<'_>, error: BadInput) {
@@ -208,7 +242,7 @@ impl Source {
         let read = self.next_offset.take().or(if self.released { self.read_to } else { None });
         self.released = false;
         let read = read.filter(|_| !self.frozen);
-        let next_offset = read.map(|next| self.held.front().map_or(next, |first| first.source_offset.min(next)));
+        let next_offset = read.map(|next| self.held.front().map_or(next, |first| first.offset.min(next)));
         Staged {
             topic: Arc::clone(&self.topic),
             store: None,
@@ -229,6 +263,10 @@ impl Source {
         self.dead_letters.clear();
         self.next_offset = None;
         self.read_to = None;
+        self.drop_held();
+    }
+
+    fn drop_held(&mut self) {
         self.held.clear();
         self.held_bytes = 0;
         self.marked_through = None;
@@ -238,21 +276,8 @@ impl Source {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::*;
     use crate::input::event;
-
-    const CONFIG: &str = r#"
-[kafka]
-bootstrap_servers = "x:1"
-input_topic = "in"
-output_topic = "out"
-dead_letter_topic = "dlq"
-[[workflows]]
-type = "order"
-steps = ["payment", "inventory"]
-"#;
 
     fn read_and_hold(source: &mut Source, config: &Config, offset: i64) {
         let value = br#"{"workflow_id":"w","step":"payment"}"#;
@@ -265,7 +290,7 @@ steps = ["payment", "inventory"]
 
     #[test]
     fn the_offset_committed_never_passes_a_record_held_for_its_marker() {
-        let config = crate::config::parse(Path::new("t.toml"), CONFIG, Vec::new()).unwrap();
+        let config = crate::runtime::task::tests::config_under("at_least_once");
         let mut source = Source::new(Arc::from("in"), 0, &Metrics::new());
         for offset in 10..13 {
             read_and_hold(&mut source, &config, offset);
@@ -282,7 +307,7 @@ steps = ["payment", "inventory"]
         read_and_hold(&mut source, &config, 13);
         assert!(source.has_read(13) && !source.has_read(14));
         let bytes = source.held_bytes();
-        assert_eq!(source.release(12).map(|f| f.source_offset).collect::<Vec<_>>(), vec![10, 11, 12]);
+        assert_eq!(source.release(12).map(|h| h.offset).collect::<Vec<_>>(), vec![10, 11, 12]);
         assert_eq!(source.held_bytes(), bytes / 4, "one of four left");
         assert_eq!(source.stage().next_offset, Some(13), "13 is still held");
         assert_eq!(source.release(13).count(), 1);

@@ -21,6 +21,7 @@ pub use crate::input::record::InputRecord;
 use crate::join::{self, Definition, DefinitionId, Definitions, EventResult, TimerResult, WorkflowState};
 use crate::metrics::Metrics;
 use crate::route::Forward;
+use crate::runtime::source::Held;
 use crate::state::{codec, CachedStore, Store, StoreBatch, StoreError, TimerOf};
 
 /// The most timers one punctuation fires, so that a backlog cannot stall a commit.
@@ -245,17 +246,11 @@ impl Task {
     }
 
     /// Joins a record held on its input partition ([`crate::runtime::source::Source::hold`]),
-    /// which the marker at `offset` of this partition covers.
-    pub fn join_held(&mut self, held: &Forward, offset: i64, now_ms: i64) -> Result<(), StoreError> {
-        let record = InputRecord {
-            key: held.key.as_deref(),
-            value: Some(&held.value),
-            timestamp_ms: held.timestamp_ms,
-            topic: &held.source_topic,
-            partition: held.source_partition,
-            offset: held.source_offset,
-        };
-        self.process_forwarded(&record, offset, now_ms)
+    /// which the marker at `offset` of this partition covers: decoded when it was read.
+    pub fn join_held(&mut self, held: &Held, offset: i64, now_ms: i64) -> Result<(), StoreError> {
+        self.join(&held.event.as_event(), &held.record(), now_ms)?;
+        self.next_offset = Some(offset + 1);
+        Ok(())
     }
 
     /// Joins one event of a workflow whose home this is, by the definition
@@ -517,7 +512,7 @@ impl Task {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::state::ChangelogKey;
     use std::path::Path;
@@ -528,6 +523,13 @@ mod tests {
     }
 
     fn task_under(dir: &Path, guarantee: &str) -> Task {
+        let config = Arc::new(config_under(guarantee));
+        let memory = crate::state::StoreMemory::new(16 << 20, 4 << 20);
+        Task::new(0, Arc::new(Store::open(dir, &memory).unwrap()), config, Arc::new(Metrics::new()))
+    }
+
+    /// The smallest configuration: one workflow type of two steps, under `guarantee`.
+    pub(crate) fn config_under(guarantee: &str) -> Config {
         let text = r#"
 [kafka]
 processing_guarantee = "GUARANTEE"
@@ -539,10 +541,7 @@ dead_letter_topic = "dlq"
 type = "order"
 steps = ["payment", "inventory"]
 "#;
-        let text = text.replace("GUARANTEE", guarantee);
-        let config = Arc::new(crate::config::parse(Path::new("t.toml"), &text, Vec::new()).unwrap());
-        let memory = crate::state::StoreMemory::new(16 << 20, 4 << 20);
-        Task::new(0, Arc::new(Store::open(dir, &memory).unwrap()), config, Arc::new(Metrics::new()))
+        crate::config::parse(Path::new("t.toml"), &text.replace("GUARANTEE", guarantee), Vec::new()).unwrap()
     }
 
     /// The changelog records of workflow states, without the clock's and the definitions'.
