@@ -75,7 +75,10 @@ pub fn consumer_config(config: &KafkaConfig, instance_id: Option<&str>) -> Clien
         // records for a second. A few thousand records per partition keep
         // the stream thread fed, and the markers a commit interval away.
         c.set_if_absent("queued.min.messages", &PREFETCH_RECORDS.to_string());
-        c.set_if_absent("max.partition.fetch.bytes", &PREFETCH_PARTITION_BYTES.to_string());
+        // librdkafka's own name for it is fetch.message.max.bytes: a user's setting under either name wins.
+        if c.get("fetch.message.max.bytes").is_none() {
+            c.set_if_absent("max.partition.fetch.bytes", &PREFETCH_PARTITION_BYTES.to_string());
+        }
     }
     queue_backoff(&mut c);
     // Statistics feed junction_consumer_lag, and say whether the consumer
@@ -280,5 +283,26 @@ mod tests {
         assert_eq!(consumer_config(&config, None).get("client.id"), Some("app-consumer"));
         let named = kafka("\"client.id\" = \"orders\"");
         assert_eq!(restore_consumer_config(&named).get("client.id"), Some("orders-restore-consumer"));
+    }
+
+    #[test]
+    fn the_at_least_once_prefetch_gives_way_to_the_users_own_under_either_name() {
+        let alo = |properties: &str| {
+            let mut k = kafka(properties);
+            k.processing_guarantee = Guarantee::AtLeastOnce;
+            consumer_config(&k, None)
+        };
+        let defaults = alo("");
+        assert_eq!(defaults.get("queued.min.messages"), Some("5000"));
+        assert_eq!(defaults.get("max.partition.fetch.bytes"), Some("262144"));
+        let own = alo("\"fetch.message.max.bytes\" = \"1048576\"");
+        assert_eq!(own.get("max.partition.fetch.bytes"), None, "one name only, the user's");
+        assert_eq!(own.get("fetch.message.max.bytes"), Some("1048576"));
+        let own = alo("\"max.partition.fetch.bytes\" = \"65536\"\n\"queued.min.messages\" = \"100\"");
+        assert_eq!(own.get("max.partition.fetch.bytes"), Some("65536"));
+        assert_eq!(own.get("queued.min.messages"), Some("100"));
+        let mut eos = kafka("");
+        eos.processing_guarantee = Guarantee::ExactlyOnce;
+        assert_eq!(consumer_config(&eos, None).get("queued.min.messages"), None, "librdkafka's own");
     }
 }

@@ -866,24 +866,22 @@ impl Partitions {
         position_in(positions.as_ref(), &source.topic, partition).is_some_and(|next| through < next)
     }
 
-    /// Bounds the records held for their markers: once all of them
-    /// together pass half `state.max_pending_bytes` (a home partition
-    /// behind), an input partition whose held records pass their share of
-    /// that half is paused until they are under half its share, or all of
-    /// them under a quarter, unless a marker waits for its records. Below
-    /// the bound nothing is paused: a partition holds one fetch of its
-    /// records (thousands) until their marker is read back, and a pause
-    /// drops what the consumer fetched for it, which is fetched again.
-    /// Held records are not counted in [`Partitions::pending_bytes`]: the
-    /// hold it triggers pauses the repartition partitions whose markers
-    /// would release them.
+    /// Bounds the records held for their markers: an input partition whose
+    /// held records pass its share of half `state.max_pending_bytes`, shared
+    /// among the input partitions holding records (its home partition
+    /// behind), is paused until they are under half its share, unless a
+    /// marker waits for its records. All held records so stay under half
+    /// `state.max_pending_bytes` and a poll batch each. (Shared among all
+    /// input partitions, idle ones included, the share was smaller than one
+    /// fetch of a busy partition's records, which it holds until their
+    /// marker is read back; and a pause drops what the consumer fetched for
+    /// the partition, which is fetched again.)
     fn bound_held<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
         if self.joins_directly || self.sources.is_empty() {
             return;
         }
-        let half = self.config.state.max_pending_bytes as usize / 2;
-        let share = half / self.sources.len();
-        let total: usize = self.sources.values().map(Source::held_bytes).sum();
+        let holding = self.sources.values().filter(|s| s.held_bytes() > 0).count();
+        let share = (self.config.state.max_pending_bytes as usize / 2) / holding.max(1);
         let awaited: BTreeSet<(usize, i32)> = self
             .slots
             .values()
@@ -892,10 +890,10 @@ impl Partitions {
         let (mut pause, mut resume) = (TopicPartitionList::new(), TopicPartitionList::new());
         for (key, source) in &mut self.sources {
             let awaited = awaited.contains(key);
-            if !source.is_capped() && !awaited && total > half && source.held_bytes() > share {
+            if !source.is_capped() && !awaited && source.held_bytes() > share {
                 source.set_capped(true);
                 pause.add_partition(&source.topic, source.partition);
-            } else if source.is_capped() && (awaited || source.held_bytes() <= share / 2 || total <= half / 2) {
+            } else if source.is_capped() && (awaited || source.held_bytes() <= share / 2) {
                 source.set_capped(false);
                 if !self.held {
                     resume.add_partition(&source.topic, source.partition);
@@ -1041,7 +1039,7 @@ impl Partitions {
             return;
         }
         let source = self.sources.get_mut(&(index, marker.partition)).expect("a source found above");
-        let held: Vec<_> = source.release(marker.through).collect();
+        let held = source.release(marker.through);
         let slot = self.slots.get_mut(&partition).expect("the slot of a record processed");
         slot.task.passed(offset);
         for f in &held {

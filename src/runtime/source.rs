@@ -22,6 +22,10 @@ use crate::route::Forward;
 use crate::runtime::task::dead_letter;
 use crate::state::StoreBatch;
 
+/// The room for held records a source keeps once they are released: a few
+/// polls' worth.
+const HELD_ROOM_KEPT: usize = 8_192;
+
 /// A record held for its marker: decoded once, when it was read.
 pub struct Held {
     /// Its workflow's home partition.
@@ -49,9 +53,13 @@ impl Held {
         }
     }
 
-    /// About how many bytes it takes.
+    /// About how many bytes it takes: itself, and its six allocations.
     fn approx_bytes(&self) -> usize {
-        160 + self.key.as_ref().map_or(0, Vec::len) + self.value.len() + self.event.text_bytes()
+        std::mem::size_of::<Held>()
+            + 6 * 16
+            + self.key.as_ref().map_or(0, Vec::len)
+            + self.value.len()
+            + self.event.text_bytes()
     }
 }
 
@@ -175,11 +183,16 @@ impl Source {
     }
 
     /// Takes the held records up to `through`, which a marker read back joins.
-    pub fn release(&mut self, through: i64) -> impl Iterator<Item = Held> + '_ {
+    pub fn release(&mut self, through: i64) -> Vec<Held> {
         let count = self.held.partition_point(|h| h.offset <= through);
         self.held_bytes -= self.held.range(..count).map(Held::approx_bytes).sum::<usize>();
         self.released |= count > 0;
-        self.held.drain(..count)
+        let released = self.held.drain(..count).collect();
+        // A partition that held many (its home partition behind) gives the room back.
+        if self.held.capacity() > HELD_ROOM_KEPT && self.held.len() < self.held.capacity() / 4 {
+            self.held.shrink_to(self.held.len().max(HELD_ROOM_KEPT));
+        }
+        released
     }
 
     /// About how much memory the held records take.
@@ -267,7 +280,7 @@ impl Source {
     }
 
     fn drop_held(&mut self) {
-        self.held.clear();
+        self.held = VecDeque::new();
         self.held_bytes = 0;
         self.marked_through = None;
         self.released = false;
@@ -307,10 +320,10 @@ mod tests {
         read_and_hold(&mut source, &config, 13);
         assert!(source.has_read(13) && !source.has_read(14));
         let bytes = source.held_bytes();
-        assert_eq!(source.release(12).map(|h| h.offset).collect::<Vec<_>>(), vec![10, 11, 12]);
+        assert_eq!(source.release(12).iter().map(|h| h.offset).collect::<Vec<_>>(), vec![10, 11, 12]);
         assert_eq!(source.held_bytes(), bytes / 4, "one of four left");
         assert_eq!(source.stage().next_offset, Some(13), "13 is still held");
-        assert_eq!(source.release(13).count(), 1);
+        assert_eq!(source.release(13).len(), 1);
         assert!(source.is_dirty(), "a release moves the offset on though nothing was read");
         assert_eq!(source.stage().next_offset, Some(14));
         assert!(!source.is_dirty());
@@ -319,6 +332,6 @@ mod tests {
         source.discard();
         assert_eq!(source.held_bytes(), 0);
         assert!(!source.has_read(14), "after a rewind, read again before its marker joins it");
-        assert_eq!(source.release(14).count(), 0);
+        assert_eq!(source.release(14).len(), 0);
     }
 }
