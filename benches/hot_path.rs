@@ -103,15 +103,7 @@ struct Interval {
 fn interval(task: &mut Task, records: &[Vec<u8>], first_offset: i64) -> Interval {
     for (i, value) in records.iter().enumerate() {
         let offset = first_offset + i as i64;
-        let record = InputRecord {
-            key: None,
-            value: Some(value),
-            timestamp_ms: Some(RECORD_MS),
-            topic: "in",
-            partition: 0,
-            offset,
-        };
-        task.process_forwarded(&record, offset, RECORD_MS).unwrap();
+        task.process_forwarded(&record(value, offset), offset, RECORD_MS).unwrap();
     }
     stage(task)
 }
@@ -128,14 +120,7 @@ fn interval_held(
     first_offset: i64,
 ) -> Interval {
     for (i, value) in records.iter().enumerate() {
-        let record = InputRecord {
-            key: None,
-            value: Some(value),
-            timestamp_ms: Some(RECORD_MS),
-            topic: "in",
-            partition: 0,
-            offset: first_offset + i as i64,
-        };
+        let record = record(value, first_offset + i as i64);
         let event = event::decode(config, None, record.value, RECORD_MS).unwrap();
         source.read(record.offset);
         source.hold(0, &event, &record);
@@ -148,6 +133,11 @@ fn interval_held(
     let staged = source.stage();
     std::hint::black_box(&staged.forwards);
     stage(task)
+}
+
+/// The input record of `value` at `offset`, as the consumer hands it over.
+fn record(value: &[u8], offset: i64) -> InputRecord<'_> {
+    InputRecord { key: None, value: Some(value), timestamp_ms: Some(RECORD_MS), topic: "in", partition: 0, offset }
 }
 
 /// Stages what the task decided in the interval, and renders its outcomes.

@@ -102,10 +102,6 @@ impl OwnedStepEvent {
         }
     }
 
-    pub fn workflow_id(&self) -> &str {
-        &self.workflow_id
-    }
-
     /// About how many bytes its text takes.
     pub fn text_bytes(&self) -> usize {
         self.workflow_id.len()
