@@ -17,6 +17,7 @@
 pub mod cache;
 pub mod codec;
 pub mod restore;
+pub mod restore_batch;
 pub mod restore_writer;
 pub mod store;
 pub mod trust;

@@ -37,16 +37,17 @@ use crate::kafka::changelog_ends::{ChangelogEnds, Ends};
 use crate::kafka::clients;
 use crate::metrics::Metrics;
 use crate::state::codec;
+use crate::state::restore_batch::RestoreBatch;
 use crate::state::restore_writer::{Write, Writer, Written};
-use crate::state::store::{Store, StoreBatch, StoreError, StoreMemory};
+use crate::state::store::{Store, StoreError, StoreMemory};
 use crate::state::trust::{self, Found, Verdict};
 use crate::state::ChangelogKey;
 use crate::state::TimerOf;
 
-/// Entries (states and their timers) per store write while restoring.
-const RESTORE_BATCH: usize = 10_000;
-/// The states in such a write: each comes with its timer.
-const RESTORE_BATCH_STATES: usize = RESTORE_BATCH / 2;
+/// Changelog records per store write while restoring.
+const RESTORE_BATCH: usize = 5_000;
+/// Records taken in a row while they are ready, between readings of the clock.
+const READY_AT_ONCE: usize = 256;
 /// How often a partition waiting for a transaction on its changelog looks again.
 const WAITING_RECHECK: Duration = Duration::from_millis(500);
 /// Threads writing restored batches (each partition's on one of them).
@@ -71,7 +72,7 @@ struct Restoring {
     /// Tells this restore's writes apart from an earlier one's of the same partition.
     generation: u64,
     store: Arc<Store>,
-    batch: StoreBatch,
+    batch: RestoreBatch,
     /// The offset after the last record applied.
     next: i64,
     records: u64,
@@ -164,7 +165,7 @@ impl Restorer {
             Restoring {
                 generation: self.generations,
                 store,
-                batch: StoreBatch::for_states(RESTORE_BATCH_STATES, 0),
+                batch: RestoreBatch::for_states(RESTORE_BATCH),
                 next: from,
                 records: 0,
                 started: Instant::now(),
@@ -209,22 +210,27 @@ impl Restorer {
         for partition in recheck {
             self.at_committed_end(partition);
         }
+        // Waits for a record, then takes up to READY_AT_ONCE more that are
+        // ready without reading the clock: one record costs about as much as
+        // a few readings of it.
         while !self.active.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
-            let Some(polled) = self.consumer.poll(left) else { break };
-            match polled {
-                Ok(m) => {
-                    self.heard = Instant::now();
-                    apply(&mut self.active, &self.timer_of, &self.metrics, &self.writer, &m)
-                }
-                Err(KafkaError::PartitionEOF(partition)) => {
-                    self.heard = Instant::now();
-                    self.at_committed_end(partition)
-                }
-                Err(e) => warn!(error = %e, "changelog consumer error while restoring"),
-            }
-            if Instant::now() >= deadline {
+            if left.is_zero() {
                 break;
+            }
+            let Some(polled) = self.consumer.poll(left) else { break };
+            self.heard = Instant::now();
+            let (timer_of, metrics, writer) = (&self.timer_of, &self.metrics, &self.writer);
+            let mut ended = take(&mut self.active, timer_of, metrics, writer, polled);
+            for _ in 0..READY_AT_ONCE {
+                if ended.is_some() {
+                    break;
+                }
+                let Some(polled) = self.consumer.poll(Duration::ZERO) else { break };
+                ended = take(&mut self.active, timer_of, metrics, writer, polled);
+            }
+            if let Some(partition) = ended {
+                self.at_committed_end(partition);
             }
         }
         let expecting = self.active.values().any(|r| !r.waits_by_right);
@@ -331,7 +337,7 @@ impl Restorer {
                 "the transaction on the changelog partition ended"
             );
         }
-        let mut batch = std::mem::take(&mut r.batch);
+        let mut batch = std::mem::replace(&mut r.batch, RestoreBatch::for_states(0));
         // The end may lie past the last record (a transaction marker): the next restore starts there.
         batch.set_checkpoint(end);
         batch.set_synced_at(crate::time::now_ms());
@@ -452,6 +458,23 @@ pub fn prepare(
     Ok(Prepared { store, from, open: None })
 }
 
+/// Applies what the restore consumer gave; returns the partition when it
+/// was the end of one.
+fn take(
+    active: &mut HashMap<i32, Restoring>,
+    timer_of: &TimerOf,
+    metrics: &Metrics,
+    writer: &Writer,
+    polled: Result<BorrowedMessage<'_>, KafkaError>,
+) -> Option<i32> {
+    match polled {
+        Ok(m) => apply(active, timer_of, metrics, writer, &m),
+        Err(KafkaError::PartitionEOF(partition)) => return Some(partition),
+        Err(e) => warn!(error = %e, "changelog consumer error while restoring"),
+    }
+    None
+}
+
 /// Adds one changelog record to its partition's batch, and hands the
 /// batch to a writer thread once it is full. (A free function: the
 /// message borrows the restore consumer.)
@@ -490,7 +513,7 @@ fn apply(
     r.records += 1;
     metrics.restore_records.inc();
     if r.batch.len() >= RESTORE_BATCH {
-        let mut batch = std::mem::replace(&mut r.batch, StoreBatch::for_states(RESTORE_BATCH_STATES, 0));
+        let mut batch = std::mem::replace(&mut r.batch, RestoreBatch::for_states(RESTORE_BATCH));
         batch.set_checkpoint(r.next);
         let write = Write { partition, generation: r.generation, store: Arc::clone(&r.store), batch, last: false };
         writer.write(write);

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::state::codec;
-use crate::state::store::{Store, StoreBatch, StoreError};
+use crate::state::restore_batch::RestoreBatch;
+use crate::state::store::{Store, StoreError};
 
 /// Writes waiting for a writer thread: reading stops when it is this far ahead.
 const WRITES_QUEUED: usize = 2;
@@ -18,7 +19,7 @@ pub struct Write {
     pub partition: i32,
     pub generation: u64,
     pub store: Arc<Store>,
-    pub batch: StoreBatch,
+    pub batch: RestoreBatch,
     pub last: bool,
 }
 
@@ -54,7 +55,7 @@ impl Writer {
                     if failed.contains(&w.generation) {
                         continue;
                     }
-                    let mut result = w.store.write(w.batch);
+                    let mut result = w.store.write(w.batch.into_store_batch());
                     // A restored store's open workflows are counted here, off the stream thread.
                     let mut open = 0;
                     if w.last && result.is_ok() {
