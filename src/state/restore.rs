@@ -160,6 +160,7 @@ impl Restorer {
             self.heard = Instant::now();
         }
         self.generations += 1;
+        store.set_restoring(true);
         self.active.insert(
             partition,
             Restoring {
@@ -179,7 +180,8 @@ impl Restorer {
     /// Stops restoring a partition that was revoked.
     pub fn cancel(&mut self, partition: i32) {
         self.finishing.remove(&partition);
-        if self.active.remove(&partition).is_some() {
+        if let Some(r) = self.active.remove(&partition) {
+            r.store.set_restoring(false);
             self.unassign(partition);
         }
     }

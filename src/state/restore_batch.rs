@@ -106,7 +106,9 @@ impl RestoreBatch {
                 None => rest.delete_state(text(e.workflow_id.clone())),
             }
         }
-        timers.sort_unstable_by(|(a_due, a), (b_due, b)| a_due.cmp(b_due).then_with(|| bytes[a.clone()].cmp(&bytes[b.clone()])));
+        timers.sort_unstable_by(|(a_due, a), (b_due, b)| {
+            a_due.cmp(b_due).then_with(|| bytes[a.clone()].cmp(&bytes[b.clone()]))
+        });
         for (due, workflow_id) in timers {
             rest.put_timer(text(workflow_id), due);
         }

@@ -34,8 +34,8 @@
 use std::path::{Path, PathBuf};
 
 use rocksdb::{
-    BlockBasedOptions, Cache, DBCompactionStyle, DBCompressionType, Direction, Env, IteratorMode, Options, WriteBatch,
-    WriteBufferManager, WriteOptions, DB,
+    BlockBasedOptions, Cache, DBCompactionStyle, DBCompressionType, Direction, Env, IteratorMode, Options,
+    UniversalCompactOptions, WriteBatch, WriteBufferManager, WriteOptions, DB,
 };
 use tracing::warn;
 
@@ -122,6 +122,12 @@ impl StoreMemory {
         StoreMemory { env, cache, write_buffers: manager, memtable_bytes: (write_buffers / 2).clamp(1 << 20, 64 << 20) }
     }
 }
+
+/// Flushed memtables (sorted runs) that start a compaction: RocksDB's
+/// default, and while a restore writes the store (below the 20 at which
+/// RocksDB slows writes down).
+const COMPACTION_TRIGGER: &str = "4";
+const RESTORING_COMPACTION_TRIGGER: &str = "16";
 
 /// What one state (its key, value and timer) and one timer deletion take in
 /// a store batch, about.
@@ -239,6 +245,13 @@ impl Store {
         // Write-heavy: every commit rewrites its workflows' states. Universal
         // compaction rewrites each byte fewer times than levels.
         options.set_compaction_style(DBCompactionStyle::Universal);
+        // The newest tenth of the data (flushed memtables, compactions of
+        // recent files only) is not compressed: compressing took about half
+        // of a flush's CPU, and a restore flushes one memtable after another.
+        let mut universal = UniversalCompactOptions::default();
+        universal.set_compression_size_percent(90);
+        options.set_universal_compaction_options(&universal);
+        options.set_level_zero_file_num_compaction_trigger(COMPACTION_TRIGGER.parse().expect("a number"));
         options.set_max_background_jobs(2);
         options.set_max_open_files(256);
         options.set_keep_log_file_num(2);
@@ -396,6 +409,17 @@ impl Store {
 
     pub fn write(&self, batch: StoreBatch) -> Result<(), StoreError> {
         self.db.write_opt(batch.batch, &self.write_options).map_err(|e| self.io(e))
+    }
+
+    /// While a restore writes it (`true`), the store compacts only when
+    /// many more flushed memtables wait than usual: a restore flushes one
+    /// after another, and compacting each few of them races it for the CPU.
+    /// Afterwards (`false`) compactions catch up as usual.
+    pub fn set_restoring(&self, restoring: bool) {
+        let trigger = if restoring { RESTORING_COMPACTION_TRIGGER } else { COMPACTION_TRIGGER };
+        if let Err(e) = self.db.set_options(&[("level0_file_num_compaction_trigger", trigger)]) {
+            warn!(path = %self.path.display(), error = %e, "cannot change when the store compacts");
+        }
     }
 
     /// Flushes memtables so that a clean close leaves nothing to restore.
