@@ -160,7 +160,6 @@ impl Restorer {
             self.heard = Instant::now();
         }
         self.generations += 1;
-        store.set_restoring(true);
         self.active.insert(
             partition,
             Restoring {
@@ -180,8 +179,7 @@ impl Restorer {
     /// Stops restoring a partition that was revoked.
     pub fn cancel(&mut self, partition: i32) {
         self.finishing.remove(&partition);
-        if let Some(r) = self.active.remove(&partition) {
-            r.store.set_restoring(false);
+        if self.active.remove(&partition).is_some() {
             self.unassign(partition);
         }
     }
@@ -221,17 +219,22 @@ impl Restorer {
                 break;
             }
             let Some(polled) = self.consumer.poll(left) else { break };
-            self.heard = Instant::now();
             let (timer_of, metrics, writer) = (&self.timer_of, &self.metrics, &self.writer);
-            let mut ended = take(&mut self.active, timer_of, metrics, writer, polled);
+            let mut taken = take_polled(&mut self.active, timer_of, metrics, writer, polled);
+            let mut heard = taken != Taken::Error;
             for _ in 0..READY_AT_ONCE {
-                if ended.is_some() {
+                if matches!(taken, Taken::End(_)) {
                     break;
                 }
                 let Some(polled) = self.consumer.poll(Duration::ZERO) else { break };
-                ended = take(&mut self.active, timer_of, metrics, writer, polled);
+                taken = take_polled(&mut self.active, timer_of, metrics, writer, polled);
+                heard |= taken != Taken::Error;
             }
-            if let Some(partition) = ended {
+            // An error is no sign of life: a stranded client reports them.
+            if heard {
+                self.heard = Instant::now();
+            }
+            if let Taken::End(partition) = taken {
                 self.at_committed_end(partition);
             }
         }
@@ -331,7 +334,7 @@ impl Restorer {
                 return;
             }
         }
-        let Some(mut r) = self.active.remove(&partition) else { return };
+        let Some(r) = self.active.remove(&partition) else { return };
         if let Some((since, _)) = r.waiting {
             info!(
                 partition,
@@ -339,7 +342,7 @@ impl Restorer {
                 "the transaction on the changelog partition ended"
             );
         }
-        let mut batch = std::mem::replace(&mut r.batch, RestoreBatch::for_states(0));
+        let mut batch = r.batch;
         // The end may lie past the last record (a transaction marker): the next restore starts there.
         batch.set_checkpoint(end);
         batch.set_synced_at(crate::time::now_ms());
@@ -460,21 +463,34 @@ pub fn prepare(
     Ok(Prepared { store, from, open: None })
 }
 
-/// Applies what the restore consumer gave; returns the partition when it
-/// was the end of one.
-fn take(
+/// What the restore consumer gave.
+#[derive(Debug, PartialEq, Eq)]
+enum Taken {
+    Record,
+    /// The end of a partition's committed records.
+    End(i32),
+    Error,
+}
+
+/// Applies what the restore consumer gave.
+fn take_polled(
     active: &mut HashMap<i32, Restoring>,
     timer_of: &TimerOf,
     metrics: &Metrics,
     writer: &Writer,
     polled: Result<BorrowedMessage<'_>, KafkaError>,
-) -> Option<i32> {
+) -> Taken {
     match polled {
-        Ok(m) => apply(active, timer_of, metrics, writer, &m),
-        Err(KafkaError::PartitionEOF(partition)) => return Some(partition),
-        Err(e) => warn!(error = %e, "changelog consumer error while restoring"),
+        Ok(m) => {
+            apply(active, timer_of, metrics, writer, &m);
+            Taken::Record
+        }
+        Err(KafkaError::PartitionEOF(partition)) => Taken::End(partition),
+        Err(e) => {
+            warn!(error = %e, "changelog consumer error while restoring");
+            Taken::Error
+        }
     }
-    None
 }
 
 /// Adds one changelog record to its partition's batch, and hands the

@@ -8,7 +8,7 @@
 
 use std::ops::Range;
 
-use crate::join::definition::DefinitionId;
+use crate::join::DefinitionId;
 use crate::state::store::StoreBatch;
 
 /// One changelog record of a state: its workflow ID, and its value and
@@ -19,13 +19,17 @@ struct Entry {
 }
 
 /// Restored records for one store write.
+#[derive(Default)]
 pub struct RestoreBatch {
     /// The workflow IDs and values of `entries`, back to back.
     bytes: Vec<u8>,
     /// The state records, in the changelog's order.
     entries: Vec<Entry>,
-    /// Everything else (definitions, the clock, the checkpoint), as read.
-    rest: StoreBatch,
+    /// The other records: definitions, and the last clock.
+    definitions: Vec<(DefinitionId, Vec<u8>)>,
+    clock_ms: Option<i64>,
+    checkpoint: Option<i64>,
+    synced_at_ms: Option<i64>,
 }
 
 /// About what one state record's ID and value take.
@@ -37,13 +41,13 @@ impl RestoreBatch {
         RestoreBatch {
             bytes: Vec::with_capacity(states * BYTES_PER_STATE),
             entries: Vec::with_capacity(states),
-            rest: StoreBatch::for_states(0, 0),
+            ..RestoreBatch::default()
         }
     }
 
-    /// The records in it.
+    /// The state and definition records in it.
     pub fn len(&self) -> usize {
-        self.entries.len() + self.rest.len()
+        self.entries.len() + self.definitions.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -62,19 +66,19 @@ impl RestoreBatch {
     }
 
     pub fn put_definition(&mut self, id: DefinitionId, encoded: &[u8]) {
-        self.rest.put_definition(id, encoded);
+        self.definitions.push((id, encoded.to_vec()));
     }
 
     pub fn set_clock(&mut self, clock_ms: i64) {
-        self.rest.set_clock(clock_ms);
+        self.clock_ms = Some(clock_ms);
     }
 
     pub fn set_checkpoint(&mut self, changelog_offset: i64) {
-        self.rest.set_checkpoint(changelog_offset);
+        self.checkpoint = Some(changelog_offset);
     }
 
     pub fn set_synced_at(&mut self, now_ms: i64) {
-        self.rest.set_synced_at(now_ms);
+        self.synced_at_ms = Some(now_ms);
     }
 
     fn copy(&mut self, bytes: &[u8]) -> Range<usize> {
@@ -84,35 +88,50 @@ impl RestoreBatch {
     }
 
     /// The store batch to write: each workflow's last record in the batch
-    /// (the state it had when the batch's last record was written; an
-    /// earlier one's timer was replaced with it), states in key order, then
+    /// (the state it had after the batch; the timers of its earlier records
+    /// were stale by then and are not written), states in key order, then
     /// their timers in key order.
     pub fn into_store_batch(self) -> StoreBatch {
-        let RestoreBatch { bytes, mut entries, mut rest } = self;
-        let id = |e: &Entry| &bytes[e.workflow_id.clone()];
+        let RestoreBatch { bytes, mut entries, definitions, clock_ms, checkpoint, synced_at_ms } = self;
+        let mut batch = StoreBatch::for_states(entries.len(), 0);
+        for (id, encoded) in definitions {
+            batch.put_definition(id, &encoded);
+        }
+        if let Some(clock_ms) = clock_ms {
+            batch.set_clock(clock_ms);
+        }
+        if let Some(offset) = checkpoint {
+            batch.set_checkpoint(offset);
+        }
+        if let Some(now_ms) = synced_at_ms {
+            batch.set_synced_at(now_ms);
+        }
+        // The IDs were copied in from `&str`s.
+        let text = |range: &Range<usize>| std::str::from_utf8(&bytes[range.clone()]).expect("copied from a str");
         // Stable: a workflow's records keep their changelog order.
-        entries.sort_by(|a, b| id(a).cmp(id(b)));
-        let last = |i: usize| entries.get(i + 1).is_none_or(|next| id(next) != id(&entries[i]));
-        let text = |range: Range<usize>| std::str::from_utf8(&bytes[range]).expect("copied from a str");
+        entries.sort_by(|a, b| bytes[a.workflow_id.clone()].cmp(&bytes[b.workflow_id.clone()]));
         let mut timers = Vec::new();
-        for (_, e) in entries.iter().enumerate().filter(|&(i, _)| last(i)) {
+        let same_workflow = |a: &Entry, b: &Entry| bytes[a.workflow_id.clone()] == bytes[b.workflow_id.clone()];
+        for e in entries.chunk_by(same_workflow).filter_map(<[Entry]>::last) {
             match &e.value {
                 Some((value, timer)) => {
-                    rest.put_state(text(e.workflow_id.clone()), &bytes[value.clone()], None);
+                    batch.put_state(text(&e.workflow_id), &bytes[value.clone()], None);
                     if let Some(due) = timer {
                         timers.push((*due, e.workflow_id.clone()));
                     }
                 }
-                None => rest.delete_state(text(e.workflow_id.clone())),
+                None => batch.delete_state(text(&e.workflow_id)),
             }
         }
+        // In their keys' order (where a negative due time counts as 0: those
+        // come first either way).
         timers.sort_unstable_by(|(a_due, a), (b_due, b)| {
             a_due.cmp(b_due).then_with(|| bytes[a.clone()].cmp(&bytes[b.clone()]))
         });
-        for (due, workflow_id) in timers {
-            rest.put_timer(text(workflow_id), due);
+        for (due, workflow_id) in &timers {
+            batch.put_timer(text(workflow_id), *due);
         }
-        rest
+        batch
     }
 }
 
@@ -134,8 +153,10 @@ mod tests {
         batch.put_state("c", b"c2", None);
         batch.delete_state("d");
         batch.put_state("d", b"d1", Some(10));
+        batch.set_clock(5);
+        batch.set_clock(7);
         batch.set_checkpoint(8);
-        assert_eq!(batch.len(), 9);
+        assert_eq!(batch.len(), 8, "the state records");
         store.write(batch.into_store_batch()).unwrap();
         assert_eq!(store.get_state("a").unwrap(), None);
         assert_eq!(store.get_state("b").unwrap().as_deref(), Some(&b"b2"[..]));
@@ -145,5 +166,6 @@ mod tests {
             store.due_timers(i64::MAX, 10).unwrap().into_iter().map(|t| (t.due_ms, t.workflow_id)).collect();
         assert_eq!(due, [(10, "d".to_string()), (200, "b".to_string())]);
         assert_eq!(store.checkpoint().unwrap(), Some(8));
+        assert_eq!(store.clock().unwrap(), Some(7), "the last clock");
     }
 }

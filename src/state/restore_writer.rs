@@ -56,9 +56,6 @@ impl Writer {
                         continue;
                     }
                     let mut result = w.store.write(w.batch.into_store_batch());
-                    if w.last {
-                        w.store.set_restoring(false);
-                    }
                     // A restored store's open workflows are counted here, off the stream thread.
                     let mut open = 0;
                     if w.last && result.is_ok() {

@@ -123,12 +123,6 @@ impl StoreMemory {
     }
 }
 
-/// Flushed memtables (sorted runs) that start a compaction: RocksDB's
-/// default, and while a restore writes the store (below the 20 at which
-/// RocksDB slows writes down).
-const COMPACTION_TRIGGER: &str = "4";
-const RESTORING_COMPACTION_TRIGGER: &str = "16";
-
 /// What one state (its key, value and timer) and one timer deletion take in
 /// a store batch, about.
 const BATCH_BYTES_PER_STATE: usize = 320;
@@ -251,7 +245,6 @@ impl Store {
         let mut universal = UniversalCompactOptions::default();
         universal.set_compression_size_percent(90);
         options.set_universal_compaction_options(&universal);
-        options.set_level_zero_file_num_compaction_trigger(COMPACTION_TRIGGER.parse().expect("a number"));
         options.set_max_background_jobs(2);
         options.set_max_open_files(256);
         options.set_keep_log_file_num(2);
@@ -409,17 +402,6 @@ impl Store {
 
     pub fn write(&self, batch: StoreBatch) -> Result<(), StoreError> {
         self.db.write_opt(batch.batch, &self.write_options).map_err(|e| self.io(e))
-    }
-
-    /// While a restore writes it (`true`), the store compacts only when
-    /// many more flushed memtables wait than usual: a restore flushes one
-    /// after another, and compacting each few of them races it for the CPU.
-    /// Afterwards (`false`) compactions catch up as usual.
-    pub fn set_restoring(&self, restoring: bool) {
-        let trigger = if restoring { RESTORING_COMPACTION_TRIGGER } else { COMPACTION_TRIGGER };
-        if let Err(e) = self.db.set_options(&[("level0_file_num_compaction_trigger", trigger)]) {
-            warn!(path = %self.path.display(), error = %e, "cannot change when the store compacts");
-        }
     }
 
     /// Flushes memtables so that a clean close leaves nothing to restore.
