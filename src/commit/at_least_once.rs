@@ -396,7 +396,7 @@ impl Strategy for AtLeastOnce {
         self.producer.refusals().take_unplaceable()
     }
 
-    fn drop_lost(&mut self) {
+    fn drop_lost(&mut self, _: &dyn InputGroup) -> Result<Option<Committed>, CommitError> {
         self.lease.end();
         self.published = Tally::default();
         if let Some(f) = self.in_flight.take() {
@@ -409,6 +409,7 @@ impl Strategy for AtLeastOnce {
         // The interval being published is given up too: its records are not awaited.
         self.producer.tracker().forget_through(self.epoch);
         self.epoch += 1;
+        Ok(None)
     }
 }
 

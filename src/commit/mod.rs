@@ -78,8 +78,10 @@ pub trait Strategy: Send {
     /// The assignment was lost: the commit in flight is given up where it
     /// is, without waiting, and without writing anything more (no changelog
     /// record, no store batch, no offset); what waits in the producer's
-    /// queue is dropped. Another instance owns the partitions now.
-    fn drop_lost(&mut self) {}
+    /// queue is dropped. Another instance owns the partitions now. A
+    /// strategy whose commit in flight the broker decides (a transaction)
+    /// sees it to its end instead, and returns what it committed.
+    fn drop_lost(&mut self, group: &dyn InputGroup) -> Result<Option<Committed>, CommitError>;
 
     /// The outcomes that no topic takes (see [`crate::kafka::refusals`]),
     /// since the last call: their partitions must stop.

@@ -1,11 +1,13 @@
 //! Bounded memory while a commit is slow. Processing goes on while a
-//! commit is in flight (under `at_least_once` it is pipelined; under either
-//! guarantee the next interval's states wait in the record cache), and what
-//! waits for the commit grows with it: the record cache, the states of the
-//! commit in flight, the outputs not yet published. Past
-//! `state.max_pending_bytes` the stream thread pauses every partition it
-//! reads and asks for a commit at once; once the commits have taken what
-//! waited (below half the bound) it resumes them.
+//! commit is in flight (pipelined under `at_least_once`, a transaction on
+//! its own thread under `exactly_once`; the next interval's states wait in
+//! the record cache), and what waits for the commit grows with it: the
+//! record cache, the states of the commit in flight, the outputs not yet
+//! published. Past `state.max_pending_bytes` the stream thread pauses every
+//! partition it reads and asks for a commit at once; once the commits have
+//! taken what waited (below half the bound) it resumes them. (Under
+//! `exactly_once` it first waits for the transaction under way, as a
+//! commit made on the stream thread would: see `Engine::bound_memory`.)
 //!
 //! With this bound, a process takes at most about `state.memory_bytes`
 //! (RocksDB) plus twice `state.max_pending_bytes` plus librdkafka's queues,
@@ -41,10 +43,15 @@ impl Backpressure {
         self.held
     }
 
+    /// Whether `pending` bytes are past the bound.
+    pub fn is_over(&self, pending: usize) -> bool {
+        pending > self.limit
+    }
+
     /// What to do now that `pending` bytes wait for a commit.
     pub fn regulate(&mut self, pending: usize, metrics: &Metrics) -> Regulation {
         metrics.pending_bytes.set(pending as i64);
-        if !self.held && pending > self.limit {
+        if !self.held && self.is_over(pending) {
             self.held = true;
             metrics.backpressure_pauses.inc();
             info!(

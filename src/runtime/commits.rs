@@ -77,9 +77,19 @@ impl Commits {
     }
 
     /// The partitions were lost: the commit in flight is given up without
-    /// writing anything more, and so is the work since the last commit.
-    pub fn drop_lost(&mut self) {
-        self.strategy.drop_lost();
+    /// writing anything more (under `exactly_once`, seen to its end: the
+    /// coordinator decides it), and so is the work since the last commit.
+    pub fn drop_lost<C: ConsumerContext>(
+        &mut self,
+        partitions: &mut Partitions,
+        consumer: &BaseConsumer<C>,
+    ) -> anyhow::Result<()> {
+        match self.strategy.drop_lost(consumer) {
+            Ok(Some(committed)) => self.committed(partitions, consumer, committed),
+            Ok(None) => {}
+            Err(e) => self.failed(partitions, consumer, e)?,
+        }
+        Ok(())
     }
 
     /// Replaces the producer, every partition having been given up (no
@@ -98,14 +108,15 @@ impl Commits {
     }
 
     /// Under `exactly_once`, replaces a producer that librdkafka stranded
-    /// (issue 5301: see [`crate::kafka::stranded`]), between two commits
-    /// (no transaction is open then, and the new producer fences the old):
+    /// (issue 5301: see [`crate::kafka::stranded`]), between two
+    /// transactions (none is open then, and the new producer fences the old):
     /// one that still reaches no broker while fresh clients have reached
     /// the cluster for [`stranded::STRANDED_AFTER`]. Its commits wait
     /// meanwhile (see [`Commits::commit`]). Called every few seconds.
     /// (Under `at_least_once` a commit whose records time out replaces it.)
     pub fn replace_stranded_producer(&mut self) {
-        if self.config.kafka.processing_guarantee != Guarantee::ExactlyOnce {
+        // A transaction under way ends first (its thread holds the producer until then).
+        if self.config.kafka.processing_guarantee != Guarantee::ExactlyOnce || self.strategy.is_committing() {
             return;
         }
         if !self.producer_reach.stranded(self.strategy.producer_reaches_a_broker(), &self.config.kafka) {
@@ -156,6 +167,11 @@ impl Commits {
         self.strategy.is_committing()
     }
 
+    /// Whether an `exactly_once` transaction is under way (on its thread).
+    pub fn is_transaction_in_flight(&self) -> bool {
+        self.config.kafka.processing_guarantee == Guarantee::ExactlyOnce && self.strategy.is_committing()
+    }
+
     /// Commits nothing more: the stream thread is stopping on an error.
     pub fn halt(&mut self) {
         self.halted = true;
@@ -201,7 +217,7 @@ impl Commits {
             && !self.strategy.producer_reaches_a_broker()
         {
             // A transaction begun now would wait for a broker up to the
-            // commit timeout (a minute) on the stream thread: one stranded
+            // commit timeout (a minute), and the next commit with it: one stranded
             // never reaches one. The work waits for the next interval, and
             // the producer is replaced if stranded.
             return Ok(true);
@@ -320,8 +336,9 @@ impl Commits {
         for (topic, partition, next) in committed.offsets {
             if *topic == *partitions.repartition_topic() {
                 self.purger.committed(partition, next);
-                if let Some(slot) = partitions.get_mut(partition) {
-                    slot.replay_from = Some(next);
+                match partitions.get_mut(partition) {
+                    Some(slot) => slot.replay_from = Some(next),
+                    None => partitions.committed_while_stopped(partition, next),
                 }
             } else if let Some(source) = partitions.source_mut(&topic, partition) {
                 source.replay_from = Some(next);

@@ -50,7 +50,8 @@ impl Engine {
     /// the coordinator, stuck past `max.poll.interval.ms`), or may have:
     /// they are someone else's now. Nothing more is written for them: no
     /// commit, no timer, no changelog record, no store batch; the commit in
-    /// flight is given up, and the work since the last commit with it.
+    /// flight is given up (under `exactly_once` seen to its end first: the
+    /// coordinator decides it), and the work since the last commit with it.
     pub fn give_up<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, homes: &[i32], why: &str) {
         let inputs = self.partitions.inputs_of(homes);
         warn!(
@@ -61,7 +62,9 @@ impl Engine {
              pause, a network cut); giving them up without committing, firing timers or writing the changelog"
         );
         self.view.metrics.partitions_lost.inc_by(homes.len() as u64);
-        self.commits.drop_lost();
+        if let Err(e) = self.commits.drop_lost(&mut self.partitions, consumer) {
+            self.fail(e);
+        }
         self.partitions.close_lost(homes);
         self.partitions.remove_sources(consumer, &inputs);
         // Whatever else is held (nothing, when the whole assignment is lost) reads again from its last commit.
@@ -156,7 +159,18 @@ impl Engine {
     /// Pauses or resumes every partition read by what waits for a commit
     /// (see [`crate::runtime::backpressure`]). Whether a commit is wanted now.
     pub fn bound_memory<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> bool {
-        match self.backpressure.regulate(self.partitions.pending_bytes(), &self.view.metrics) {
+        let mut pending = self.partitions.pending_bytes();
+        if self.backpressure.is_over(pending) && self.commits.is_transaction_in_flight() {
+            // The transaction frees what it carries once it ends. Waiting
+            // for it, as a commit made on the stream thread would, costs
+            // less than pausing every partition, which drops what
+            // librdkafka has fetched ahead.
+            if let Err(e) = self.commits.advance(&mut self.partitions, consumer, true) {
+                self.fail(e);
+            }
+            pending = self.partitions.pending_bytes();
+        }
+        match self.backpressure.regulate(pending, &self.view.metrics) {
             Regulation::Hold => self.partitions.hold(consumer, true),
             Regulation::Release => self.partitions.hold(consumer, false),
             Regulation::Steady => {}

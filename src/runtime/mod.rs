@@ -24,13 +24,17 @@
 //! The threads of a junction process, and who may block:
 //! - the stream thread (`junction-stream`): librdkafka and RocksDB calls,
 //!   never for long (a commit in flight is moved on between polls, not
-//!   waited for). It owns every task; the rebalance callbacks, which
+//!   waited for but at a rebalance, at shutdown and, under `exactly_once`,
+//!   when partitions are lost or the memory bound is passed). It owns every task; the rebalance callbacks, which
 //!   librdkafka runs inside `poll`, reach the same state through one mutex
 //!   that the loop never holds while polling;
 //! - the `junction-save` thread, under `at_least_once` (see
 //!   [`crate::commit::at_least_once`]): sends each commit's changelog,
 //!   waits for it and writes the stores, at a lower priority, under the
 //!   membership lease ([`crate::commit::lease`]);
+//! - the `junction-commit` thread, under `exactly_once` (see
+//!   [`crate::commit::exactly_once`]): runs each commit's transaction and
+//!   writes the stores once it has committed;
 //! - a `junction-open-<partition>` thread per assigned partition until its
 //!   store is open and checked ([`opener`]);
 //! - `junction-inputs`, which asks the cluster for the input topics'

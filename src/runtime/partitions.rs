@@ -159,6 +159,9 @@ pub struct Partitions {
     /// homes have not caught up.
     forwarded_to: BTreeSet<i32>,
     forwarded_in_commit: BTreeSet<i32>,
+    /// Forwarded to in the last commit that finished, whose end the
+    /// consumer may not have fetched yet.
+    forwarded_committed: BTreeSet<i32>,
     tickets: u64,
     /// Every partition read is paused until what waits for a commit is committed.
     held: bool,
@@ -204,6 +207,7 @@ impl Partitions {
             starts: HashMap::new(),
             forwarded_to: BTreeSet::new(),
             forwarded_in_commit: BTreeSet::new(),
+            forwarded_committed: BTreeSet::new(),
             tickets: 0,
             held: false,
         })
@@ -506,7 +510,10 @@ impl Partitions {
 
     /// Stops a partition whose store failed: pauses its input, drops its
     /// task and closes its store (what it decided since its last saved
-    /// commit is replayed), and tries it again after a pause.
+    /// commit is replayed; a commit in flight that carries its work moves
+    /// where it resumes once it has finished, see
+    /// [`Partitions::committed_while_stopped`]), and tries it again after a
+    /// pause.
     pub fn park<C: ConsumerContext>(
         &mut self,
         consumer: &BaseConsumer<C>,
@@ -517,9 +524,10 @@ impl Partitions {
         self.pause(consumer, partition, true);
         self.freeze_inputs(partition);
         self.restorer.cancel(partition);
-        if let Some(awaiting) = self.awaiting.remove(&partition) {
+        let awaiting_from = self.awaiting.remove(&partition).and_then(|awaiting| {
             awaiting.cancel.store(true, Ordering::SeqCst);
-        }
+            awaiting.from
+        });
         self.view.hide_store(partition);
         // What its input partitions joined into it directly (under
         // `exactly_once`), or held for it (under `at_least_once`), is lost
@@ -527,7 +535,8 @@ impl Partitions {
         self.stopped_homes.insert(partition);
         let from = match self.slots.remove(&partition) {
             Some(slot) => slot.replay_from.or(slot.resume_from).or(from),
-            None => from,
+            // Stopped or opening already: where it was to resume stays.
+            None => self.parked.get(&partition).and_then(|p| p.from).or(awaiting_from).or(from),
         };
         let now = Instant::now();
         let backoff = match self.stops.get(&partition) {
@@ -591,6 +600,7 @@ impl Partitions {
         self.stopped_homes.retain(|h| !lost.contains(h));
         self.forwarded_to.retain(|h| !lost.contains(h));
         self.forwarded_in_commit.retain(|h| !lost.contains(h));
+        self.forwarded_committed.retain(|h| !lost.contains(h));
     }
 
     /// Stops everything about `partitions`, and returns the tasks they had.
@@ -1188,6 +1198,7 @@ impl Partitions {
                 !self.unsought.iter().any(|(_, p, _)| self.home_of(*p) == home)
                     && !self.forwarded_to.contains(&home)
                     && !self.forwarded_in_commit.contains(&home)
+                    && !self.forwarded_committed.contains(&home)
                     && read_to_end(&self.repartition_topic, home)
                     && self.inputs_of(&[home]).iter().all(|(topic, partition)| read_to_end(topic, *partition))
             })
@@ -1196,12 +1207,27 @@ impl Partitions {
 
     /// A commit begins: it carries (or waits for) what was forwarded so far.
     pub fn forwards_staged(&mut self) {
+        self.forwarded_committed.clear();
         self.forwarded_in_commit.append(&mut self.forwarded_to);
     }
 
-    /// A commit finished: what was forwarded before it began is readable at its homes.
+    /// A commit finished: what was forwarded before it began is readable at
+    /// its homes once the consumer has fetched past the transaction's end,
+    /// so they count as caught up from the commit after the next one on.
     pub fn forwards_committed(&mut self) {
-        self.forwarded_in_commit.clear();
+        self.forwarded_committed.append(&mut self.forwarded_in_commit);
+    }
+
+    /// A commit finished with `partition`'s offset at `next` while the
+    /// partition was stopped or opening: it resumes there (its store
+    /// has, or catches up to, what the commit wrote).
+    pub fn committed_while_stopped(&mut self, partition: i32, next: i64) {
+        if let Some(parked) = self.parked.get_mut(&partition) {
+            parked.from = Some(next);
+        }
+        if let Some(awaiting) = self.awaiting.get_mut(&partition) {
+            awaiting.from = Some(next);
+        }
     }
 
     /// Shows what this instance holds on `/readyz` and in the metrics.
