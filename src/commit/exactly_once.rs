@@ -353,11 +353,9 @@ impl Drop for ExactlyOnce {
     /// stable offset of every partition it wrote: once its thread is done
     /// with it, it is aborted unless it asked for its commit.
     fn drop(&mut self) {
-        if self.in_flight.take().is_some() {
+        if let Some(began) = self.in_flight.take() {
             if let Some((_, End::Failed(e))) = self.committer.ended(true) {
-                if !e.needs_new_producer() {
-                    let _ = self.abort();
-                }
+                let _ = self.abort_for(e, began);
             }
         }
     }
