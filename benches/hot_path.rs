@@ -127,8 +127,9 @@ fn interval_held(
     }
     assert!(source.mark(), "a marker for the interval's records");
     let marker_offset = first_offset;
+    let topic = std::sync::Arc::clone(&source.topic);
     for held in source.release(first_offset + records.len() as i64 - 1) {
-        task.join_held(&held, marker_offset, RECORD_MS).unwrap();
+        task.join_held(&held, &held.record(&topic, 0), marker_offset, RECORD_MS).unwrap();
     }
     let staged = source.stage();
     std::hint::black_box(&staged.forwards);

@@ -1047,14 +1047,14 @@ impl Partitions {
             return;
         }
         let source = self.sources.get_mut(&(index, marker.partition)).expect("a source found above");
-        let held = source.release(marker.through);
         let slot = self.slots.get_mut(&partition).expect("the slot of a record processed");
         slot.task.passed(offset);
-        for f in &held {
-            if let Err(e) = slot.task.join_held(f, offset, now) {
-                self.park(consumer, partition, &e, None);
-                return;
-            }
+        let (topic, from) = (Arc::clone(&source.topic), source.partition);
+        let failed = source
+            .release(marker.through)
+            .find_map(|held| slot.task.join_held(&held, &held.record(&topic, from), offset, now).err());
+        if let Some(e) = failed {
+            self.park(consumer, partition, &e, None);
         }
     }
 

@@ -26,40 +26,52 @@ use crate::state::StoreBatch;
 /// polls' worth.
 const HELD_ROOM_KEPT: usize = 8_192;
 
-/// A record held for its marker: decoded once, when it was read.
+/// A record held for its marker: decoded once, when it was read. Its
+/// topic and partition are its source's.
 pub struct Held {
     /// Its workflow's home partition.
     pub home: i32,
-    pub topic: Arc<str>,
-    pub partition: i32,
     pub offset: i64,
-    pub key: Option<Vec<u8>>,
-    /// Its value, unchanged, for a dead letter should its join refuse it.
-    pub value: Vec<u8>,
-    pub timestamp_ms: Option<i64>,
+    timestamp_ms: Option<i64>,
+    /// Its key, if any, then its value, unchanged (for a dead letter should
+    /// its join refuse it): one allocation.
+    bytes: Box<[u8]>,
+    key_len: Option<u32>,
     pub event: OwnedStepEvent,
 }
 
 impl Held {
-    /// The record it was read as.
-    pub fn record(&self) -> InputRecord<'_> {
+    fn new(home: i32, event: &StepEvent<'_>, record: &InputRecord<'_>) -> Held {
+        let (key, value) = (record.key.unwrap_or_default(), record.value.unwrap_or_default());
+        let mut bytes = Vec::with_capacity(key.len() + value.len());
+        bytes.extend_from_slice(key);
+        bytes.extend_from_slice(value);
+        Held {
+            home,
+            offset: record.offset,
+            timestamp_ms: record.timestamp_ms,
+            bytes: bytes.into_boxed_slice(),
+            key_len: record.key.map(|k| k.len() as u32),
+            event: event.to_owned_event(),
+        }
+    }
+
+    /// The record it was read as, from `topic`'s `partition`.
+    pub fn record<'a>(&'a self, topic: &'a str, partition: i32) -> InputRecord<'a> {
+        let key_len = self.key_len.map_or(0, |len| len as usize);
         InputRecord {
-            key: self.key.as_deref(),
-            value: Some(&self.value),
+            key: self.key_len.map(|_| &self.bytes[..key_len]),
+            value: Some(&self.bytes[key_len..]),
             timestamp_ms: self.timestamp_ms,
-            topic: &self.topic,
-            partition: self.partition,
+            topic,
+            partition,
             offset: self.offset,
         }
     }
 
-    /// About how many bytes it takes: itself, and its six allocations.
+    /// About how many bytes it takes: itself, its record and its event.
     fn approx_bytes(&self) -> usize {
-        std::mem::size_of::<Held>()
-            + 6 * 16
-            + self.key.as_ref().map_or(0, Vec::len)
-            + self.value.len()
-            + self.event.text_bytes()
+        std::mem::size_of::<Held>() + 16 + self.bytes.len() + self.event.heap_bytes()
     }
 }
 
@@ -155,22 +167,17 @@ impl Source {
         if self.frozen {
             return; // read again once its home partition is active
         }
-        let held = Held {
-            home,
-            topic: Arc::clone(&self.topic),
-            partition: record.partition,
-            offset: record.offset,
-            key: record.key.map(<[u8]>::to_vec),
-            value: record.value.unwrap_or_default().to_vec(),
-            timestamp_ms: record.timestamp_ms,
-            event: event.to_owned_event(),
-        };
+        let held = Held::new(home, event, record);
         self.held_bytes += held.approx_bytes();
         self.held.push_back(held);
     }
 
     /// Sends a marker for the records held since the last one, if any; whether it did.
     pub fn mark(&mut self) -> bool {
+        // A partition that held many (its home partition behind) gives the room back.
+        if self.held.capacity() > HELD_ROOM_KEPT && self.held.len() < self.held.capacity() / 4 {
+            self.held.shrink_to(self.held.len().max(HELD_ROOM_KEPT));
+        }
         let Some(last) = self.held.back() else { return false };
         if self.marked_through.is_some_and(|through| through >= last.offset) {
             return false;
@@ -183,16 +190,11 @@ impl Source {
     }
 
     /// Takes the held records up to `through`, which a marker read back joins.
-    pub fn release(&mut self, through: i64) -> Vec<Held> {
+    pub fn release(&mut self, through: i64) -> std::collections::vec_deque::Drain<'_, Held> {
         let count = self.held.partition_point(|h| h.offset <= through);
         self.held_bytes -= self.held.range(..count).map(Held::approx_bytes).sum::<usize>();
         self.released |= count > 0;
-        let released = self.held.drain(..count).collect();
-        // A partition that held many (its home partition behind) gives the room back.
-        if self.held.capacity() > HELD_ROOM_KEPT && self.held.len() < self.held.capacity() / 4 {
-            self.held.shrink_to(self.held.len().max(HELD_ROOM_KEPT));
-        }
-        released
+        self.held.drain(..count)
     }
 
     /// About how much memory the held records take.
@@ -320,7 +322,7 @@ mod tests {
         read_and_hold(&mut source, &config, 13);
         assert!(source.has_read(13) && !source.has_read(14));
         let bytes = source.held_bytes();
-        assert_eq!(source.release(12).iter().map(|h| h.offset).collect::<Vec<_>>(), vec![10, 11, 12]);
+        assert_eq!(source.release(12).map(|h| h.offset).collect::<Vec<_>>(), vec![10, 11, 12]);
         assert_eq!(source.held_bytes(), bytes / 4, "one of four left");
         assert_eq!(source.stage().next_offset, Some(13), "13 is still held");
         assert_eq!(source.release(13).len(), 1);

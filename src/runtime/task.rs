@@ -246,9 +246,15 @@ impl Task {
     }
 
     /// Joins a record held on its input partition ([`crate::runtime::source::Source::hold`]),
-    /// which the marker at `offset` of this partition covers: decoded when it was read.
-    pub fn join_held(&mut self, held: &Held, offset: i64, now_ms: i64) -> Result<(), StoreError> {
-        self.join(&held.event.as_event(), &held.record(), now_ms)?;
+    /// read as `record`, which the marker at `offset` of this partition covers: decoded when it was read.
+    pub fn join_held(
+        &mut self,
+        held: &Held,
+        record: &InputRecord<'_>,
+        offset: i64,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.join(&held.event.as_event(), record, now_ms)?;
         self.next_offset = Some(offset + 1);
         Ok(())
     }
