@@ -882,14 +882,20 @@ impl Partitions {
     /// are under half of it, unless a marker waits for its records. Held
     /// records are not counted in [`Partitions::pending_bytes`]: the hold it
     /// triggers pauses the repartition partitions whose markers would
-    /// release them. (A share among only the partitions holding records, or
-    /// a bound on their total, paused less, but let a batch of markers
-    /// release more at once than `tests/memory.rs` allows to wait.)
+    /// release them. The share is among the input partitions that have
+    /// delivered a record since they were assigned ([`Source::is_reading`]):
+    /// an idle one holds nothing and needs no room, and a pause drops what
+    /// librdkafka had fetched of the partition, to fetch it again. (A share
+    /// among only the partitions holding records at the moment, or read
+    /// since the last commit, or a bound on their total, paused less still,
+    /// but let a batch of markers release more at once than
+    /// `tests/memory.rs` allows to wait.)
     fn bound_held<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
         if self.joins_directly || self.sources.is_empty() {
             return;
         }
-        let share = (self.config.state.max_pending_bytes as usize / 2) / self.sources.len();
+        let reading = self.sources.values().filter(|s| s.is_reading()).count().max(1);
+        let share = (self.config.state.max_pending_bytes as usize / 2) / reading;
         let awaited: BTreeSet<(usize, i32)> = self
             .slots
             .values()

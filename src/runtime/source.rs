@@ -83,6 +83,8 @@ pub struct Source {
     next_offset: Option<i64>,
     /// The offset after the last record read, kept across commits.
     read_to: Option<i64>,
+    /// It read a record since it was assigned ([`Source::is_reading`]).
+    has_read_any: bool,
     forwards: Vec<Forward>,
     /// The records read on their workflow's home partition (this one's
     /// number) and not yet joined there, in offset order.
@@ -119,6 +121,7 @@ impl Source {
             replay_from: None,
             next_offset: None,
             read_to: None,
+            has_read_any: false,
             forwards: Vec::new(),
             held: VecDeque::new(),
             held_bytes: 0,
@@ -137,6 +140,7 @@ impl Source {
         self.replay_from.get_or_insert(offset);
         self.next_offset = Some(offset + 1);
         self.read_to = Some(offset + 1);
+        self.has_read_any = true;
     }
 
     /// Whether the record at `offset` was read since the last rewind.
@@ -195,6 +199,14 @@ impl Source {
         self.held_bytes -= self.held.range(..count).map(Held::approx_bytes).sum::<usize>();
         self.released |= count > 0;
         self.held.drain(..count)
+    }
+
+    /// Whether it takes a share of the room for held records: it has read
+    /// a record since it was assigned. (Whatever holds records has; and
+    /// the count does not swing within a commit interval, nor after a
+    /// rewind, which would let one partition hold the share of many.)
+    pub fn is_reading(&self) -> bool {
+        self.has_read_any
     }
 
     /// About how much memory the held records take.
