@@ -885,17 +885,23 @@ impl Partitions {
     /// release them. The share is among the input partitions that have
     /// delivered a record since they were assigned ([`Source::is_reading`]):
     /// an idle one holds nothing and needs no room, and a pause drops what
-    /// librdkafka had fetched of the partition, to fetch it again. (A share
-    /// among only the partitions holding records at the moment, or read
-    /// since the last commit, or a bound on their total, paused less still,
-    /// but let a batch of markers release more at once than
-    /// `tests/memory.rs` allows to wait.)
+    /// librdkafka had fetched of the partition, to fetch it again. As more
+    /// partitions start reading, the share shrinks under what the others
+    /// already hold, so their total is bounded too: past half
+    /// `state.max_pending_bytes` every partition is paused (but one a
+    /// marker waits for) until the total is back under it. (A share among only
+    /// the partitions holding records at the moment, or read since the last
+    /// commit, paused less still, but let a batch of markers release more
+    /// at once than `tests/memory.rs` allows to wait.)
     fn bound_held<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
         if self.joins_directly || self.sources.is_empty() {
             return;
         }
+        let room = self.config.state.max_pending_bytes as usize / 2;
         let reading = self.sources.values().filter(|s| s.is_reading()).count().max(1);
-        let share = (self.config.state.max_pending_bytes as usize / 2) / reading;
+        let share = room / reading;
+        let total: usize = self.sources.values().map(Source::held_bytes).sum();
+        let over = total > room;
         let awaited: BTreeSet<(usize, i32)> = self
             .slots
             .values()
@@ -904,10 +910,10 @@ impl Partitions {
         let (mut pause, mut resume) = (TopicPartitionList::new(), TopicPartitionList::new());
         for (key, source) in &mut self.sources {
             let awaited = awaited.contains(key);
-            if !source.is_capped() && !awaited && source.held_bytes() > share {
+            if !source.is_capped() && !awaited && (source.held_bytes() > share || over) {
                 source.set_capped(true);
                 pause.add_partition(&source.topic, source.partition);
-            } else if source.is_capped() && (awaited || source.held_bytes() <= share / 2) {
+            } else if source.is_capped() && (awaited || (source.held_bytes() <= share / 2 && !over)) {
                 source.set_capped(false);
                 if !self.held {
                     resume.add_partition(&source.topic, source.partition);
