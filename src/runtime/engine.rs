@@ -3,6 +3,7 @@
 //! commits, and the error that stops the thread, once there is one.
 
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use rdkafka::consumer::{BaseConsumer, ConsumerContext};
 use tracing::{error, info, warn};
@@ -11,7 +12,7 @@ use crate::kafka::group_state;
 use crate::ops::view::View;
 use crate::runtime::backpressure::{Backpressure, Regulation};
 use crate::runtime::commits::Commits;
-use crate::runtime::membership::Membership;
+use crate::runtime::membership::{MemberId, Membership};
 use crate::runtime::partitions::Partitions;
 
 pub struct Engine {
@@ -21,6 +22,8 @@ pub struct Engine {
     backpressure: Backpressure,
     /// The member ID the partitions held were assigned to.
     membership: Membership,
+    /// This consumer's member ID, as last read (see [`MemberId`]).
+    member_id: MemberId,
     /// Set when the partitions were given up for a lost membership: the
     /// loop joins the group again, claiming none.
     rejoin: bool,
@@ -39,6 +42,7 @@ impl Engine {
             commits,
             backpressure: Backpressure::new(max_pending_bytes),
             membership: Membership::default(),
+            member_id: MemberId::default(),
             rejoin: false,
             closing: false,
             failure: None,
@@ -77,13 +81,15 @@ impl Engine {
     /// another member ID (see [`crate::runtime::membership`]), they are
     /// given up with the new ones, and the group joined again.
     pub fn assigned<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, homes: &[i32]) {
+        self.member_id.forget();
         if self.membership_changed(consumer) {
             let mut all = self.partitions.held();
             all.extend(homes);
             self.give_up_membership(consumer, &all, "this instance joined its group again under a new member ID");
             return;
         }
-        self.membership.assigned(group_state::member_id(consumer));
+        let now = self.member_id.at(Instant::now(), || group_state::member_id(consumer)).map(str::to_string);
+        self.membership.assigned(now);
         let inputs = self.partitions.inputs_of(homes);
         if let Err(e) = self.partitions.add_sources(consumer, &inputs) {
             self.fail(anyhow::anyhow!(e).context(format!("cannot read the input partitions {inputs:?}")));
@@ -101,8 +107,11 @@ impl Engine {
     }
 
     /// Whether the partitions held were assigned to another member ID than this consumer's now.
-    fn membership_changed<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>) -> bool {
-        self.membership.changed(!self.partitions.held().is_empty(), group_state::member_id(consumer).as_deref())
+    fn membership_changed<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> bool {
+        if self.partitions.held().is_empty() {
+            return false;
+        }
+        self.membership.changed(true, self.member_id.at(Instant::now(), || group_state::member_id(consumer)))
     }
 
     /// Gives up `homes` for a membership lost without librdkafka saying so,

@@ -17,6 +17,21 @@
 //! up as lost, and the group joined again without them (Kafka Streams does
 //! the same on a `TaskMigratedException`). The coordinator's refusal of a
 //! commit for an unknown member means the same.
+//!
+//! Reading the member ID is a round trip to librdkafka's main thread: a
+//! few tenths of a millisecond, more while its threads wait for a core. The
+//! stream thread compares it before every commit and after every step of
+//! the commit in flight, several times per poll, so a read is used again
+//! for [`MEMBER_ID_FRESH`] ([`MemberId`]): a change is seen at most that
+//! much later. A member ID changes only by joining the group again, which
+//! takes round trips to the coordinator and, where other members hold
+//! partitions, their joining too. Each assignment reads it afresh, as does
+//! the first comparison after the stream thread stalled.
+
+use std::time::{Duration, Instant};
+
+/// How long a member ID read is used again.
+pub const MEMBER_ID_FRESH: Duration = Duration::from_millis(20);
 
 /// The member ID that the partitions held now were assigned to.
 #[derive(Debug, Default)]
@@ -43,9 +58,50 @@ impl Membership {
     }
 }
 
+/// The consumer's member ID as last read, used again for [`MEMBER_ID_FRESH`].
+#[derive(Debug, Default)]
+pub struct MemberId {
+    read: Option<(Instant, Option<String>)>,
+}
+
+impl MemberId {
+    /// The member ID at `now`: the last one read, if read less than
+    /// [`MEMBER_ID_FRESH`] before; otherwise `read` again.
+    pub fn at(&mut self, now: Instant, read: impl FnOnce() -> Option<String>) -> Option<&str> {
+        let fresh = matches!(&self.read, Some((at, _)) if now.saturating_duration_since(*at) < MEMBER_ID_FRESH);
+        if !fresh {
+            self.read = Some((now, read()));
+        }
+        self.read.as_ref().and_then(|(_, id)| id.as_deref())
+    }
+
+    /// The next [`MemberId::at`] reads it afresh.
+    pub fn forget(&mut self) {
+        self.read = None;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_member_id_read_is_used_again_only_while_fresh() {
+        let mut id = MemberId::default();
+        let t0 = Instant::now();
+        assert_eq!(id.at(t0, || Some("a".into())), Some("a"));
+        assert_eq!(id.at(t0 + MEMBER_ID_FRESH / 2, || Some("b".into())), Some("a"), "read again too soon");
+        assert_eq!(id.at(t0 + MEMBER_ID_FRESH, || Some("b".into())), Some("b"), "read again once stale");
+        assert_eq!(id.at(t0 + MEMBER_ID_FRESH, || None), Some("b"));
+        id.forget();
+        assert_eq!(id.at(t0 + MEMBER_ID_FRESH, || None), None, "forgotten: read afresh");
+        let mut calls = 0;
+        id.at(t0 + MEMBER_ID_FRESH * 3, || {
+            calls += 1;
+            None
+        });
+        assert_eq!(calls, 1);
+    }
 
     #[test]
     fn a_new_member_id_with_partitions_held_from_before_is_a_change() {
