@@ -22,11 +22,13 @@
 //! few tenths of a millisecond, more while its threads wait for a core. The
 //! stream thread compares it before every commit and after every step of
 //! the commit in flight, several times per poll, so a read is used again
-//! for [`MEMBER_ID_FRESH`] ([`MemberId`]): a change is seen at most that
-//! much later. A member ID changes only by joining the group again, which
-//! takes round trips to the coordinator and, where other members hold
-//! partitions, their joining too. Each assignment reads it afresh, as does
-//! the first comparison after the stream thread stalled.
+//! for [`MEMBER_ID_FRESH`] ([`MemberId`]): a change is seen up to that much
+//! (and one turn of the loop) later. What a late sight could let through is
+//! a commit accepted under a new membership before its partitions are given
+//! up; the coordinator accepts one only once the group has rebalanced,
+//! which waits, where other members hold partitions, for each of them to
+//! join again, told by its next heartbeat (seconds, not milliseconds). Each
+//! assignment reads the member ID afresh.
 
 use std::time::{Duration, Instant};
 
@@ -95,6 +97,11 @@ mod tests {
         assert_eq!(id.at(t0 + MEMBER_ID_FRESH, || None), Some("b"));
         id.forget();
         assert_eq!(id.at(t0 + MEMBER_ID_FRESH, || None), None, "forgotten: read afresh");
+        assert_eq!(
+            id.at(t0 + MEMBER_ID_FRESH * 2 - MEMBER_ID_FRESH / 4, || Some("c".into())),
+            None,
+            "no ID is kept too"
+        );
         let mut calls = 0;
         id.at(t0 + MEMBER_ID_FRESH * 3, || {
             calls += 1;
