@@ -108,10 +108,8 @@ impl Engine {
 
     /// Whether the partitions held were assigned to another member ID than this consumer's now.
     fn membership_changed<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> bool {
-        if self.partitions.held().is_empty() {
-            return false;
-        }
-        self.membership.changed(true, self.member_id.at(Instant::now(), || group_state::member_id(consumer)))
+        let holding = !self.partitions.held().is_empty();
+        self.membership.changed(holding, || self.member_id.at(Instant::now(), || group_state::member_id(consumer)))
     }
 
     /// Gives up `homes` for a membership lost without librdkafka saying so,

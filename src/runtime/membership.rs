@@ -44,9 +44,10 @@ pub struct Membership {
 impl Membership {
     /// Whether partitions held under the member ID recorded at their
     /// assignment are held by another member ID `now` (a new ID, or none
-    /// while librdkafka joins again). Nothing held: nothing changed.
-    pub fn changed(&self, holding: bool, now: Option<&str>) -> bool {
-        holding && self.assigned_to.is_some() && self.assigned_to.as_deref() != now
+    /// while librdkafka joins again), read by `now` only when that could
+    /// say so. Nothing held, or nothing recorded: nothing changed.
+    pub fn changed<'a>(&self, holding: bool, now: impl FnOnce() -> Option<&'a str>) -> bool {
+        holding && self.assigned_to.is_some() && self.assigned_to.as_deref() != now()
     }
 
     /// Partitions were assigned to the member ID `now`.
@@ -113,13 +114,13 @@ mod tests {
     #[test]
     fn a_new_member_id_with_partitions_held_from_before_is_a_change() {
         let mut m = Membership::default();
-        assert!(!m.changed(true, Some("a")), "nothing recorded yet");
+        assert!(!m.changed(true, || Some("a")), "nothing recorded yet");
         m.assigned(Some("a".into()));
-        assert!(!m.changed(true, Some("a")));
-        assert!(m.changed(true, Some("b")), "joined again with a new ID");
-        assert!(m.changed(true, None), "the ID reset while joining again");
-        assert!(!m.changed(false, Some("b")), "nothing held, nothing to give up");
+        assert!(!m.changed(true, || Some("a")));
+        assert!(m.changed(true, || Some("b")), "joined again with a new ID");
+        assert!(m.changed(true, || None), "the ID reset while joining again");
+        assert!(!m.changed(false, || Some("b")), "nothing held, nothing to give up");
         m.forget();
-        assert!(!m.changed(true, Some("b")));
+        assert!(!m.changed(true, || Some("b")));
     }
 }
