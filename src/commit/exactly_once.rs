@@ -20,6 +20,7 @@
 //! ([`Strategy::drop_lost`]).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -44,6 +45,10 @@ use crate::state::{self, StoreFailures};
 /// Every record goes in the transaction of the commit: one epoch for all.
 const EPOCH: usize = 0;
 
+/// How long an abort waits for the coordinator at a time, between looks at
+/// whether junction is stopping.
+const ABORT_STEP: Duration = Duration::from_millis(100);
+
 pub struct ExactlyOnce {
     config: Arc<Config>,
     metrics: Arc<Metrics>,
@@ -53,6 +58,8 @@ pub struct ExactlyOnce {
     committer: Committer,
     /// When the transaction under way on the `junction-commit` thread began.
     in_flight: Option<Instant>,
+    /// Set when junction is stopping: an abort waits no more (see [`ExactlyOnce::abort`]).
+    stopping: Arc<AtomicBool>,
 }
 
 /// What the `junction-commit` thread is asked to do: one transaction.
@@ -143,6 +150,7 @@ impl ExactlyOnce {
         metrics: Arc<Metrics>,
         transactional_id: &str,
         limits: Arc<TopicLimits>,
+        stopping: Arc<AtomicBool>,
     ) -> Result<ExactlyOnce, CommitError> {
         let producer = transactional_producer(&config, transactional_id, &limits)?;
         Ok(ExactlyOnce {
@@ -153,6 +161,7 @@ impl ExactlyOnce {
             producer,
             committer: Committer::start()?,
             in_flight: None,
+            stopping,
         })
     }
 
@@ -284,14 +293,30 @@ impl ExactlyOnce {
     /// transaction, which must not mistake them for its own failures. An
     /// abort that does not finish needs a new producer, whose initialisation
     /// aborts the transaction in its stead.
+    ///
+    /// It waits for the coordinator [`ABORT_STEP`] at a time (librdkafka
+    /// takes the abort up again where a timed-out call left it), and no
+    /// more once junction is stopping: the coordinator may be slow to come
+    /// back (a broker restarted moments before), and the shutdown would
+    /// overrun its budget waiting. Nothing of an unfinished abort is
+    /// committed: the next producer with this transactional ID, or the
+    /// transaction timeout, ends it.
     fn abort(&self) -> Result<(), CommitError> {
-        if let Err(abort) = self.producer.client().abort_transaction(COMMIT_TIMEOUT) {
-            warn!(error = %abort, "aborting the transaction failed; a new producer will abort it");
-            return Err(CommitError::Fatal(abort));
+        let deadline = Instant::now() + COMMIT_TIMEOUT;
+        loop {
+            let step = ABORT_STEP.min(deadline.saturating_duration_since(Instant::now()));
+            match self.producer.client().abort_transaction(step) {
+                Ok(()) => break,
+                Err(KafkaError::Transaction(e))
+                    if e.is_retriable() && Instant::now() < deadline && !self.stopping.load(Ordering::SeqCst) => {}
+                Err(abort) => {
+                    warn!(error = %abort, "aborting the transaction failed; a new producer will abort it");
+                    return Err(CommitError::Fatal(abort));
+                }
+            }
         }
         let tracker = self.producer.tracker();
-        let deadline = Instant::now() + COMMIT_TIMEOUT;
-        while tracker.in_flight_total() > 0 && Instant::now() < deadline {
+        while tracker.in_flight_total() > 0 && Instant::now() < deadline && !self.stopping.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(1));
         }
         if tracker.in_flight_total() > 0 {

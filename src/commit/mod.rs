@@ -22,16 +22,19 @@ pub mod at_least_once;
 pub mod exactly_once;
 pub mod lease;
 
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::{Offset, TopicPartitionList};
+use tracing::warn;
 
 use crate::config::{Config, Guarantee};
 use crate::input::dead_letter::DeadLetter;
 use crate::join::outcome::OutcomeRecord;
+use crate::kafka::group_state;
 use crate::kafka::limits::TopicLimits;
 use crate::kafka::refusals::Unplaceable;
 use crate::metrics::Metrics;
@@ -91,19 +94,23 @@ pub trait Strategy: Send {
 /// The strategy of the configured guarantee, with its producer. Under
 /// exactly-once this initialises its transactions, which fences any older
 /// producer with the same transactional ID and aborts what it left open.
+/// `stopping` is set once junction stops: an abort then waits no more.
 pub fn strategy(
     config: Arc<Config>,
     metrics: Arc<Metrics>,
     transactional_id: &str,
     lease: &Arc<lease::Lease>,
     limits: &Arc<TopicLimits>,
+    stopping: &Arc<AtomicBool>,
 ) -> Result<Box<dyn Strategy>, CommitError> {
     let limits = Arc::clone(limits);
     Ok(match config.kafka.processing_guarantee {
         Guarantee::AtLeastOnce => {
             Box::new(at_least_once::AtLeastOnce::new(config, metrics, transactional_id, Arc::clone(lease), limits)?)
         }
-        Guarantee::ExactlyOnce => Box::new(exactly_once::ExactlyOnce::new(config, metrics, transactional_id, limits)?),
+        Guarantee::ExactlyOnce => {
+            Box::new(exactly_once::ExactlyOnce::new(config, metrics, transactional_id, limits, Arc::clone(stopping))?)
+        }
     })
 }
 
@@ -125,13 +132,46 @@ pub trait InputGroup {
     fn stable_offsets(&self, partitions: TopicPartitionList) -> KafkaResult<TopicPartitionList>;
 }
 
-impl<C: ConsumerContext> InputGroup for BaseConsumer<C> {
+/// The input consumer as the group member its partitions were assigned
+/// to. A commit is sent only while the consumer's member ID, read afresh
+/// for each, is still that one: one that joined its group again under a
+/// new ID would have its commits accepted by the coordinator, for
+/// partitions the group may have given to another member meanwhile (see
+/// [`crate::runtime::membership`]). Refused here, a commit fails as one the
+/// coordinator refuses as from an unknown member.
+pub struct Member<'a, C: ConsumerContext> {
+    pub consumer: &'a BaseConsumer<C>,
+    /// The member ID the partitions held were assigned to; `None` when
+    /// no ID was recorded.
+    pub assigned_to: Option<&'a str>,
+}
+
+/// Whether the member ID `now` is the one `assigned_to` (none recorded: any).
+fn is_assigned(assigned_to: Option<&str>, now: Option<&str>) -> bool {
+    assigned_to.is_none_or(|assigned| now == Some(assigned))
+}
+
+impl<C: ConsumerContext> Member<'_, C> {
+    /// An error, without asking the coordinator, when the consumer's member
+    /// ID is no longer the one the partitions were assigned to.
+    fn check(&self) -> KafkaResult<()> {
+        if self.assigned_to.is_none() || is_assigned(self.assigned_to, group_state::member_id(self.consumer).as_deref())
+        {
+            return Ok(());
+        }
+        warn!("not committing: this instance's member ID changed since its partitions were assigned");
+        Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::UnknownMemberId))
+    }
+}
+
+impl<C: ConsumerContext> InputGroup for Member<'_, C> {
     /// An asynchronous commit's answer reaches the consumer's context (and
     /// the lease) at a later poll: see [`crate::kafka::answered_commit`].
     fn commit_offsets(&self, offsets: &TopicPartitionList, mode: CommitMode) -> KafkaResult<()> {
+        self.check()?;
         match mode {
-            CommitMode::Async => crate::kafka::answered_commit::commit(self, offsets),
-            CommitMode::Sync => self.commit(offsets, mode),
+            CommitMode::Async => crate::kafka::answered_commit::commit(self.consumer, offsets),
+            CommitMode::Sync => self.consumer.commit(offsets, mode),
         }
     }
 
@@ -141,14 +181,18 @@ impl<C: ConsumerContext> InputGroup for BaseConsumer<C> {
     /// the group (unless a `group.instance.id` names a member), which would
     /// let an instance that lost its partitions commit for them. Metadata
     /// taken while the ID was still valid is checked by the coordinator.
+    /// A member ID is never given again, so one read after the metadata
+    /// that is still the assigned one was the metadata's too.
     fn group_metadata(&self) -> Option<ConsumerGroupMetadata> {
-        let metadata = Consumer::group_metadata(self)?;
-        crate::kafka::group_state::member_id(self).map(|_| metadata)
+        let metadata = Consumer::group_metadata(self.consumer)?;
+        let now = group_state::member_id(self.consumer)?;
+        is_assigned(self.assigned_to, Some(&now)).then_some(metadata)
     }
 
     fn confirm_membership(&self) -> KafkaResult<()> {
+        self.check()?;
         // A coordinator that does not answer this within the second would not take the commit either.
-        let committed = self.committed(CONFIRM_TIMEOUT)?;
+        let committed = self.consumer.committed(CONFIRM_TIMEOUT)?;
         let mut again = TopicPartitionList::new();
         for e in committed.elements() {
             if let Offset::Offset(o) = e.offset() {
@@ -158,11 +202,11 @@ impl<C: ConsumerContext> InputGroup for BaseConsumer<C> {
         if again.count() == 0 {
             return Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset));
         }
-        self.commit(&again, CommitMode::Sync)
+        self.consumer.commit(&again, CommitMode::Sync)
     }
 
     fn stable_offsets(&self, partitions: TopicPartitionList) -> KafkaResult<TopicPartitionList> {
-        let offsets = Consumer::committed_offsets(self, partitions, COMMIT_TIMEOUT)?;
+        let offsets = Consumer::committed_offsets(self.consumer, partitions, COMMIT_TIMEOUT)?;
         offsets.elements().iter().try_for_each(|p| p.error())?;
         Ok(offsets)
     }
@@ -184,7 +228,10 @@ pub enum CommitError {
     Fenced { source: KafkaError, transaction_age: Duration },
     #[error("cannot commit input offsets: {0}")]
     Offsets(KafkaError),
-    #[error("the consumer is not in its group, so its offsets cannot join the transaction")]
+    #[error(
+        "the consumer is not in its group, or not as the member its partitions were assigned to, so its offsets \
+         cannot join the transaction"
+    )]
     NotInGroup,
     #[error("cannot create the producer: {0}")]
     Producer(KafkaError),
@@ -226,10 +273,13 @@ impl CommitError {
     }
 
     /// Whether the group coordinator refused the commit's offsets as from
-    /// a member it no longer knows (see [`crate::runtime::membership`]):
-    /// the partitions may be someone else's now.
+    /// a member it no longer knows, or [`Member`] did, or there was no
+    /// member ID to send a transaction's offsets as (see
+    /// [`crate::runtime::membership`]): the partitions may be someone
+    /// else's now.
     pub fn refused_membership(&self) -> bool {
         let e = match self {
+            CommitError::NotInGroup => return true,
             CommitError::Aborted(e) | CommitError::Fatal(e) | CommitError::Offsets(e) => e,
             _ => return false,
         };
@@ -388,15 +438,43 @@ mod tests {
 
     use super::*;
 
+    /// A real librdkafka consumer of a group, with no broker to join it through.
+    fn consumer() -> BaseConsumer {
+        ClientConfig::new().set("bootstrap.servers", "127.0.0.1:1").set("group.id", "g").create().unwrap()
+    }
+
     #[test]
     fn a_consumer_that_is_no_member_gives_no_group_metadata_for_a_transaction() {
-        // A real librdkafka consumer of a group, with no broker to join it through.
-        let consumer: BaseConsumer =
-            ClientConfig::new().set("bootstrap.servers", "127.0.0.1:1").set("group.id", "g").create().unwrap();
+        let consumer = consumer();
         assert!(Consumer::group_metadata(&consumer).is_some(), "librdkafka gives metadata without a member ID");
         assert!(
-            InputGroup::group_metadata(&consumer).is_none(),
+            Member { consumer: &consumer, assigned_to: None }.group_metadata().is_none(),
             "offsets would join a transaction as from outside the group"
         );
+    }
+
+    #[test]
+    fn a_consumer_no_longer_the_member_its_partitions_were_assigned_to_commits_nothing() {
+        let consumer = consumer();
+        let mut offsets = TopicPartitionList::new();
+        offsets.add_partition_offset("t", 0, Offset::Offset(5)).unwrap();
+        // The partitions were assigned to "a"; the consumer has no member ID now (it would be joining again).
+        let member = Member { consumer: &consumer, assigned_to: Some("a") };
+        for mode in [CommitMode::Async, CommitMode::Sync] {
+            let refused = member.commit_offsets(&offsets, mode).expect_err("committed as another member");
+            assert!(CommitError::Offsets(refused).refused_membership(), "{mode:?}");
+        }
+        let refused = member.confirm_membership().expect_err("confirmed as another member");
+        assert!(CommitError::Offsets(refused).refused_membership());
+        assert!(member.group_metadata().is_none(), "a transaction's offsets as another member");
+        assert!(CommitError::NotInGroup.refused_membership());
+    }
+
+    #[test]
+    fn only_the_member_id_the_partitions_were_assigned_to_commits_for_them() {
+        assert!(is_assigned(Some("a"), Some("a")));
+        assert!(!is_assigned(Some("a"), Some("b")), "joined again under a new ID");
+        assert!(!is_assigned(Some("a"), None), "the ID reset while joining again");
+        assert!(is_assigned(None, Some("b")), "nothing recorded");
     }
 }

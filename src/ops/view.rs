@@ -16,7 +16,7 @@ use crate::state::Store;
 pub struct View {
     pub metrics: Arc<Metrics>,
     /// Set by the binary on SIGTERM or SIGINT; the stream thread stops when it sees it.
-    pub shutdown: AtomicBool,
+    pub shutdown: Arc<AtomicBool>,
     health: Mutex<Health>,
     /// The stores of the active partitions.
     stores: RwLock<HashMap<i32, Arc<Store>>>,
@@ -41,7 +41,7 @@ impl View {
     pub fn new(metrics: Arc<Metrics>) -> View {
         View {
             metrics,
-            shutdown: AtomicBool::new(false),
+            shutdown: Arc::new(AtomicBool::new(false)),
             health: Mutex::new(Health::default()),
             stores: RwLock::new(HashMap::new()),
         }

@@ -4,19 +4,20 @@
 //! what a failure means: rewind and redo the interval, replace the
 //! producer, or stop, when the producer was fenced by a live twin.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::anyhow;
-use rdkafka::consumer::{BaseConsumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, CommitMode, ConsumerContext};
 use tracing::warn;
 
 use crate::commit::lease::Lease;
-use crate::commit::{self, CommitError, Committed, Outputs, Staged, Strategy};
+use crate::commit::{self, CommitError, Committed, InputGroup, Member, Outputs, Staged, Strategy};
 use crate::config::{Config, Guarantee};
 use crate::kafka::limits::TopicLimits;
 use crate::kafka::purge::Purger;
 use crate::kafka::stranded::{self, Reachability};
-use crate::kafka::{answered_commit, clients, topics};
+use crate::kafka::{clients, topics};
 use crate::metrics::Metrics;
 use crate::runtime::partitions::Partitions;
 use crate::time::now_ms;
@@ -47,6 +48,11 @@ pub struct Commits {
     /// What each of junction's topics takes.
     limits: Arc<TopicLimits>,
     runtime: tokio::runtime::Handle,
+    /// Set once junction stops: no producer is made any more (under
+    /// `exactly_once` its initialisation waits for a coordinator, which
+    /// the shutdown cannot afford; what is left open is ended by the next
+    /// producer with this transactional ID, or the transaction timeout).
+    stopping: Arc<AtomicBool>,
 }
 
 impl Commits {
@@ -57,8 +63,10 @@ impl Commits {
         runtime: tokio::runtime::Handle,
         lease: Arc<Lease>,
         limits: Arc<TopicLimits>,
+        stopping: Arc<AtomicBool>,
     ) -> Result<Commits, CommitError> {
-        let strategy = commit::strategy(Arc::clone(&config), Arc::clone(&metrics), &transactional_id, &lease, &limits)?;
+        let strategy =
+            commit::strategy(Arc::clone(&config), Arc::clone(&metrics), &transactional_id, &lease, &limits, &stopping)?;
         let purger = Purger::new(&config.kafka, runtime.clone());
         Ok(Commits {
             config,
@@ -73,6 +81,7 @@ impl Commits {
             lease,
             limits,
             runtime,
+            stopping,
         })
     }
 
@@ -82,9 +91,10 @@ impl Commits {
     pub fn drop_lost<C: ConsumerContext>(
         &mut self,
         partitions: &mut Partitions,
-        consumer: &BaseConsumer<C>,
+        member: &Member<'_, C>,
     ) -> anyhow::Result<()> {
-        match self.strategy.drop_lost(consumer) {
+        let consumer = member.consumer;
+        match self.strategy.drop_lost(member) {
             Ok(Some(committed)) => self.committed(partitions, consumer, committed),
             Ok(None) => {}
             Err(e) => self.failed(partitions, consumer, e)?,
@@ -138,7 +148,14 @@ impl Commits {
             &self.transactional_id,
             &self.lease,
             &self.limits,
+            &self.stopping,
         )
+    }
+
+    /// Whether a producer must not be made now: junction is stopping under
+    /// `exactly_once` (see the field `stopping`).
+    fn stopping_exactly_once(&self) -> bool {
+        self.config.kafka.processing_guarantee == Guarantee::ExactlyOnce && self.stopping.load(Ordering::SeqCst)
     }
 
     /// Asks the group coordinator whether this instance is still a member,
@@ -148,7 +165,7 @@ impl Commits {
     /// comes at a later poll. Nothing is sent while no partition has read
     /// anything since its assignment (the assignment itself renewed the
     /// lease then). Never blocks.
-    pub fn confirm_membership<C: ConsumerContext>(&mut self, partitions: &mut Partitions, consumer: &BaseConsumer<C>) {
+    pub fn confirm_membership<C: ConsumerContext>(&mut self, partitions: &mut Partitions, member: &Member<'_, C>) {
         if !self.lease.is_wanted() || self.lease.is_renewing() {
             return;
         }
@@ -157,9 +174,10 @@ impl Commits {
             return;
         }
         self.lease.commit_sent();
-        if let Err(e) = answered_commit::commit(consumer, &offsets) {
+        if let Err(e) = member.commit_offsets(&offsets, CommitMode::Async) {
             warn!(error = %e, "cannot send the offset commit that confirms the group membership");
             self.lease.answered(false);
+            self.refused_membership |= CommitError::Offsets(e).refused_membership();
         }
     }
 
@@ -197,14 +215,19 @@ impl Commits {
     pub fn commit<C: ConsumerContext>(
         &mut self,
         partitions: &mut Partitions,
-        consumer: &BaseConsumer<C>,
+        member: &Member<'_, C>,
         wait: bool,
     ) -> anyhow::Result<bool> {
+        let consumer = member.consumer;
         if self.strategy.is_committing() {
-            self.advance(partitions, consumer, wait)?;
+            self.advance(partitions, member, wait)?;
             if self.strategy.is_committing() {
                 return Ok(false);
             }
+        }
+        if self.renew_pending && self.stopping_exactly_once() {
+            // Nothing can be committed without a producer; the work is redone after the restart.
+            return Ok(true);
         }
         if self.renew_pending {
             self.strategy = self
@@ -254,9 +277,9 @@ impl Commits {
             self.committed(partitions, consumer, Committed::default());
             return Ok(true);
         }
-        match self.strategy.begin(staged, consumer) {
+        match self.strategy.begin(staged, member) {
             Ok(Some(committed)) => self.committed(partitions, consumer, committed),
-            Ok(None) if wait => self.advance(partitions, consumer, true)?,
+            Ok(None) if wait => self.advance(partitions, member, true)?,
             Ok(None) => {}
             Err(e) => self.failed(partitions, consumer, e)?,
         }
@@ -316,10 +339,11 @@ impl Commits {
     pub fn advance<C: ConsumerContext>(
         &mut self,
         partitions: &mut Partitions,
-        consumer: &BaseConsumer<C>,
+        member: &Member<'_, C>,
         wait: bool,
     ) -> anyhow::Result<()> {
-        match self.strategy.advance(consumer, wait) {
+        let consumer = member.consumer;
+        match self.strategy.advance(member, wait) {
             Ok(Some(committed)) => self.committed(partitions, consumer, committed),
             Ok(None) => {}
             Err(e) => self.failed(partitions, consumer, e)?,
@@ -387,7 +411,9 @@ impl Commits {
         // (librdkafka issue 5301), and would time out for ever. Under
         // at_least_once a new one costs only its connections.
         let stuck = e.timed_out() && self.config.kafka.processing_guarantee == Guarantee::AtLeastOnce;
-        if e.needs_new_producer() || limits_lowered || stuck {
+        if (e.needs_new_producer() || limits_lowered || stuck) && self.stopping_exactly_once() {
+            self.renew_pending = true;
+        } else if e.needs_new_producer() || limits_lowered || stuck {
             self.strategy = self.new_strategy().map_err(|e| anyhow!(e).context("replacing the producer"))?;
         }
         partitions.rewind(consumer);

@@ -8,6 +8,7 @@ use std::time::Instant;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext};
 use tracing::{error, info, warn};
 
+use crate::commit::Member;
 use crate::kafka::group_state;
 use crate::ops::view::View;
 use crate::runtime::backpressure::{Backpressure, Regulation};
@@ -66,7 +67,7 @@ impl Engine {
              pause, a network cut); giving them up without committing, firing timers or writing the changelog"
         );
         self.view.metrics.partitions_lost.inc_by(homes.len() as u64);
-        if let Err(e) = self.commits.drop_lost(&mut self.partitions, consumer) {
+        if let Err(e) = self.commits.drop_lost(&mut self.partitions, &member(&self.membership, consumer)) {
             self.fail(e);
         }
         self.partitions.close_lost(homes);
@@ -119,6 +120,8 @@ impl Engine {
     fn give_up_membership<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, homes: &[i32], why: &str) {
         self.give_up(consumer, homes, why);
         self.membership.forget();
+        // A refusal seen meanwhile was of the membership given up.
+        self.commits.take_refused_membership();
         self.rejoin = true;
     }
 
@@ -131,6 +134,7 @@ impl Engine {
             self.give_up(consumer, &held, why);
         }
         self.membership.forget();
+        self.commits.take_refused_membership();
     }
 
     /// Replaces the clients made before the broker restart that stranded
@@ -172,7 +176,7 @@ impl Engine {
             // for it, as a commit made on the stream thread would, costs
             // less than pausing every partition, which drops what
             // librdkafka has fetched ahead.
-            if let Err(e) = self.commits.advance(&mut self.partitions, consumer, true) {
+            if let Err(e) = self.commits.advance(&mut self.partitions, &member(&self.membership, consumer), true) {
                 self.fail(e);
             }
             pending = self.partitions.pending_bytes();
@@ -188,7 +192,7 @@ impl Engine {
     /// Commits now (see [`Commits::commit`]); `false` while the commit in flight is unfinished.
     pub fn commit<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, wait: bool) -> bool {
         self.check_membership(consumer);
-        let started = match self.commits.commit(&mut self.partitions, consumer, wait) {
+        let started = match self.commits.commit(&mut self.partitions, &member(&self.membership, consumer), wait) {
             Ok(started) => started,
             Err(e) => {
                 self.fail(e);
@@ -201,7 +205,7 @@ impl Engine {
 
     /// Moves the commit in flight on.
     pub fn advance_commit<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
-        if let Err(e) = self.commits.advance(&mut self.partitions, consumer, false) {
+        if let Err(e) = self.commits.advance(&mut self.partitions, &member(&self.membership, consumer), false) {
             self.fail(e);
         }
         self.check_membership(consumer);
@@ -216,7 +220,7 @@ impl Engine {
 
     /// Asks the coordinator to confirm the membership when a writer waits for it.
     pub fn confirm_membership<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
-        self.commits.confirm_membership(&mut self.partitions, consumer);
+        self.commits.confirm_membership(&mut self.partitions, &member(&self.membership, consumer));
     }
 
     /// Opens the stopped partitions whose pause is over.
@@ -260,4 +264,10 @@ impl Engine {
 pub fn lock(engine: &Mutex<Engine>) -> MutexGuard<'_, Engine> {
     // A panic while holding the lock already ends the process; the guard is still usable to shut down.
     engine.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `consumer`, as the member the partitions held were assigned to: what
+/// it commits is refused once its member ID is another (see [`Member`]).
+fn member<'a, C: ConsumerContext>(membership: &'a Membership, consumer: &'a BaseConsumer<C>) -> Member<'a, C> {
+    Member { consumer, assigned_to: membership.assigned_to() }
 }

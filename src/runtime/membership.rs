@@ -23,12 +23,14 @@
 //! stream thread compares it before every commit and after every step of
 //! the commit in flight, several times per poll, so a read is used again
 //! for [`MEMBER_ID_FRESH`] ([`MemberId`]): a change is seen up to that much
-//! (and one turn of the loop) later. What a late sight could let through is
-//! a commit accepted under a new membership before its partitions are given
-//! up; the coordinator accepts one only once the group has rebalanced,
-//! which waits, where other members hold partitions, for each of them to
-//! join again, told by its next heartbeat (seconds, not milliseconds). Each
-//! assignment reads the member ID afresh.
+//! (and one turn of the loop) later. What is sent to the coordinator is
+//! checked against a fresh read all the same ([`crate::commit::Member`]):
+//! each offset commit and each transaction's offsets, about one read per
+//! commit. A transaction's offsets carry the member ID they were read
+//! under, so none joins one under a new ID; an offset commit is sent by
+//! librdkafka's main thread as the member it is then, so one still could
+//! only when the ID changed in the moment between that read and the send.
+//! Each assignment reads the member ID afresh.
 
 use std::time::{Duration, Instant};
 
@@ -58,6 +60,11 @@ impl Membership {
     /// Nothing is held any more.
     pub fn forget(&mut self) {
         self.assigned_to = None;
+    }
+
+    /// The member ID recorded at the assignment of the partitions held.
+    pub fn assigned_to(&self) -> Option<&str> {
+        self.assigned_to.as_deref()
     }
 }
 

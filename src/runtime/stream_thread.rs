@@ -71,6 +71,7 @@ pub fn run(config: Arc<Config>, view: Arc<View>, runtime: tokio::runtime::Handle
         runtime.clone(),
         Arc::clone(&lease),
         limits,
+        Arc::clone(&view.shutdown),
     )?;
     let input_counts: Vec<usize> = layout.inputs.iter().map(|(_, n)| *n).collect();
     let grown =
