@@ -146,17 +146,19 @@ pub struct Member<'a, C: ConsumerContext> {
     pub assigned_to: Option<&'a str>,
 }
 
-/// Whether the member ID `now` is the one `assigned_to` (none recorded: any).
-fn is_assigned(assigned_to: Option<&str>, now: Option<&str>) -> bool {
-    assigned_to.is_none_or(|assigned| now == Some(assigned))
+/// Whether partitions assigned to the member ID `assigned_to` are still
+/// this consumer's, whose member ID is `now` (a new ID, or none while
+/// librdkafka joins again, is not): read by `now` only when an ID was
+/// recorded. Nothing recorded: any.
+pub fn still_assigned<S: AsRef<str>>(assigned_to: Option<&str>, now: impl FnOnce() -> Option<S>) -> bool {
+    assigned_to.is_none_or(|assigned| now().is_some_and(|id| id.as_ref() == assigned))
 }
 
 impl<C: ConsumerContext> Member<'_, C> {
     /// An error, without asking the coordinator, when the consumer's member
     /// ID is no longer the one the partitions were assigned to.
     fn check(&self) -> KafkaResult<()> {
-        if self.assigned_to.is_none() || is_assigned(self.assigned_to, group_state::member_id(self.consumer).as_deref())
-        {
+        if still_assigned(self.assigned_to, || group_state::member_id(self.consumer)) {
             return Ok(());
         }
         warn!("not committing: this instance's member ID changed since its partitions were assigned");
@@ -186,7 +188,7 @@ impl<C: ConsumerContext> InputGroup for Member<'_, C> {
     fn group_metadata(&self) -> Option<ConsumerGroupMetadata> {
         let metadata = Consumer::group_metadata(self.consumer)?;
         let now = group_state::member_id(self.consumer)?;
-        is_assigned(self.assigned_to, Some(&now)).then_some(metadata)
+        still_assigned(self.assigned_to, || Some(now)).then_some(metadata)
     }
 
     fn confirm_membership(&self) -> KafkaResult<()> {
@@ -472,9 +474,9 @@ mod tests {
 
     #[test]
     fn only_the_member_id_the_partitions_were_assigned_to_commits_for_them() {
-        assert!(is_assigned(Some("a"), Some("a")));
-        assert!(!is_assigned(Some("a"), Some("b")), "joined again under a new ID");
-        assert!(!is_assigned(Some("a"), None), "the ID reset while joining again");
-        assert!(is_assigned(None, Some("b")), "nothing recorded");
+        assert!(still_assigned(Some("a"), || Some("a")));
+        assert!(!still_assigned(Some("a"), || Some("b")), "joined again under a new ID");
+        assert!(!still_assigned(Some("a"), || None::<&str>), "the ID reset while joining again");
+        assert!(still_assigned(None, || -> Option<&str> { panic!("read with nothing recorded") }), "nothing recorded");
     }
 }

@@ -225,11 +225,11 @@ impl Commits {
                 return Ok(false);
             }
         }
-        if self.renew_pending && self.stopping_exactly_once() {
-            // Nothing can be committed without a producer; the work is redone after the restart.
-            return Ok(true);
-        }
         if self.renew_pending {
+            if self.stopping_exactly_once() {
+                // Nothing can be committed without a producer; the work is redone after the restart.
+                return Ok(true);
+            }
             self.strategy = self
                 .new_strategy()
                 .map_err(|e| anyhow!(e).context("replacing a producer that librdkafka may have stranded"))?;
@@ -411,10 +411,12 @@ impl Commits {
         // (librdkafka issue 5301), and would time out for ever. Under
         // at_least_once a new one costs only its connections.
         let stuck = e.timed_out() && self.config.kafka.processing_guarantee == Guarantee::AtLeastOnce;
-        if (e.needs_new_producer() || limits_lowered || stuck) && self.stopping_exactly_once() {
-            self.renew_pending = true;
-        } else if e.needs_new_producer() || limits_lowered || stuck {
-            self.strategy = self.new_strategy().map_err(|e| anyhow!(e).context("replacing the producer"))?;
+        if e.needs_new_producer() || limits_lowered || stuck {
+            if self.stopping_exactly_once() {
+                self.renew_pending = true;
+            } else {
+                self.strategy = self.new_strategy().map_err(|e| anyhow!(e).context("replacing the producer"))?;
+            }
         }
         partitions.rewind(consumer);
         // Their changelog holds their state, with or without the transaction's.

@@ -34,6 +34,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::commit::still_assigned;
+
 /// How long a member ID read is used again.
 pub const MEMBER_ID_FRESH: Duration = Duration::from_millis(20);
 
@@ -49,7 +51,7 @@ impl Membership {
     /// while librdkafka joins again), read by `now` only when that could
     /// say so. Nothing held, or nothing recorded: nothing changed.
     pub fn changed<'a>(&self, holding: bool, now: impl FnOnce() -> Option<&'a str>) -> bool {
-        holding && self.assigned_to.is_some() && self.assigned_to.as_deref() != now()
+        holding && !still_assigned(self.assigned_to.as_deref(), now)
     }
 
     /// Partitions were assigned to the member ID `now`.
