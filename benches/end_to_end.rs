@@ -40,6 +40,7 @@ use harness::load::{self, Load};
 use harness::measure::{self, CommittedOffsets, Cpu, Latency, MIB};
 use harness::peer::Peer;
 use harness::report::Report;
+use harness::timeline::Timeline;
 use rdkafka::message::Message;
 
 /// The harness's session timeout (`Setup`'s classic group settings), which
@@ -53,6 +54,9 @@ struct Sizes {
     /// Workflows left open for the memory and failover figures.
     open: usize,
     latency_phase: Duration,
+    /// The pass-through's unmeasured latency phase that warms the broker
+    /// before the measured ones, under each guarantee.
+    warm_up: Duration,
     /// Rounds of each contender, alternating.
     rounds: usize,
 }
@@ -65,10 +69,18 @@ fn sizes(full: bool) -> Sizes {
             workflows: env("BENCH_WORKFLOWS", 1_000_000),
             open: env("BENCH_OPEN_WORKFLOWS", 1_000_000),
             latency_phase: Duration::from_secs(env("BENCH_LATENCY_SECONDS", 20) as u64),
+            warm_up: Duration::from_secs(env("BENCH_WARM_UP_SECONDS", 20) as u64),
             rounds: env("BENCH_ROUNDS", 2),
         }
     } else {
-        Sizes { partitions: 4, workflows: 3_000, open: 3_000, latency_phase: Duration::from_secs(3), rounds: 1 }
+        Sizes {
+            partitions: 4,
+            workflows: 3_000,
+            open: 3_000,
+            latency_phase: Duration::from_secs(3),
+            warm_up: Duration::ZERO,
+            rounds: 1,
+        }
     }
 }
 
@@ -230,11 +242,33 @@ fn one_guarantee(
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(junction.events_per_second / 2.0);
+    // The broker's JIT compiles the paths of this load (small produce
+    // requests, read_committed fetches) for its first 20 s or so, taking up
+    // to 0.8 of a core meanwhile: whoever is measured first would pay for
+    // it. A broker in service has long compiled them.
+    if !sizes.warm_up.is_zero() {
+        let warm = pass_through_latency(broker, base, guarantee, rate, sizes.warm_up);
+        report.line(
+            &format!("{guarantee}: the broker's warm-up (pass-through, not counted): latency p99"),
+            warm.quantile(0.99),
+            "ms",
+        );
+    }
     let (j, setup) = last.take().expect("junction ran");
     let cpu = Cpu::start(broker, "junction", j.pid());
     let commits_before = commit_totals(&j);
+    let peer_pid = last_peer.as_ref().and_then(|(p, _)| p.pid());
+    let timeline = Timeline::start(&[
+        ("broker", broker.pid()),
+        ("junction", j.pid()),
+        ("peer", peer_pid),
+        ("benchmark", Some(std::process::id())),
+    ]);
     let latency =
         measure::latency_phase(broker, latency_input(&setup), &setup.output, false, rate, sizes.latency_phase);
+    if let Some(timeline) = timeline {
+        timeline.print(&latency);
+    }
     cpu.report(report, &format!("{guarantee}: junction's latency phase"));
     let commits_after = commit_totals(&j);
     report.line(
@@ -247,22 +281,24 @@ fn one_guarantee(
     junction.peak_resident_mib = junction.peak_resident_mib.max(peak_mib(j.pid()));
 
     if let Some((mut p, setup)) = last_peer.take() {
+        let timeline = Timeline::start(&[
+            ("broker", broker.pid()),
+            ("junction", j.pid()),
+            ("peer", p.pid()),
+            ("benchmark", Some(std::process::id())),
+        ]);
         let latency =
             measure::latency_phase(broker, latency_input(&setup), &setup.output, false, rate, sizes.latency_phase);
+        if let Some(timeline) = timeline {
+            timeline.print(&latency);
+        }
         latency.report(report, &format!("{guarantee}: kafka streams"));
         streams.latency = Some(three(&latency));
         streams.peak_resident_mib = streams.peak_resident_mib.max(peak_mib(p.pid()));
         assert!(p.terminate(), "the Kafka Streams peer closes on SIGTERM");
     }
     if runs("ceiling") {
-        let setup = fresh_application(broker, base, guarantee);
-        let output = format!("{}-passthrough", setup.app);
-        broker.create_topic(&output, setup.partitions);
-        let input = latency_input(&setup);
-        let (stop, running) = PassThrough::new(&bench_config(&setup), &setup.app, input, &output).in_background();
-        let latency = measure::latency_phase(broker, input, &output, true, rate, sizes.latency_phase);
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        running.join().unwrap();
+        let latency = pass_through_latency(broker, base, guarantee, rate, sizes.latency_phase);
         latency.report(report, &format!("{guarantee}: ceiling"));
         ceiling.latency = Some(three(&latency));
     }
@@ -274,6 +310,26 @@ fn one_guarantee(
         figures.push(("ceiling", ceiling));
     }
     (figures, (j, setup))
+}
+
+/// The latency of a fresh pass-through, reading the records of a latency
+/// phase from its own input topic and copying them to its own output.
+fn pass_through_latency(
+    broker: &Broker,
+    base: &Setup,
+    guarantee: &'static str,
+    rate: f64,
+    length: Duration,
+) -> Latency {
+    let setup = fresh_application(broker, base, guarantee);
+    let output = format!("{}-passthrough", setup.app);
+    broker.create_topic(&output, setup.partitions);
+    let input = latency_input(&setup);
+    let (stop, running) = PassThrough::new(&bench_config(&setup), &setup.app, input, &output).in_background();
+    let latency = measure::latency_phase(broker, input, &output, true, rate, length);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    running.join().unwrap();
+    latency
 }
 
 fn three(l: &Latency) -> (f64, f64, f64) {

@@ -171,6 +171,8 @@ pub struct Latency {
     /// The part of each sample up to the outcome's sending (the record's own
     /// timestamp), sorted on its own.
     pub to_sent_ms: Vec<i64>,
+    /// Each sample beside the time its deciding step was sent, in the order read.
+    pub by_sent: Vec<(i64, i64)>,
     pub events_per_second: f64,
 }
 
@@ -249,10 +251,7 @@ pub fn latency_phase(
                 let sent = last_sent[index].load(Ordering::SeqCst);
                 if sent >= first_counted {
                     let produced = m.timestamp().to_millis().unwrap_or(now);
-                    samples.push((now - sent, produced - sent));
-                    if std::env::var_os("BENCH_LATENCY_TRACE").is_some() && now - sent > 150 {
-                        eprintln!("slow outcome: sent {sent} produced {produced} read {now} ({} ms)", now - sent);
-                    }
+                    samples.push((sent, now - sent, produced - sent));
                 }
             }
             assert_eq!(seen, workflows, "every workflow of the latency phase has its outcome");
@@ -287,10 +286,12 @@ pub fn latency_phase(
     done.store(true, Ordering::SeqCst);
     let samples = reading.join().unwrap();
     assert!(!samples.is_empty(), "latency samples were taken");
-    let (mut samples_ms, mut to_sent_ms): (Vec<i64>, Vec<i64>) = samples.into_iter().unzip();
+    let by_sent: Vec<(i64, i64)> = samples.iter().map(|&(sent, ms, _)| (sent, ms)).collect();
+    let (mut samples_ms, mut to_sent_ms): (Vec<i64>, Vec<i64>) =
+        samples.into_iter().map(|(_, ms, to_sent)| (ms, to_sent)).unzip();
     samples_ms.sort_unstable();
     to_sent_ms.sort_unstable();
-    Latency { samples_ms, to_sent_ms, events_per_second }
+    Latency { samples_ms, to_sent_ms, by_sent, events_per_second }
 }
 
 fn workflow_index(m: &BorrowedMessage<'_>, prefix: &str) -> Option<usize> {
@@ -391,7 +392,7 @@ impl Cpu {
 }
 
 /// CPU seconds of a process's threads so far, summed by thread name.
-fn thread_cpu_seconds(pid: Option<u32>) -> HashMap<String, f64> {
+pub fn thread_cpu_seconds(pid: Option<u32>) -> HashMap<String, f64> {
     let mut out = HashMap::new();
     let Some(pid) = pid else { return out };
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return out };

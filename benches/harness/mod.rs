@@ -7,3 +7,4 @@ pub mod load;
 pub mod measure;
 pub mod peer;
 pub mod report;
+pub mod timeline;
