@@ -8,12 +8,15 @@
 #                             failover; prints Markdown tables. Sizes:
 #                             BENCH_WORKFLOWS, BENCH_OPEN_WORKFLOWS,
 #                             BENCH_PARTITIONS, BENCH_LATENCY_SECONDS,
-#                             BENCH_LATENCY_RATE, BENCH_ROUNDS; subsets:
+#                             BENCH_LATENCY_RATE, BENCH_ROUNDS, the broker's
+#                             warm-up BENCH_WARM_UP_SECONDS (20); subsets:
 #                             BENCH_GUARANTEES, BENCH_CONTENDERS; the load's
 #                             partitioner: BENCH_PARTITIONER (default
 #                             murmur2_random, every record on its workflow's
 #                             home partition; consistent_random, librdkafka's
-#                             default, puts three in four elsewhere)
+#                             default, puts three in four elsewhere);
+#                             BENCH_LATENCY_TIMELINE=1 prints each latency
+#                             phase 250 ms at a time
 #   scripts/bench.sh --instructions  instructions per event on the hot path,
 #                             counted by callgrind on a fixed input, joined at
 #                             once (exactly_once) and held for a marker
