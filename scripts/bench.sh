@@ -15,8 +15,8 @@
 #                             murmur2_random, every record on its workflow's
 #                             home partition; consistent_random, librdkafka's
 #                             default, puts three in four elsewhere);
-#                             BENCH_LATENCY_TIMELINE=1 prints each latency
-#                             phase 250 ms at a time
+#                             BENCH_LATENCY_TIMELINE=1 prints junction's and
+#                             the peer's latency phases 250 ms at a time
 #   scripts/bench.sh --instructions  instructions per event on the hot path,
 #                             counted by callgrind on a fixed input, joined at
 #                             once (exactly_once) and held for a marker

@@ -15,6 +15,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::load::{load_producer, send_waiting, STEPS};
 use super::report::Report;
+use super::timeline;
 use crate::common::{self, Broker};
 
 pub const MIB: f64 = 1024.0 * 1024.0;
@@ -171,7 +172,8 @@ pub struct Latency {
     /// The part of each sample up to the outcome's sending (the record's own
     /// timestamp), sorted on its own.
     pub to_sent_ms: Vec<i64>,
-    /// Each sample beside the time its deciding step was sent, in the order read.
+    /// With a timeline ([`super::timeline::wanted`]), each sample beside
+    /// the time its deciding step was sent, in the order read; else empty.
     pub by_sent: Vec<(i64, i64)>,
     pub events_per_second: f64,
 }
@@ -286,7 +288,8 @@ pub fn latency_phase(
     done.store(true, Ordering::SeqCst);
     let samples = reading.join().unwrap();
     assert!(!samples.is_empty(), "latency samples were taken");
-    let by_sent: Vec<(i64, i64)> = samples.iter().map(|&(sent, ms, _)| (sent, ms)).collect();
+    let by_sent: Vec<(i64, i64)> =
+        if timeline::wanted() { samples.iter().map(|&(sent, ms, _)| (sent, ms)).collect() } else { Vec::new() };
     let (mut samples_ms, mut to_sent_ms): (Vec<i64>, Vec<i64>) =
         samples.into_iter().map(|(_, ms, to_sent)| (ms, to_sent)).unzip();
     samples_ms.sort_unstable();
@@ -391,18 +394,34 @@ impl Cpu {
     }
 }
 
-/// CPU seconds of a process's threads so far, summed by thread name.
-pub fn thread_cpu_seconds(pid: Option<u32>) -> HashMap<String, f64> {
+/// One thread's name and CPU seconds so far.
+pub struct ThreadCpu {
+    pub name: String,
+    pub seconds: f64,
+}
+
+/// CPU seconds of a process's threads so far, by thread ID.
+pub fn thread_cpu(pid: Option<u32>) -> HashMap<u32, ThreadCpu> {
     let mut out = HashMap::new();
     let Some(pid) = pid else { return out };
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return out };
     for task in tasks.flatten() {
+        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else { continue };
         let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
         let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
         let name = stat[open + 1..close].trim_end_matches(|c: char| c.is_ascii_digit() || c == '-').to_string();
         let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
         let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        *out.entry(name).or_insert(0.0) += (ticks(11) + ticks(12)) / 100.0;
+        out.insert(tid, ThreadCpu { name, seconds: (ticks(11) + ticks(12)) / 100.0 });
+    }
+    out
+}
+
+/// CPU seconds of a process's threads so far, summed by thread name.
+fn thread_cpu_seconds(pid: Option<u32>) -> HashMap<String, f64> {
+    let mut out = HashMap::new();
+    for thread in thread_cpu(pid).into_values() {
+        *out.entry(thread.name).or_insert(0.0) += thread.seconds;
     }
     out
 }
