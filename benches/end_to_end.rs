@@ -258,13 +258,7 @@ fn one_guarantee(
     let (j, setup) = last.take().expect("junction ran");
     let cpu = Cpu::start(broker, "junction", j.pid());
     let commits_before = commit_totals(&j);
-    let peer_pid = last_peer.as_ref().and_then(|(p, _)| p.pid());
-    let timeline = Timeline::start(&[
-        ("broker", broker.pid()),
-        ("junction", j.pid()),
-        ("peer", peer_pid),
-        ("benchmark", Some(std::process::id())),
-    ]);
+    let timeline = phase_timeline(broker, j.pid(), last_peer.as_ref().and_then(|(p, _)| p.pid()));
     let latency =
         measure::latency_phase(broker, latency_input(&setup), &setup.output, false, rate, sizes.latency_phase);
     cpu.report(report, &format!("{guarantee}: junction's latency phase"));
@@ -282,12 +276,7 @@ fn one_guarantee(
     junction.peak_resident_mib = junction.peak_resident_mib.max(peak_mib(j.pid()));
 
     if let Some((mut p, setup)) = last_peer.take() {
-        let timeline = Timeline::start(&[
-            ("broker", broker.pid()),
-            ("junction", j.pid()),
-            ("peer", p.pid()),
-            ("benchmark", Some(std::process::id())),
-        ]);
+        let timeline = phase_timeline(broker, j.pid(), p.pid());
         let latency =
             measure::latency_phase(broker, latency_input(&setup), &setup.output, false, rate, sizes.latency_phase);
         if let Some(timeline) = timeline {
@@ -311,6 +300,17 @@ fn one_guarantee(
         figures.push(("ceiling", ceiling));
     }
     (figures, (j, setup))
+}
+
+/// A latency phase's timeline, when wanted, of the processes that share the
+/// cores during it.
+fn phase_timeline(broker: &Broker, junction: Option<u32>, peer: Option<u32>) -> Option<Timeline> {
+    Timeline::start(&[
+        ("broker", broker.pid()),
+        ("junction", junction),
+        ("peer", peer),
+        ("benchmark", Some(std::process::id())),
+    ])
 }
 
 /// The latency of a fresh pass-through, reading the records of a latency
