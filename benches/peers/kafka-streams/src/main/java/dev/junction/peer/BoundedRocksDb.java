@@ -5,6 +5,7 @@ import org.apache.kafka.streams.state.RocksDBConfigSetter;
 import org.rocksdb.BlockBasedTableConfig;
 import org.rocksdb.Cache;
 import org.rocksdb.CompressionType;
+import org.rocksdb.IndexType;
 import org.rocksdb.LRUCache;
 import org.rocksdb.Options;
 import org.rocksdb.RocksDB;
@@ -15,7 +16,7 @@ import org.rocksdb.WriteBufferManager;
  * {@code state.memory_bytes} bounds its own (128 MiB, of which 32 MiB for
  * memtables): one block cache shared by all stores, with memtables charged
  * to it, and index and filter blocks in it (Kafka Streams' documented
- * "BoundedMemoryRocksDBConfig"). Memtables are 16 MiB each, as Kafka
+ * "BoundedMemoryRocksDBConfig"), partitioned. Memtables are 16 MiB each, as Kafka
  * Streams' default, and LZ4 compresses the SST files, as junction's.
  */
 public final class BoundedRocksDb implements RocksDBConfigSetter {
@@ -37,6 +38,12 @@ public final class BoundedRocksDb implements RocksDBConfigSetter {
         table.setBlockCache(CACHE);
         table.setCacheIndexAndFilterBlocks(true);
         table.setCacheIndexAndFilterBlocksWithHighPriority(true);
+        // Partitioned, as junction's (the top level pinned above only exists
+        // then): a large file's single filter block would not stay in a
+        // shard of the cache, and would be read again at every lookup.
+        table.setIndexType(IndexType.kTwoLevelIndexSearch);
+        table.setPartitionFilters(true);
+        table.setMetadataBlockSize(4096);
         table.setPinTopLevelIndexAndFilter(true);
         options.setWriteBufferManager(WRITE_BUFFERS);
         options.setTableFormatConfig(table);
