@@ -36,8 +36,8 @@
 use std::path::{Path, PathBuf};
 
 use rocksdb::{
-    BlockBasedIndexType, BlockBasedOptions, Cache, DBCompactionStyle, DBCompressionType, Direction, Env, IteratorMode, Options,
-    UniversalCompactOptions, WriteBatch, WriteBufferManager, WriteOptions, DB,
+    BlockBasedIndexType, BlockBasedOptions, Cache, DBCompactionStyle, DBCompressionType, Direction, Env, IteratorMode,
+    Options, UniversalCompactOptions, WriteBatch, WriteBufferManager, WriteOptions, DB,
 };
 use tracing::warn;
 
