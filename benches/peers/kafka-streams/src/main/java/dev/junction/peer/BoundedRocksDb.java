@@ -38,7 +38,7 @@ public final class BoundedRocksDb implements RocksDBConfigSetter {
         table.setBlockCache(CACHE);
         table.setCacheIndexAndFilterBlocks(true);
         table.setCacheIndexAndFilterBlocksWithHighPriority(true);
-        // Partitioned, as junction's (the top level pinned above only exists
+        // Partitioned, as junction's (the top level pinned below only exists
         // then): a large file's single filter block would not stay in a
         // shard of the cache, and would be read again at every lookup.
         table.setIndexType(IndexType.kTwoLevelIndexSearch);
