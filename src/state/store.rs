@@ -118,8 +118,8 @@ impl StoreMemory {
         StoreMemory::with_cache(Cache::new_lru_cache(total), write_buffers)
     }
 
-    /// The block cache `cache` for the block cache and memtables together,
-    /// of which at most `write_buffers` for memtables.
+    /// `cache` for the block cache and memtables together, of which at most
+    /// `write_buffers` for memtables.
     fn with_cache(cache: Cache, write_buffers: usize) -> StoreMemory {
         let manager = WriteBufferManager::new_write_buffer_manager_with_cache(write_buffers, false, cache.clone());
         let env = Env::new().ok().map(|mut env| {
@@ -502,7 +502,7 @@ mod tests {
             b.put_state(&format!("workflow-{i}"), b"state", Some(i));
         }
         store.write(b).unwrap();
-        store.db.flush().unwrap();
+        store.flush().unwrap();
         store.db.compact_range(None::<&[u8]>, None::<&[u8]>);
         // Spread through the states' keys, so that they meet every part of the filter.
         let absent: Vec<String> = (0..1_000).map(|i| format!("workflow-{}-absent", i * 300)).collect();
