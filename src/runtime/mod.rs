@@ -10,6 +10,8 @@
 //! - [`input_watch`]: notices input topics that gain partitions;
 //! - [`group_watch`]: notices home partitions no member of a classic group
 //!   holds, and has one member join again;
+//! - [`rejoin`]: joins the group again claiming no partition (it leaves,
+//!   and subscribes again once librdkafka has let go of every one);
 //! - [`partitions`]: each partition's lifecycle (opening, restoring, active,
 //!   stopped);
 //! - [`opener`]: opens and checks an assigned partition's store, off the
@@ -61,6 +63,7 @@ pub mod membership;
 pub mod opener;
 pub mod partitions;
 pub mod rebalance;
+pub mod rejoin;
 pub mod source;
 pub mod stream_thread;
 pub mod task;

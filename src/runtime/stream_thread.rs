@@ -27,6 +27,7 @@ use crate::runtime::engine::{lock, Engine};
 use crate::runtime::instance::Instance;
 use crate::runtime::partitions::Partitions;
 use crate::runtime::rebalance::Callbacks;
+use crate::runtime::rejoin::Rejoin;
 use crate::runtime::{group_watch, input_watch};
 use crate::time::now_ms;
 
@@ -253,6 +254,7 @@ fn poll_loop(
     let mut next_publish = Instant::now() + PUBLISH_INTERVAL;
     let mut next_size_report = Instant::now();
     let mut reachability = Reachability::default();
+    let mut rejoin = Rejoin::default();
     loop {
         if view.shutdown.load(Ordering::SeqCst) {
             return Ok(Ended::Shutdown);
@@ -272,11 +274,12 @@ fn poll_loop(
                 e.grow_inputs(consumer, &counts);
             }
             if let Ok(o) = orphans.try_recv() {
-                rejoin_for(config, consumer, &o);
+                rejoin_for(consumer, &o, &mut rejoin);
             }
             if e.take_rejoin() {
-                join_again(config, consumer);
+                rejoin.begin(consumer);
             }
+            rejoin.step(consumer, &config.kafka.repartition_topic());
             if e.partitions.is_restoring() {
                 let budget = if e.partitions.has_active() { RESTORE_SLICE } else { MAX_POLL_WAIT };
                 e.partitions.restore_step(consumer, budget);
@@ -366,9 +369,9 @@ fn give_up_before_leaving(engine: &Mutex<Engine>, consumer: &BaseConsumer<Callba
 /// Has the leader assign home partitions that no member holds (see
 /// [`group_watch`]): the member with the smallest ID leaves the group and
 /// joins it again, which starts a rebalance.
-fn rejoin_for(config: &Config, consumer: &BaseConsumer<Callbacks>, orphans: &group_watch::Orphans) {
+fn rejoin_for(consumer: &BaseConsumer<Callbacks>, orphans: &group_watch::Orphans, rejoin: &mut Rejoin) {
     let Some(me) = group_state::member_id(consumer) else { return };
-    if orphans.members.iter().min() != Some(&me) {
+    if orphans.members.iter().min() != Some(&me) || rejoin.is_under_way() {
         return;
     }
     warn!(
@@ -376,16 +379,7 @@ fn rejoin_for(config: &Config, consumer: &BaseConsumer<Callbacks>, orphans: &gro
         "home partitions held by no member of the group (a static member restarted in the middle of a \
          cooperative rebalance): joining the group again to have them assigned"
     );
-    join_again(config, consumer);
-}
-
-/// Leaves the group and joins it again, claiming no partition: the group
-/// assigns them afresh (see [`crate::runtime::membership`]).
-fn join_again(config: &Config, consumer: &BaseConsumer<Callbacks>) {
-    consumer.unsubscribe();
-    if let Err(e) = consumer.subscribe(&[&config.kafka.repartition_topic()]) {
-        warn!(error = %e, "cannot subscribe again to the repartition topic");
-    }
+    rejoin.begin(consumer);
 }
 
 /// Up to [`MAX_BATCH`] records: waits up to `wait` for the first, then
