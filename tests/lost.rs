@@ -101,49 +101,7 @@ fn frozen_past_its_session(guarantee: &'static str) {
 /// workflow's outcome once, and `a` says it gave its partitions up.
 #[test]
 fn a_stream_thread_stuck_while_its_group_rebalances_decides_nothing_twice() {
-    const HOMES: i32 = 6;
-    let broker = Arc::new(Broker::kafka());
-    let mut setup = Setup::new(&broker, HOMES);
-    setup.guarantee = "exactly_once";
-    // The least librdkafka takes with the tests' 6 s session.
-    setup.properties.push(("max.poll.interval.ms".into(), "7000".into()));
-    let work = tempfile::tempdir().unwrap();
-    let (mut a, mut b) = Junction::start_two(&setup, work.path());
-    let load = Load::start(&broker, &setup.input, "stuck");
-    broker.reader(&setup.output).read_until("outcomes under load", |r| r.len() >= 1_000);
-    let held_by_a = a.assigned();
-    let stall = a.stall_stream_thread(Duration::from_secs(20));
-    // c's arrival starts a rebalance that a's stream thread cannot take part in.
-    let mut c = Junction::start(&setup, work.path(), "c");
-    wait_until("b and c to hold every partition", || b.assigned().len() + c.assigned().len() == HOMES as usize);
-    let seen = broker.reader(&setup.output).read_for(Duration::from_millis(500)).len();
-    broker.reader(&setup.output).read_until("b's and c's outcomes", |r| r.len() >= seen + 500);
-    let mut stall = stall;
-    stall.wait().unwrap();
-    wait_until("every partition held once again", || {
-        let held: Vec<i32> = [&a, &b, &c].into_iter().flat_map(Junction::assigned).collect();
-        let mut unique = held.clone();
-        unique.sort_unstable();
-        unique.dedup();
-        held.len() == HOMES as usize && unique.len() == HOMES as usize
-    });
-    std::thread::sleep(Duration::from_secs(2));
-    let (workflows, _) = load.finish();
-
-    let records = broker.reader(&setup.output).every_outcome(workflows, Duration::from_secs(3));
-    let log = a.logs();
-    let repeats = assert_one_outcome_each(&records, workflows);
-    assert_eq!(repeats, 0, "a read_committed reader saw repeated outcomes; a's log:\n{log}");
-    assert!(log.contains("partitions lost"), "a gives up the partitions {held_by_a:?}:\n{log}");
-    for j in [&mut a, &mut b, &mut c] {
-        assert!(!j.logs().contains("panicked"), "a panic:\n{}", j.logs());
-        assert!(j.terminate(), "exits 0 on SIGTERM");
-    }
-    println!(
-        "stuck while rebalancing: {workflows} workflows, {} outcome records, no repeat; a held {held_by_a:?} \
-         and gave them up",
-        records.len()
-    );
+    stuck_while_rebalancing(Takers::Stay);
 }
 
 /// As above, but the members that took the stuck member's partitions are
@@ -157,6 +115,22 @@ fn a_stream_thread_stuck_while_its_group_rebalances_decides_nothing_twice() {
 /// counted by the group as one instance's).
 #[test]
 fn partitions_given_up_in_a_rebalance_are_held_again_when_no_other_member_claims_them() {
+    stuck_while_rebalancing(Takers::Killed);
+}
+
+/// What becomes of the members that took the stuck member's partitions
+/// before its stream thread goes on.
+#[derive(PartialEq)]
+enum Takers {
+    Stay,
+    Killed,
+}
+
+/// Two instances, `a` and `b`, under load; `a`'s stream thread is stuck
+/// while `c` joins, until `b` and `c` hold every partition and decide.
+/// Then `a` goes on; every partition must be held once by the instances
+/// still running, and every workflow decided once.
+fn stuck_while_rebalancing(takers: Takers) {
     const HOMES: i32 = 6;
     let broker = Arc::new(Broker::kafka());
     let mut setup = Setup::new(&broker, HOMES);
@@ -165,32 +139,49 @@ fn partitions_given_up_in_a_rebalance_are_held_again_when_no_other_member_claims
     setup.properties.push(("max.poll.interval.ms".into(), "7000".into()));
     let work = tempfile::tempdir().unwrap();
     let (mut a, mut b) = Junction::start_two(&setup, work.path());
-    let load = Load::start(&broker, &setup.input, "claimed");
+    let load = Load::start(&broker, &setup.input, "stuck");
     broker.reader(&setup.output).read_until("outcomes under load", |r| r.len() >= 1_000);
     let held_by_a = a.assigned();
     let mut stall = a.stall_stream_thread(Duration::from_secs(20));
+    // c's arrival starts a rebalance that a's stream thread cannot take part in.
     let mut c = Junction::start(&setup, work.path(), "c");
     wait_until("b and c to hold every partition", || b.assigned().len() + c.assigned().len() == HOMES as usize);
     let seen = broker.reader(&setup.output).read_for(Duration::from_millis(500)).len();
     broker.reader(&setup.output).read_until("b's and c's outcomes", |r| r.len() >= seen + 500);
-    b.kill();
-    c.kill();
+    let mut running = vec![&mut a];
+    if takers == Takers::Killed {
+        b.kill();
+        c.kill();
+    } else {
+        running.extend([&mut b, &mut c]);
+    }
     stall.wait().unwrap();
-    wait_until("a to hold every partition", || a.assigned().len() == HOMES as usize);
+    wait_until("every partition held once again", || {
+        let held: Vec<i32> = running.iter().flat_map(|j| j.assigned()).collect();
+        let mut unique = held.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        held.len() == HOMES as usize && unique.len() == HOMES as usize
+    });
     std::thread::sleep(Duration::from_secs(2));
     let (workflows, _) = load.finish();
 
     let records = broker.reader(&setup.output).every_outcome(workflows, Duration::from_secs(3));
-    let log = a.logs();
+    let log = running[0].logs();
     let repeats = assert_one_outcome_each(&records, workflows);
     assert_eq!(repeats, 0, "a read_committed reader saw repeated outcomes; a's log:\n{log}");
     assert!(log.contains("partitions lost"), "a gives up the partitions {held_by_a:?}:\n{log}");
-    assert!(log.contains("joining the group again, claiming no partition"), "a joins again:\n{log}");
-    assert!(!log.contains("panicked"), "a panic:\n{log}");
-    assert!(a.terminate(), "exits 0 on SIGTERM");
+    if takers == Takers::Killed {
+        assert!(log.contains("joining the group again, claiming no partition"), "a joins again:\n{log}");
+    }
+    for j in running {
+        assert!(!j.logs().contains("panicked"), "a panic:\n{}", j.logs());
+        assert!(j.terminate(), "exits 0 on SIGTERM");
+    }
+    let alone = if takers == Takers::Killed { ", alone once the others were killed," } else { "" };
     println!(
-        "claimed by none but the stuck member: {workflows} workflows, {} outcome records, no repeat; a held \
-         {held_by_a:?}, gave them up, and holds every partition again",
+        "stuck while rebalancing: {workflows} workflows, {} outcome records, no repeat; a held {held_by_a:?}, \
+         gave them up{alone} and holds its share again",
         records.len()
     );
 }
