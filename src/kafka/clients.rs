@@ -208,6 +208,13 @@ pub fn classic_session(config: &KafkaConfig) -> (Duration, Duration) {
     (ms("session.timeout.ms", 45_000), ms("heartbeat.interval.ms", 3_000))
 }
 
+/// The consumer's `max.poll.interval.ms` (librdkafka's default: 300 s).
+pub fn max_poll_interval(config: &KafkaConfig) -> Duration {
+    Duration::from_millis(
+        config.properties.get("max.poll.interval.ms").and_then(|v| v.trim().parse().ok()).unwrap_or(300_000),
+    )
+}
+
 /// The `message.timeout.ms` the user set (or its alias `delivery.timeout.ms`), if any.
 pub fn configured_message_timeout(config: &KafkaConfig) -> Option<Duration> {
     ["message.timeout.ms", "delivery.timeout.ms"]

@@ -135,6 +135,8 @@ impl Engine {
         }
         self.membership.forget();
         self.commits.take_refused_membership();
+        // The new consumer joins claiming nothing.
+        self.rejoin = false;
     }
 
     /// Replaces the clients made before the broker restart that stranded

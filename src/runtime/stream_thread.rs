@@ -27,7 +27,7 @@ use crate::runtime::engine::{lock, Engine};
 use crate::runtime::instance::Instance;
 use crate::runtime::partitions::Partitions;
 use crate::runtime::rebalance::Callbacks;
-use crate::runtime::rejoin::Rejoin;
+use crate::runtime::rejoin::{Rejoin, Step};
 use crate::runtime::{group_watch, input_watch};
 use crate::time::now_ms;
 
@@ -104,7 +104,8 @@ pub fn run(config: Arc<Config>, view: Arc<View>, runtime: tokio::runtime::Handle
     // again soon after, another instance has its ID.
     let mut fenced_at: Option<Instant> = None;
     let result = loop {
-        match poll_loop(&config, &view, &engine, &consumer, &grown, &orphans) {
+        let rejoin = Rejoin::new(clients::max_poll_interval(&config.kafka) + layout.session.0);
+        match poll_loop(&config, &view, &engine, &consumer, &grown, &orphans, rejoin) {
             Ok(Ended::Fenced) if fenced_at.is_none_or(|t| t.elapsed() > layout.session.0 * 2) => {
                 warn!(
                     "the group coordinator fenced this static member, though another instance may not have its ID \
@@ -128,6 +129,15 @@ pub fn run(config: Arc<Config>, view: Arc<View>, runtime: tokio::runtime::Handle
                     e.start_over(&consumer, "librdkafka stranded the input consumer");
                     e.renew_clients();
                 }
+                drop(consumer);
+                consumer = join()?;
+            }
+            Ok(Ended::Unreleased) => {
+                warn!(
+                    "librdkafka kept home partitions after this instance left its group to join it again: giving \
+                     every partition up as lost and joining the group again with a new consumer"
+                );
+                lock(&engine).start_over(&consumer, "librdkafka kept home partitions after leaving the group");
                 drop(consumer);
                 consumer = join()?;
             }
@@ -238,6 +248,9 @@ enum Ended {
     Fenced,
     /// The consumer reaches no broker, though the cluster answers a new client.
     Stranded,
+    /// The consumer left its group to join it again, and librdkafka never
+    /// let go of its home partitions (see [`crate::runtime::rejoin`]).
+    Unreleased,
 }
 
 /// The loop itself, until shutdown or an error.
@@ -248,13 +261,13 @@ fn poll_loop(
     consumer: &BaseConsumer<Callbacks>,
     grown: &Receiver<input_watch::Counts>,
     orphans: &Receiver<group_watch::Orphans>,
+    mut rejoin: Rejoin,
 ) -> anyhow::Result<Ended> {
     let interval = config.kafka.commit_interval;
     let mut next_commit = Instant::now() + interval;
     let mut next_publish = Instant::now() + PUBLISH_INTERVAL;
     let mut next_size_report = Instant::now();
     let mut reachability = Reachability::default();
-    let mut rejoin = Rejoin::default();
     loop {
         if view.shutdown.load(Ordering::SeqCst) {
             return Ok(Ended::Shutdown);
@@ -279,7 +292,9 @@ fn poll_loop(
             if e.take_rejoin() {
                 rejoin.begin(consumer);
             }
-            rejoin.step(consumer, &config.kafka.repartition_topic());
+            if rejoin.step(consumer, &config.kafka.repartition_topic()) == Step::Stuck {
+                return Ok(Ended::Unreleased);
+            }
             if e.partitions.is_restoring() {
                 let budget = if e.partitions.has_active() { RESTORE_SLICE } else { MAX_POLL_WAIT };
                 e.partitions.restore_step(consumer, budget);
