@@ -202,17 +202,17 @@ pub fn producer_config(
 /// consumer protocol the broker sets them: see
 /// [`crate::kafka::topics::group_session`].)
 pub fn classic_session(config: &KafkaConfig) -> (Duration, Duration) {
-    let ms = |name: &str, default: u64| {
-        Duration::from_millis(config.properties.get(name).and_then(|v| v.trim().parse().ok()).unwrap_or(default))
-    };
-    (ms("session.timeout.ms", 45_000), ms("heartbeat.interval.ms", 3_000))
+    (millis(config, "session.timeout.ms", 45_000), millis(config, "heartbeat.interval.ms", 3_000))
 }
 
 /// The consumer's `max.poll.interval.ms` (librdkafka's default: 300 s).
 pub fn max_poll_interval(config: &KafkaConfig) -> Duration {
-    Duration::from_millis(
-        config.properties.get("max.poll.interval.ms").and_then(|v| v.trim().parse().ok()).unwrap_or(300_000),
-    )
+    millis(config, "max.poll.interval.ms", 300_000)
+}
+
+/// The client property `name`, in milliseconds, or `default` where unset.
+fn millis(config: &KafkaConfig, name: &str, default: u64) -> Duration {
+    Duration::from_millis(config.properties.get(name).and_then(|v| v.trim().parse().ok()).unwrap_or(default))
 }
 
 /// The `message.timeout.ms` the user set (or its alias `delivery.timeout.ms`), if any.

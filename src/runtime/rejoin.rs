@@ -29,6 +29,8 @@ use tracing::{info, warn};
 /// A join under way: unsubscribed, waiting for librdkafka to let go.
 #[derive(Debug)]
 pub struct Rejoin {
+    /// The repartition topic, whose partitions are the home partitions.
+    topic: String,
     /// How long librdkafka may take (see [`Rejoin::new`]).
     limit: Duration,
     since: Option<Instant>,
@@ -47,11 +49,12 @@ pub enum Step {
 }
 
 impl Rejoin {
+    /// For the group's subscription to `topic` (the repartition topic).
     /// `limit`: the longest a rebalance can postpone the unsubscribe (it
     /// waits for a slow member up to its `max.poll.interval.ms`) and its
     /// session end, after which the consumer is given up.
-    pub fn new(limit: Duration) -> Rejoin {
-        Rejoin { limit, since: None, complained: false }
+    pub fn new(topic: String, limit: Duration) -> Rejoin {
+        Rejoin { topic, limit, since: None, complained: false }
     }
 
     /// Leaves the group, unless a join is already under way.
@@ -69,18 +72,18 @@ impl Rejoin {
         self.since.is_some()
     }
 
-    /// Subscribes to `topic` again once librdkafka holds none of its
-    /// partitions (the home partitions).
+    /// Subscribes to the repartition topic again once librdkafka holds none
+    /// of its partitions (the home partitions).
     ///
     /// The consumer's assignment is what says so: librdkafka takes a
     /// partition out of the group assignment that a join claims as soon as
     /// it queues its revoke, and out of the consumer's assignment once the
     /// callback has given it up. (The subscription cannot say it: it reads
     /// empty while an unsubscribe is postponed.)
-    pub fn step<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, topic: &str) -> Step {
+    pub fn step<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Step {
         let Some(since) = self.since else { return Step::Idle };
         let held: Vec<i32> = match consumer.assignment() {
-            Ok(list) => list.elements().iter().filter(|e| e.topic() == topic).map(|e| e.partition()).collect(),
+            Ok(list) => list.elements().iter().filter(|e| e.topic() == self.topic).map(|e| e.partition()).collect(),
             Err(e) => {
                 self.complain(|| warn!(error = %e, "cannot read the consumer's assignment; trying again"));
                 return Step::Waiting;
@@ -98,7 +101,7 @@ impl Rejoin {
             }
             return Step::Waiting;
         }
-        if let Err(e) = consumer.subscribe(&[topic]) {
+        if let Err(e) = consumer.subscribe(&[&self.topic]) {
             self.complain(|| warn!(error = %e, "cannot subscribe again to the repartition topic; trying again"));
             return Step::Waiting;
         }

@@ -104,7 +104,8 @@ pub fn run(config: Arc<Config>, view: Arc<View>, runtime: tokio::runtime::Handle
     // again soon after, another instance has its ID.
     let mut fenced_at: Option<Instant> = None;
     let result = loop {
-        let rejoin = Rejoin::new(clients::max_poll_interval(&config.kafka) + layout.session.0);
+        let rejoin =
+            Rejoin::new(config.kafka.repartition_topic(), clients::max_poll_interval(&config.kafka) + layout.session.0);
         match poll_loop(&config, &view, &engine, &consumer, &grown, &orphans, rejoin) {
             Ok(Ended::Fenced) if fenced_at.is_none_or(|t| t.elapsed() > layout.session.0 * 2) => {
                 warn!(
@@ -292,7 +293,7 @@ fn poll_loop(
             if e.take_rejoin() {
                 rejoin.begin(consumer);
             }
-            if rejoin.step(consumer, &config.kafka.repartition_topic()) == Step::Stuck {
+            if rejoin.step(consumer) == Step::Stuck {
                 return Ok(Ended::Unreleased);
             }
             if e.partitions.is_restoring() {
